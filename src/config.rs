@@ -1,0 +1,450 @@
+//! Layered configuration: embedded `config/default.toml`, then `/etc/pocusd/pocusd.toml`, then
+//! `--config FILE`, then `POCUSD__SECTION__KEY` environment variables, merged with the `config`
+//! crate and validated into a typed [`Config`].
+//!
+//! The embedded default file is also the schema: a key that it does not list is unknown, and the
+//! error names the key, where it came from and the keys that exist. Types and ranges are checked
+//! after merging, and errors name the key, the value and what is allowed. Must not depend on
+//! tract, burn or zbus.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::preprocess::ClaheParams;
+
+/// The embedded defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The system-wide configuration file, read when present.
+pub const SYSTEM_CONFIG: &str = "/etc/pocusd/pocusd.toml";
+
+/// Prefix of configuration environment variables (`POCUSD__SECTION__KEY`).
+pub const ENV_PREFIX: &str = "POCUSD__";
+
+/// What is wrong with the configuration. Every variant is a start-up failure (exit 78).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML.
+    #[error("config file {origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    /// A key that does not exist.
+    #[error("unknown config key `{key}` in {origin}; {hint}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        hint: String,
+    },
+    /// A value of the wrong type.
+    #[error("config key `{key}` has an invalid value: {message}")]
+    Type { key: String, message: String },
+    /// A value out of range.
+    #[error("config key `{key}` = {value} is out of range: allowed {allowed}")]
+    OutOfRange {
+        key: String,
+        value: String,
+        allowed: String,
+    },
+}
+
+/// The `[preprocess]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSection {
+    /// Apply CLAHE for models without CLAHE metadata.
+    pub clahe: bool,
+    /// OpenCV clipLimit.
+    pub clahe_clip_limit: f64,
+    /// Tile grid, "CxR" or "N".
+    pub clahe_tiles: String,
+    /// Threads for CLAHE.
+    pub threads: u32,
+}
+
+/// The whole file as written; printed by `pocusd config check`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub preprocess: PreprocessSection,
+}
+
+/// Validated preprocessing settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessConfig {
+    /// CLAHE parameters, `None` when CLAHE is off.
+    pub clahe: Option<ClaheParams>,
+    /// Threads for CLAHE.
+    pub threads: usize,
+}
+
+/// The validated configuration the program runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub preprocess: PreprocessConfig,
+    /// The merged values as written, for printing.
+    pub raw: RawConfig,
+    /// The layers that contributed, in order (for `config check`).
+    pub layers: Vec<String>,
+}
+
+/// Where to look for configuration layers. `Default` is what the binary uses.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// System file, read only when it exists.
+    pub system_file: PathBuf,
+    /// `--config FILE`, must exist when given.
+    pub user_file: Option<PathBuf>,
+    /// Environment variables to consider (name, value).
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The binary's sources: the system file, an optional `--config`, and the process environment.
+    pub fn from_process(user_file: Option<&Path>) -> Self {
+        Self {
+            system_file: PathBuf::from(SYSTEM_CONFIG),
+            user_file: user_file.map(Path::to_path_buf),
+            env: std::env::vars()
+                .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+                .collect(),
+        }
+    }
+}
+
+/// Loads and validates the configuration from the process's layers.
+pub fn load(user_file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_from(&Sources::from_process(user_file))
+}
+
+/// Loads and validates the configuration from explicit layers.
+pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
+    let schema: toml::Table =
+        DEFAULT_TOML
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                origin: "embedded default".into(),
+                message: e.to_string(),
+            })?;
+
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    let mut layers = vec!["embedded default".to_string()];
+
+    let mut files = Vec::new();
+    if sources.system_file.exists() {
+        files.push(sources.system_file.clone());
+    }
+    if let Some(f) = &sources.user_file {
+        files.push(f.clone());
+    }
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+        check_known(&schema, &table, &origin)?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        layers.push(origin);
+    }
+
+    for (name, value) in &sources.env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let origin = format!("environment variable {name}");
+        let key = parts.join(".");
+        if parts.len() != 2 || parts.iter().any(String::is_empty) {
+            return Err(ConfigError::UnknownKey {
+                key,
+                origin,
+                hint: "environment variables must look like POCUSD__SECTION__KEY".into(),
+            });
+        }
+        known_key(&schema, &parts[0], &parts[1], &origin)?;
+        let parsed = parse_env_value(value, schema_value(&schema, &parts[0], &parts[1]));
+        builder = builder
+            .set_override(key.as_str(), parsed)
+            .map_err(|e| ConfigError::Type {
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+        layers.push(origin);
+    }
+
+    let merged = builder.build().map_err(|e| ConfigError::Syntax {
+        origin: "merged layers".into(),
+        message: e.to_string(),
+    })?;
+    let raw: RawConfig = merged.try_deserialize().map_err(type_error)?;
+    let preprocess = validate_preprocess(&raw.preprocess)?;
+    Ok(Config {
+        preprocess,
+        raw,
+        layers,
+    })
+}
+
+/// The effective configuration as TOML.
+pub fn to_toml(raw: &RawConfig) -> String {
+    toml::to_string_pretty(raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+}
+
+/// Parses "CxR" (C columns by R rows) or "N" (NxN) into (columns, rows).
+pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
+    let s = s.trim();
+    let (c, r) = match s.split_once(['x', 'X']) {
+        Some((c, r)) => (c.trim().parse().ok()?, r.trim().parse().ok()?),
+        None => {
+            let n = s.parse().ok()?;
+            (n, n)
+        }
+    };
+    Some((c, r))
+}
+
+fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, ConfigError> {
+    let clip = p.clahe_clip_limit;
+    if !(0.0..=1000.0).contains(&clip) {
+        return Err(ConfigError::OutOfRange {
+            key: "preprocess.clahe_clip_limit".into(),
+            value: clip.to_string(),
+            allowed: "0.0 to 1000.0 (0 disables clipping)".into(),
+        });
+    }
+    let tiles_err = || ConfigError::OutOfRange {
+        key: "preprocess.clahe_tiles".into(),
+        value: format!("{:?}", p.clahe_tiles),
+        allowed: "\"CxR\" or \"N\" with 1 to 256 tiles per side, e.g. \"8x8\"".into(),
+    };
+    let (tx, ty) = parse_tiles(&p.clahe_tiles).ok_or_else(tiles_err)?;
+    let params = ClaheParams::new(clip, tx, ty).map_err(|_| tiles_err())?;
+    if !(1..=64).contains(&p.threads) {
+        return Err(ConfigError::OutOfRange {
+            key: "preprocess.threads".into(),
+            value: p.threads.to_string(),
+            allowed: "1 to 64".into(),
+        });
+    }
+    Ok(PreprocessConfig {
+        clahe: p.clahe.then_some(params),
+        threads: p.threads as usize,
+    })
+}
+
+fn check_known(schema: &toml::Table, table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+    for (section, value) in table {
+        let Some(toml::Value::Table(keys)) = schema.get(section) else {
+            return Err(ConfigError::UnknownKey {
+                key: section.clone(),
+                origin: origin.into(),
+                hint: format!(
+                    "known sections: {}",
+                    schema
+                        .keys()
+                        .map(|k| format!("[{k}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        };
+        let toml::Value::Table(given) = value else {
+            return Err(ConfigError::Type {
+                key: section.clone(),
+                message: format!("`{section}` must be a [section] table in {origin}"),
+            });
+        };
+        for key in given.keys() {
+            if !keys.contains_key(key) {
+                return Err(unknown_in_section(section, key, keys, origin));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn known_key(
+    schema: &toml::Table,
+    section: &str,
+    key: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    match schema.get(section) {
+        Some(toml::Value::Table(keys)) if keys.contains_key(key) => Ok(()),
+        Some(toml::Value::Table(keys)) => Err(unknown_in_section(section, key, keys, origin)),
+        _ => Err(ConfigError::UnknownKey {
+            key: format!("{section}.{key}"),
+            origin: origin.into(),
+            hint: format!(
+                "known sections: {}",
+                schema.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        }),
+    }
+}
+
+fn unknown_in_section(section: &str, key: &str, keys: &toml::Table, origin: &str) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: format!("{section}.{key}"),
+        origin: origin.into(),
+        hint: format!(
+            "keys of [{section}]: {}",
+            keys.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn schema_value<'a>(schema: &'a toml::Table, section: &str, key: &str) -> Option<&'a toml::Value> {
+    schema.get(section)?.as_table()?.get(key)
+}
+
+/// Environment values are strings; convert them to the type the default has, so that a wrong
+/// type is reported against the key rather than silently kept as text.
+fn parse_env_value(value: &str, like: Option<&toml::Value>) -> config::Value {
+    let v = value.trim();
+    match like {
+        Some(toml::Value::Boolean(_)) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true.into(),
+            "false" | "0" | "no" | "off" => false.into(),
+            _ => value.into(),
+        },
+        Some(toml::Value::Integer(_)) => v
+            .parse::<i64>()
+            .map(config::Value::from)
+            .unwrap_or_else(|_| value.into()),
+        Some(toml::Value::Float(_)) => v
+            .parse::<f64>()
+            .map(config::Value::from)
+            .unwrap_or_else(|_| value.into()),
+        _ => value.into(),
+    }
+}
+
+fn type_error(e: config::ConfigError) -> ConfigError {
+    let message = e.to_string();
+    // The config crate phrases these as "... for key `section.key`"; pull the key out when present.
+    let key = message
+        .split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("?")
+        .to_string();
+    ConfigError::Type { key, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> (Sources, Option<tempfile::NamedTempFile>) {
+        let tmp = file.map(|text| {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), text).unwrap();
+            f
+        });
+        let s = Sources {
+            system_file: PathBuf::from("/nonexistent/pocusd.toml"),
+            user_file: tmp.as_ref().map(|f| f.path().to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        (s, tmp)
+    }
+
+    #[test]
+    fn defaults_load() {
+        let (s, _t) = sources(None, &[]);
+        let c = load_from(&s).unwrap();
+        assert_eq!(
+            c.preprocess.clahe,
+            Some(ClaheParams::new(2.0, 8, 8).unwrap())
+        );
+        assert_eq!(c.preprocess.threads, 1);
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let (s, _t) = sources(
+            Some("[preprocess]\nclahe_clip_limit = 3.5\nclahe_tiles = \"4x2\"\n"),
+            &[
+                ("POCUSD__PREPROCESS__CLAHE_CLIP_LIMIT", "5"),
+                ("POCUSD__PREPROCESS__THREADS", "2"),
+            ],
+        );
+        let c = load_from(&s).unwrap();
+        assert_eq!(
+            c.preprocess.clahe,
+            Some(ClaheParams::new(5.0, 4, 2).unwrap())
+        );
+        assert_eq!(c.preprocess.threads, 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let (s, _t) = sources(Some("[preprocess]\nclahe_clip = 3.0\n"), &[]);
+        let e = load_from(&s).unwrap_err().to_string();
+        assert!(e.contains("preprocess.clahe_clip"), "{e}");
+        let (s, _t) = sources(Some("[preprocesss]\nclahe = true\n"), &[]);
+        assert!(load_from(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("preprocesss"));
+        let (s, _t) = sources(None, &[("POCUSD__PREPROCESS__NOPE", "1")]);
+        let e = load_from(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("preprocess.nope") && e.contains("POCUSD__PREPROCESS__NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_are_named() {
+        let (s, _t) = sources(Some("[preprocess]\nclahe = \"maybe\"\n"), &[]);
+        let e = load_from(&s).unwrap_err().to_string();
+        assert!(e.contains("preprocess.clahe"), "{e}");
+        let (s, _t) = sources(None, &[("POCUSD__PREPROCESS__THREADS", "0")]);
+        let e = load_from(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("preprocess.threads") && e.contains("1 to 64"),
+            "{e}"
+        );
+        let (s, _t) = sources(Some("[preprocess]\nclahe_tiles = \"0x4\"\n"), &[]);
+        assert!(load_from(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("preprocess.clahe_tiles"));
+        let (s, _t) = sources(Some("[preprocess]\nclahe_clip_limit = nan\n"), &[]);
+        assert!(load_from(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("clahe_clip_limit"));
+    }
+
+    #[test]
+    fn tiles_parse() {
+        assert_eq!(parse_tiles("8"), Some((8, 8)));
+        assert_eq!(parse_tiles("8x6"), Some((8, 6)));
+        assert_eq!(parse_tiles("x6"), None);
+    }
+}

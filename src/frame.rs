@@ -1,0 +1,214 @@
+//! Frames and images as plain 8-bit grayscale pixel buffers.
+//!
+//! `GrayImage` owns its pixels (tightly packed, stride = width); `GrayView` borrows pixels with an
+//! explicit stride, which is what capture buffers with padded lines look like. `Frame` adds the
+//! sequence number and capture timestamp a source stamps on every frame. This module does no I/O and
+//! must not depend on any other module of the crate.
+
+use thiserror::Error;
+
+/// Errors building an image from raw parts.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Width or height is zero.
+    #[error("image is empty ({width}x{height}); width and height must both be at least 1")]
+    Empty { width: usize, height: usize },
+    /// The stride is shorter than a line.
+    #[error("stride {stride} is shorter than the width {width}")]
+    StrideTooSmall { width: usize, stride: usize },
+    /// The buffer does not hold `height` lines of `stride` bytes.
+    #[error(
+        "buffer of {len} bytes is too small for {height} lines of stride {stride} (width {width})"
+    )]
+    BufferTooSmall {
+        width: usize,
+        height: usize,
+        stride: usize,
+        len: usize,
+    },
+}
+
+/// A borrowed 8-bit grayscale image whose lines start `stride` bytes apart.
+#[derive(Debug, Clone, Copy)]
+pub struct GrayView<'a> {
+    width: usize,
+    height: usize,
+    stride: usize,
+    data: &'a [u8],
+}
+
+impl<'a> GrayView<'a> {
+    /// A view over `data`, checking that every line fits.
+    pub fn new(
+        width: usize,
+        height: usize,
+        stride: usize,
+        data: &'a [u8],
+    ) -> Result<Self, FrameError> {
+        if width == 0 || height == 0 {
+            return Err(FrameError::Empty { width, height });
+        }
+        if stride < width {
+            return Err(FrameError::StrideTooSmall { width, stride });
+        }
+        let needed = stride * (height - 1) + width;
+        if data.len() < needed {
+            return Err(FrameError::BufferTooSmall {
+                width,
+                height,
+                stride,
+                len: data.len(),
+            });
+        }
+        Ok(Self {
+            width,
+            height,
+            stride,
+            data,
+        })
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Distance between line starts in bytes.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Line `y` (exactly `width` pixels). Panics if `y >= height`, which callers rule out by looping
+    /// over `0..height`.
+    #[inline]
+    pub fn row(&self, y: usize) -> &'a [u8] {
+        let start = y * self.stride;
+        &self.data[start..start + self.width]
+    }
+}
+
+/// An owned, tightly packed 8-bit grayscale image.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrayImage {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl GrayImage {
+    /// A black image of the given size (may be empty: 0x0 is the "nothing yet" value of buffers).
+    pub fn new(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            data: vec![0; width * height],
+        }
+    }
+
+    /// Wraps packed pixels; `data.len()` must be `width * height`.
+    pub fn from_vec(width: usize, height: usize, data: Vec<u8>) -> Result<Self, FrameError> {
+        if width == 0 || height == 0 {
+            return Err(FrameError::Empty { width, height });
+        }
+        if data.len() != width * height {
+            return Err(FrameError::BufferTooSmall {
+                width,
+                height,
+                stride: width,
+                len: data.len(),
+            });
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// Resizes the buffer in place (contents unspecified afterwards); reuses the allocation when it
+    /// is large enough, so stages can keep one output image across frames.
+    pub fn resize(&mut self, width: usize, height: usize) {
+        self.width = width;
+        self.height = height;
+        self.data.resize(width * height, 0);
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The packed pixels, line after line.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The packed pixels, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    /// Consumes the image, returning its pixels.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// Pixel at (x, y); `None` outside the image.
+    pub fn get(&self, x: usize, y: usize) -> Option<u8> {
+        if x < self.width && y < self.height {
+            self.data.get(y * self.width + x).copied()
+        } else {
+            None
+        }
+    }
+
+    /// A borrowed view of the whole image. Fails only for an empty image.
+    pub fn view(&self) -> Result<GrayView<'_>, FrameError> {
+        GrayView::new(self.width, self.height, self.width, &self.data)
+    }
+}
+
+/// One captured frame: pixels plus where it sits in the stream.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The pixels.
+    pub image: GrayImage,
+    /// Sequence number from the source, increasing by one per delivered frame.
+    pub seq: u64,
+    /// Capture time, CLOCK_REALTIME, microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_checks_its_parts() {
+        let data = vec![0u8; 10];
+        // Two full strides plus one line: 4 * 2 + 3 = 11 bytes are needed.
+        assert!(matches!(
+            GrayView::new(3, 3, 4, &data),
+            Err(FrameError::BufferTooSmall { .. })
+        ));
+        assert!(GrayView::new(3, 3, 3, &data).is_ok());
+        assert!(matches!(
+            GrayView::new(0, 3, 3, &data),
+            Err(FrameError::Empty { .. })
+        ));
+        assert!(matches!(
+            GrayView::new(4, 2, 3, &data),
+            Err(FrameError::StrideTooSmall { .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! pocusd: point-of-care ultrasound capture, enhancement, segmentation and measurement.
+//!
+//! The library holds every stage as a plain struct (see ARCHITECTURE.md for the map); the `pocusd`
+//! binary in `src/main.rs` is a thin command-line shell over it.
+
+pub mod config;
+pub mod frame;
+pub mod imageio;
+pub mod preprocess;
+pub mod synth;
+
+/// The version string `pocusd --version` prints: crate version and the git commit it was built from.
+pub fn version_string() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("POCUSD_GIT_COMMIT"),
+        ")"
+    )
+}

@@ -1,0 +1,526 @@
+//! Contrast Limited Adaptive Histogram Equalization with OpenCV's exact semantics.
+//!
+//! `Clahe` reproduces `cv::createCLAHE(clipLimit, tileGridSize)->apply()` on 8-bit grayscale images
+//! bit for bit: the image is split into `tiles_x` by `tiles_y` tiles (padded at the bottom and right
+//! with reflect-101 when a side is not divisible, and then, like OpenCV, padded on *both* sides), each
+//! tile gets a histogram clipped at `clip_limit * tile_area / 256` (at least 1; no clipping when the
+//! limit is <= 0) with the excess spread evenly and the remainder stepped across the bins, the
+//! cumulative histogram becomes a lookup table, and every pixel is the bilinear blend of the four
+//! nearest tiles' tables, computed in `f32` in OpenCV's operation order and rounded half to even.
+//!
+//! The stage owns its buffers (tables, histograms, column weights) and reuses them across frames of
+//! the same size; it allocates only when the size or parameters change. It does no I/O and depends
+//! only on `frame`.
+
+use std::num::NonZeroUsize;
+
+use thiserror::Error;
+
+use crate::frame::{GrayImage, GrayView};
+
+/// Number of grey levels of an 8-bit image, OpenCV's `histSize`.
+const BINS: usize = 256;
+
+/// Errors in CLAHE parameters.
+#[derive(Debug, Error, PartialEq)]
+pub enum ClaheError {
+    /// A tile grid dimension is zero or absurdly large.
+    #[error("invalid tile grid {tiles_x}x{tiles_y}: both must be between 1 and {max}", max = MAX_TILES)]
+    InvalidTiles { tiles_x: usize, tiles_y: usize },
+    /// The clip limit is NaN or infinite.
+    #[error("invalid clip limit {0}: must be a finite number (<= 0 disables clipping)")]
+    InvalidClipLimit(f64),
+}
+
+/// Largest accepted tile count along one side (OpenCV accepts more, but a tile of less than one
+/// pixel is meaningless and the tables would dwarf the image).
+pub const MAX_TILES: usize = 256;
+
+/// CLAHE parameters, OpenCV's `clipLimit` and `tileGridSize = (tiles_x, tiles_y)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClaheParams {
+    /// Contrast limit relative to a flat histogram; <= 0 disables clipping.
+    pub clip_limit: f64,
+    /// Tile columns.
+    pub tiles_x: usize,
+    /// Tile rows.
+    pub tiles_y: usize,
+}
+
+impl ClaheParams {
+    /// Checked parameters.
+    pub fn new(clip_limit: f64, tiles_x: usize, tiles_y: usize) -> Result<Self, ClaheError> {
+        if !clip_limit.is_finite() {
+            return Err(ClaheError::InvalidClipLimit(clip_limit));
+        }
+        if tiles_x == 0 || tiles_y == 0 || tiles_x > MAX_TILES || tiles_y > MAX_TILES {
+            return Err(ClaheError::InvalidTiles { tiles_x, tiles_y });
+        }
+        Ok(Self {
+            clip_limit,
+            tiles_x,
+            tiles_y,
+        })
+    }
+}
+
+impl Default for ClaheParams {
+    /// The values the seed workflow and most ultrasound pipelines use: clip 2.0 on an 8x8 grid.
+    fn default() -> Self {
+        Self {
+            clip_limit: 2.0,
+            tiles_x: 8,
+            tiles_y: 8,
+        }
+    }
+}
+
+/// Geometry derived from the image size and the grid; recomputed only when either changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Layout {
+    width: usize,
+    height: usize,
+    /// Tile size in the (possibly padded) image used for the histograms.
+    tile_w: usize,
+    tile_h: usize,
+    /// Padded size; equals the image size when no padding is needed.
+    padded_w: usize,
+    padded_h: usize,
+}
+
+/// The CLAHE stage. Create once, call [`Clahe::apply`] per frame.
+#[derive(Debug)]
+pub struct Clahe {
+    params: ClaheParams,
+    threads: NonZeroUsize,
+    layout: Layout,
+    /// Integer clip limit per bin (0: no clipping), OpenCV's `clipLimit` after scaling.
+    clip_per_bin: u32,
+    /// 255 / tile area, in f32 as OpenCV computes it.
+    lut_scale: f32,
+    /// One 256-entry table per tile, row-major over the grid.
+    lut: Vec<u8>,
+    /// Histogram scratch per worker thread: `PARTS` partial histograms for each tile of a band.
+    hist: Vec<Vec<u32>>,
+    /// Source column for every padded column past the image's right edge.
+    pad_cols: Vec<usize>,
+    /// Per output column: offsets of the left and right tile tables, and their weights.
+    col_left: Vec<u32>,
+    col_right: Vec<u32>,
+    col_w_right: Vec<f32>,
+    col_w_left: Vec<f32>,
+}
+
+impl Clahe {
+    /// A stage with the given parameters, single-threaded.
+    pub fn new(params: ClaheParams) -> Self {
+        Self {
+            params,
+            threads: NonZeroUsize::MIN,
+            layout: Layout::default(),
+            clip_per_bin: 0,
+            lut_scale: 0.0,
+            lut: Vec::new(),
+            hist: Vec::new(),
+            pad_cols: Vec::new(),
+            col_left: Vec::new(),
+            col_right: Vec::new(),
+            col_w_right: Vec::new(),
+            col_w_left: Vec::new(),
+        }
+    }
+
+    /// Uses up to `threads` threads per image (rows and tile bands are split between them).
+    pub fn with_threads(mut self, threads: NonZeroUsize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> ClaheParams {
+        self.params
+    }
+
+    /// Changes the parameters; buffers are re-laid on the next frame.
+    pub fn set_params(&mut self, params: ClaheParams) {
+        if params != self.params {
+            self.params = params;
+            self.layout = Layout::default();
+        }
+    }
+
+    /// Equalises `src` into `dst`, which is resized to the source size (reusing its allocation).
+    pub fn apply(&mut self, src: GrayView<'_>, dst: &mut GrayImage) {
+        self.prepare(src.width(), src.height());
+        dst.resize(src.width(), src.height());
+        let threads = self.threads.get().min(src.height()).max(1);
+        self.compute_luts(src, threads);
+        self.interpolate(src, dst.as_mut_slice(), threads);
+    }
+
+    /// The per-tile lookup tables of the last image, row-major over the grid, 256 entries each.
+    pub fn luts(&self) -> &[u8] {
+        &self.lut
+    }
+
+    /// The integer clip limit per histogram bin used for the last image (0: no clipping).
+    pub fn clip_per_bin(&self) -> u32 {
+        self.clip_per_bin
+    }
+
+    fn prepare(&mut self, width: usize, height: usize) {
+        if self.layout.width == width && self.layout.height == height && self.layout.tile_w != 0 {
+            return;
+        }
+        let (tx, ty) = (self.params.tiles_x, self.params.tiles_y);
+        // OpenCV pads only when a side is not divisible, but then pads both sides by
+        // `tiles - size % tiles`, i.e. a whole extra tile's worth on a divisible side.
+        let (padded_w, padded_h) = if width % tx == 0 && height % ty == 0 {
+            (width, height)
+        } else {
+            (width + tx - width % tx, height + ty - height % ty)
+        };
+        let tile_w = padded_w / tx;
+        let tile_h = padded_h / ty;
+        self.layout = Layout {
+            width,
+            height,
+            tile_w,
+            tile_h,
+            padded_w,
+            padded_h,
+        };
+
+        let tile_area = tile_w * tile_h;
+        self.lut_scale = (BINS - 1) as f32 / tile_area as f32;
+        self.clip_per_bin = if self.params.clip_limit > 0.0 {
+            // f64 product then truncation, as `static_cast<int>(clipLimit_ * tileSizeTotal / histSize)`.
+            let limit = (self.params.clip_limit * tile_area as f64 / BINS as f64) as i64;
+            limit.clamp(1, u32::MAX as i64) as u32
+        } else {
+            0
+        };
+        self.lut.clear();
+        self.lut.resize(tx * ty * BINS, 0);
+        self.pad_cols.clear();
+        self.pad_cols
+            .extend((width..padded_w).map(|x| reflect_101(x, width)));
+
+        self.col_left.clear();
+        self.col_right.clear();
+        self.col_w_right.clear();
+        self.col_w_left.clear();
+        let inv_tw = 1.0f32 / tile_w as f32;
+        for x in 0..width {
+            let txf = x as f32 * inv_tw - 0.5f32;
+            let t1 = txf.floor() as i64;
+            let w_right = txf - t1 as f32;
+            let left = t1.max(0) as usize;
+            let right = ((t1 + 1) as usize).min(tx - 1);
+            self.col_left.push((left * BINS) as u32);
+            self.col_right.push((right * BINS) as u32);
+            self.col_w_right.push(w_right);
+            self.col_w_left.push(1.0f32 - w_right);
+        }
+    }
+
+    fn compute_luts(&mut self, src: GrayView<'_>, threads: usize) {
+        let layout = self.layout;
+        let tiles_x = self.params.tiles_x;
+        let tiles_y = self.params.tiles_y;
+        self.hist.resize_with(threads, Vec::new);
+        for h in &mut self.hist {
+            h.resize(tiles_x * PARTS * BINS, 0);
+        }
+        let clip = self.clip_per_bin;
+        let scale = self.lut_scale;
+        let pad_cols = &self.pad_cols;
+        let band_len = tiles_x * BINS;
+        if threads <= 1 || tiles_y < 2 {
+            let hist = &mut self.hist[0];
+            for (ty, lut_band) in self.lut.chunks_exact_mut(band_len).enumerate() {
+                band_luts(src, &layout, ty, pad_cols, clip, scale, hist, lut_band);
+            }
+            return;
+        }
+        // Split tile bands between threads; each thread owns its histogram scratch.
+        let bands_per_thread = tiles_y.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut lut_rest: &mut [u8] = &mut self.lut;
+            let mut first_band = 0;
+            for hist in self.hist.iter_mut() {
+                if first_band >= tiles_y {
+                    break;
+                }
+                let n = bands_per_thread.min(tiles_y - first_band);
+                let (mine, rest) = lut_rest.split_at_mut(n * band_len);
+                lut_rest = rest;
+                let start = first_band;
+                first_band += n;
+                scope.spawn(move || {
+                    for (i, lut_band) in mine.chunks_exact_mut(band_len).enumerate() {
+                        band_luts(
+                            src,
+                            &layout,
+                            start + i,
+                            pad_cols,
+                            clip,
+                            scale,
+                            hist,
+                            lut_band,
+                        );
+                    }
+                });
+            }
+        });
+    }
+
+    fn interpolate(&self, src: GrayView<'_>, dst: &mut [u8], threads: usize) {
+        let width = self.layout.width;
+        let height = self.layout.height;
+        if threads <= 1 {
+            self.interpolate_rows(src, dst, 0..height);
+            return;
+        }
+        let rows_per_thread = height.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut chunks = dst.chunks_mut(rows_per_thread * width).enumerate();
+            // The calling thread takes the first chunk itself instead of idling.
+            let first = chunks.next();
+            for (i, chunk) in chunks {
+                let y0 = i * rows_per_thread;
+                let rows = y0..(y0 + chunk.len() / width);
+                scope.spawn(move || self.interpolate_rows(src, chunk, rows));
+            }
+            if let Some((_, chunk)) = first {
+                self.interpolate_rows(src, chunk, 0..chunk.len() / width);
+            }
+        });
+    }
+
+    /// Writes output rows `rows` into `dst`, which holds exactly those rows.
+    fn interpolate_rows(&self, src: GrayView<'_>, dst: &mut [u8], rows: std::ops::Range<usize>) {
+        let width = self.layout.width;
+        let tiles_x = self.params.tiles_x;
+        let tiles_y = self.params.tiles_y;
+        let inv_th = 1.0f32 / self.layout.tile_h as f32;
+        let band_len = tiles_x * BINS;
+        let (left, right) = (&self.col_left[..width], &self.col_right[..width]);
+        let (w_left, w_right) = (&self.col_w_left[..width], &self.col_w_right[..width]);
+        for (y, out) in rows.zip(dst.chunks_exact_mut(width)) {
+            let tyf = y as f32 * inv_th - 0.5f32;
+            let t1 = tyf.floor() as i64;
+            let w_below = tyf - t1 as f32;
+            let w_above = 1.0f32 - w_below;
+            let above = t1.max(0) as usize;
+            let below = ((t1 + 1) as usize).min(tiles_y - 1);
+            let lut_above = &self.lut[above * band_len..(above + 1) * band_len];
+            let lut_below = &self.lut[below * band_len..(below + 1) * band_len];
+            let row = src.row(y);
+            for x in 0..width {
+                let v = row[x] as usize;
+                let (l, r) = (left[x] as usize + v, right[x] as usize + v);
+                // Same operation order as OpenCV's scalar loop, in f32 without fused multiply-add.
+                let res = (lut_above[l] as f32 * w_left[x] + lut_above[r] as f32 * w_right[x])
+                    * w_above
+                    + (lut_below[l] as f32 * w_left[x] + lut_below[r] as f32 * w_right[x])
+                        * w_below;
+                out[x] = round_to_u8(res);
+            }
+        }
+    }
+}
+
+/// Histograms, clipping and tables for one band of tiles (tile row `ty`).
+#[allow(clippy::too_many_arguments)]
+fn band_luts(
+    src: GrayView<'_>,
+    layout: &Layout,
+    ty: usize,
+    pad_cols: &[usize],
+    clip: u32,
+    scale: f32,
+    hist: &mut [u32],
+    lut_band: &mut [u8],
+) {
+    hist.fill(0);
+    let width = layout.width;
+    let tile_w = layout.tile_w;
+    for yp in ty * layout.tile_h..(ty + 1) * layout.tile_h {
+        let row = src.row(reflect_101(yp, layout.height));
+        for (tx, h) in hist.chunks_exact_mut(PARTS * BINS).enumerate() {
+            let x0 = tx * tile_w;
+            let x1 = x0 + tile_w;
+            let inside_end = x1.min(width);
+            if x0 < inside_end {
+                count(h, &row[x0..inside_end]);
+            }
+            // Padded columns (only in the last tile columns): their reflected sources.
+            for xp in x0.max(width)..x1 {
+                h[row[pad_cols[xp - width]] as usize] += 1;
+            }
+        }
+    }
+    for (parts, lut) in hist
+        .chunks_exact_mut(PARTS * BINS)
+        .zip(lut_band.chunks_exact_mut(BINS))
+    {
+        let (h, others) = parts.split_at_mut(BINS);
+        for part in others.chunks_exact(BINS) {
+            for (a, b) in h.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        if clip > 0 {
+            clip_histogram(h, clip);
+        }
+        let mut sum = 0u32;
+        for (bin, entry) in h.iter().zip(lut.iter_mut()) {
+            sum += bin;
+            *entry = round_to_u8(sum as f32 * scale);
+        }
+    }
+}
+
+/// Number of partial histograms per tile: counting consecutive pixels into different arrays hides
+/// the store-to-load latency of runs of equal values, common in dark ultrasound backgrounds.
+const PARTS: usize = 4;
+
+/// Counts `pixels` into the `PARTS` partial histograms of one tile (`PARTS * 256` bins).
+#[inline]
+fn count(parts: &mut [u32], pixels: &[u8]) {
+    let (p0, rest) = parts.split_at_mut(BINS);
+    let (p1, rest) = rest.split_at_mut(BINS);
+    let (p2, p3) = rest.split_at_mut(BINS);
+    let (p0, p1, p2, p3): (
+        &mut [u32; BINS],
+        &mut [u32; BINS],
+        &mut [u32; BINS],
+        &mut [u32; BINS],
+    ) = match (p0.try_into(), p1.try_into(), p2.try_into(), p3.try_into()) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => return,
+    };
+    let mut chunks = pixels.chunks_exact(PARTS);
+    for c in &mut chunks {
+        p0[c[0] as usize] += 1;
+        p1[c[1] as usize] += 1;
+        p2[c[2] as usize] += 1;
+        p3[c[3] as usize] += 1;
+    }
+    for &p in chunks.remainder() {
+        p0[p as usize] += 1;
+    }
+}
+
+/// Clips every bin at `limit` and redistributes the excess like OpenCV: an equal share to every
+/// bin, then one more to every `max(256 / residual, 1)`-th bin from bin 0 until the residual is used.
+pub(crate) fn clip_histogram(hist: &mut [u32], limit: u32) {
+    let mut clipped = 0u32;
+    for bin in hist.iter_mut() {
+        if *bin > limit {
+            clipped += *bin - limit;
+            *bin = limit;
+        }
+    }
+    let batch = clipped / BINS as u32;
+    let mut residual = clipped - batch * BINS as u32;
+    for bin in hist.iter_mut() {
+        *bin += batch;
+    }
+    if residual != 0 {
+        let step = (BINS / residual as usize).max(1);
+        let mut i = 0;
+        while i < BINS && residual > 0 {
+            hist[i] += 1;
+            i += step;
+            residual -= 1;
+        }
+    }
+}
+
+/// OpenCV's `borderInterpolate(p, len, BORDER_REFLECT_101)`: mirror about the edge pixels without
+/// repeating them, folding again for offsets longer than the image.
+pub fn reflect_101(p: usize, len: usize) -> usize {
+    if len <= 1 {
+        return 0;
+    }
+    let mut p = p as i64;
+    let len = len as i64;
+    while p < 0 || p >= len {
+        p = if p < 0 { -p } else { 2 * (len - 1) - p };
+    }
+    p as usize
+}
+
+/// `cv::saturate_cast<uchar>(float)`: round half to even, then clamp to 0..=255. Adding and
+/// subtracting 2^23 rounds an f32 in [0, 2^22] to an integer in the default (nearest-even) mode,
+/// which keeps the loop free of library calls so it can be vectorised.
+#[inline(always)]
+fn round_to_u8(v: f32) -> u8 {
+    const MAGIC: f32 = 8_388_608.0; // 2^23
+    if v >= 0.0 {
+        let r = (v + MAGIC) - MAGIC;
+        r.min(255.0) as u8
+    } else {
+        // Only reachable for negative inputs, which CLAHE never produces; keep the semantics anyway.
+        v.round_ties_even().max(0.0) as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_101_matches_opencv_border_interpolate() {
+        // len 5: 0 1 2 3 4 | 3 2 1 0 1 2 ...
+        let got: Vec<usize> = (0..12).map(|p| reflect_101(p, 5)).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]);
+        assert_eq!(reflect_101(7, 1), 0);
+        assert_eq!(reflect_101(2, 2), 0);
+        assert_eq!(reflect_101(3, 2), 1);
+    }
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        assert_eq!(round_to_u8(0.5), 0);
+        assert_eq!(round_to_u8(1.5), 2);
+        assert_eq!(round_to_u8(2.5), 2);
+        assert_eq!(round_to_u8(2.5000002), 3);
+        assert_eq!(round_to_u8(254.5), 254);
+        assert_eq!(round_to_u8(255.4), 255);
+        assert_eq!(round_to_u8(300.0), 255);
+    }
+
+    #[test]
+    fn clipping_redistributes_every_clipped_pixel() {
+        let mut h = vec![0u32; BINS];
+        h[10] = 1000;
+        h[20] = 7;
+        let before: u32 = h.iter().sum();
+        clip_histogram(&mut h, 5);
+        assert_eq!(h.iter().sum::<u32>(), before);
+        // 995 + 2 clipped: 3 per bin, 229 bins get one more.
+        assert_eq!(h[10], 5 + 3 + 1);
+        assert_eq!(h[255], 3);
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(ClaheParams::new(f64::NAN, 8, 8).is_err());
+        assert!(ClaheParams::new(2.0, 0, 8).is_err());
+        assert!(ClaheParams::new(2.0, 8, 0).is_err());
+        assert!(ClaheParams::new(-1.0, 1, 1).is_ok());
+    }
+
+    #[test]
+    fn constant_image_maps_through_the_table() {
+        let img = GrayImage::from_vec(16, 16, vec![100; 256]).unwrap();
+        let mut out = GrayImage::default();
+        let mut clahe = Clahe::new(ClaheParams::new(0.0, 2, 2).unwrap());
+        clahe.apply(img.view().unwrap(), &mut out);
+        // No clipping: the cumulative histogram reaches the full tile at 100, so 100 -> 255.
+        assert!(out.as_slice().iter().all(|&v| v == 255));
+    }
+}
