@@ -88,6 +88,40 @@ struct Layout {
     padded_h: usize,
 }
 
+/// A run of output columns that blend the same two tile columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    x0: usize,
+    x1: usize,
+    left_tile: usize,
+    right_tile: usize,
+}
+
+/// Per-thread scratch: histograms for one band and tables for the bands this worker needs.
+#[derive(Debug, Default)]
+struct Worker {
+    /// `PARTS` partial histograms for each tile of a band.
+    hist: Vec<u32>,
+    /// One 256-entry table per tile, row-major over the grid (only the needed bands are valid).
+    lut: Vec<u8>,
+    /// The tables of the current band pair interleaved per column segment (see `fill_quads`).
+    quads: Vec<u32>,
+}
+
+/// Read-only per-image settings shared by the workers.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    layout: Layout,
+    tiles_x: usize,
+    tiles_y: usize,
+    clip: u32,
+    scale: f32,
+    pad_cols: &'a [usize],
+    segments: &'a [Segment],
+    w_left: &'a [f32],
+    w_right: &'a [f32],
+}
+
 /// The CLAHE stage. Create once, call [`Clahe::apply`] per frame.
 #[derive(Debug)]
 pub struct Clahe {
@@ -98,17 +132,16 @@ pub struct Clahe {
     clip_per_bin: u32,
     /// 255 / tile area, in f32 as OpenCV computes it.
     lut_scale: f32,
-    /// One 256-entry table per tile, row-major over the grid.
-    lut: Vec<u8>,
-    /// Histogram scratch per worker thread: `PARTS` partial histograms for each tile of a band.
-    hist: Vec<Vec<u32>>,
+    /// Scratch per worker thread. Each worker computes the tile bands its rows need, so threads
+    /// never wait for each other (the bands at a boundary are computed twice).
+    workers: Vec<Worker>,
     /// Source column for every padded column past the image's right edge.
     pad_cols: Vec<usize>,
-    /// Per output column: offsets of the left and right tile tables, and their weights.
-    col_left: Vec<u32>,
-    col_right: Vec<u32>,
-    col_w_right: Vec<f32>,
+    /// Output columns grouped by the pair of tile columns they blend.
+    segments: Vec<Segment>,
+    /// Per output column: weights of the left and right tile tables.
     col_w_left: Vec<f32>,
+    col_w_right: Vec<f32>,
 }
 
 impl Clahe {
@@ -120,17 +153,15 @@ impl Clahe {
             layout: Layout::default(),
             clip_per_bin: 0,
             lut_scale: 0.0,
-            lut: Vec::new(),
-            hist: Vec::new(),
+            workers: Vec::new(),
             pad_cols: Vec::new(),
-            col_left: Vec::new(),
-            col_right: Vec::new(),
-            col_w_right: Vec::new(),
+            segments: Vec::new(),
             col_w_left: Vec::new(),
+            col_w_right: Vec::new(),
         }
     }
 
-    /// Uses up to `threads` threads per image (rows and tile bands are split between them).
+    /// Uses up to `threads` threads per image (rows are split between them).
     pub fn with_threads(mut self, threads: NonZeroUsize) -> Self {
         self.threads = threads;
         self
@@ -153,14 +184,55 @@ impl Clahe {
     pub fn apply(&mut self, src: GrayView<'_>, dst: &mut GrayImage) {
         self.prepare(src.width(), src.height());
         dst.resize(src.width(), src.height());
-        let threads = self.threads.get().min(src.height()).max(1);
-        self.compute_luts(src, threads);
-        self.interpolate(src, dst.as_mut_slice(), threads);
+        let height = src.height();
+        let width = src.width();
+        // Below ~64 rows per thread the spawn costs more than it saves.
+        let threads = self.threads.get().min(height / 64).max(1);
+        self.workers
+            .resize_with(threads.max(self.workers.len()), Worker::default);
+        let shared = Shared {
+            layout: self.layout,
+            tiles_x: self.params.tiles_x,
+            tiles_y: self.params.tiles_y,
+            clip: self.clip_per_bin,
+            scale: self.lut_scale,
+            pad_cols: &self.pad_cols,
+            segments: &self.segments,
+            w_left: &self.col_w_left,
+            w_right: &self.col_w_right,
+        };
+        let out = dst.as_mut_slice();
+        if threads == 1 {
+            shared.run(&mut self.workers[0], src, out, 0..height);
+            return;
+        }
+        let rows_per_thread = height.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut jobs = out
+                .chunks_mut(rows_per_thread * width)
+                .zip(self.workers.iter_mut())
+                .enumerate();
+            // The calling thread takes the first share itself instead of idling.
+            let first = jobs.next();
+            for (i, (chunk, worker)) in jobs {
+                let y0 = i * rows_per_thread;
+                let rows = y0..y0 + chunk.len() / width;
+                scope.spawn(move || shared.run(worker, src, chunk, rows));
+            }
+            if let Some((_, (chunk, worker))) = first {
+                let rows = 0..chunk.len() / width;
+                shared.run(worker, src, chunk, rows);
+            }
+        });
     }
 
-    /// The per-tile lookup tables of the last image, row-major over the grid, 256 entries each.
+    /// The per-tile lookup tables of the last image, row-major over the grid, 256 entries each
+    /// (complete when the stage runs single-threaded).
     pub fn luts(&self) -> &[u8] {
-        &self.lut
+        self.workers
+            .first()
+            .map(|w| w.lut.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The integer clip limit per histogram bin used for the last image (0: no clipping).
@@ -200,135 +272,184 @@ impl Clahe {
         } else {
             0
         };
-        self.lut.clear();
-        self.lut.resize(tx * ty * BINS, 0);
         self.pad_cols.clear();
         self.pad_cols
             .extend((width..padded_w).map(|x| reflect_101(x, width)));
 
-        self.col_left.clear();
-        self.col_right.clear();
+        self.segments.clear();
         self.col_w_right.clear();
         self.col_w_left.clear();
         let inv_tw = 1.0f32 / tile_w as f32;
         for x in 0..width {
-            let txf = x as f32 * inv_tw - 0.5f32;
-            let t1 = txf.floor() as i64;
-            let w_right = txf - t1 as f32;
-            let left = t1.max(0) as usize;
-            let right = ((t1 + 1) as usize).min(tx - 1);
-            self.col_left.push((left * BINS) as u32);
-            self.col_right.push((right * BINS) as u32);
+            let (left_tile, right_tile, w_right) = neighbours(x, inv_tw, tx);
             self.col_w_right.push(w_right);
             self.col_w_left.push(1.0f32 - w_right);
-        }
-    }
-
-    fn compute_luts(&mut self, src: GrayView<'_>, threads: usize) {
-        let layout = self.layout;
-        let tiles_x = self.params.tiles_x;
-        let tiles_y = self.params.tiles_y;
-        self.hist.resize_with(threads, Vec::new);
-        for h in &mut self.hist {
-            h.resize(tiles_x * PARTS * BINS, 0);
-        }
-        let clip = self.clip_per_bin;
-        let scale = self.lut_scale;
-        let pad_cols = &self.pad_cols;
-        let band_len = tiles_x * BINS;
-        if threads <= 1 || tiles_y < 2 {
-            let hist = &mut self.hist[0];
-            for (ty, lut_band) in self.lut.chunks_exact_mut(band_len).enumerate() {
-                band_luts(src, &layout, ty, pad_cols, clip, scale, hist, lut_band);
-            }
-            return;
-        }
-        // Split tile bands between threads; each thread owns its histogram scratch.
-        let bands_per_thread = tiles_y.div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut lut_rest: &mut [u8] = &mut self.lut;
-            let mut first_band = 0;
-            for hist in self.hist.iter_mut() {
-                if first_band >= tiles_y {
-                    break;
+            match self.segments.last_mut() {
+                Some(seg) if seg.left_tile == left_tile && seg.right_tile == right_tile => {
+                    seg.x1 = x + 1
                 }
-                let n = bands_per_thread.min(tiles_y - first_band);
-                let (mine, rest) = lut_rest.split_at_mut(n * band_len);
-                lut_rest = rest;
-                let start = first_band;
-                first_band += n;
-                scope.spawn(move || {
-                    for (i, lut_band) in mine.chunks_exact_mut(band_len).enumerate() {
-                        band_luts(
-                            src,
-                            &layout,
-                            start + i,
-                            pad_cols,
-                            clip,
-                            scale,
-                            hist,
-                            lut_band,
-                        );
-                    }
-                });
+                _ => self.segments.push(Segment {
+                    x0: x,
+                    x1: x + 1,
+                    left_tile,
+                    right_tile,
+                }),
             }
-        });
+        }
     }
+}
 
-    fn interpolate(&self, src: GrayView<'_>, dst: &mut [u8], threads: usize) {
-        let width = self.layout.width;
-        let height = self.layout.height;
-        if threads <= 1 {
-            self.interpolate_rows(src, dst, 0..height);
+/// The two tiles blended at position `p` along one axis and the weight of the second one, exactly
+/// as OpenCV computes them in f32: `t = p * (1/tile) - 0.5`, tiles `floor(t)` and `floor(t) + 1`
+/// clamped to the grid, weight `t - floor(t)`.
+#[inline]
+fn neighbours(p: usize, inv_tile: f32, tiles: usize) -> (usize, usize, f32) {
+    let t = p as f32 * inv_tile - 0.5f32;
+    let t1 = t.floor() as i64;
+    let weight = t - t1 as f32;
+    let first = t1.max(0) as usize;
+    let second = ((t1 + 1).max(0) as usize).min(tiles - 1);
+    (first, second, weight)
+}
+
+impl Shared<'_> {
+    /// One worker's job: tables for the tile bands rows `rows` need, then those rows into `out`.
+    fn run(
+        &self,
+        worker: &mut Worker,
+        src: GrayView<'_>,
+        out: &mut [u8],
+        rows: std::ops::Range<usize>,
+    ) {
+        if rows.is_empty() {
             return;
         }
-        let rows_per_thread = height.div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut chunks = dst.chunks_mut(rows_per_thread * width).enumerate();
-            // The calling thread takes the first chunk itself instead of idling.
-            let first = chunks.next();
-            for (i, chunk) in chunks {
-                let y0 = i * rows_per_thread;
-                let rows = y0..(y0 + chunk.len() / width);
-                scope.spawn(move || self.interpolate_rows(src, chunk, rows));
-            }
-            if let Some((_, chunk)) = first {
-                self.interpolate_rows(src, chunk, 0..chunk.len() / width);
-            }
-        });
+        let band_len = self.tiles_x * BINS;
+        worker.hist.resize(band_len * PARTS, 0);
+        worker.lut.resize(band_len * self.tiles_y, 0);
+        let inv_th = 1.0f32 / self.layout.tile_h as f32;
+        let (first_band, _, _) = neighbours(rows.start, inv_th, self.tiles_y);
+        let (_, last_band, _) = neighbours(rows.end - 1, inv_th, self.tiles_y);
+        for ty in first_band..=last_band {
+            let lut_band = &mut worker.lut[ty * band_len..(ty + 1) * band_len];
+            band_luts(
+                src,
+                &self.layout,
+                ty,
+                self.pad_cols,
+                self.clip,
+                self.scale,
+                &mut worker.hist,
+                lut_band,
+            );
+        }
+        self.interpolate_rows(worker, src, out, rows, inv_th);
     }
 
-    /// Writes output rows `rows` into `dst`, which holds exactly those rows.
-    fn interpolate_rows(&self, src: GrayView<'_>, dst: &mut [u8], rows: std::ops::Range<usize>) {
+    /// Writes output rows `rows` into `out`, which holds exactly those rows.
+    ///
+    /// For each pair of tile bands (above, below) and each column segment, the four tables are
+    /// interleaved into one `u32` per grey level, so a pixel needs a single lookup; the blend then
+    /// runs over a chunk of looked-up quads in a loop the compiler vectorises.
+    fn interpolate_rows(
+        &self,
+        worker: &mut Worker,
+        src: GrayView<'_>,
+        out: &mut [u8],
+        rows: std::ops::Range<usize>,
+        inv_th: f32,
+    ) {
         let width = self.layout.width;
-        let tiles_x = self.params.tiles_x;
-        let tiles_y = self.params.tiles_y;
-        let inv_th = 1.0f32 / self.layout.tile_h as f32;
-        let band_len = tiles_x * BINS;
-        let (left, right) = (&self.col_left[..width], &self.col_right[..width]);
-        let (w_left, w_right) = (&self.col_w_left[..width], &self.col_w_right[..width]);
-        for (y, out) in rows.zip(dst.chunks_exact_mut(width)) {
-            let tyf = y as f32 * inv_th - 0.5f32;
-            let t1 = tyf.floor() as i64;
-            let w_below = tyf - t1 as f32;
+        let n_seg = self.segments.len();
+        worker.quads.resize(n_seg * BINS, 0);
+        let mut quad_bands = None;
+        let mut looked_up = [0u32; CHUNK];
+        for (y, out_row) in rows.zip(out.chunks_exact_mut(width)) {
+            let (above, below, w_below) = neighbours(y, inv_th, self.tiles_y);
             let w_above = 1.0f32 - w_below;
-            let above = t1.max(0) as usize;
-            let below = ((t1 + 1) as usize).min(tiles_y - 1);
-            let lut_above = &self.lut[above * band_len..(above + 1) * band_len];
-            let lut_below = &self.lut[below * band_len..(below + 1) * band_len];
+            if quad_bands != Some((above, below)) {
+                self.fill_quads(&worker.lut, &mut worker.quads, above, below);
+                quad_bands = Some((above, below));
+            }
             let row = src.row(y);
-            for x in 0..width {
-                let v = row[x] as usize;
-                let (l, r) = (left[x] as usize + v, right[x] as usize + v);
-                // Same operation order as OpenCV's scalar loop, in f32 without fused multiply-add.
-                let res = (lut_above[l] as f32 * w_left[x] + lut_above[r] as f32 * w_right[x])
-                    * w_above
-                    + (lut_below[l] as f32 * w_left[x] + lut_below[r] as f32 * w_right[x])
-                        * w_below;
-                out[x] = round_to_u8(res);
+            for (seg, quads) in self.segments.iter().zip(worker.quads.chunks_exact(BINS)) {
+                let Ok(quads) = <&[u32; BINS]>::try_from(quads) else {
+                    continue;
+                };
+                let mut x = seg.x0;
+                while x < seg.x1 {
+                    let end = (x + CHUNK).min(seg.x1);
+                    let n = end - x;
+                    for (q, &v) in looked_up[..n].iter_mut().zip(&row[x..end]) {
+                        *q = quads[v as usize];
+                    }
+                    blend(
+                        &looked_up[..n],
+                        &self.w_left[x..end],
+                        &self.w_right[x..end],
+                        w_above,
+                        w_below,
+                        &mut out_row[x..end],
+                    );
+                    x = end;
+                }
             }
         }
     }
+
+    /// Interleaves, for every column segment, the tables of its four tiles (left/right in the
+    /// band above and below) into `quads[segment][grey] = la | ra << 8 | lb << 16 | rb << 24`.
+    fn fill_quads(&self, lut: &[u8], quads: &mut [u32], above: usize, below: usize) {
+        for (seg, q) in self.segments.iter().zip(quads.chunks_exact_mut(BINS)) {
+            let (Some(la), Some(ra), Some(lb), Some(rb)) = (
+                table(lut, above * self.tiles_x + seg.left_tile),
+                table(lut, above * self.tiles_x + seg.right_tile),
+                table(lut, below * self.tiles_x + seg.left_tile),
+                table(lut, below * self.tiles_x + seg.right_tile),
+            ) else {
+                continue;
+            };
+            for (i, e) in q.iter_mut().enumerate() {
+                *e = la[i] as u32
+                    | (ra[i] as u32) << 8
+                    | (lb[i] as u32) << 16
+                    | (rb[i] as u32) << 24;
+            }
+        }
+    }
+}
+
+/// Pixels looked up per blend call: small enough for the stack, long enough to vectorise.
+const CHUNK: usize = 64;
+
+/// The bilinear blend of looked-up table quads, in OpenCV's f32 operation order (no fused
+/// multiply-add): `(la*wl + ra*wr)*w_above + (lb*wl + rb*wr)*w_below`, rounded half to even.
+#[inline]
+fn blend(
+    quads: &[u32],
+    w_left: &[f32],
+    w_right: &[f32],
+    w_above: f32,
+    w_below: f32,
+    out: &mut [u8],
+) {
+    const MAGIC: f32 = 8_388_608.0; // 2^23
+    for (((o, &q), &wl), &wr) in out.iter_mut().zip(quads).zip(w_left).zip(w_right) {
+        let la = (q & 0xFF) as f32;
+        let ra = ((q >> 8) & 0xFF) as f32;
+        let lb = ((q >> 16) & 0xFF) as f32;
+        let rb = (q >> 24) as f32;
+        let res = (la * wl + ra * wr) * w_above + (lb * wl + rb * wr) * w_below;
+        // res lies in [0, 255.5): a convex blend of values in 0..=255 with f32 rounding error.
+        // Adding 2^23 rounds it half to even into the low mantissa bits, which are the result.
+        *o = (res + MAGIC).to_bits() as u8;
+    }
+}
+
+/// Tile `index`'s 256-entry table as a fixed-size array, so lookups by a `u8` need no bounds check.
+#[inline]
+fn table(lut: &[u8], index: usize) -> Option<&[u8; BINS]> {
+    lut.get(index * BINS..(index + 1) * BINS)?.try_into().ok()
 }
 
 /// Histograms, clipping and tables for one band of tiles (tile row `ty`).
