@@ -235,6 +235,11 @@ impl Clahe {
             .unwrap_or(&[])
     }
 
+    /// Tile size (width, height) used for the last image's histograms, in padded-image pixels.
+    pub fn tile_size(&self) -> (usize, usize) {
+        (self.layout.tile_w, self.layout.tile_h)
+    }
+
     /// The integer clip limit per histogram bin used for the last image (0: no clipping).
     pub fn clip_per_bin(&self) -> u32 {
         self.clip_per_bin

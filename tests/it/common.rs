@@ -1,0 +1,54 @@
+//! Helpers shared by the integration tests: the binary, the reference Python, the real data.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The built `pocusd` binary.
+pub fn pocusd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pocusd"))
+}
+
+/// Runs `pocusd` with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    pocusd().args(args).output().expect("pocusd runs")
+}
+
+/// The Python with pinned OpenCV that scripts/setup.sh installs. Tests that need it are
+/// `#[ignore]`d so a bare `cargo test` reports them as ignored, and scripts/test.sh runs them with
+/// `--include-ignored`; there, a missing interpreter is a failure, never a skip.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("POCUSD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "reference Python {} not found: run scripts/setup.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The real-data folder (`POCUSD_DATA`, else ../shared/data beside the checkout), if present.
+pub fn real_data() -> Option<PathBuf> {
+    let p = std::env::var_os("POCUSD_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    p.join("README.md").exists().then_some(p)
+}
+
+/// The script folder of the checkout.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
