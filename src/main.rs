@@ -281,6 +281,7 @@ fn cmd_bench_clahe(cfg: &config::Config, args: &BenchClaheArgs) -> anyhow::Resul
             "{}",
             serde_json::json!({
                 "width": src.width(), "height": src.height(), "iters": args.iters, "threads": args.threads,
+                "threads_used": clahe.threads_for(src.width(), src.height()),
                 "median_ms": median, "p99_ms": p99,
             })
         );

@@ -14,7 +14,10 @@ use crate::common;
 
 fn equalise(img: &GrayImage, clip: f64, tx: usize, ty: usize, threads: usize) -> GrayImage {
     let params = ClaheParams::new(clip, tx, ty).expect("valid params");
-    let mut clahe = Clahe::new(params).with_threads(NonZeroUsize::new(threads).unwrap());
+    // One pixel per thread: the threaded path runs whenever more than one thread is asked for.
+    let mut clahe = Clahe::new(params)
+        .with_threads(NonZeroUsize::new(threads).unwrap())
+        .with_pixels_per_thread(1);
     let mut out = GrayImage::default();
     clahe.apply(img.view().unwrap(), &mut out);
     out
