@@ -26,6 +26,25 @@ pub enum FrameError {
         stride: usize,
         len: usize,
     },
+    /// A crop rectangle leaves the image.
+    #[error("region {rect:?} is empty or outside the {width}x{height} image")]
+    OutOfBounds { rect: Rect, width: usize, height: usize },
+}
+
+/// A rectangle in frame pixels (the region of interest, the image area of a screen grab).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rect {
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+impl Rect {
+    /// The whole of a `width` x `height` image.
+    pub fn full(width: usize, height: usize) -> Self {
+        Self { x: 0, y: 0, w: width, h: height }
+    }
 }
 
 /// A borrowed 8-bit grayscale image whose lines start `stride` bytes apart.
@@ -81,6 +100,15 @@ impl<'a> GrayView<'a> {
     /// Distance between line starts in bytes.
     pub fn stride(&self) -> usize {
         self.stride
+    }
+
+    /// The sub-image `r`, sharing the pixels; fails when `r` is empty or leaves the image.
+    pub fn crop(&self, r: Rect) -> Result<GrayView<'a>, FrameError> {
+        if r.w == 0 || r.h == 0 || r.x + r.w > self.width || r.y + r.h > self.height {
+            return Err(FrameError::OutOfBounds { rect: r, width: self.width, height: self.height });
+        }
+        let start = r.y * self.stride + r.x;
+        GrayView::new(r.w, r.h, self.stride, &self.data[start..])
     }
 
     /// Line `y` (exactly `width` pixels). Panics if `y >= height`, which callers rule out by looping

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod frame;
 pub mod imageio;
+pub mod model;
 pub mod preprocess;
 pub mod synth;
 

@@ -13,6 +13,7 @@
 
 use std::f64::consts::PI;
 
+pub use crate::frame::Rect;
 use crate::frame::GrayImage;
 
 /// What the phantom shows and the model segments.
@@ -70,15 +71,6 @@ fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// A rectangle in frame pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Rect {
-    pub x: usize,
-    pub y: usize,
-    pub w: usize,
-    pub h: usize,
 }
 
 /// The phantom's geometry. Coordinates are frame pixels with pixel centres at `i + 0.5`.

@@ -1,7 +1,104 @@
-//! Everything between a captured frame and the model's input tensor: CLAHE today; region of
-//! interest, resizing and normalisation join it with the engine. Serving and training share this
+//! Everything between a captured frame and the model's input tensor: crop to the region of
+//! interest, CLAHE at that resolution with the model's parameters, resize to the model input
+//! (stretch; area averaging when shrinking, bilinear when growing), normalise into the tensor in
+//! the model's layout, replicating gray into 3 channels when asked. Serving and training share this
 //! code so the model sees the same pixels at night and live. Must not depend on tract, burn or tokio.
 
 pub mod clahe;
+pub mod resize;
+
+use std::num::NonZeroUsize;
 
 pub use clahe::{Clahe, ClaheError, ClaheParams};
+pub use resize::{F32Plane, Pixels, Resizer};
+
+use crate::frame::{FrameError, GrayImage, GrayView, Rect};
+use crate::model::{Layout, ModelSpec, Normalisation};
+
+/// The preprocessing stage for one model. Owns every buffer; allocation happens only when the
+/// region of interest changes size.
+#[derive(Debug)]
+pub struct Preprocessor {
+    spec: ModelSpec,
+    clahe: Option<Clahe>,
+    /// The region of interest after CLAHE (or a plain copy when CLAHE is off): what the overlay shows.
+    enhanced: GrayImage,
+    resizer: Resizer,
+    /// The enhanced region resized to the model input, grey levels 0..=255.
+    plane: Vec<f32>,
+    tensor: Vec<f32>,
+}
+
+impl Preprocessor {
+    /// A stage for `spec`, with `threads` for CLAHE.
+    pub fn new(spec: &ModelSpec, threads: NonZeroUsize) -> Self {
+        Self {
+            spec: spec.clone(),
+            clahe: spec.clahe.map(|p| Clahe::new(p).with_threads(threads)),
+            enhanced: GrayImage::default(),
+            resizer: Resizer::new(),
+            plane: Vec::new(),
+            tensor: Vec::new(),
+        }
+    }
+
+    /// Crops `roi` out of `frame`, enhances, resizes and normalises it; returns the input tensor
+    /// (shape `spec.input_shape()`).
+    pub fn process(&mut self, frame: GrayView<'_>, roi: Rect) -> Result<&[f32], FrameError> {
+        let region = frame.crop(roi)?;
+        match &mut self.clahe {
+            Some(c) => c.apply(region, &mut self.enhanced),
+            None => {
+                self.enhanced.resize(region.width(), region.height());
+                for (y, out) in self.enhanced.as_mut_slice().chunks_exact_mut(region.width()).enumerate() {
+                    out.copy_from_slice(region.row(y));
+                }
+            }
+        }
+        let enhanced = self.enhanced.view()?;
+        let (w, h) = (self.spec.input_width, self.spec.input_height);
+        self.resizer.resize(&enhanced, w, h, &mut self.plane);
+        fill_tensor(&self.plane, &self.spec, &mut self.tensor);
+        Ok(&self.tensor)
+    }
+
+    /// The enhanced region of interest of the last frame.
+    pub fn enhanced(&self) -> &GrayImage {
+        &self.enhanced
+    }
+
+    /// The last frame at model resolution, grey levels 0..=255 (before normalisation).
+    pub fn plane(&self) -> &[f32] {
+        &self.plane
+    }
+
+    /// The model description this stage prepares for.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+/// Normalises a model-resolution plane (0..=255) into the input tensor, in the model's layout and
+/// channel count.
+pub fn fill_tensor(plane: &[f32], spec: &ModelSpec, tensor: &mut Vec<f32>) {
+    let c = spec.channels;
+    tensor.resize(plane.len() * c, 0.0);
+    let (scale, offset) = match spec.normalisation {
+        Normalisation::Unit => (1.0 / 255.0, 0.0),
+        Normalisation::MeanStd { mean, std } => (1.0 / (255.0 * std), -mean / std),
+    };
+    match spec.layout {
+        Layout::Nchw => {
+            for ch in tensor.chunks_exact_mut(plane.len()) {
+                for (t, &p) in ch.iter_mut().zip(plane) {
+                    *t = p * scale + offset;
+                }
+            }
+        }
+        Layout::Nhwc => {
+            for (px, &p) in tensor.chunks_exact_mut(c).zip(plane) {
+                px.fill(p * scale + offset);
+            }
+        }
+    }
+}
