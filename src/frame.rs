@@ -28,7 +28,11 @@ pub enum FrameError {
     },
     /// A crop rectangle leaves the image.
     #[error("region {rect:?} is empty or outside the {width}x{height} image")]
-    OutOfBounds { rect: Rect, width: usize, height: usize },
+    OutOfBounds {
+        rect: Rect,
+        width: usize,
+        height: usize,
+    },
 }
 
 /// A rectangle in frame pixels (the region of interest, the image area of a screen grab).
@@ -43,7 +47,12 @@ pub struct Rect {
 impl Rect {
     /// The whole of a `width` x `height` image.
     pub fn full(width: usize, height: usize) -> Self {
-        Self { x: 0, y: 0, w: width, h: height }
+        Self {
+            x: 0,
+            y: 0,
+            w: width,
+            h: height,
+        }
     }
 }
 
@@ -105,7 +114,11 @@ impl<'a> GrayView<'a> {
     /// The sub-image `r`, sharing the pixels; fails when `r` is empty or leaves the image.
     pub fn crop(&self, r: Rect) -> Result<GrayView<'a>, FrameError> {
         if r.w == 0 || r.h == 0 || r.x + r.w > self.width || r.y + r.h > self.height {
-            return Err(FrameError::OutOfBounds { rect: r, width: self.width, height: self.height });
+            return Err(FrameError::OutOfBounds {
+                rect: r,
+                width: self.width,
+                height: self.height,
+            });
         }
         let start = r.y * self.stride + r.x;
         GrayView::new(r.w, r.h, self.stride, &self.data[start..])

@@ -6,7 +6,9 @@
 pub mod config;
 pub mod frame;
 pub mod imageio;
+pub mod infer;
 pub mod model;
+pub mod postprocess;
 pub mod preprocess;
 pub mod synth;
 

@@ -30,7 +30,11 @@ pub enum ModelError {
     BadOutput { found: String, expected: String },
     /// A metadata value cannot be understood.
     #[error("model metadata `{key}` = {value:?} is invalid: {allowed}")]
-    BadMetadata { key: String, value: String, allowed: String },
+    BadMetadata {
+        key: String,
+        value: String,
+        allowed: String,
+    },
     /// Metadata from a newer pocusd.
     #[error("model metadata schema {found} is newer than this pocusd understands ({SCHEMA_VERSION}); upgrade pocusd")]
     NewerSchema { found: u32 },
@@ -151,12 +155,19 @@ pub struct SpecOverrides {
 }
 
 fn fmt_shape(s: &Shape) -> String {
-    let dims: Vec<String> = s.iter().map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "?".into())).collect();
+    let dims: Vec<String> = s
+        .iter()
+        .map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "?".into()))
+        .collect();
     format!("[{}]", dims.join(", "))
 }
 
 fn bad(key: &str, value: &str, allowed: &str) -> ModelError {
-    ModelError::BadMetadata { key: format!("{META_PREFIX}{key}"), value: value.into(), allowed: allowed.into() }
+    ModelError::BadMetadata {
+        key: format!("{META_PREFIX}{key}"),
+        value: value.into(),
+        allowed: allowed.into(),
+    }
 }
 
 impl ModelSpec {
@@ -164,19 +175,33 @@ impl ModelSpec {
     /// shapes imply. Fails with a message saying what was expected and what was found.
     pub fn from_graph(facts: &GraphFacts, overrides: &SpecOverrides) -> Result<Self, ModelError> {
         if facts.inputs != 1 || facts.outputs != 1 {
-            return Err(ModelError::Arity { inputs: facts.inputs, outputs: facts.outputs });
+            return Err(ModelError::Arity {
+                inputs: facts.inputs,
+                outputs: facts.outputs,
+            });
         }
-        let meta = |k: &str| facts.metadata.get(&format!("{META_PREFIX}{k}")).map(String::as_str);
+        let meta = |k: &str| {
+            facts
+                .metadata
+                .get(&format!("{META_PREFIX}{k}"))
+                .map(String::as_str)
+        };
         let from_metadata = meta("schema").is_some();
         if let Some(v) = meta("schema") {
-            let n: u32 = v.trim().parse().map_err(|_| bad("schema", v, "an integer version"))?;
+            let n: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad("schema", v, "an integer version"))?;
             if n > SCHEMA_VERSION {
                 return Err(ModelError::NewerSchema { found: n });
             }
         }
 
         // Input: rank 4, batch 1 (or symbolic), channels 1 or 3 in one of the two layouts.
-        let bad_input = || ModelError::BadInput { name: facts.input_name.clone(), found: fmt_shape(&facts.input_shape) };
+        let bad_input = || ModelError::BadInput {
+            name: facts.input_name.clone(),
+            found: fmt_shape(&facts.input_shape),
+        };
         let s = &facts.input_shape;
         if s.len() != 4 || !matches!(s[0], None | Some(1)) {
             return Err(bad_input());
@@ -223,7 +248,11 @@ impl ModelSpec {
         if let Some(v) = meta("input") {
             let (mw, mh) = parse_size(v).ok_or_else(|| bad("input", v, "WxH, e.g. 128x128"))?;
             if (mw, mh) != (width, height) {
-                return Err(bad("input", v, &format!("the graph's input is {width}x{height}")));
+                return Err(bad(
+                    "input",
+                    v,
+                    &format!("the graph's input is {width}x{height}"),
+                ));
             }
             (width, height) = (mw, mh);
         }
@@ -242,8 +271,14 @@ impl ModelSpec {
             Layout::Nchw => format!("[1, 1 or C, {height}, {width}] like the NCHW input"),
             Layout::Nhwc => format!("[1, {height}, {width}, 1 or C] like the NHWC input"),
         };
-        let bad_output = || ModelError::BadOutput { found: fmt_shape(o), expected: expected_out.clone() };
-        if oh.is_some_and(|v| v != height) || ow.is_some_and(|v| v != width) || oc.is_none() && o.len() != 4 {
+        let bad_output = || ModelError::BadOutput {
+            found: fmt_shape(o),
+            expected: expected_out.clone(),
+        };
+        if oh.is_some_and(|v| v != height)
+            || ow.is_some_and(|v| v != width)
+            || oc.is_none() && o.len() != 4
+        {
             return Err(bad_output());
         }
         let output_channels = oc.unwrap_or(1);
@@ -252,7 +287,8 @@ impl ModelSpec {
         }
 
         let output = match meta("output") {
-            Some(v) => parse_output(v).ok_or_else(|| bad("output", v, "sigmoid, logits, softmax or softmax_logits"))?,
+            Some(v) => parse_output(v)
+                .ok_or_else(|| bad("output", v, "sigmoid, logits, softmax or softmax_logits"))?,
             None => match overrides.output {
                 Some(k) => k,
                 None => match (facts.final_op.as_str(), output_channels) {
@@ -265,7 +301,11 @@ impl ModelSpec {
         };
         if output.is_multiclass() != (output_channels > 1) {
             return Err(ModelError::BadOutput {
-                found: format!("{} with {} output channel(s)", output.as_str(), output_channels),
+                found: format!(
+                    "{} with {} output channel(s)",
+                    output.as_str(),
+                    output_channels
+                ),
                 expected: "1 channel for sigmoid/logits, 2 or more for softmax".into(),
             });
         }
@@ -278,7 +318,11 @@ impl ModelSpec {
         };
         if let Some(v) = meta("channels") {
             if v.trim().parse::<usize>().ok() != Some(channels) {
-                return Err(bad("channels", v, &format!("the graph's input has {channels}")));
+                return Err(bad(
+                    "channels",
+                    v,
+                    &format!("the graph's input has {channels}"),
+                ));
             }
         }
         let normalisation = match meta("normalize") {
@@ -286,7 +330,11 @@ impl ModelSpec {
             Some("mean_std") => {
                 let f = |k: &str| -> Result<f32, ModelError> {
                     let v = meta(k).unwrap_or("");
-                    v.trim().parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| bad(k, v, "a finite number"))
+                    v.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| bad(k, v, "a finite number"))
                 };
                 let (mean, std) = (f("norm_mean")?, f("norm_std")?);
                 if std <= 0.0 {
@@ -300,7 +348,10 @@ impl ModelSpec {
         let clahe = if from_metadata {
             match meta("clahe") {
                 None | Some("off") => None,
-                Some(v) => Some(parse_clahe(v).ok_or_else(|| bad("clahe", v, "off, or CLIP@CxR such as 2@8x8"))?),
+                Some(v) => Some(
+                    parse_clahe(v)
+                        .ok_or_else(|| bad("clahe", v, "off, or CLIP@CxR such as 2@8x8"))?,
+                ),
             }
         } else {
             overrides.clahe.unwrap_or(Some(ClaheParams::default()))
@@ -308,11 +359,23 @@ impl ModelSpec {
         let classes = match meta("classes") {
             Some(v) => v.split(',').map(|c| c.trim().to_string()).collect(),
             None if output_channels == 1 => vec!["background".into(), task.as_str().into()],
-            None => (0..output_channels).map(|i| if i == 0 { "background".into() } else { format!("class{i}") }).collect(),
+            None => (0..output_channels)
+                .map(|i| {
+                    if i == 0 {
+                        "background".into()
+                    } else {
+                        format!("class{i}")
+                    }
+                })
+                .collect(),
         };
         let expected_classes = output_channels.max(2);
         if classes.len() != expected_classes {
-            return Err(bad("classes", meta("classes").unwrap_or(""), &format!("{expected_classes} comma-separated names")));
+            return Err(bad(
+                "classes",
+                meta("classes").unwrap_or(""),
+                &format!("{expected_classes} comma-separated names"),
+            ));
         }
         Ok(ModelSpec {
             task,
@@ -348,7 +411,10 @@ impl ModelSpec {
         };
         put("schema", SCHEMA_VERSION.to_string());
         put("task", self.task.as_str().into());
-        put("input", format!("{}x{}", self.input_width, self.input_height));
+        put(
+            "input",
+            format!("{}x{}", self.input_width, self.input_height),
+        );
         put("channels", self.channels.to_string());
         put("layout", self.layout.as_str().into());
         match self.normalisation {
@@ -438,44 +504,103 @@ mod tests {
 
     #[test]
     fn infers_keras_style_nhwc_sigmoid() {
-        let f = facts(vec![None, Some(128), Some(128), Some(3)], vec![None, Some(128), Some(128), Some(1)], "Sigmoid");
+        let f = facts(
+            vec![None, Some(128), Some(128), Some(3)],
+            vec![None, Some(128), Some(128), Some(1)],
+            "Sigmoid",
+        );
         let s = ModelSpec::from_graph(&f, &SpecOverrides::default()).unwrap();
-        assert_eq!((s.layout, s.channels, s.input_width, s.output), (Layout::Nhwc, 3, 128, OutputKind::Sigmoid));
+        assert_eq!(
+            (s.layout, s.channels, s.input_width, s.output),
+            (Layout::Nhwc, 3, 128, OutputKind::Sigmoid)
+        );
         assert!(!s.from_metadata);
         assert_eq!(s.clahe, Some(ClaheParams::default()));
     }
 
     #[test]
     fn infers_nchw_softmax_and_roundtrips_metadata() {
-        let f = facts(vec![Some(1), Some(1), Some(96), Some(160)], vec![Some(1), Some(3), Some(96), Some(160)], "Softmax");
+        let f = facts(
+            vec![Some(1), Some(1), Some(96), Some(160)],
+            vec![Some(1), Some(3), Some(96), Some(160)],
+            "Softmax",
+        );
         let mut s = ModelSpec::from_graph(&f, &SpecOverrides::default()).unwrap();
-        assert_eq!((s.layout, s.output, s.output_channels, s.input_width, s.input_height), (Layout::Nchw, OutputKind::Softmax, 3, 160, 96));
+        assert_eq!(
+            (
+                s.layout,
+                s.output,
+                s.output_channels,
+                s.input_width,
+                s.input_height
+            ),
+            (Layout::Nchw, OutputKind::Softmax, 3, 160, 96)
+        );
         s.clahe = None;
         s.task = Task::Region;
         let mut f2 = f.clone();
         f2.metadata = s.to_metadata();
         let back = ModelSpec::from_graph(&f2, &SpecOverrides::default()).unwrap();
-        assert_eq!(back, ModelSpec { from_metadata: true, ..s });
+        assert_eq!(
+            back,
+            ModelSpec {
+                from_metadata: true,
+                ..s
+            }
+        );
     }
 
     #[test]
     fn refuses_shapes_that_do_not_fit() {
         let o = SpecOverrides::default();
-        let e = ModelSpec::from_graph(&facts(vec![Some(1), Some(128)], vec![Some(1)], "Sigmoid"), &o).unwrap_err();
+        let e = ModelSpec::from_graph(
+            &facts(vec![Some(1), Some(128)], vec![Some(1)], "Sigmoid"),
+            &o,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("expected [1, C, H, W]"), "{e}");
-        let e = ModelSpec::from_graph(&facts(vec![Some(1), Some(3), Some(64), Some(64)], vec![Some(1), Some(10)], "Softmax"), &o).unwrap_err();
+        let e = ModelSpec::from_graph(
+            &facts(
+                vec![Some(1), Some(3), Some(64), Some(64)],
+                vec![Some(1), Some(10)],
+                "Softmax",
+            ),
+            &o,
+        )
+        .unwrap_err();
         assert!(matches!(e, ModelError::BadOutput { .. }), "{e}");
-        let e = ModelSpec::from_graph(&facts(vec![Some(1), Some(3), Some(64), Some(64)], vec![Some(1), Some(1), Some(32), Some(32)], "Sigmoid"), &o).unwrap_err();
+        let e = ModelSpec::from_graph(
+            &facts(
+                vec![Some(1), Some(3), Some(64), Some(64)],
+                vec![Some(1), Some(1), Some(32), Some(32)],
+                "Sigmoid",
+            ),
+            &o,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("[1, 1, 32, 32]"), "{e}");
-        let mut f = facts(vec![Some(1), Some(3), Some(64), Some(64)], vec![Some(1), Some(1), Some(64), Some(64)], "Sigmoid");
+        let mut f = facts(
+            vec![Some(1), Some(3), Some(64), Some(64)],
+            vec![Some(1), Some(1), Some(64), Some(64)],
+            "Sigmoid",
+        );
         f.metadata.insert("pocusd.schema".into(), "9".into());
-        assert!(matches!(ModelSpec::from_graph(&f, &o), Err(ModelError::NewerSchema { found: 9 })));
+        assert!(matches!(
+            ModelSpec::from_graph(&f, &o),
+            Err(ModelError::NewerSchema { found: 9 })
+        ));
     }
 
     #[test]
     fn parses_clahe_spelling() {
-        assert_eq!(parse_clahe("2@8x8"), Some(ClaheParams::new(2.0, 8, 8).unwrap()));
-        assert_eq!(parse_clahe("1.5@4x2"), Some(ClaheParams::new(1.5, 4, 2).unwrap()));
+        assert_eq!(
+            parse_clahe("2@8x8"),
+            Some(ClaheParams::new(2.0, 8, 8).unwrap())
+        );
+        assert_eq!(
+            parse_clahe("1.5@4x2"),
+            Some(ClaheParams::new(1.5, 4, 2).unwrap())
+        );
         assert_eq!(parse_clahe("2"), None);
     }
 }

@@ -13,8 +13,8 @@
 
 use std::f64::consts::PI;
 
-pub use crate::frame::Rect;
 use crate::frame::GrayImage;
+pub use crate::frame::Rect;
 
 /// What the phantom shows and the model segments.
 #[derive(
@@ -314,7 +314,7 @@ impl Phantom {
         for yi in 0..r.h {
             let y = (r.y + yi) as f64 + 0.5;
             let depth = yi as f64 / r.h as f64;
-            let attenuation = (-1.1 * depth).exp() as f32;
+            let attenuation = (-0.9 * depth).exp() as f32;
             let row_hash = mix64(self.cfg.seed ^ (((yi as i64 - tissue_shift) as u64) << 20));
             for xi in 0..r.w {
                 let x = (r.x + xi) as f64 + 0.5;
@@ -327,7 +327,7 @@ impl Phantom {
                         if d1.abs() <= g.superficial_band_px / 2.0
                             || d2.abs() <= g.deep_band_px / 2.0
                         {
-                            (1.0, true)
+                            (1.6, true)
                         } else if d1 < 0.0 {
                             // Subcutaneous layer: fat, moderately echoic with a few septa.
                             (0.30 + 0.10 * ((y * 0.21 + x * 0.013).sin()).max(0.0), false)

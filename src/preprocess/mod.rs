@@ -50,7 +50,12 @@ impl Preprocessor {
             Some(c) => c.apply(region, &mut self.enhanced),
             None => {
                 self.enhanced.resize(region.width(), region.height());
-                for (y, out) in self.enhanced.as_mut_slice().chunks_exact_mut(region.width()).enumerate() {
+                for (y, out) in self
+                    .enhanced
+                    .as_mut_slice()
+                    .chunks_exact_mut(region.width())
+                    .enumerate()
+                {
                     out.copy_from_slice(region.row(y));
                 }
             }

@@ -141,7 +141,11 @@ impl Resizer {
             let dst_row = &mut self.tmp[y * dst_w..(y + 1) * dst_w];
             for (i, d) in dst_row.iter_mut().enumerate() {
                 let (first, w) = self.x.taps(i);
-                *d = w.iter().zip(&row[first..first + w.len()]).map(|(a, b)| a * b).sum();
+                *d = w
+                    .iter()
+                    .zip(&row[first..first + w.len()])
+                    .map(|(a, b)| a * b)
+                    .sum();
             }
         }
         // Vertical pass, accumulating whole rows (vectorises).
@@ -164,7 +168,15 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one() {
-        for (s, d) in [(640, 128), (128, 640), (7, 3), (3, 7), (5, 5), (1, 4), (4, 1)] {
+        for (s, d) in [
+            (640, 128),
+            (128, 640),
+            (7, 3),
+            (3, 7),
+            (5, 5),
+            (1, 4),
+            (4, 1),
+        ] {
             let a = Axis::new(s, d);
             for i in 0..d {
                 let (first, w) = a.taps(i);

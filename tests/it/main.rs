@@ -3,4 +3,5 @@
 mod clahe;
 mod cli;
 mod common;
+mod engine;
 mod synth;

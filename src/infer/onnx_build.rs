@@ -1,0 +1,452 @@
+//! Writing ONNX files from Rust with `tract_onnx::pb` + prost: a small graph builder, the U-Net of
+//! the default architecture (ConvTranspose upsampling), and the hand-weighted fixture models the
+//! tests use (a brightness segmenter in every layout, channel count and head; deliberately broken
+//! models). Lives under `infer` because it names tract's protobuf types.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use tract_onnx::pb;
+
+use crate::model::{Layout, ModelSpec, Normalisation, OutputKind};
+use crate::synth::{SplitMix64, Task};
+
+/// ONNX opset written.
+pub const OPSET: i64 = 13;
+
+const FLOAT: i32 = 1; // TensorProto.DataType.FLOAT
+
+/// Builds one graph node by node; names are generated.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    next: usize,
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn attr_str(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, shape: &[Option<usize>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam(format!("d{i}")),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl GraphBuilder {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn name(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}_{}", self.next)
+    }
+
+    /// Adds a float constant and returns its name.
+    pub fn constant(&mut self, prefix: &str, dims: &[usize], data: Vec<f32>) -> String {
+        let name = self.name(prefix);
+        self.initializers.push(pb::TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: FLOAT,
+            float_data: data,
+            ..Default::default()
+        });
+        name
+    }
+
+    /// Adds a node with the given inputs and attributes; returns its output's name.
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<pb::AttributeProto>,
+    ) -> String {
+        let out = self.name(&op.to_ascii_lowercase());
+        self.nodes.push(pb::NodeProto {
+            name: out.clone(),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attributes,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// `Conv` with square kernel `k`, "same" padding and the given weights `[out, in, k, k]`.
+    pub fn conv(
+        &mut self,
+        x: &str,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        out_ch: usize,
+        in_ch: usize,
+        k: usize,
+    ) -> String {
+        let w = self.constant("w", &[out_ch, in_ch, k, k], weights);
+        let b = self.constant("b", &[out_ch], bias);
+        let p = (k / 2) as i64;
+        self.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                attr_ints("kernel_shape", &[k as i64, k as i64]),
+                attr_ints("pads", &[p, p, p, p]),
+            ],
+        )
+    }
+
+    /// `ConvTranspose` 2x2 with stride 2 (doubles height and width); weights `[in, out, 2, 2]`.
+    pub fn conv_transpose2(
+        &mut self,
+        x: &str,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        in_ch: usize,
+        out_ch: usize,
+    ) -> String {
+        let w = self.constant("wt", &[in_ch, out_ch, 2, 2], weights);
+        let b = self.constant("bt", &[out_ch], bias);
+        self.node(
+            "ConvTranspose",
+            &[x, &w, &b],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
+    }
+
+    /// 2x2 max pooling with stride 2.
+    pub fn max_pool2(&mut self, x: &str) -> String {
+        self.node(
+            "MaxPool",
+            &[x],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
+    }
+
+    /// `Transpose` with a permutation.
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![attr_ints("perm", perm)])
+    }
+
+    /// `Concat` along `axis`.
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
+        self.node("Concat", xs, vec![attr_int("axis", axis)])
+    }
+
+    /// `Softmax` along `axis`.
+    pub fn softmax(&mut self, x: &str, axis: i64) -> String {
+        self.node("Softmax", &[x], vec![attr_int("axis", axis)])
+    }
+
+    /// `Resize` by 2 (nearest), the op Keras-style exports use for upsampling.
+    pub fn upsample2(&mut self, x: &str) -> String {
+        let roi = self.constant("roi", &[0], vec![]);
+        let scales = self.constant("scales", &[4], vec![1.0, 1.0, 2.0, 2.0]);
+        self.node(
+            "Resize",
+            &[x, &roi, &scales],
+            vec![attr_str("mode", "nearest")],
+        )
+    }
+
+    /// Serialises the graph with `input` (shape) and `output` (shape) and metadata.
+    pub fn finish(
+        self,
+        input: (&str, &[Option<usize>]),
+        output: (&str, &[Option<usize>]),
+        metadata: &BTreeMap<String, String>,
+    ) -> Vec<u8> {
+        let graph = pb::GraphProto {
+            name: "pocusd".into(),
+            node: self.nodes,
+            initializer: self.initializers,
+            input: vec![value_info(input.0, input.1)],
+            output: vec![value_info(output.0, output.1)],
+            ..Default::default()
+        };
+        let model = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "pocusd".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| pb::StringStringEntryProto {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        model.encode_to_vec()
+    }
+}
+
+/// A spec for fixtures and random U-Nets: 1-channel sigmoid unless changed.
+pub fn fixture_spec(
+    task: Task,
+    width: usize,
+    height: usize,
+    channels: usize,
+    layout: Layout,
+    output: OutputKind,
+) -> ModelSpec {
+    let output_channels = if output.is_multiclass() { 2 } else { 1 };
+    ModelSpec {
+        task,
+        input_width: width,
+        input_height: height,
+        channels,
+        layout,
+        normalisation: Normalisation::Unit,
+        clahe: None,
+        output,
+        output_channels,
+        classes: vec!["background".into(), task.as_str().into()],
+        from_metadata: true,
+        trained_on: Some("hand-set weights (test fixture)".into()),
+        val_dice: None,
+        run_id: None,
+    }
+}
+
+/// How a fixture is deliberately broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breakage {
+    /// A working model.
+    None,
+    /// The output is NaN everywhere.
+    NanOutput,
+    /// The output is a vector, not an image.
+    VectorOutput,
+    /// The input has rank 2.
+    FlatInput,
+}
+
+/// A hand-weighted segmenter: foreground where the local mean brightness (a `k`x`k` box over the
+/// normalised input) exceeds `threshold` (0..1), with a sigmoid of slope `gain`. Honours the spec's
+/// layout, channels and head (sigmoid, logits, 2-class softmax); `with_metadata` writes pocusd
+/// metadata from the spec.
+pub fn brightness_model(
+    spec: &ModelSpec,
+    k: usize,
+    threshold: f32,
+    gain: f32,
+    with_metadata: bool,
+    breakage: Breakage,
+) -> Vec<u8> {
+    let (w, h, c) = (spec.input_width, spec.input_height, spec.channels);
+    let mut g = GraphBuilder::new();
+    let input_shape: Vec<Option<usize>> = match (breakage, spec.layout) {
+        (Breakage::FlatInput, _) => vec![Some(1), Some(w * h * c)],
+        (_, Layout::Nchw) => vec![Some(1), Some(c), Some(h), Some(w)],
+        (_, Layout::Nhwc) => vec![Some(1), Some(h), Some(w), Some(c)],
+    };
+    let mut x = "input".to_string();
+    if spec.layout == Layout::Nhwc {
+        x = g.transpose(&x, &[0, 3, 1, 2]);
+    }
+    let multi = spec.output.is_multiclass();
+    let out_ch = if multi { 2 } else { 1 };
+    let per = gain / (k * k * c) as f32;
+    let mut weights = Vec::with_capacity(out_ch * c * k * k);
+    let mut bias = Vec::new();
+    for o in 0..out_ch {
+        // For two classes the logits are -z/2 and +z/2, so softmax gives sigmoid(z) for class 1.
+        let sign = if multi {
+            if o == 0 {
+                -0.5
+            } else {
+                0.5
+            }
+        } else {
+            1.0
+        };
+        weights.extend(std::iter::repeat_n(per * sign, c * k * k));
+        bias.push(-gain * threshold * sign);
+    }
+    x = g.conv(&x, weights, bias, out_ch, c, k);
+    x = match spec.output {
+        OutputKind::Sigmoid => g.node("Sigmoid", &[&x], vec![]),
+        OutputKind::Softmax => g.softmax(&x, 1),
+        OutputKind::Logits | OutputKind::SoftmaxLogits => x,
+    };
+    if breakage == Breakage::NanOutput {
+        // After the head, so no activation can absorb it.
+        let nan = g.constant("nan", &[1], vec![f32::NAN]);
+        x = g.node("Add", &[&x, &nan], vec![]);
+    }
+    let mut output_shape = vec![Some(1), Some(out_ch), Some(h), Some(w)];
+    if breakage == Breakage::VectorOutput {
+        x = g.node("GlobalAveragePool", &[&x], vec![]);
+        x = g.node("Flatten", &[&x], vec![]);
+        output_shape = vec![Some(1), Some(out_ch)];
+    } else if spec.layout == Layout::Nhwc {
+        x = g.transpose(&x, &[0, 2, 3, 1]);
+        output_shape = vec![Some(1), Some(h), Some(w), Some(out_ch)];
+    }
+    let meta = if with_metadata {
+        spec.to_metadata()
+    } else {
+        BTreeMap::new()
+    };
+    rename_output(g, &x, "output").finish(("input", &input_shape), ("output", &output_shape), &meta)
+}
+
+/// Makes the final value's name `name` with an Identity node.
+fn rename_output(mut g: GraphBuilder, x: &str, name: &str) -> GraphBuilder {
+    g.nodes.push(pb::NodeProto {
+        name: name.into(),
+        op_type: "Identity".into(),
+        input: vec![x.into()],
+        output: vec![name.into()],
+        ..Default::default()
+    });
+    g
+}
+
+/// U-Net settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnetShape {
+    /// Levels (poolings).
+    pub depth: usize,
+    /// Channels at the first level; doubled per level.
+    pub base_width: usize,
+    /// Upsample with ConvTranspose (true) or nearest Resize + conv (false).
+    pub conv_transpose: bool,
+}
+
+impl Default for UnetShape {
+    /// The default architecture: 4 levels, 16 base channels, ConvTranspose upsampling.
+    fn default() -> Self {
+        Self {
+            depth: 4,
+            base_width: 16,
+            conv_transpose: true,
+        }
+    }
+}
+
+/// A U-Net of the given shape with random He-initialised weights (batch norm folded into the
+/// convolutions, as an inference export has it), NCHW, sigmoid head, with pocusd metadata from
+/// `spec`. For benchmarks and tests before trained models exist.
+pub fn random_unet(spec: &ModelSpec, shape: UnetShape, seed: u64) -> Vec<u8> {
+    let mut rng = SplitMix64::new(seed);
+    let mut normal = move || {
+        // Box-Muller.
+        let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    };
+    let mut g = GraphBuilder::new();
+    let conv_relu = |g: &mut GraphBuilder,
+                     x: &str,
+                     cin: usize,
+                     cout: usize,
+                     normal: &mut dyn FnMut() -> f32| {
+        let std = (2.0 / (cin * 9) as f32).sqrt();
+        let w = (0..cout * cin * 9).map(|_| normal() * std).collect();
+        let b = (0..cout).map(|_| normal() * 0.01).collect();
+        let y = g.conv(x, w, b, cout, cin, 3);
+        g.node("Relu", &[&y], vec![])
+    };
+    let (w, h, c) = (spec.input_width, spec.input_height, spec.channels);
+    let mut x = "input".to_string();
+    let mut skips = Vec::new();
+    let mut cin = c;
+    for level in 0..shape.depth {
+        let cout = shape.base_width << level;
+        x = conv_relu(&mut g, &x, cin, cout, &mut normal);
+        x = conv_relu(&mut g, &x, cout, cout, &mut normal);
+        skips.push((x.clone(), cout));
+        x = g.max_pool2(&x);
+        cin = cout;
+    }
+    let bottom = shape.base_width << shape.depth;
+    x = conv_relu(&mut g, &x, cin, bottom, &mut normal);
+    x = conv_relu(&mut g, &x, bottom, bottom, &mut normal);
+    cin = bottom;
+    for (skip, cout) in skips.into_iter().rev() {
+        x = if shape.conv_transpose {
+            let std = (1.0 / (cin * 4) as f32).sqrt();
+            let wt = (0..cin * cout * 4).map(|_| normal() * std).collect();
+            g.conv_transpose2(&x, wt, vec![0.0; cout], cin, cout)
+        } else {
+            let up = g.upsample2(&x);
+            let std = (2.0 / (cin * 9) as f32).sqrt();
+            let wc = (0..cout * cin * 9).map(|_| normal() * std).collect();
+            g.conv(&up, wc, vec![0.0; cout], cout, cin, 3)
+        };
+        x = g.concat(&[&x, &skip], 1);
+        x = conv_relu(&mut g, &x, cout * 2, cout, &mut normal);
+        x = conv_relu(&mut g, &x, cout, cout, &mut normal);
+        cin = cout;
+    }
+    let head_w = (0..cin)
+        .map(|_| normal() * (1.0 / cin as f32).sqrt())
+        .collect();
+    x = g.conv(&x, head_w, vec![0.0], 1, cin, 1);
+    x = g.node("Sigmoid", &[&x], vec![]);
+    let meta = spec.to_metadata();
+    rename_output(g, &x, "output").finish(
+        ("input", &[Some(1), Some(c), Some(h), Some(w)]),
+        ("output", &[Some(1), Some(1), Some(h), Some(w)]),
+        &meta,
+    )
+}

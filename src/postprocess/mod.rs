@@ -1,0 +1,622 @@
+//! From a model's probability map to the numbers a clinician reads.
+//!
+//! Probabilities are resized back (bilinear) to region-of-interest pixels and thresholded there, so
+//! every measurement is in frame pixels. Then, by task: `aponeurosis` finds the superficial and deep
+//! aponeuroses (the largest roughly horizontal bands; with three, the two bounding the most
+//! superficial muscle), fits their inner edges and measures the muscle thickness perpendicular to
+//! them (DL_Track_US's measurement); `region` measures area, contour length and a least-squares
+//! ellipse with Ramanujan's circumference. Millimetres only when calibrated (never guessed),
+//! confidence and a quality flag, optional temporal smoothing. Must not depend on tract, zbus or tokio.
+
+pub mod geometry;
+pub mod overlay;
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::frame::Rect;
+use crate::preprocess::{F32Plane, Resizer};
+use crate::synth::{ellipse_circumference, Task};
+use geometry::{fit_ellipse, trace_contour, Component, Ellipse, Labeller};
+
+/// Why a result is not a confident number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    /// No structure found.
+    NoStructure,
+    /// Only one aponeurosis found.
+    OneBand,
+    /// Found, but the model is unsure (confidence below the gate).
+    LowConfidence,
+    /// Numbers in pixels only: no calibration, or the image layout changed since it was set.
+    Uncalibrated,
+}
+
+impl Flag {
+    /// The reason code as published.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Flag::NoStructure => "no_structure",
+            Flag::OneBand => "one_band",
+            Flag::LowConfidence => "low_confidence",
+            Flag::Uncalibrated => "uncalibrated",
+        }
+    }
+}
+
+/// Pixel spacing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Calibration {
+    /// Unknown: mm values are withheld.
+    None,
+    /// Millimetres per pixel along x and y.
+    MmPerPx { x: f64, y: f64 },
+    /// The region of interest's height spans this depth (square pixels).
+    DepthMm(f64),
+}
+
+/// Temporal smoothing of the published numbers, for live streams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Smoothing {
+    Off,
+    /// Median of the last `n` values.
+    Median(usize),
+    /// Exponential moving average with weight `alpha` for the newest value.
+    Ema(f64),
+}
+
+/// Postprocessing settings (the `[postprocess]` and `[calibration]` config sections).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PostprocessConfig {
+    /// Mask probability threshold.
+    pub threshold: f32,
+    /// Below this mean probability inside the mask the result is flagged `low_confidence`.
+    pub min_confidence: f64,
+    /// Above this uncertain fraction the result is flagged `low_confidence`.
+    pub max_uncertain_fraction: f64,
+    /// Components smaller than this fraction of the region of interest are ignored.
+    pub min_area_fraction: f64,
+    pub smoothing: Smoothing,
+    pub calibration: Calibration,
+}
+
+impl Default for PostprocessConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            min_confidence: 0.7,
+            max_uncertain_fraction: 0.35,
+            min_area_fraction: 0.002,
+            smoothing: Smoothing::Off,
+            calibration: Calibration::None,
+        }
+    }
+}
+
+/// The measurements; keys are the published names (JSON, D-Bus). `None` means "does not apply" or
+/// "withheld" (mm without calibration).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Measurements {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_centre_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_min_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_max_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub band_angle_deg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_centre_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_min_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thickness_max_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub area_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perimeter_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circumference_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ellipse_centre_x_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ellipse_centre_y_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ellipse_semi_major_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ellipse_semi_minor_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ellipse_angle_deg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub area_mm2: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perimeter_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circumference_mm: Option<f64>,
+}
+
+/// Where a measurement was taken, for drawing (frame coordinates).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Annotation {
+    /// The thickness caliper: from the superficial band's deep edge to the deep band's superficial
+    /// edge, perpendicular to the bands.
+    Caliper { from: (f64, f64), to: (f64, f64) },
+    /// The fitted ellipse.
+    Ellipse(Ellipse),
+}
+
+/// One frame's analysis.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Analysis {
+    pub measurements: Measurements,
+    /// Mean probability inside the mask (0 without a mask).
+    pub confidence: f64,
+    /// Of the pixels with probability above 0.3, the fraction still below 0.7.
+    pub uncertain_fraction: f64,
+    pub flag: Option<Flag>,
+    pub calibrated: bool,
+    pub annotation: Option<Annotation>,
+}
+
+/// The postprocessing stage. Owns every buffer; reuse one per stream.
+#[derive(Debug)]
+pub struct Postprocessor {
+    cfg: PostprocessConfig,
+    task: Task,
+    resizer: Resizer,
+    /// Foreground probability at region-of-interest resolution.
+    probability: Vec<f32>,
+    /// Thresholded mask (0 or 255) at region-of-interest resolution.
+    mask: Vec<u8>,
+    roi: Rect,
+    labeller: Labeller,
+    /// Points the ellipse is fitted to.
+    fit_points: Vec<(f64, f64)>,
+    contour: Vec<(usize, usize)>,
+    /// Per column of the band overlap: superficial band's last row and deep band's first row.
+    edge_sup: Vec<i64>,
+    edge_deep: Vec<i64>,
+    gaps: Vec<f64>,
+    /// The region of interest calibration was valid for (first seen); a different one is stale.
+    calibration_roi: Option<Rect>,
+    history: VecDeque<f64>,
+    ema: Option<f64>,
+    analysis: Analysis,
+}
+
+impl Postprocessor {
+    /// A stage for `task`.
+    pub fn new(task: Task, cfg: PostprocessConfig) -> Self {
+        Self {
+            cfg,
+            task,
+            resizer: Resizer::new(),
+            probability: Vec::new(),
+            mask: Vec::new(),
+            roi: Rect::default(),
+            labeller: Labeller::default(),
+            fit_points: Vec::new(),
+            contour: Vec::new(),
+            edge_sup: Vec::new(),
+            edge_deep: Vec::new(),
+            gaps: Vec::new(),
+            calibration_roi: None,
+            history: VecDeque::new(),
+            ema: None,
+            analysis: Analysis::default(),
+        }
+    }
+
+    /// Changes settings that may change live (threshold, gates, smoothing, calibration).
+    pub fn set_config(&mut self, cfg: PostprocessConfig) {
+        if cfg.calibration != self.cfg.calibration {
+            self.calibration_roi = None;
+        }
+        if cfg.smoothing != self.cfg.smoothing {
+            self.history.clear();
+            self.ema = None;
+        }
+        self.cfg = cfg;
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &PostprocessConfig {
+        &self.cfg
+    }
+
+    /// Sets the mask threshold.
+    pub fn set_threshold(&mut self, threshold: f32) {
+        self.cfg.threshold = threshold;
+    }
+
+    /// Analyses one frame: `probability` is the model's foreground map (`model_w` x `model_h`),
+    /// `roi` where the model's input came from in the frame.
+    pub fn process(
+        &mut self,
+        probability: &[f32],
+        model_w: usize,
+        model_h: usize,
+        roi: Rect,
+    ) -> &Analysis {
+        let plane = F32Plane {
+            width: model_w,
+            height: model_h,
+            data: probability,
+        };
+        self.resizer
+            .resize(&plane, roi.w, roi.h, &mut self.probability);
+        self.analyse(roi);
+        &self.analysis
+    }
+
+    /// Analyses a probability map already at region-of-interest resolution (e.g. a reference mask
+    /// as 0/1, for evaluation).
+    pub fn process_full(&mut self, probability: &[f32], roi: Rect) -> &Analysis {
+        self.probability.clear();
+        self.probability.extend_from_slice(probability);
+        self.analyse(roi);
+        &self.analysis
+    }
+
+    /// The thresholded mask of the last frame (0 or 255, region-of-interest size).
+    pub fn mask(&self) -> &[u8] {
+        &self.mask
+    }
+
+    /// The probability map of the last frame at region-of-interest size.
+    pub fn probability(&self) -> &[f32] {
+        &self.probability
+    }
+
+    /// The region of interest of the last frame.
+    pub fn roi(&self) -> Rect {
+        self.roi
+    }
+
+    /// The last analysis.
+    pub fn analysis(&self) -> &Analysis {
+        &self.analysis
+    }
+
+    fn analyse(&mut self, roi: Rect) {
+        self.roi = roi;
+        let (w, h) = (roi.w, roi.h);
+        let t = self.cfg.threshold;
+        self.mask.clear();
+        self.mask.extend(
+            self.probability
+                .iter()
+                .map(|&p| if p >= t { 255 } else { 0 }),
+        );
+        let (mut inside_sum, mut inside_n, mut above, mut uncertain) =
+            (0.0f64, 0usize, 0usize, 0usize);
+        for (&p, &m) in self.probability.iter().zip(&self.mask) {
+            if m != 0 {
+                inside_sum += p as f64;
+                inside_n += 1;
+            }
+            if p > 0.3 {
+                above += 1;
+                if p < 0.7 {
+                    uncertain += 1;
+                }
+            }
+        }
+        let confidence = if inside_n > 0 {
+            inside_sum / inside_n as f64
+        } else {
+            0.0
+        };
+        let uncertain_fraction = if above > 0 {
+            uncertain as f64 / above as f64
+        } else {
+            0.0
+        };
+        self.labeller.label(&self.mask, w, h);
+        let min_area = ((w * h) as f64 * self.cfg.min_area_fraction).max(8.0) as usize;
+
+        // Calibration: valid for the region of interest it was first used with.
+        let scale = match self.cfg.calibration {
+            Calibration::None => None,
+            Calibration::MmPerPx { x, y } => Some((x, y)),
+            Calibration::DepthMm(d) => Some((d / h as f64, d / h as f64)),
+        };
+        let scale = scale.filter(|_| match self.calibration_roi {
+            None => {
+                self.calibration_roi = Some(roi);
+                true
+            }
+            Some(r) => r == roi,
+        });
+
+        let mut a = Analysis {
+            confidence,
+            uncertain_fraction,
+            calibrated: scale.is_some(),
+            ..Default::default()
+        };
+        match self.task {
+            Task::Aponeurosis => self.aponeurosis(&mut a, min_area, scale),
+            Task::Region => self.region(&mut a, min_area, scale),
+        }
+        if a.flag.is_none()
+            && (confidence < self.cfg.min_confidence
+                || uncertain_fraction > self.cfg.max_uncertain_fraction)
+        {
+            a.flag = Some(Flag::LowConfidence);
+        }
+        if a.flag.is_none() && scale.is_none() {
+            a.flag = Some(Flag::Uncalibrated);
+        }
+        self.smooth(&mut a);
+        // Annotations in frame coordinates.
+        a.annotation = a.annotation.map(|ann| match ann {
+            Annotation::Caliper { from, to } => Annotation::Caliper {
+                from: (from.0 + roi.x as f64, from.1 + roi.y as f64),
+                to: (to.0 + roi.x as f64, to.1 + roi.y as f64),
+            },
+            Annotation::Ellipse(e) => Annotation::Ellipse(Ellipse {
+                cx: e.cx + roi.x as f64,
+                cy: e.cy + roi.y as f64,
+                ..e
+            }),
+        });
+        if let Some(x) = a.measurements.ellipse_centre_x_px.as_mut() {
+            *x += roi.x as f64;
+        }
+        if let Some(y) = a.measurements.ellipse_centre_y_px.as_mut() {
+            *y += roi.y as f64;
+        }
+        self.analysis = a;
+    }
+
+    fn aponeurosis(&mut self, a: &mut Analysis, min_area: usize, scale: Option<(f64, f64)>) {
+        let w = self.roi.w;
+        // Roughly horizontal bands, largest first.
+        let mut bands: Vec<Component> = self
+            .labeller
+            .components
+            .iter()
+            .filter(|c| {
+                let (angle, elongation) = c.orientation();
+                let (bw, bh) = c.bbox_size();
+                c.area >= min_area && angle.abs() <= 35.0 && (elongation >= 2.0 || bw >= 2 * bh)
+            })
+            .copied()
+            .collect();
+        bands.sort_by(|x, y| y.area.cmp(&x.area));
+        match bands.len() {
+            0 => {
+                a.flag = Some(Flag::NoStructure);
+                return;
+            }
+            1 => {
+                a.flag = Some(Flag::OneBand);
+                return;
+            }
+            _ => {}
+        }
+        // A third band counts only if it is a real band (not a fragment of the second).
+        let take = if bands.len() >= 3 && bands[2].area * 10 >= bands[1].area * 3 {
+            3
+        } else {
+            2
+        };
+        let mut chosen: Vec<Component> = bands[..take].to_vec();
+        chosen.sort_by(|x, y| x.centroid().1.total_cmp(&y.centroid().1));
+        // With three, the two bounding the most superficial muscle: the two shallowest.
+        let (sup, deep) = (chosen[0], chosen[1]);
+        let (x0, x1) = (sup.x0.max(deep.x0), sup.x1.min(deep.x1));
+        if x0 > x1 {
+            a.flag = Some(Flag::OneBand);
+            return;
+        }
+        let n = x1 - x0 + 1;
+        self.edge_sup.clear();
+        self.edge_sup.resize(n, -1);
+        self.edge_deep.clear();
+        self.edge_deep.resize(n, -1);
+        let labels = &self.labeller.labels;
+        for y in sup.y0.min(deep.y0)..=sup.y1.max(deep.y1) {
+            let row = &labels[y * w + x0..y * w + x1 + 1];
+            for (i, &l) in row.iter().enumerate() {
+                if l == sup.label {
+                    self.edge_sup[i] = y as i64;
+                } else if l == deep.label && self.edge_deep[i] < 0 {
+                    self.edge_deep[i] = y as i64;
+                }
+            }
+        }
+        // Inner edges in continuous coordinates: below the superficial band's last row, at the deep
+        // band's first row. Fit a line to each for the direction.
+        let valid: Vec<usize> = (0..n)
+            .filter(|&i| self.edge_sup[i] >= 0 && self.edge_deep[i] > self.edge_sup[i])
+            .collect();
+        if valid.len() < 4 {
+            a.flag = Some(Flag::OneBand);
+            return;
+        }
+        let xs: Vec<f64> = valid.iter().map(|&i| (x0 + i) as f64 + 0.5).collect();
+        let sup_edge: Vec<f64> = valid
+            .iter()
+            .map(|&i| self.edge_sup[i] as f64 + 1.0)
+            .collect();
+        let deep_edge: Vec<f64> = valid.iter().map(|&i| self.edge_deep[i] as f64).collect();
+        let (_, slope_sup) = fit_line(&xs, &sup_edge);
+        let (_, slope_deep) = fit_line(&xs, &deep_edge);
+        let slope = (slope_sup + slope_deep) / 2.0;
+        let cos = 1.0 / (1.0 + slope * slope).sqrt();
+        // Central half of the overlap.
+        let lo = x0 as f64 + n as f64 * 0.25;
+        let hi = x0 as f64 + n as f64 * 0.75;
+        self.gaps.clear();
+        let mut centre: Option<(f64, f64, f64)> = None;
+        let mid = (x0 as f64 + x1 as f64 + 1.0) / 2.0;
+        for (k, &x) in xs.iter().enumerate() {
+            if x < lo || x > hi {
+                continue;
+            }
+            let gap = deep_edge[k] - sup_edge[k];
+            self.gaps.push(gap);
+            if centre.is_none_or(|(cx, _, _)| (x - mid).abs() < (cx - mid).abs()) {
+                centre = Some((x, sup_edge[k], gap));
+            }
+        }
+        if self.gaps.is_empty() {
+            a.flag = Some(Flag::OneBand);
+            return;
+        }
+        let vertical_median = median(&mut self.gaps);
+        let (vmin, vmax) = self
+            .gaps
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &g| {
+                (lo.min(g), hi.max(g))
+            });
+        let (cx, cy, cgap) = centre.unwrap_or((mid, 0.0, vertical_median));
+        let m = &mut a.measurements;
+        m.thickness_px = Some(vertical_median * cos);
+        m.thickness_centre_px = Some(cgap * cos);
+        m.thickness_min_px = Some(vmin * cos);
+        m.thickness_max_px = Some(vmax * cos);
+        m.band_angle_deg = Some(slope.atan().to_degrees());
+        if let Some((sx, sy)) = scale {
+            // Perpendicular distance between lines of this slope, in mm: vertical gap scaled by sy,
+            // divided by the length of the normal in mm space.
+            let f = sy / (1.0 + (sy * slope / sx).powi(2)).sqrt();
+            m.thickness_mm = Some(vertical_median * f);
+            m.thickness_centre_mm = Some(cgap * f);
+            m.thickness_min_mm = Some(vmin * f);
+            m.thickness_max_mm = Some(vmax * f);
+        }
+        // Caliper: from the superficial edge at the centre column along the bands' normal.
+        let t = cgap * cos;
+        let (nx, ny) = (-slope * cos, cos);
+        a.annotation = Some(Annotation::Caliper {
+            from: (cx, cy),
+            to: (cx + nx * t, cy + ny * t),
+        });
+    }
+
+    fn region(&mut self, a: &mut Analysis, min_area: usize, scale: Option<(f64, f64)>) {
+        let (w, h) = (self.roi.w, self.roi.h);
+        let Some(c) = self
+            .labeller
+            .components
+            .iter()
+            .filter(|c| c.area >= min_area)
+            .max_by_key(|c| c.area)
+            .copied()
+        else {
+            a.flag = Some(Flag::NoStructure);
+            return;
+        };
+        trace_contour(&self.labeller.labels, w, h, c.label, &c, &mut self.contour);
+        // Fit to the centres of the outer boundary pixels (the convention of OpenCV's
+        // findContours + fitEllipse and of published HC18 pipelines); see ARCHITECTURE.md.
+        self.fit_points.clear();
+        self.fit_points.extend(
+            self.contour
+                .iter()
+                .map(|&(x, y)| (x as f64 + 0.5, y as f64 + 0.5)),
+        );
+        let Some(e) = fit_ellipse(&self.fit_points) else {
+            a.flag = Some(Flag::NoStructure);
+            return;
+        };
+        let m = &mut a.measurements;
+        m.area_px = Some(c.area as f64);
+        m.perimeter_px = Some(geometry::contour_length(&self.contour, 1.0, 1.0));
+        m.circumference_px = Some(ellipse_circumference(e.a, e.b));
+        m.ellipse_centre_x_px = Some(e.cx);
+        m.ellipse_centre_y_px = Some(e.cy);
+        m.ellipse_semi_major_px = Some(e.a);
+        m.ellipse_semi_minor_px = Some(e.b);
+        m.ellipse_angle_deg = Some(e.angle_deg);
+        if let Some((sx, sy)) = scale {
+            m.area_mm2 = Some(c.area as f64 * sx * sy);
+            m.perimeter_mm = Some(geometry::contour_length(&self.contour, sx, sy));
+            // Refit in millimetres so anisotropic pixels give the true ellipse.
+            for p in self.fit_points.iter_mut() {
+                *p = (p.0 * sx, p.1 * sy);
+            }
+            m.circumference_mm =
+                fit_ellipse(&self.fit_points).map(|e| ellipse_circumference(e.a, e.b));
+        }
+        a.annotation = Some(Annotation::Ellipse(e));
+    }
+
+    /// Smooths the headline number (thickness or circumference, px and mm alike by the same factor).
+    fn smooth(&mut self, a: &mut Analysis) {
+        let key = match self.task {
+            Task::Aponeurosis => a.measurements.thickness_px,
+            Task::Region => a.measurements.circumference_px,
+        };
+        let Some(v) = key else { return };
+        let smoothed = match self.cfg.smoothing {
+            Smoothing::Off => return,
+            Smoothing::Median(n) => {
+                self.history.push_back(v);
+                while self.history.len() > n.max(1) {
+                    self.history.pop_front();
+                }
+                let mut tmp: Vec<f64> = self.history.iter().copied().collect();
+                median(&mut tmp)
+            }
+            Smoothing::Ema(alpha) => {
+                let s = match self.ema {
+                    Some(prev) => alpha * v + (1.0 - alpha) * prev,
+                    None => v,
+                };
+                self.ema = Some(s);
+                s
+            }
+        };
+        let f = if v != 0.0 { smoothed / v } else { 1.0 };
+        let m = &mut a.measurements;
+        for x in [
+            &mut m.thickness_px,
+            &mut m.thickness_mm,
+            &mut m.circumference_px,
+            &mut m.circumference_mm,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *x *= f;
+        }
+    }
+}
+
+/// Least-squares line y = a + b x; returns (a, b).
+pub fn fit_line(xs: &[f64], ys: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if n < 2.0 {
+        return (ys.first().copied().unwrap_or(0.0), 0.0);
+    }
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+/// Median (sorts `v`); NaN for an empty slice.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

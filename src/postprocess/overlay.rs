@@ -1,0 +1,330 @@
+//! Drawing the overlay the clinician watches: the frame with the enhanced region of interest, the
+//! mask blended in colour, its contour, the caliper where the thickness was measured (or the fitted
+//! ellipse), the numbers as text (DejaVu Sans Mono Bold, bundled, via ab_glyph), a banner for
+//! flagged results, and the model's short sha in a corner. Owns its RGB buffer. No I/O.
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+
+use super::{Analysis, Annotation, Flag};
+use crate::frame::{GrayImage, GrayView, Rect};
+use crate::synth::Task;
+
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold.ttf");
+
+/// Colours and blending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayStyle {
+    /// Mask colour (RGB).
+    pub colour: [u8; 3],
+    /// Mask opacity, 0..=1.
+    pub alpha: f32,
+}
+
+impl Default for OverlayStyle {
+    fn default() -> Self {
+        Self {
+            colour: [0, 200, 255],
+            alpha: 0.35,
+        }
+    }
+}
+
+/// An RGB image, 3 bytes per pixel, packed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// The overlay renderer.
+#[derive(Debug)]
+pub struct Overlay {
+    font: FontRef<'static>,
+    image: RgbImage,
+}
+
+/// What to draw besides the analysis.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayInput<'a> {
+    /// The whole frame as captured.
+    pub frame: GrayView<'a>,
+    /// The region of interest after CLAHE, drawn in place of the raw region.
+    pub enhanced: &'a GrayImage,
+    /// The mask at region-of-interest size (0 or 255).
+    pub mask: &'a [u8],
+    pub roi: Rect,
+    pub task: Task,
+    /// The model's sha256 (the first 8 characters are drawn).
+    pub model_sha256: &'a str,
+}
+
+impl Overlay {
+    /// A renderer with the bundled font.
+    pub fn new() -> Self {
+        // The bundled font is a fixed, valid file; failing to parse it is a build defect.
+        let font = FontRef::try_from_slice(FONT_BYTES).expect("bundled font parses");
+        Self {
+            font,
+            image: RgbImage::default(),
+        }
+    }
+
+    /// The last rendered overlay.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+
+    /// Renders one overlay and returns it.
+    pub fn render(
+        &mut self,
+        input: &OverlayInput<'_>,
+        analysis: &Analysis,
+        style: &OverlayStyle,
+    ) -> &RgbImage {
+        let (fw, fh) = (input.frame.width(), input.frame.height());
+        let img = &mut self.image;
+        img.width = fw;
+        img.height = fh;
+        img.data.resize(fw * fh * 3, 0);
+        // Frame, with the enhanced region of interest in place.
+        let r = input.roi;
+        for y in 0..fh {
+            let row = input.frame.row(y);
+            let out = &mut img.data[y * fw * 3..(y + 1) * fw * 3];
+            for (o, &v) in out.chunks_exact_mut(3).zip(row) {
+                o.fill(v);
+            }
+        }
+        let ew = input.enhanced.width();
+        if ew == r.w && input.enhanced.height() == r.h && input.mask.len() == r.w * r.h {
+            let (a, [cr, cg, cb]) = (style.alpha.clamp(0.0, 1.0), style.colour);
+            let ia = 1.0 - a;
+            for y in 0..r.h {
+                let erow = &input.enhanced.as_slice()[y * ew..(y + 1) * ew];
+                let mrow = &input.mask[y * r.w..(y + 1) * r.w];
+                let start = ((r.y + y) * fw + r.x) * 3;
+                let out = &mut img.data[start..start + r.w * 3];
+                for (x, (o, &v)) in out.chunks_exact_mut(3).zip(erow).enumerate() {
+                    if mrow[x] == 0 {
+                        o.fill(v);
+                        continue;
+                    }
+                    // Contour: a mask pixel with a 4-neighbour outside the mask.
+                    let edge = x == 0
+                        || x + 1 == r.w
+                        || y == 0
+                        || y + 1 == r.h
+                        || mrow[x - 1] == 0
+                        || mrow[x + 1] == 0
+                        || input.mask[(y - 1) * r.w + x] == 0
+                        || input.mask[(y + 1) * r.w + x] == 0;
+                    if edge {
+                        o.copy_from_slice(&[cr, cg, cb]);
+                    } else {
+                        let v = v as f32 * ia;
+                        o[0] = (v + cr as f32 * a) as u8;
+                        o[1] = (v + cg as f32 * a) as u8;
+                        o[2] = (v + cb as f32 * a) as u8;
+                    }
+                }
+            }
+        }
+        let yellow = [255, 220, 0];
+        match analysis.annotation {
+            Some(Annotation::Caliper { from, to }) => {
+                draw_line(img, from, to, yellow, 2);
+                // End ticks perpendicular to the caliper.
+                let (dx, dy) = (to.0 - from.0, to.1 - from.1);
+                let len = (dx * dx + dy * dy).sqrt().max(1e-6);
+                let (tx, ty) = (-dy / len * 8.0, dx / len * 8.0);
+                for p in [from, to] {
+                    draw_line(img, (p.0 - tx, p.1 - ty), (p.0 + tx, p.1 + ty), yellow, 2);
+                }
+            }
+            Some(Annotation::Ellipse(e)) => {
+                let steps = ((e.a + e.b) * 4.0).clamp(64.0, 4096.0) as usize;
+                let (c, s) = (
+                    e.angle_deg.to_radians().cos(),
+                    e.angle_deg.to_radians().sin(),
+                );
+                let point = |t: f64| {
+                    let (x, y) = (e.a * t.cos(), e.b * t.sin());
+                    (e.cx + x * c - y * s, e.cy + x * s + y * c)
+                };
+                for i in 0..steps {
+                    let t0 = i as f64 / steps as f64 * std::f64::consts::TAU;
+                    let t1 = (i + 1) as f64 / steps as f64 * std::f64::consts::TAU;
+                    draw_line(img, point(t0), point(t1), yellow, 2);
+                }
+            }
+            None => {}
+        }
+
+        // Numbers.
+        let size = (fh as f32 / 20.0).clamp(12.0, 40.0);
+        let m = &analysis.measurements;
+        let headline = match input.task {
+            Task::Aponeurosis => match (m.thickness_mm, m.thickness_px) {
+                (Some(mm), _) => Some(format!("thickness {mm:.1} mm")),
+                (None, Some(px)) => Some(format!("thickness {px:.1} px")),
+                _ => None,
+            },
+            Task::Region => match (m.circumference_mm, m.circumference_px) {
+                (Some(mm), _) => Some(format!("HC {mm:.1} mm")),
+                (None, Some(px)) => Some(format!("circumference {px:.1} px")),
+                _ => None,
+            },
+        };
+        let top = if analysis.flag.is_some() {
+            size * 1.6
+        } else {
+            4.0
+        };
+        if let Some(flag) = analysis.flag {
+            let banner_h = (size * 1.4) as usize;
+            let colour = match flag {
+                Flag::Uncalibrated => [60, 60, 140],
+                _ => [170, 30, 30],
+            };
+            fill_rect(img, 0, 0, fw, banner_h.min(fh), colour);
+            let text = match flag {
+                Flag::NoStructure => "NO STRUCTURE FOUND",
+                Flag::OneBand => "ONLY ONE APONEUROSIS",
+                Flag::LowConfidence => "LOW CONFIDENCE",
+                Flag::Uncalibrated => "UNCALIBRATED: PIXELS ONLY",
+            };
+            draw_text(
+                &self.font,
+                img,
+                6.0,
+                size * 0.15,
+                size,
+                text,
+                [255, 255, 255],
+            );
+        }
+        let mut y = top;
+        if let Some(h) = headline {
+            draw_text_shadowed(&self.font, img, 6.0, y, size, &h, [255, 255, 255]);
+            y += size * 1.15;
+        }
+        let conf = format!("confidence {:.2}", analysis.confidence);
+        draw_text_shadowed(&self.font, img, 6.0, y, size * 0.7, &conf, [220, 220, 220]);
+        let sha: String = input.model_sha256.chars().take(8).collect();
+        let sw = text_width(&self.font, size * 0.6, &sha);
+        draw_text_shadowed(
+            &self.font,
+            img,
+            fw as f32 - sw - 6.0,
+            fh as f32 - size * 0.8,
+            size * 0.6,
+            &sha,
+            [200, 200, 200],
+        );
+        &self.image
+    }
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fill_rect(img: &mut RgbImage, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
+    for yy in y..(y + h).min(img.height) {
+        for xx in x..(x + w).min(img.width) {
+            let i = (yy * img.width + xx) * 3;
+            img.data[i..i + 3].copy_from_slice(&c);
+        }
+    }
+}
+
+fn put(img: &mut RgbImage, x: isize, y: isize, c: [u8; 3]) {
+    if x >= 0 && y >= 0 && (x as usize) < img.width && (y as usize) < img.height {
+        let i = (y as usize * img.width + x as usize) * 3;
+        img.data[i..i + 3].copy_from_slice(&c);
+    }
+}
+
+/// A line `thickness` pixels wide (square brush), by sampling at half-pixel steps.
+fn draw_line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: [u8; 3], thickness: usize) {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let steps = (dx.abs().max(dy.abs()) * 2.0).ceil().clamp(1.0, 20000.0) as usize;
+    let half = thickness as isize / 2;
+    for i in 0..=steps {
+        let t = i as f64 / steps as f64;
+        let (x, y) = (
+            (a.0 + dx * t).floor() as isize,
+            (a.1 + dy * t).floor() as isize,
+        );
+        for oy in -half..(thickness as isize - half) {
+            for ox in -half..(thickness as isize - half) {
+                put(img, x + ox, y + oy, c);
+            }
+        }
+    }
+}
+
+fn text_width(font: &FontRef<'_>, size: f32, text: &str) -> f32 {
+    let sf = font.as_scaled(PxScale::from(size));
+    text.chars().map(|ch| sf.h_advance(font.glyph_id(ch))).sum()
+}
+
+/// Draws `text` with its top-left at (x, y), anti-aliased.
+fn draw_text(
+    font: &FontRef<'_>,
+    img: &mut RgbImage,
+    x: f32,
+    y: f32,
+    size: f32,
+    text: &str,
+    c: [u8; 3],
+) {
+    let scale = PxScale::from(size);
+    let sf = font.as_scaled(scale);
+    let mut pen = x;
+    let baseline = y + sf.ascent();
+    for ch in text.chars() {
+        let id = font.glyph_id(ch);
+        let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen, baseline));
+        pen += sf.h_advance(id);
+        let Some(outline) = font.outline_glyph(glyph) else {
+            continue;
+        };
+        let bounds = outline.px_bounds();
+        outline.draw(|gx, gy, cov| {
+            let (px, py) = (
+                bounds.min.x as isize + gx as isize,
+                bounds.min.y as isize + gy as isize,
+            );
+            if px < 0
+                || py < 0
+                || px as usize >= img.width
+                || py as usize >= img.height
+                || cov <= 0.0
+            {
+                return;
+            }
+            let i = (py as usize * img.width + px as usize) * 3;
+            for k in 0..3 {
+                let old = img.data[i + k] as f32;
+                img.data[i + k] = (old + (c[k] as f32 - old) * cov.min(1.0)) as u8;
+            }
+        });
+    }
+}
+
+fn draw_text_shadowed(
+    font: &FontRef<'_>,
+    img: &mut RgbImage,
+    x: f32,
+    y: f32,
+    size: f32,
+    text: &str,
+    c: [u8; 3],
+) {
+    draw_text(font, img, x + 1.5, y + 1.5, size, text, [0, 0, 0]);
+    draw_text(font, img, x, y, size, text, c);
+}
