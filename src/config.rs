@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::{parse_layout, parse_output_kind, Normalisation, SpecOverrides};
+use crate::postprocess::overlay::OverlayStyle;
+use crate::postprocess::{Calibration, PostprocessConfig, Smoothing};
 use crate::preprocess::ClaheParams;
+use crate::synth::Task;
 
 /// The embedded defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -68,11 +72,61 @@ pub struct PreprocessSection {
     pub threads: u32,
 }
 
+/// The `[model]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub path: String,
+    pub threads: u32,
+    pub task: String,
+    pub layout: String,
+    pub output: String,
+    pub normalize: String,
+    pub norm_mean: f64,
+    pub norm_std: f64,
+}
+
+/// The `[postprocess]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostprocessSection {
+    pub threshold: f64,
+    pub min_confidence: f64,
+    pub max_uncertain_fraction: f64,
+    pub min_area_fraction: f64,
+    pub smoothing: String,
+    pub smoothing_frames: u32,
+    pub overlay_colour: String,
+    pub overlay_alpha: f64,
+}
+
+/// The `[calibration]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    pub mm_per_px_x: f64,
+    pub mm_per_px_y: f64,
+    pub depth_mm: f64,
+}
+
 /// The whole file as written; printed by `pocusd config check`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub preprocess: PreprocessSection,
+    pub model: ModelSection,
+    pub postprocess: PostprocessSection,
+    pub calibration: CalibrationSection,
+}
+
+/// Validated model settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Explicit model file, if any.
+    pub path: Option<PathBuf>,
+    pub threads: usize,
+    /// Applied to models without metadata.
+    pub overrides: SpecOverrides,
 }
 
 /// Validated preprocessing settings.
@@ -88,6 +142,9 @@ pub struct PreprocessConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub preprocess: PreprocessConfig,
+    pub model: ModelConfig,
+    pub postprocess: PostprocessConfig,
+    pub overlay: OverlayStyle,
     /// The merged values as written, for printing.
     pub raw: RawConfig,
     /// The layers that contributed, in order (for `config check`).
@@ -194,8 +251,13 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     })?;
     let raw: RawConfig = merged.try_deserialize().map_err(type_error)?;
     let preprocess = validate_preprocess(&raw.preprocess)?;
+    let model = validate_model(&raw.model, &preprocess)?;
+    let (postprocess, overlay) = validate_postprocess(&raw.postprocess, &raw.calibration)?;
     Ok(Config {
         preprocess,
+        model,
+        postprocess,
+        overlay,
         raw,
         layers,
     })
@@ -246,6 +308,219 @@ fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, Config
         clahe: p.clahe.then_some(params),
         threads: p.threads as usize,
     })
+}
+
+fn range(key: &str, value: f64, lo: f64, hi: f64, allowed: &str) -> Result<f64, ConfigError> {
+    if value.is_finite() && (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        })
+    }
+}
+
+fn choice(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key.into(),
+            value: format!("{value:?}"),
+            allowed: allowed.join(" | "),
+        })
+    }
+}
+
+fn validate_model(m: &ModelSection, pre: &PreprocessConfig) -> Result<ModelConfig, ConfigError> {
+    if !(1..=64).contains(&m.threads) {
+        return Err(ConfigError::OutOfRange {
+            key: "model.threads".into(),
+            value: m.threads.to_string(),
+            allowed: "1 to 64".into(),
+        });
+    }
+    choice("model.task", &m.task, &["auto", "aponeurosis", "region"])?;
+    choice("model.layout", &m.layout, &["auto", "NCHW", "NHWC"])?;
+    choice(
+        "model.output",
+        &m.output,
+        &["auto", "sigmoid", "logits", "softmax", "softmax_logits"],
+    )?;
+    choice("model.normalize", &m.normalize, &["unit", "mean_std"])?;
+    range(
+        "model.norm_mean",
+        m.norm_mean,
+        -1000.0,
+        1000.0,
+        "a finite number",
+    )?;
+    range(
+        "model.norm_std",
+        m.norm_std,
+        1e-9,
+        1000.0,
+        "a positive number",
+    )?;
+    let overrides = SpecOverrides {
+        task: match m.task.as_str() {
+            "aponeurosis" => Some(Task::Aponeurosis),
+            "region" => Some(Task::Region),
+            _ => None,
+        },
+        layout: parse_layout(&m.layout),
+        output: parse_output_kind(&m.output),
+        normalisation: Some(match m.normalize.as_str() {
+            "mean_std" => Normalisation::MeanStd {
+                mean: m.norm_mean as f32,
+                std: m.norm_std as f32,
+            },
+            _ => Normalisation::Unit,
+        }),
+        clahe: Some(pre.clahe),
+    };
+    let path = (!m.path.trim().is_empty()).then(|| PathBuf::from(m.path.trim()));
+    Ok(ModelConfig {
+        path,
+        threads: m.threads as usize,
+        overrides,
+    })
+}
+
+fn validate_postprocess(
+    p: &PostprocessSection,
+    c: &CalibrationSection,
+) -> Result<(PostprocessConfig, OverlayStyle), ConfigError> {
+    let threshold = range(
+        "postprocess.threshold",
+        p.threshold,
+        0.01,
+        0.99,
+        "0.01 to 0.99",
+    )?;
+    let min_confidence = range(
+        "postprocess.min_confidence",
+        p.min_confidence,
+        0.0,
+        1.0,
+        "0 to 1",
+    )?;
+    let max_uncertain = range(
+        "postprocess.max_uncertain_fraction",
+        p.max_uncertain_fraction,
+        0.0,
+        1.0,
+        "0 to 1",
+    )?;
+    let min_area = range(
+        "postprocess.min_area_fraction",
+        p.min_area_fraction,
+        0.0,
+        0.5,
+        "0 to 0.5",
+    )?;
+    choice(
+        "postprocess.smoothing",
+        &p.smoothing,
+        &["off", "median", "ema"],
+    )?;
+    if !(1..=100).contains(&p.smoothing_frames) {
+        return Err(ConfigError::OutOfRange {
+            key: "postprocess.smoothing_frames".into(),
+            value: p.smoothing_frames.to_string(),
+            allowed: "1 to 100".into(),
+        });
+    }
+    let n = p.smoothing_frames as usize;
+    let smoothing = match p.smoothing.as_str() {
+        "median" => Smoothing::Median(n),
+        "ema" => Smoothing::Ema(2.0 / (n as f64 + 1.0)),
+        _ => Smoothing::Off,
+    };
+    let colour = parse_colour(&p.overlay_colour).ok_or_else(|| ConfigError::OutOfRange {
+        key: "postprocess.overlay_colour".into(),
+        value: format!("{:?}", p.overlay_colour),
+        allowed: "\"#rrggbb\" hex colour".into(),
+    })?;
+    let alpha = range(
+        "postprocess.overlay_alpha",
+        p.overlay_alpha,
+        0.0,
+        1.0,
+        "0 to 1",
+    )?;
+    let x = range(
+        "calibration.mm_per_px_x",
+        c.mm_per_px_x,
+        0.0,
+        10.0,
+        "0 (unknown) to 10",
+    )?;
+    let y = range(
+        "calibration.mm_per_px_y",
+        c.mm_per_px_y,
+        0.0,
+        10.0,
+        "0 (unknown) to 10",
+    )?;
+    let depth = range(
+        "calibration.depth_mm",
+        c.depth_mm,
+        0.0,
+        500.0,
+        "0 (unknown) to 500",
+    )?;
+    if (x > 0.0) != (y > 0.0) {
+        return Err(ConfigError::OutOfRange {
+            key: if x > 0.0 {
+                "calibration.mm_per_px_y".into()
+            } else {
+                "calibration.mm_per_px_x".into()
+            },
+            value: "0".into(),
+            allowed: "set both mm_per_px_x and mm_per_px_y, or neither".into(),
+        });
+    }
+    if x > 0.0 && depth > 0.0 {
+        return Err(ConfigError::OutOfRange {
+            key: "calibration.depth_mm".into(),
+            value: depth.to_string(),
+            allowed: "0 when mm_per_px_x/y are set (give one calibration, not two)".into(),
+        });
+    }
+    let calibration = if x > 0.0 {
+        Calibration::MmPerPx { x, y }
+    } else if depth > 0.0 {
+        Calibration::DepthMm(depth)
+    } else {
+        Calibration::None
+    };
+    Ok((
+        PostprocessConfig {
+            threshold: threshold as f32,
+            min_confidence,
+            max_uncertain_fraction: max_uncertain,
+            min_area_fraction: min_area,
+            smoothing,
+            calibration,
+        },
+        OverlayStyle {
+            colour,
+            alpha: alpha as f32,
+        },
+    ))
+}
+
+/// "#rrggbb" into RGB.
+pub fn parse_colour(s: &str) -> Option<[u8; 3]> {
+    let h = s.trim().strip_prefix('#')?;
+    if h.len() != 6 {
+        return None;
+    }
+    let byte = |i: usize| u8::from_str_radix(h.get(i..i + 2)?, 16).ok();
+    Some([byte(0)?, byte(2)?, byte(4)?])
 }
 
 fn check_known(schema: &toml::Table, table: &toml::Table, origin: &str) -> Result<(), ConfigError> {

@@ -90,3 +90,16 @@ pub fn write_gray(path: &Path, img: &GrayImage) -> Result<(), ImageIoError> {
     buf.save_with_format(path, format)
         .map_err(|e| err(e.to_string()))
 }
+
+/// Writes an RGB image (3 bytes per pixel, packed) as PNG or JPEG by extension.
+pub fn write_rgb(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), ImageIoError> {
+    let err = |reason: String| ImageIoError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let buf = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec())
+        .ok_or_else(|| err("pixel buffer does not match the image size".into()))?;
+    let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
+    buf.save_with_format(path, format)
+        .map_err(|e| err(e.to_string()))
+}

@@ -3,6 +3,7 @@
 //! The library holds every stage as a plain struct (see ARCHITECTURE.md for the map); the `pocusd`
 //! binary in `src/main.rs` is a thin command-line shell over it.
 
+pub mod analyzer;
 pub mod config;
 pub mod frame;
 pub mod imageio;

@@ -8,8 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use pocusd::analyzer::{default_model_candidates, Analyzer};
 use pocusd::config::{self, ConfigError};
 use pocusd::frame::GrayImage;
+use pocusd::frame::Rect;
+use pocusd::infer::{self, onnx_build, LoadedModel};
+use pocusd::postprocess::{Calibration, Flag, PostprocessConfig, Postprocessor, Smoothing};
 use pocusd::preprocess::{Clahe, ClaheParams};
 use pocusd::synth::{self, PhantomConfig, Task};
 use pocusd::{imageio, version_string};
@@ -42,6 +46,12 @@ enum Command {
     Clahe(ClaheArgs),
     /// Write a synthetic phantom dataset: images/, masks/ and truth.csv.
     Synth(SynthArgs),
+    /// Segment images with a model: mask, overlay and measurements per image.
+    Infer(InferArgs),
+    /// Score a model on a labelled folder (images/ + masks/): Dice, IoU, thickness or circumference errors.
+    Eval(EvalArgs),
+    /// Write a U-Net of the default architecture with random weights (for benchmarks and tests).
+    Unet(UnetArgs),
     /// Time a stage and print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -102,6 +112,102 @@ struct SynthArgs {
 enum BenchCommand {
     /// Time CLAHE on one image: median and 99th percentile over --iters runs.
     Clahe(BenchClaheArgs),
+    /// Time one inference of a model (tract, the reused state).
+    Infer(BenchInferArgs),
+    /// Time postprocessing + overlay on 640x480 phantom frames with a model's outputs.
+    Postprocess(BenchPostArgs),
+}
+
+#[derive(Args, Debug)]
+struct InferArgs {
+    /// Images (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// The ONNX model. Default: [model] path, then the shipped default model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    /// Where NAME.mask.png, NAME.overlay.png and NAME.json go.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Also print a JSON array, one object per image.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// The ONNX model. Default: [model] path, then the shipped default model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    /// Folder with images/ and masks/ (same file names).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Measurement to score; default: the model's task.
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// CSV with filename,pixel_size_mm,head_circumference_mm for circumference in mm.
+    #[arg(long, value_name = "FILE")]
+    mm_csv: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct UnetArgs {
+    /// Output ONNX file.
+    #[arg(long, value_name = "FILE.onnx")]
+    out: PathBuf,
+    /// Input size WxH.
+    #[arg(long, default_value = "128x128", value_parser = parse_size_arg)]
+    input: (usize, usize),
+    /// Channels at the first level (doubled per level).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    width: u32,
+    /// Levels (poolings).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=6))]
+    depth: u32,
+    /// Upsampling: ConvTranspose 2x2 (transpose) or nearest Resize + 3x3 conv (resize).
+    #[arg(long, default_value = "transpose", value_parser = ["transpose", "resize"])]
+    upsample: String,
+    /// Input channels (1, or 3 with the gray frame replicated).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3))]
+    channels: u32,
+    /// Task written into the metadata.
+    #[arg(long, value_enum, default_value = "aponeurosis")]
+    task: Task,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct BenchInferArgs {
+    /// The ONNX model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: PathBuf,
+    /// Threads for tract's matrix products.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+    /// Timed iterations (after a warm-up).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct BenchPostArgs {
+    /// The ONNX model whose outputs are postprocessed.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: PathBuf,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +247,17 @@ fn parse_clip_limit(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+fn parse_size_arg(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) =
+        pocusd::model::parse_size(s).ok_or_else(|| format!("'{s}' is not WxH (e.g. 128x128)"))?;
+    if w % 16 != 0 || h % 16 != 0 || w > 2048 || h > 2048 {
+        return Err(format!(
+            "'{s}': width and height must be multiples of 16 up to 2048"
+        ));
+    }
+    Ok((w, h))
+}
+
 fn parse_tiles_arg(s: &str) -> Result<(usize, usize), String> {
     let (c, r) =
         config::parse_tiles(s).ok_or_else(|| format!("'{s}' is not N or CxR (e.g. 8 or 8x6)"))?;
@@ -169,6 +286,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clahe(args) => cmd_clahe(&cfg, &args),
         Command::Synth(args) => cmd_synth(&args),
         Command::Bench(BenchCommand::Clahe(args)) => cmd_bench_clahe(&cfg, &args),
+        Command::Bench(BenchCommand::Infer(args)) => cmd_bench_infer(&cfg, &args),
+        Command::Bench(BenchCommand::Postprocess(args)) => cmd_bench_post(&cfg, &args),
+        Command::Infer(args) => cmd_infer(&cfg, &args),
+        Command::Eval(args) => cmd_eval(&cfg, &args),
+        Command::Unet(args) => cmd_unet(&args),
         Command::Config(ConfigCommand::Check) => {
             println!(
                 "# effective configuration; layers: {}",
@@ -318,4 +440,502 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// The model to use: the flag, then `[model] path`, then the shipped default.
+fn resolve_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.model.path.clone())
+    {
+        return Ok(p);
+    }
+    let candidates = default_model_candidates("aponeurosis.onnx");
+    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no model given and no default model found (looked in {}); pass --model FILE.onnx or set [model] path",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+fn load_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<LoadedModel> {
+    infer::set_threads(cfg.model.threads);
+    let path = resolve_model(cfg, flag)?;
+    Ok(LoadedModel::load(&path, &cfg.model.overrides)?)
+}
+
+fn clahe_threads(cfg: &config::Config) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(cfg.preprocess.threads).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+/// Still images are never smoothed over time.
+fn still_postprocess(cfg: &config::Config) -> PostprocessConfig {
+    PostprocessConfig {
+        smoothing: Smoothing::Off,
+        ..cfg.postprocess
+    }
+}
+
+fn cmd_infer(cfg: &config::Config, args: &InferArgs) -> anyhow::Result<()> {
+    let mut model = load_model(cfg, args.model.as_deref())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut analyzer = Analyzer::new(
+        &model,
+        clahe_threads(cfg),
+        still_postprocess(cfg),
+        cfg.overlay,
+    );
+    let sha = model.sha256().to_string();
+    let task = model.spec().task;
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for path in &args.images {
+        let one = (|| -> anyhow::Result<serde_json::Value> {
+            let img = imageio::read_gray(path)?;
+            let roi = Rect::full(img.width(), img.height());
+            let analysis = analyzer.analyse(&mut model, img.view()?, roi)?.clone();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            imageio::write_gray(
+                &args.out.join(format!("{stem}.mask.png")),
+                &analyzer.mask_image(img.width(), img.height()),
+            )?;
+            let ov = analyzer.render_overlay(img.view()?, &sha);
+            imageio::write_rgb(
+                &args.out.join(format!("{stem}.overlay.png")),
+                ov.width,
+                ov.height,
+                &ov.data,
+            )?;
+            let v = serde_json::json!({
+                "image": path,
+                "width": img.width(),
+                "height": img.height(),
+                "model_sha256": sha,
+                "task": task.as_str(),
+                "measurements": analysis.measurements,
+                "confidence": analysis.confidence,
+                "uncertain_fraction": analysis.uncertain_fraction,
+                "flag": analysis.flag.map(|f| f.as_str()),
+            });
+            write_atomic(
+                &args.out.join(format!("{stem}.json")),
+                serde_json::to_string_pretty(&v)?.as_bytes(),
+            )?;
+            Ok(v)
+        })();
+        match one {
+            Ok(v) => results.push(v),
+            Err(e) => failures.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(results.clone()));
+    } else {
+        println!(
+            "{:<40} {:>14} {:>10} {:>16}",
+            "image",
+            headline_name(task),
+            "confidence",
+            "flag"
+        );
+        for v in &results {
+            let m = &v["measurements"];
+            let value = match task {
+                Task::Aponeurosis => m["thickness_mm"]
+                    .as_f64()
+                    .map(|x| format!("{x:.2} mm"))
+                    .or(m["thickness_px"].as_f64().map(|x| format!("{x:.1} px"))),
+                Task::Region => m["circumference_mm"]
+                    .as_f64()
+                    .map(|x| format!("{x:.2} mm"))
+                    .or(m["circumference_px"].as_f64().map(|x| format!("{x:.1} px"))),
+            };
+            println!(
+                "{:<40} {:>14} {:>10.3} {:>16}",
+                v["image"].as_str().unwrap_or("?"),
+                value.unwrap_or_else(|| "-".into()),
+                v["confidence"].as_f64().unwrap_or(0.0),
+                v["flag"].as_str().unwrap_or("")
+            );
+        }
+    }
+    for f in &failures {
+        eprintln!("pocusd: skipped {f}");
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} of {} images failed", failures.len(), args.images.len());
+    }
+    Ok(())
+}
+
+fn headline_name(task: Task) -> &'static str {
+    match task {
+        Task::Aponeurosis => "thickness",
+        Task::Region => "circumference",
+    }
+}
+
+/// Dice and IoU of two 0/non-0 masks; both empty counts as perfect agreement.
+fn dice_iou(a: &[u8], b: &[u8]) -> (f64, f64) {
+    let (mut inter, mut na, mut nb) = (0usize, 0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x > 127, y > 127);
+        na += x as usize;
+        nb += y as usize;
+        inter += (x && y) as usize;
+    }
+    if na + nb == 0 {
+        return (1.0, 1.0);
+    }
+    let union = na + nb - inter;
+    (
+        2.0 * inter as f64 / (na + nb) as f64,
+        inter as f64 / union as f64,
+    )
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn cmd_eval(cfg: &config::Config, args: &EvalArgs) -> anyhow::Result<()> {
+    let mut model = load_model(cfg, args.model.as_deref())?;
+    let task = args.task.unwrap_or(model.spec().task);
+    let post_cfg = PostprocessConfig {
+        calibration: Calibration::None,
+        ..still_postprocess(cfg)
+    };
+    let mut analyzer = Analyzer::new(&model, clahe_threads(cfg), post_cfg, cfg.overlay);
+    let mut reference = Postprocessor::new(task, post_cfg);
+    // The task used for measuring predictions may differ from the model's (--task).
+    let mut measure_pred = Postprocessor::new(task, post_cfg);
+    let csv = match &args.mm_csv {
+        Some(p) => read_mm_csv(p)?,
+        None => Default::default(),
+    };
+    let images_dir = args.data.join("images");
+    let masks_dir = args.data.join("masks");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&images_dir)
+        .with_context(|| {
+            format!(
+                "cannot list {} (expected DIR/images and DIR/masks)",
+                images_dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| {
+                x.eq_ignore_ascii_case("png")
+                    || x.eq_ignore_ascii_case("jpg")
+                    || x.eq_ignore_ascii_case("jpeg")
+            })
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        anyhow::bail!("{} holds no PNG or JPEG images", images_dir.display());
+    }
+    let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_image = Vec::new();
+    for path in &names {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let (img, refmask) = match (
+            imageio::read_gray(path),
+            imageio::read_gray(&masks_dir.join(&name)),
+        ) {
+            (Ok(i), Ok(m)) if (i.width(), i.height()) == (m.width(), m.height()) => (i, m),
+            (Ok(_), Ok(_)) => {
+                eprintln!("pocusd: skipped {name}: image and mask sizes differ");
+                skipped += 1;
+                continue;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("pocusd: skipped {name}: {e}");
+                skipped += 1;
+                continue;
+            }
+        };
+        let roi = Rect::full(img.width(), img.height());
+        analyzer.analyse(&mut model, img.view()?, roi)?;
+        let pred_mask = analyzer.mask_image(img.width(), img.height());
+        let pred_prob: Vec<f32> = pred_mask
+            .as_slice()
+            .iter()
+            .map(|&v| (v > 127) as u8 as f32)
+            .collect();
+        let pa = measure_pred.process_full(&pred_prob, roi).clone();
+        let ref_prob: Vec<f32> = refmask
+            .as_slice()
+            .iter()
+            .map(|&v| (v > 127) as u8 as f32)
+            .collect();
+        let ra = reference.process_full(&ref_prob, roi).clone();
+        let lacks = matches!(pa.flag, Some(Flag::NoStructure) | Some(Flag::OneBand));
+        let (d, j) = if lacks {
+            (0.0, 0.0)
+        } else {
+            dice_iou(pred_mask.as_slice(), refmask.as_slice())
+        };
+        failed += lacks as usize;
+        dice.push(d);
+        iou.push(j);
+        let mut row = serde_json::json!({"image": name, "dice": d, "iou": j, "flag": pa.flag.map(|f| f.as_str())});
+        match task {
+            Task::Aponeurosis => {
+                let (p, r) = (pa.measurements.thickness_px, ra.measurements.thickness_px);
+                row["thickness_px"] = serde_json::json!(p);
+                row["reference_thickness_px"] = serde_json::json!(r);
+                if let (Some(p), Some(r)) = (p, r) {
+                    th_abs.push((p - r).abs());
+                    th_rel.push((p - r).abs() / r);
+                }
+            }
+            Task::Region => {
+                let (p, r) = (
+                    pa.measurements.circumference_px,
+                    ra.measurements.circumference_px,
+                );
+                row["circumference_px"] = serde_json::json!(p);
+                row["reference_circumference_px"] = serde_json::json!(r);
+                if let (Some(p), Some(r)) = (p, r) {
+                    c_abs_px.push((p - r).abs());
+                }
+                if let (Some(p), Some(&(px_mm, hc_mm))) = (p, csv.get(&name)) {
+                    row["circumference_mm"] = serde_json::json!(p * px_mm);
+                    row["reference_hc_mm"] = serde_json::json!(hc_mm);
+                    c_abs_mm.push((p * px_mm - hc_mm).abs());
+                }
+            }
+        }
+        per_image.push(row);
+    }
+    if per_image.is_empty() {
+        anyhow::bail!(
+            "no image in {} had a readable mask of the same size in {}",
+            images_dir.display(),
+            masks_dir.display()
+        );
+    }
+    let mut rel_sorted = th_rel.clone();
+    let summary = serde_json::json!({
+        "images": per_image.len(),
+        "failed": failed,
+        "skipped": skipped,
+        "task": task.as_str(),
+        "model_sha256": model.sha256(),
+        "dice": mean(&dice),
+        "iou": mean(&iou),
+        "thickness_mae_px": mean(&th_abs),
+        "thickness_rel_err_median": (!rel_sorted.is_empty()).then(|| pocusd::postprocess::median(&mut rel_sorted)),
+        "thickness_within_10pct": (!th_rel.is_empty()).then(|| th_rel.iter().filter(|&&r| r <= 0.10).count() as f64 / th_rel.len() as f64),
+        "circumference_mae_px": mean(&c_abs_px),
+        "circumference_mae_mm": mean(&c_abs_mm),
+        "per_image": per_image,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        let f = |k: &str| {
+            summary[k]
+                .as_f64()
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "images {}  failed {}  skipped {}  task {}",
+            summary["images"],
+            failed,
+            skipped,
+            task.as_str()
+        );
+        for k in [
+            "dice",
+            "iou",
+            "thickness_mae_px",
+            "thickness_rel_err_median",
+            "thickness_within_10pct",
+            "circumference_mae_px",
+            "circumference_mae_mm",
+        ] {
+            println!("{k:<28} {}", f(k));
+        }
+    }
+    Ok(())
+}
+
+/// filename -> (pixel_size_mm, head_circumference_mm).
+fn read_mm_csv(path: &Path) -> anyhow::Result<std::collections::HashMap<String, (f64, f64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut map = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let px: f64 = f[1].parse().with_context(|| {
+            format!(
+                "{} line {}: pixel_size_mm {:?} is not a number",
+                path.display(),
+                i + 1,
+                f[1]
+            )
+        })?;
+        let hc: f64 = f[2].parse().with_context(|| {
+            format!(
+                "{} line {}: head_circumference_mm {:?} is not a number",
+                path.display(),
+                i + 1,
+                f[2]
+            )
+        })?;
+        map.insert(f[0].to_string(), (px, hc));
+    }
+    Ok(map)
+}
+
+fn cmd_unet(args: &UnetArgs) -> anyhow::Result<()> {
+    let (w, h) = args.input;
+    if w >> args.depth << args.depth != w || h >> args.depth << args.depth != h {
+        anyhow::bail!(
+            "input {w}x{h} is not divisible by 2^{} (depth {})",
+            args.depth,
+            args.depth
+        );
+    }
+    let spec = onnx_build::fixture_spec(
+        args.task,
+        w,
+        h,
+        args.channels as usize,
+        pocusd::model::Layout::Nchw,
+        pocusd::model::OutputKind::Sigmoid,
+    );
+    let spec = pocusd::model::ModelSpec {
+        clahe: Some(ClaheParams::default()),
+        trained_on: Some("random weights (pocusd unet)".into()),
+        ..spec
+    };
+    let shape = onnx_build::UnetShape {
+        depth: args.depth as usize,
+        base_width: args.width as usize,
+        conv_transpose: args.upsample == "transpose",
+    };
+    let bytes = onnx_build::random_unet(&spec, shape, args.seed);
+    write_atomic(&args.out, &bytes)?;
+    println!(
+        "wrote {} ({} bytes, sha256 {})",
+        args.out.display(),
+        bytes.len(),
+        infer::sha256_hex(&bytes)
+    );
+    Ok(())
+}
+
+fn time_ms<F: FnMut()>(iters: u32, mut f: F) -> (f64, f64) {
+    for _ in 0..(iters / 10).clamp(1, 20) {
+        f();
+    }
+    let mut t = Vec::with_capacity(iters as usize);
+    for _ in 0..iters {
+        let s = std::time::Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    (percentile(&mut t, 0.5), percentile(&mut t, 0.99))
+}
+
+fn cmd_bench_infer(cfg: &config::Config, args: &BenchInferArgs) -> anyhow::Result<()> {
+    infer::set_threads(args.threads as usize);
+    let mut model = LoadedModel::load(&args.model, &cfg.model.overrides)?;
+    let shape = model.spec().input_shape();
+    let n: usize = shape.iter().product();
+    let input: Vec<f32> = (0..n).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
+    let mut err = None;
+    let (median, p99) = time_ms(args.iters, || {
+        if let Err(e) = model.run(&input) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"input": shape, "threads": args.threads, "median_ms": median, "p99_ms": p99, "iters": args.iters})
+        );
+    } else {
+        println!(
+            "{:<20} {:>8} {:>10} {:>10}",
+            "input", "threads", "median_ms", "p99_ms"
+        );
+        println!(
+            "{:<20} {:>8} {:>10.3} {:>10.3}",
+            format!("{shape:?}"),
+            args.threads,
+            median,
+            p99
+        );
+    }
+    Ok(())
+}
+
+fn cmd_bench_post(cfg: &config::Config, args: &BenchPostArgs) -> anyhow::Result<()> {
+    let mut model = load_model(cfg, Some(&args.model))?;
+    let task = model.spec().task;
+    let mut analyzer = Analyzer::new(&model, clahe_threads(cfg), cfg.postprocess, cfg.overlay);
+    // Model outputs for a few phantom frames, computed once; only postprocess + overlay is timed.
+    let phantom = synth::PhantomConfig {
+        width: 640,
+        height: 480,
+        task,
+        furniture: false,
+        seed: 1,
+    };
+    let frames: Vec<GrayImage> = (0..8).map(|i| synth::sample(phantom, i).image).collect();
+    let roi = Rect::full(640, 480);
+    let (w, h) = (model.spec().input_width, model.spec().input_height);
+    let mut pre = pocusd::preprocess::Preprocessor::new(model.spec(), clahe_threads(cfg));
+    let mut outputs = Vec::new();
+    for f in &frames {
+        let input = pre.process(f.view()?, roi)?.to_vec();
+        outputs.push(model.run(&input)?.to_vec());
+    }
+    // One full pass so the overlay has an enhanced frame of the right size.
+    analyzer.analyse(&mut model, frames[0].view()?, roi)?;
+    let sha = model.sha256().to_string();
+    let mut k = 0usize;
+    let (median, p99) = time_ms(args.iters, || {
+        let i = k % frames.len();
+        k += 1;
+        analyzer.postprocessor().process(&outputs[i], w, h, roi);
+        if let Ok(v) = frames[i].view() {
+            analyzer.render_overlay(v, &sha);
+        }
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"width": 640, "height": 480, "iters": args.iters, "median_ms": median, "p99_ms": p99})
+        );
+    } else {
+        println!(
+            "{:<10} {:>6} {:>10} {:>10}",
+            "frame", "iters", "median_ms", "p99_ms"
+        );
+        println!(
+            "{:<10} {:>6} {:>10.3} {:>10.3}",
+            "640x480", args.iters, median, p99
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,124 @@
+//! One frame from pixels to numbers and overlay: the preprocessing, postprocessing and overlay stages
+//! for one model, composed. `pocusd infer`, `eval` and the benchmarks use it, and the daemon's
+//! processing thread will. Holds no model itself (the caller owns the `LoadedModel`, so hot swap
+//! stays with the owner of state). No I/O.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::frame::{FrameError, GrayImage, GrayView, Rect};
+use crate::infer::{InferError, LoadedModel};
+use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
+use crate::postprocess::{Analysis, PostprocessConfig, Postprocessor};
+use crate::preprocess::Preprocessor;
+
+/// Why a frame could not be analysed.
+#[derive(Debug, Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+/// The stages around a model.
+#[derive(Debug)]
+pub struct Analyzer {
+    pre: Preprocessor,
+    post: Postprocessor,
+    overlay: Overlay,
+    style: OverlayStyle,
+    /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
+    pub last_ms: [f64; 3],
+}
+
+impl Analyzer {
+    /// Stages matching `model`'s spec.
+    pub fn new(
+        model: &LoadedModel,
+        clahe_threads: NonZeroUsize,
+        post: PostprocessConfig,
+        style: OverlayStyle,
+    ) -> Self {
+        Self {
+            pre: Preprocessor::new(model.spec(), clahe_threads),
+            post: Postprocessor::new(model.spec().task, post),
+            overlay: Overlay::new(),
+            style,
+            last_ms: [0.0; 3],
+        }
+    }
+
+    /// Preprocess, run and postprocess one frame.
+    pub fn analyse(
+        &mut self,
+        model: &mut LoadedModel,
+        frame: GrayView<'_>,
+        roi: Rect,
+    ) -> Result<&Analysis, AnalyzeError> {
+        let t0 = std::time::Instant::now();
+        let input = self.pre.process(frame, roi)?;
+        let t1 = std::time::Instant::now();
+        let (w, h) = (model.spec().input_width, model.spec().input_height);
+        let probability = model.run(input)?;
+        let t2 = std::time::Instant::now();
+        self.post.process(probability, w, h, roi);
+        let t3 = std::time::Instant::now();
+        self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
+        Ok(self.post.analysis())
+    }
+
+    /// Draws the overlay of the last analysed frame (which must be `frame`).
+    pub fn render_overlay(&mut self, frame: GrayView<'_>, model_sha256: &str) -> &RgbImage {
+        let input = OverlayInput {
+            frame,
+            enhanced: self.pre.enhanced(),
+            mask: self.post.mask(),
+            roi: self.post.roi(),
+            task: self.pre.spec().task,
+            model_sha256,
+        };
+        self.overlay
+            .render(&input, self.post.analysis(), &self.style)
+    }
+
+    /// The last mask as a whole-frame image (0/255; zero outside the region of interest).
+    pub fn mask_image(&self, width: usize, height: usize) -> GrayImage {
+        let mut img = GrayImage::new(width, height);
+        let r = self.post.roi();
+        let mask = self.post.mask();
+        for y in 0..r.h.min(height.saturating_sub(r.y)) {
+            let src = &mask[y * r.w..(y + 1) * r.w];
+            let start = (r.y + y) * width + r.x;
+            let n = r.w.min(width.saturating_sub(r.x));
+            img.as_mut_slice()[start..start + n].copy_from_slice(&src[..n]);
+        }
+        img
+    }
+
+    /// The postprocessing stage (threshold and settings can change live).
+    pub fn postprocessor(&mut self) -> &mut Postprocessor {
+        &mut self.post
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Where the default model is looked for, in order: the checkout's `models/`, the installed
+/// `/usr/share/pocusd/models/`.
+pub fn default_model_candidates(name: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/pocusd -> the checkout root.
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            v.push(root.join("models").join(name));
+        }
+    }
+    v.push(PathBuf::from("models").join(name));
+    v.push(PathBuf::from("/usr/share/pocusd/models").join(name));
+    v
+}
