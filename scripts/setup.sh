@@ -14,6 +14,7 @@ APT_PACKAGES=(
 PY_PACKAGES=(
   "opencv-python-headless==4.12.0.88"
   "numpy==2.2.6"
+  "onnxruntime==1.31.1"
 )
 
 missing=()

@@ -4,4 +4,5 @@ mod clahe;
 mod cli;
 mod common;
 mod engine;
+mod infer_cli;
 mod synth;
