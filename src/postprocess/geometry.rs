@@ -47,12 +47,25 @@ impl Component {
     }
 }
 
-/// Connected-component labelling that keeps its buffers between frames.
+/// A horizontal run of foreground pixels: row `y`, columns `x0..x1`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    y: usize,
+    x0: usize,
+    x1: usize,
+    label: u32,
+}
+
+/// Connected-component labelling (8-connected) over runs of foreground pixels, keeping its
+/// buffers between frames: runs are found row by row, joined with the overlapping runs of the row
+/// above through union-find, then the label image is filled run by run.
 #[derive(Debug, Default)]
 pub struct Labeller {
     /// Label per pixel, 0 for background, components numbered from 1.
     pub labels: Vec<u32>,
     parent: Vec<u32>,
+    runs: Vec<Run>,
+    dense: Vec<u32>,
     pub components: Vec<Component>,
 }
 
@@ -72,88 +85,87 @@ impl Labeller {
         self.labels.resize(width * height, 0);
         self.parent.clear();
         self.parent.push(0);
+        self.runs.clear();
+        let mut prev_start = 0; // first run of the previous row
         for y in 0..height {
-            for x in 0..width {
-                let i = y * width + x;
-                if mask[i] == 0 {
-                    continue;
+            let row = &mask[y * width..(y + 1) * width];
+            let row_start = self.runs.len();
+            let mut scan = prev_start;
+            let mut x = 0;
+            while x < width {
+                // Skip background quickly.
+                match row[x..].iter().position(|&v| v != 0) {
+                    Some(off) => x += off,
+                    None => break,
                 }
-                // Already-visited neighbours: W, NW, N, NE.
-                let mut best = 0u32;
-                let mut neighbours = [0u32; 4];
-                if x > 0 {
-                    neighbours[0] = self.labels[i - 1];
+                let x0 = x;
+                x += row[x..].iter().position(|&v| v == 0).unwrap_or(width - x);
+                let label = self.parent.len() as u32;
+                self.parent.push(label);
+                // 8-connected: runs of the row above overlapping [x0 - 1, x + 1).
+                let mut root = label;
+                // Runs are sorted by column, so one forward pointer over the row above suffices.
+                while scan < row_start && self.runs[scan].x1 + 1 <= x0 {
+                    scan += 1;
                 }
-                if y > 0 {
-                    let up = i - width;
-                    if x > 0 {
-                        neighbours[1] = self.labels[up - 1];
+                for k in scan..row_start {
+                    let r = self.runs[k];
+                    if r.x0 > x {
+                        break;
                     }
-                    neighbours[2] = self.labels[up];
-                    if x + 1 < width {
-                        neighbours[3] = self.labels[up + 1];
-                    }
-                }
-                for &n in &neighbours {
-                    if n != 0 {
-                        let r = find(&mut self.parent, n);
-                        best = if best == 0 { r } else { best.min(r) };
-                    }
-                }
-                if best == 0 {
-                    best = self.parent.len() as u32;
-                    self.parent.push(best);
-                } else {
-                    for &n in &neighbours {
-                        if n != 0 {
-                            let r = find(&mut self.parent, n);
-                            if r != best {
-                                self.parent[r as usize] = best;
-                            }
-                        }
+                    let a = find(&mut self.parent, r.label);
+                    let b = find(&mut self.parent, root);
+                    if a != b {
+                        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                        self.parent[hi as usize] = lo;
+                        root = lo;
                     }
                 }
-                self.labels[i] = best;
+                self.runs.push(Run {
+                    y,
+                    x0,
+                    x1: x,
+                    label,
+                });
             }
+            prev_start = row_start;
         }
-        // Resolve to dense labels 1..=k and gather statistics.
-        let mut dense = vec![0u32; self.parent.len()];
+        // Dense labels 1..=k and statistics, in closed form per run.
+        self.dense.clear();
+        self.dense.resize(self.parent.len(), 0);
         self.components.clear();
-        for l in 1..self.parent.len() as u32 {
-            let r = find(&mut self.parent, l);
-            if dense[r as usize] == 0 {
+        for i in 0..self.runs.len() {
+            let run = self.runs[i];
+            let r = find(&mut self.parent, run.label);
+            if self.dense[r as usize] == 0 {
                 self.components.push(Component {
                     label: self.components.len() as u32 + 1,
                     x0: usize::MAX,
                     y0: usize::MAX,
                     ..Default::default()
                 });
-                dense[r as usize] = self.components.len() as u32;
+                self.dense[r as usize] = self.components.len() as u32;
             }
-            dense[l as usize] = dense[r as usize];
-        }
-        for y in 0..height {
-            for x in 0..width {
-                let i = y * width + x;
-                let l = self.labels[i];
-                if l == 0 {
-                    continue;
-                }
-                let d = dense[l as usize];
-                self.labels[i] = d;
-                let c = &mut self.components[d as usize - 1];
-                let (fx, fy) = (x as f64, y as f64);
-                c.area += 1;
-                c.x0 = c.x0.min(x);
-                c.y0 = c.y0.min(y);
-                c.x1 = c.x1.max(x);
-                c.y1 = c.y1.max(y);
-                c.sum_x += fx;
-                c.sum_y += fy;
-                c.sum_xx += fx * fx;
-                c.sum_yy += fy * fy;
-                c.sum_xy += fx * fy;
-            }
+            let d = self.dense[r as usize];
+            self.labels[run.y * width + run.x0..run.y * width + run.x1].fill(d);
+            let c = &mut self.components[d as usize - 1];
+            let n = (run.x1 - run.x0) as f64;
+            let (a, b) = (run.x0 as f64, (run.x1 - 1) as f64);
+            let fy = run.y as f64;
+            let sum_x = (a + b) * n / 2.0;
+            // Sum of squares of the integers a..=b.
+            let sq = |k: f64| k * (k + 1.0) * (2.0 * k + 1.0) / 6.0;
+            let sum_xx = sq(b) - if a > 0.0 { sq(a - 1.0) } else { 0.0 };
+            c.area += run.x1 - run.x0;
+            c.x0 = c.x0.min(run.x0);
+            c.x1 = c.x1.max(run.x1 - 1);
+            c.y0 = c.y0.min(run.y);
+            c.y1 = c.y1.max(run.y);
+            c.sum_x += sum_x;
+            c.sum_y += fy * n;
+            c.sum_xx += sum_xx;
+            c.sum_yy += fy * fy * n;
+            c.sum_xy += fy * sum_x;
         }
     }
 }
@@ -526,6 +538,57 @@ mod tests {
         trace_contour(&l.labels, w, h, sq.label, sq, &mut contour);
         assert_eq!(contour.len(), 12, "{contour:?}");
         assert!((contour_length(&contour, 1.0, 1.0) - 12.0).abs() < 1e-9);
+    }
+
+    /// Run-based labelling agrees with a plain flood fill on random masks.
+    #[test]
+    fn labelling_matches_flood_fill() {
+        let mut rng = crate::synth::SplitMix64::new(4);
+        for _ in 0..200 {
+            let (w, h) = (
+                1 + (rng.next_u64() % 40) as usize,
+                1 + (rng.next_u64() % 30) as usize,
+            );
+            let density = rng.next_f64();
+            let mask: Vec<u8> = (0..w * h)
+                .map(|_| (rng.next_f64() < density) as u8)
+                .collect();
+            let mut l = Labeller::default();
+            l.label(&mask, w, h);
+            // Flood fill reference.
+            let mut seen = vec![false; w * h];
+            let mut areas = Vec::new();
+            for start in 0..w * h {
+                if mask[start] == 0 || seen[start] {
+                    continue;
+                }
+                let (mut stack, mut area) = (vec![start], 0);
+                seen[start] = true;
+                while let Some(i) = stack.pop() {
+                    area += 1;
+                    let (x, y) = ((i % w) as isize, (i / w) as isize);
+                    for dy in -1..=1 {
+                        for dx in -1..=1 {
+                            let (nx, ny) = (x + dx, y + dy);
+                            if nx >= 0 && ny >= 0 && (nx as usize) < w && (ny as usize) < h {
+                                let j = ny as usize * w + nx as usize;
+                                if mask[j] != 0 && !seen[j] {
+                                    seen[j] = true;
+                                    stack.push(j);
+                                }
+                            }
+                        }
+                    }
+                    // Every pixel of one flood region carries one label.
+                    assert_eq!(l.labels[i], l.labels[start]);
+                }
+                areas.push(area);
+            }
+            let mut got: Vec<usize> = l.components.iter().map(|c| c.area).collect();
+            got.sort();
+            areas.sort();
+            assert_eq!(got, areas);
+        }
     }
 
     #[test]

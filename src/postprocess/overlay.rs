@@ -37,11 +37,23 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// The overlay renderer.
+/// A rasterised glyph: coverage (0..=255) and its offset from the pen on the baseline.
+#[derive(Debug, Clone)]
+struct Glyph {
+    left: isize,
+    top: isize,
+    width: usize,
+    height: usize,
+    coverage: Vec<u8>,
+    advance: f32,
+}
+
+/// The overlay renderer. Glyphs are rasterised once per character and size and then only blitted.
 #[derive(Debug)]
 pub struct Overlay {
     font: FontRef<'static>,
     image: RgbImage,
+    glyphs: std::collections::HashMap<(char, u32), Glyph>,
 }
 
 /// What to draw besides the analysis.
@@ -67,6 +79,7 @@ impl Overlay {
         Self {
             font,
             image: RgbImage::default(),
+            glyphs: Default::default(),
         }
     }
 
@@ -194,28 +207,18 @@ impl Overlay {
                 Flag::LowConfidence => "LOW CONFIDENCE",
                 Flag::Uncalibrated => "UNCALIBRATED: PIXELS ONLY",
             };
-            draw_text(
-                &self.font,
-                img,
-                6.0,
-                size * 0.15,
-                size,
-                text,
-                [255, 255, 255],
-            );
+            self.draw_text(6.0, size * 0.15, size, text, [255, 255, 255]);
         }
         let mut y = top;
         if let Some(h) = headline {
-            draw_text_shadowed(&self.font, img, 6.0, y, size, &h, [255, 255, 255]);
+            self.draw_text_shadowed(6.0, y, size, &h, [255, 255, 255]);
             y += size * 1.15;
         }
         let conf = format!("confidence {:.2}", analysis.confidence);
-        draw_text_shadowed(&self.font, img, 6.0, y, size * 0.7, &conf, [220, 220, 220]);
+        self.draw_text_shadowed(6.0, y, size * 0.7, &conf, [220, 220, 220]);
         let sha: String = input.model_sha256.chars().take(8).collect();
-        let sw = text_width(&self.font, size * 0.6, &sha);
-        draw_text_shadowed(
-            &self.font,
-            img,
+        let sw = self.text_width(size * 0.6, &sha);
+        self.draw_text_shadowed(
             fw as f32 - sw - 6.0,
             fh as f32 - size * 0.8,
             size * 0.6,
@@ -267,64 +270,84 @@ fn draw_line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: [u8; 3], thick
     }
 }
 
-fn text_width(font: &FontRef<'_>, size: f32, text: &str) -> f32 {
-    let sf = font.as_scaled(PxScale::from(size));
-    text.chars().map(|ch| sf.h_advance(font.glyph_id(ch))).sum()
-}
-
-/// Draws `text` with its top-left at (x, y), anti-aliased.
-fn draw_text(
-    font: &FontRef<'_>,
-    img: &mut RgbImage,
-    x: f32,
-    y: f32,
-    size: f32,
-    text: &str,
-    c: [u8; 3],
-) {
-    let scale = PxScale::from(size);
-    let sf = font.as_scaled(scale);
-    let mut pen = x;
-    let baseline = y + sf.ascent();
-    for ch in text.chars() {
-        let id = font.glyph_id(ch);
-        let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen, baseline));
-        pen += sf.h_advance(id);
-        let Some(outline) = font.outline_glyph(glyph) else {
-            continue;
-        };
-        let bounds = outline.px_bounds();
-        outline.draw(|gx, gy, cov| {
-            let (px, py) = (
-                bounds.min.x as isize + gx as isize,
-                bounds.min.y as isize + gy as isize,
-            );
-            if px < 0
-                || py < 0
-                || px as usize >= img.width
-                || py as usize >= img.height
-                || cov <= 0.0
-            {
-                return;
+impl Overlay {
+    fn glyph(&mut self, ch: char, size: f32) -> &Glyph {
+        let key = (ch, (size * 8.0).round() as u32);
+        let font = &self.font;
+        self.glyphs.entry(key).or_insert_with(|| {
+            let scale = PxScale::from(size);
+            let id = font.glyph_id(ch);
+            let advance = font.as_scaled(scale).h_advance(id);
+            let glyph = id.with_scale_and_position(scale, ab_glyph::point(0.0, 0.0));
+            match font.outline_glyph(glyph) {
+                Some(outline) => {
+                    let b = outline.px_bounds();
+                    let (width, height) =
+                        (b.width().max(0.0) as usize, b.height().max(0.0) as usize);
+                    let mut coverage = vec![0u8; width * height];
+                    outline.draw(|x, y, c| {
+                        if let Some(v) = coverage.get_mut(y as usize * width + x as usize) {
+                            *v = (c.clamp(0.0, 1.0) * 255.0) as u8;
+                        }
+                    });
+                    Glyph {
+                        left: b.min.x as isize,
+                        top: b.min.y as isize,
+                        width,
+                        height,
+                        coverage,
+                        advance,
+                    }
+                }
+                None => Glyph {
+                    left: 0,
+                    top: 0,
+                    width: 0,
+                    height: 0,
+                    coverage: Vec::new(),
+                    advance,
+                },
             }
-            let i = (py as usize * img.width + px as usize) * 3;
-            for k in 0..3 {
-                let old = img.data[i + k] as f32;
-                img.data[i + k] = (old + (c[k] as f32 - old) * cov.min(1.0)) as u8;
-            }
-        });
+        })
     }
-}
 
-fn draw_text_shadowed(
-    font: &FontRef<'_>,
-    img: &mut RgbImage,
-    x: f32,
-    y: f32,
-    size: f32,
-    text: &str,
-    c: [u8; 3],
-) {
-    draw_text(font, img, x + 1.5, y + 1.5, size, text, [0, 0, 0]);
-    draw_text(font, img, x, y, size, text, c);
+    fn text_width(&mut self, size: f32, text: &str) -> f32 {
+        text.chars().map(|ch| self.glyph(ch, size).advance).sum()
+    }
+
+    /// Draws `text` with its top-left at (x, y), anti-aliased, from the glyph cache.
+    fn draw_text(&mut self, x: f32, y: f32, size: f32, text: &str, c: [u8; 3]) {
+        let ascent = self.font.as_scaled(PxScale::from(size)).ascent();
+        let baseline = (y + ascent).round() as isize;
+        let mut pen = x;
+        for ch in text.chars() {
+            let g = self.glyph(ch, size).clone();
+            let (ox, oy) = (pen.round() as isize + g.left, baseline + g.top);
+            pen += g.advance;
+            let img = &mut self.image;
+            for gy in 0..g.height {
+                let py = oy + gy as isize;
+                if py < 0 || py as usize >= img.height {
+                    continue;
+                }
+                for gx in 0..g.width {
+                    let px = ox + gx as isize;
+                    let cov = g.coverage[gy * g.width + gx] as u32;
+                    if cov == 0 || px < 0 || px as usize >= img.width {
+                        continue;
+                    }
+                    let i = (py as usize * img.width + px as usize) * 3;
+                    for k in 0..3 {
+                        let old = img.data[i + k] as u32;
+                        img.data[i + k] = ((old * (255 - cov) + c[k] as u32 * cov) / 255) as u8;
+                    }
+                }
+            }
+        }
+    }
+
+    fn draw_text_shadowed(&mut self, x: f32, y: f32, size: f32, text: &str, c: [u8; 3]) {
+        self.draw_text(x + 1.5, y + 1.5, size, text, [0, 0, 0]);
+        self.draw_text(x, y, size, text, c);
+    }
 }
