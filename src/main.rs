@@ -462,7 +462,22 @@ fn resolve_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<Pa
 fn load_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<LoadedModel> {
     infer::set_threads(cfg.model.threads);
     let path = resolve_model(cfg, flag)?;
-    Ok(LoadedModel::load(&path, &cfg.model.overrides)?)
+    let model = LoadedModel::load(&path, &cfg.model.overrides)?;
+    let s = model.spec();
+    if !s.from_metadata {
+        eprintln!(
+            "pocusd: note: {} has no pocusd metadata; using config and graph: task {}, {} {}x{}x{}, output {}, CLAHE {}",
+            path.display(),
+            s.task.as_str(),
+            s.layout.as_str(),
+            s.channels,
+            s.input_width,
+            s.input_height,
+            s.output.as_str(),
+            s.clahe.map(|c| format!("{}@{}x{}", c.clip_limit, c.tiles_x, c.tiles_y)).unwrap_or_else(|| "off".into())
+        );
+    }
+    Ok(model)
 }
 
 fn clahe_threads(cfg: &config::Config) -> std::num::NonZeroUsize {
