@@ -6,7 +6,9 @@ use tract_onnx::tract_core::internal::SimpleState;
 
 fn main() -> TractResult<()> {
     let path = std::env::args().nth(1).expect("model path");
-    let model = tract_onnx::onnx().model_for_path(&path)?.with_input_fact(0, f32::fact([1, 1, 128, 128]).into())?;
+    let model = tract_onnx::onnx()
+        .model_for_path(&path)?
+        .with_input_fact(0, f32::fact([1, 1, 128, 128]).into())?;
     let plan = model.into_optimized()?.into_runnable()?;
     let mut state = SimpleState::new(&plan)?;
     let mut times: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -16,7 +18,9 @@ fn main() -> TractResult<()> {
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(s, st, node, inputs);
             if it >= 10 {
-                let e = times.entry(format!("{} {}", node.op.name(), node.name)).or_default();
+                let e = times
+                    .entry(format!("{} {}", node.op.name(), node.name))
+                    .or_default();
                 e.0 += t.elapsed().as_secs_f64() * 1e3 / 20.0;
                 e.1 += 1;
             }

@@ -109,6 +109,25 @@ pub struct CalibrationSection {
     pub depth_mm: f64,
 }
 
+/// The `[source]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    pub spec: String,
+    pub no_signal_ms: u64,
+    pub frozen_frames: u32,
+    pub frozen_tolerance: f64,
+    pub retry_max_ms: u64,
+}
+
+/// Validated source settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub spec: crate::source::SourceSpec,
+    pub health: crate::source::HealthConfig,
+    pub retry: crate::source::RetryPolicy,
+}
+
 /// The whole file as written; printed by `pocusd config check`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +136,7 @@ pub struct RawConfig {
     pub model: ModelSection,
     pub postprocess: PostprocessSection,
     pub calibration: CalibrationSection,
+    pub source: SourceSection,
 }
 
 /// Validated model settings.
@@ -145,6 +165,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub postprocess: PostprocessConfig,
     pub overlay: OverlayStyle,
+    pub source: SourceConfig,
     /// The merged values as written, for printing.
     pub raw: RawConfig,
     /// The layers that contributed, in order (for `config check`).
@@ -253,11 +274,13 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let preprocess = validate_preprocess(&raw.preprocess)?;
     let model = validate_model(&raw.model, &preprocess)?;
     let (postprocess, overlay) = validate_postprocess(&raw.postprocess, &raw.calibration)?;
+    let source = validate_source(&raw.source)?;
     Ok(Config {
         preprocess,
         model,
         postprocess,
         overlay,
+        source,
         raw,
         layers,
     })
@@ -511,6 +534,48 @@ fn validate_postprocess(
             alpha: alpha as f32,
         },
     ))
+}
+
+fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
+    use std::time::Duration;
+    let spec = crate::source::SourceSpec::parse(&s.spec).map_err(|e| ConfigError::OutOfRange {
+        key: "source.spec".into(),
+        value: format!("{:?}", s.spec),
+        allowed: e.to_string(),
+    })?;
+    let int = |key: &str, v: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::OutOfRange {
+                key: key.into(),
+                value: v.to_string(),
+                allowed: format!("{lo} to {hi}"),
+            })
+        }
+    };
+    let no_signal = int("source.no_signal_ms", s.no_signal_ms, 50, 60_000)?;
+    let frozen_frames = int("source.frozen_frames", s.frozen_frames as u64, 2, 10_000)? as u32;
+    let tol = range(
+        "source.frozen_tolerance",
+        s.frozen_tolerance,
+        0.01,
+        50.0,
+        "0.01 to 50",
+    )?;
+    let retry = int("source.retry_max_ms", s.retry_max_ms, 100, 60_000)?;
+    Ok(SourceConfig {
+        spec,
+        health: crate::source::HealthConfig {
+            no_signal: Duration::from_millis(no_signal),
+            frozen_frames,
+            frozen_tolerance: tol,
+        },
+        retry: crate::source::RetryPolicy {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(retry),
+        },
+    })
 }
 
 /// "#rrggbb" into RGB.

@@ -228,6 +228,8 @@ pub struct Frame {
     pub seq: u64,
     /// Capture time, CLOCK_REALTIME, microseconds since the Unix epoch.
     pub timestamp_us: i64,
+    /// Where the ultrasound image lies in the frame (the whole frame unless detected or configured).
+    pub roi: Rect,
 }
 
 #[cfg(test)]

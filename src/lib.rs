@@ -11,6 +11,7 @@ pub mod infer;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
+pub mod source;
 pub mod synth;
 
 /// The version string `pocusd --version` prints: crate version and the git commit it was built from.

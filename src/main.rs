@@ -36,6 +36,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Frame source spec (overrides [source] spec): demo[?..], images:DIR[?..].
+    #[arg(long, global = true, value_name = "SPEC")]
+    source: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +56,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write a U-Net of the default architecture with random weights (for benchmarks and tests).
     Unet(UnetArgs),
+    /// Save frames from a source as PNG (after the region-of-interest crop), to build a dataset.
+    Capture(CaptureArgs),
     /// Time a stage and print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -116,6 +122,31 @@ enum BenchCommand {
     Infer(BenchInferArgs),
     /// Time postprocessing + overlay on 640x480 phantom frames with a model's outputs.
     Postprocess(BenchPostArgs),
+    /// Read frames from a source as fast as it delivers them.
+    Source(BenchSourceArgs),
+}
+
+#[derive(Args, Debug)]
+struct CaptureArgs {
+    /// Stop after saving this many frames (default: until the source ends or Ctrl-C).
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Save every K-th frame.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    every: u32,
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct BenchSourceArgs {
+    /// Frames to read.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -281,7 +312,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = config::load(cli.config.as_deref())?;
+    let mut cfg = config::load(cli.config.as_deref())?;
+    if let Some(spec) = &cli.source {
+        cfg.source.spec = pocusd::source::SourceSpec::parse(spec)?;
+    }
     match cli.command {
         Command::Clahe(args) => cmd_clahe(&cfg, &args),
         Command::Synth(args) => cmd_synth(&args),
@@ -291,6 +325,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => cmd_infer(&cfg, &args),
         Command::Eval(args) => cmd_eval(&cfg, &args),
         Command::Unet(args) => cmd_unet(&args),
+        Command::Capture(args) => cmd_capture(&cfg, &args),
+        Command::Bench(BenchCommand::Source(args)) => cmd_bench_source(&cfg, &args),
         Command::Config(ConfigCommand::Check) => {
             println!(
                 "# effective configuration; layers: {}",
@@ -950,6 +986,114 @@ fn cmd_bench_post(cfg: &config::Config, args: &BenchPostArgs) -> anyhow::Result<
         println!(
             "{:<10} {:>6} {:>10.3} {:>10.3}",
             "640x480", args.iters, median, p99
+        );
+    }
+    Ok(())
+}
+
+fn finite_source(cfg: &config::Config) -> pocusd::source::Reconnecting {
+    let mut src = pocusd::source::Reconnecting::new(cfg.source.spec.clone(), cfg.source.retry);
+    src.end_is_final = true;
+    src
+}
+
+fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
+    use pocusd::source::Read;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut src = finite_source(cfg);
+    let mut health = pocusd::source::Health::new(cfg.source.health);
+    let (mut saved, mut seen) = (0u64, 0u64);
+    while args.frames.is_none_or(|n| saved < n) {
+        match src.read(std::time::Duration::from_millis(200)) {
+            Ok(Read::Frame(f)) => {
+                health.on_frame(&f);
+                seen += 1;
+                if (seen - 1) % args.every as u64 != 0 {
+                    continue;
+                }
+                let view = f.image.view()?.crop(f.roi)?;
+                let mut crop = GrayImage::new(view.width(), view.height());
+                for (y, row) in crop
+                    .as_mut_slice()
+                    .chunks_exact_mut(view.width())
+                    .enumerate()
+                {
+                    row.copy_from_slice(view.row(y));
+                }
+                imageio::write_gray(&args.out.join(format!("frame_{:06}.png", f.seq)), &crop)?;
+                saved += 1;
+            }
+            Ok(Read::Timeout) => health.on_tick(src.reconnecting, src.reconnects),
+            Ok(Read::End) => break,
+            Err(e @ pocusd::source::SourceError::Corrupt { .. }) => {
+                health.on_decode_error();
+                eprintln!("pocusd: skipped {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let c = health.counters();
+    println!(
+        "saved {saved} frames to {} ({} read, {} corrupt skipped)",
+        args.out.display(),
+        c.frames,
+        c.decode_errors
+    );
+    Ok(())
+}
+
+fn cmd_bench_source(cfg: &config::Config, args: &BenchSourceArgs) -> anyhow::Result<()> {
+    use pocusd::source::Read;
+    let mut src = finite_source(cfg);
+    let mut times = Vec::with_capacity(args.frames as usize);
+    let start = std::time::Instant::now();
+    let mut idle_since = std::time::Instant::now();
+    while (times.len() as u64) < args.frames {
+        let t = std::time::Instant::now();
+        match src.read(std::time::Duration::from_millis(500)) {
+            Ok(Read::Frame(_)) => {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                idle_since = std::time::Instant::now();
+            }
+            Ok(Read::End) => break,
+            Ok(Read::Timeout) => {
+                if idle_since.elapsed() > std::time::Duration::from_secs(10) {
+                    anyhow::bail!(
+                        "no frame from {} for 10 s ({})",
+                        cfg.source.spec.raw,
+                        src.last_error
+                            .as_ref()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Err(pocusd::source::SourceError::Corrupt { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let frames = times.len();
+    let fps = if elapsed > 0.0 {
+        frames as f64 / elapsed
+    } else {
+        0.0
+    };
+    let median = percentile(&mut times, 0.5);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"fps": fps, "decode_ms_median": median, "frames": frames, "source": cfg.source.spec.raw})
+        );
+    } else {
+        println!(
+            "{:<40} {:>8} {:>10} {:>16}",
+            "source", "frames", "fps", "decode_ms_median"
+        );
+        println!(
+            "{:<40} {:>8} {:>10.1} {:>16.3}",
+            cfg.source.spec.raw, frames, fps, median
         );
     }
     Ok(())

@@ -180,9 +180,27 @@ const SPECKLE_TABLE: usize = 1 << 14;
 #[derive(Debug, Clone)]
 pub struct Phantom {
     cfg: PhantomConfig,
-    /// Rayleigh samples with unit mean square, quantised to f32.
-    speckle: Vec<f32>,
-    line: Vec<f32>,
+    /// Speckle field of the image area (Rayleigh, laterally blurred: grains wider than tall),
+    /// made once per seed; rows are read shifted with the tissue.
+    field: Vec<f32>,
+    /// sin over one period, `SIN_STEPS` entries.
+    sin: Vec<f32>,
+    /// Log-like compression: output grey level for an echo amplitude in steps of 1/`COMPRESS_SCALE`.
+    compress: Vec<u8>,
+    /// Electronic noise, -2..=2 grey levels.
+    noise: Vec<i8>,
+}
+
+const SIN_STEPS: usize = 1024;
+const COMPRESS_SCALE: f32 = 1024.0;
+const COMPRESS_MAX: f32 = 6.0;
+const NOISE_LEN: usize = 1 << 16;
+
+#[inline]
+fn sin_lut(table: &[f32], phase: f32) -> f32 {
+    // Phase in radians; the table wraps (negative phases via two's complement masking).
+    let i = (phase * (SIN_STEPS as f32 / std::f32::consts::TAU)) as i32;
+    table[(i & (SIN_STEPS as i32 - 1)) as usize]
 }
 
 impl Phantom {
@@ -190,17 +208,46 @@ impl Phantom {
     pub fn new(cfg: PhantomConfig) -> Self {
         let mut rng = SplitMix64::new(cfg.seed ^ 0x5EED_5BEC);
         // Rayleigh with sigma = 1/sqrt(2): E[s^2] = 1, mean ~0.886.
-        let speckle = (0..SPECKLE_TABLE)
+        let table: Vec<f32> = (0..SPECKLE_TABLE)
             .map(|_| {
                 let u = 1.0 - rng.next_f64(); // (0, 1]
                 ((-u.ln()).sqrt()) as f32
             })
             .collect();
-        Self {
+        let mut phantom = Self {
             cfg,
-            speckle,
-            line: Vec::new(),
+            field: Vec::new(),
+            sin: Vec::new(),
+            compress: Vec::new(),
+            noise: Vec::new(),
+        };
+        let r = phantom.image_rect();
+        let mut raw = vec![0f32; r.w * r.h];
+        for (i, v) in raw.iter_mut().enumerate() {
+            // Two pixels per grain laterally: pairs share a sample before the blur.
+            let (x, y) = ((i % r.w) as u64, (i / r.w) as u64);
+            *v = table[(mix64(cfg.seed ^ (y << 20) ^ (x >> 1)) as usize) & (SPECKLE_TABLE - 1)];
         }
+        phantom.field = vec![0f32; r.w * r.h];
+        for y in 0..r.h {
+            let row = &raw[y * r.w..(y + 1) * r.w];
+            for x in 0..r.w {
+                let (l, rr) = (row[x.saturating_sub(1)], row[(x + 1).min(r.w - 1)]);
+                phantom.field[y * r.w + x] = 0.25 * l + 0.5 * row[x] + 0.25 * rr;
+            }
+        }
+        phantom.sin = (0..SIN_STEPS)
+            .map(|i| (i as f32 / SIN_STEPS as f32 * std::f32::consts::TAU).sin())
+            .collect();
+        let steps = (COMPRESS_MAX * COMPRESS_SCALE) as usize + 1;
+        phantom.compress = (0..steps)
+            .map(|i| (230.0 * (i as f32 / COMPRESS_SCALE).powf(0.65)).min(255.0) as u8)
+            .collect();
+        let mut nrng = SplitMix64::new(cfg.seed ^ 0xA5A5);
+        phantom.noise = (0..NOISE_LEN)
+            .map(|_| ((nrng.next_u64() % 5) as i8) - 2)
+            .collect();
+        phantom
     }
 
     /// The settings.
@@ -291,15 +338,17 @@ impl Phantom {
         self.draw_furniture(geometry, image);
         mask.as_mut_slice().fill(0);
         let r = geometry.image;
-        self.line.resize(r.w, 0.0);
         let g = *geometry;
         let tan = g.band_angle_deg.to_radians().tan();
         let cos = g.band_angle_deg.to_radians().cos();
         let cx = r.x as f64 + r.w as f64 / 2.0;
         // Fascicles run at `pennation` to the bands; their normal's direction in the image.
         let fasc = (g.band_angle_deg + g.pennation_deg).to_radians();
-        let (fn_x, fn_y) = (-fasc.sin(), fasc.cos());
         let fascicle_period_px = (r.h as f64 * 0.045).max(4.0);
+        let (fn_x, fn_y) = (
+            (-fasc.sin() / fascicle_period_px) as f32,
+            (fasc.cos() / fascicle_period_px) as f32,
+        );
         let (ea_cos, ea_sin) = (
             g.ellipse_angle_deg.to_radians().cos(),
             g.ellipse_angle_deg.to_radians().sin(),
@@ -307,81 +356,76 @@ impl Phantom {
         let skull_px = (g.semi_a_px * 0.06).max(2.0);
         // Speckle follows the tissue vertically so the demo looks like tissue moving, not noise.
         let tissue_shift = (g.superficial_y_px - r.y as f64).round() as i64;
-        let noise_salt = mix64(frame_no ^ 0xA5A5);
-        let speckle_mask = (SPECKLE_TABLE - 1) as u64;
-        let mut noise = SplitMix64::new(noise_salt);
-
+        let noise_offset = (mix64(frame_no ^ 0xA5A5) as usize) & (NOISE_LEN - 1);
+        let half_sup = g.superficial_band_px / 2.0;
+        let half_deep = g.deep_band_px / 2.0;
+        let (sin, compress, noise) = (&self.sin, &self.compress, &self.noise);
+        let px = image.as_mut_slice();
+        let mk = mask.as_mut_slice();
         for yi in 0..r.h {
-            let y = (r.y + yi) as f64 + 0.5;
-            let depth = yi as f64 / r.h as f64;
-            let attenuation = (-0.9 * depth).exp() as f32;
-            let row_hash = mix64(self.cfg.seed ^ (((yi as i64 - tissue_shift) as u64) << 20));
+            let fy = r.y + yi;
+            let y = fy as f64 + 0.5;
+            let attenuation = (-0.9 * yi as f64 / r.h as f64).exp() as f32;
+            let field_row = (yi as i64 - tissue_shift).rem_euclid(r.h as i64) as usize;
+            let field = &self.field[field_row * r.w..(field_row + 1) * r.w];
+            let out = &mut px[fy * fw + r.x..fy * fw + r.x + r.w];
+            let mrow = &mut mk[fy * fw + r.x..fy * fw + r.x + r.w];
+            let nbase = noise_offset.wrapping_add(yi * 7919);
+            // Band distances are linear in x along a row: start and step.
+            let d1_0 = (y - (g.superficial_y_px + tan * (r.x as f64 + 0.5 - cx))) * cos;
+            let d2_0 = (y - (g.deep_y_px + tan * (r.x as f64 + 0.5 - cx))) * cos;
+            let dd = -tan * cos;
             for xi in 0..r.w {
                 let x = (r.x + xi) as f64 + 0.5;
                 let (echo, inside) = match self.cfg.task {
                     Task::Aponeurosis => {
-                        let dy = x - cx;
-                        // Perpendicular distances from the two band centre lines.
-                        let d1 = (y - (g.superficial_y_px + tan * dy)) * cos;
-                        let d2 = (y - (g.deep_y_px + tan * dy)) * cos;
-                        if d1.abs() <= g.superficial_band_px / 2.0
-                            || d2.abs() <= g.deep_band_px / 2.0
-                        {
+                        let d1 = d1_0 + dd * xi as f64;
+                        let d2 = d2_0 + dd * xi as f64;
+                        if d1.abs() <= half_sup || d2.abs() <= half_deep {
                             (1.6, true)
                         } else if d1 < 0.0 {
                             // Subcutaneous layer: fat, moderately echoic with a few septa.
-                            (0.30 + 0.10 * ((y * 0.21 + x * 0.013).sin()).max(0.0), false)
+                            (
+                                0.30 + 0.10 * sin_lut(sin, (y * 0.21 + x * 0.013) as f32).max(0.0),
+                                false,
+                            )
                         } else if d2 < 0.0 {
                             // Muscle belly: dark with bright oblique fascicles.
-                            let u = (x * fn_x + y * fn_y) / fascicle_period_px;
-                            let stripe = (u - u.floor() - 0.5).abs() * 2.0; // 1 at the line, 0 between
-                            (0.16 + 0.34 * stripe.powi(6), false)
+                            let u = x as f32 * fn_x + y as f32 * fn_y + 4096.0;
+                            let stripe = (u - (u as i32) as f32 - 0.5).abs() * 2.0; // 1 on a line, 0 between
+                            let s2 = stripe * stripe;
+                            (0.16 + 0.34 * s2 * s2 * s2, false)
                         } else {
                             // Deeper muscle / bone shadow.
-                            (0.20 + 0.05 * (x * 0.02).sin(), false)
+                            (0.20 + 0.05 * sin_lut(sin, (x * 0.02) as f32), false)
                         }
                     }
                     Task::Region => {
                         let (dx, dy) = (x - g.centre_x_px, y - g.centre_y_px);
                         let u = (dx * ea_cos + dy * ea_sin) / g.semi_a_px;
                         let v = (-dx * ea_sin + dy * ea_cos) / g.semi_b_px;
-                        let rho = (u * u + v * v).sqrt();
+                        let rho2 = u * u + v * v;
                         let skull_inner = 1.0 - skull_px / g.semi_b_px;
-                        if rho <= 1.0 {
-                            if rho >= skull_inner {
+                        if rho2 <= 1.0 {
+                            if rho2 >= skull_inner * skull_inner {
                                 (1.0, true)
                             } else if v.abs() * g.semi_b_px < 1.2 && u.abs() < 0.8 {
                                 (0.75, true) // midline echo (falx)
                             } else {
-                                (0.22 + 0.06 * (u * 9.0).sin().abs(), true)
+                                (0.22 + 0.06 * sin_lut(sin, (u * 9.0) as f32).abs(), true)
                             }
                         } else {
-                            (0.28 + 0.05 * ((x + y) * 0.05).sin(), false)
+                            (0.28 + 0.05 * sin_lut(sin, ((x + y) * 0.05) as f32), false)
                         }
                     }
                 };
-                let h = mix64(row_hash ^ (xi as u64 >> 1) ^ ((xi as u64 & 1) << 40));
-                let s = self.speckle[(h & speckle_mask) as usize];
-                self.line[xi] = echo as f32 * attenuation * s;
+                let amp = echo as f32 * attenuation * field[xi];
+                let idx = ((amp * COMPRESS_SCALE) as usize).min(compress.len() - 1);
+                let n = noise[(nbase + xi) & (NOISE_LEN - 1)];
+                out[xi] = (compress[idx] as i16 + n as i16).clamp(0, 255) as u8;
                 if inside {
-                    let idx = (r.y + yi) * fw + r.x + xi;
-                    if let Some(m) = mask.as_mut_slice().get_mut(idx) {
-                        *m = 255;
-                    }
+                    mrow[xi] = 255;
                 }
-            }
-            // Lateral blur: speckle grains are wider than tall.
-            let row = &mut image.as_mut_slice()[(r.y + yi) * fw + r.x..(r.y + yi) * fw + r.x + r.w];
-            let mut prev = self.line[0];
-            for xi in 0..r.w {
-                let next = self.line[(xi + 1).min(r.w - 1)];
-                let cur = self.line[xi];
-                let v = 0.25 * prev + 0.5 * cur + 0.25 * next;
-                prev = cur;
-                // Log-like compression and a little electronic noise.
-                let n = ((noise.next_u64() & 0xFF) as f32 - 127.5) / 127.5;
-                let pix = 230.0 * v.max(0.0).powf(0.65) + 2.0 * n;
-                row[xi] = pix.clamp(0.0, 255.0) as u8;
             }
         }
     }

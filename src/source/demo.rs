@@ -1,0 +1,90 @@
+//! The demo source: the synthetic phantom as a moving sequence, paced at `fps`, knowing its
+//! ground truth. Options: `seed`, `fps` (0: unpaced), `width`, `height`, `task`, `furniture`.
+
+use std::time::Duration;
+
+use super::{realtime_us, FrameSource, Pacer, Read, SourceError, SourceSpec};
+use crate::frame::{Frame, GrayImage, Rect};
+use crate::synth::{Phantom, PhantomConfig, Task, Truth};
+
+/// The phantom as a live source.
+pub struct DemoSource {
+    spec: String,
+    phantom: Phantom,
+    fps: f64,
+    pacer: Pacer,
+    seq: u64,
+    mask: GrayImage,
+    truth: Option<Truth>,
+}
+
+impl DemoSource {
+    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1]`.
+    pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
+        spec.only(&["seed", "fps", "width", "height", "task", "furniture"])?;
+        let task = match spec.options.get("task").map(String::as_str) {
+            None | Some("aponeurosis") => Task::Aponeurosis,
+            Some("region") => Task::Region,
+            Some(t) => {
+                return Err(SourceError::BadSpec {
+                    spec: spec.raw.clone(),
+                    reason: format!("task={t}: allowed aponeurosis or region"),
+                })
+            }
+        };
+        let cfg = PhantomConfig {
+            width: spec.num("width", 640usize, 64, 4096)?,
+            height: spec.num("height", 480usize, 64, 4096)?,
+            task,
+            furniture: spec.num("furniture", 0u8, 0, 1)? == 1,
+            seed: spec.num("seed", 1u64, 0, u64::MAX)?,
+        };
+        let fps = spec.num("fps", 30.0f64, 0.0, 1000.0)?;
+        let phantom = Phantom::new(cfg);
+        Ok(Self {
+            spec: spec.raw.clone(),
+            phantom,
+            fps,
+            pacer: Pacer::new(fps),
+            seq: 0,
+            mask: GrayImage::default(),
+            truth: None,
+        })
+    }
+
+    /// The ground-truth mask of the last frame.
+    pub fn mask(&self) -> &GrayImage {
+        &self.mask
+    }
+}
+
+impl FrameSource for DemoSource {
+    fn read(&mut self, timeout: Duration) -> Result<Read, SourceError> {
+        if !self.pacer.wait(timeout) {
+            return Ok(Read::Timeout);
+        }
+        // Unpaced runs still advance the scene as if at 30 fps.
+        let t_s = self.seq as f64 / if self.fps > 0.0 { self.fps } else { 30.0 };
+        let geometry = self.phantom.geometry_at(t_s);
+        let mut image = GrayImage::default();
+        self.phantom
+            .render(&geometry, self.seq, &mut image, &mut self.mask);
+        self.truth = Some(geometry.truth(self.phantom.config().task));
+        let frame = Frame {
+            image,
+            seq: self.seq,
+            timestamp_us: realtime_us(),
+            roi: Rect::full(self.phantom.config().width, self.phantom.config().height),
+        };
+        self.seq += 1;
+        Ok(Read::Frame(frame))
+    }
+
+    fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    fn truth(&self) -> Option<Truth> {
+        self.truth
+    }
+}
