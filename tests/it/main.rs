@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod engine;
 mod infer_cli;
+mod sources;
 mod synth;
