@@ -9,6 +9,8 @@
 //! publish.
 
 pub mod demo;
+#[cfg(feature = "ffmpeg")]
+pub mod ffmpeg;
 pub mod health;
 pub mod images;
 
@@ -175,9 +177,12 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
     match &spec.kind {
         SourceKind::Demo => Ok(Box::new(demo::DemoSource::open(spec)?)),
         SourceKind::Images(_) => Ok(Box::new(images::ImagesSource::open(spec)?)),
+        #[cfg(feature = "ffmpeg")]
+        SourceKind::Ffmpeg(_) => Ok(Box::new(ffmpeg::FfmpegSource::open(spec)?)),
+        #[cfg(not(feature = "ffmpeg"))]
         SourceKind::Ffmpeg(_) => Err(SourceError::Unavailable {
             kind: "ffmpeg".into(),
-            reason: "the FFmpeg source is not implemented yet".into(),
+            reason: "built without the `ffmpeg` feature".into(),
         }),
         SourceKind::V4l2(_) => Err(SourceError::Unavailable {
             kind: "v4l2".into(),

@@ -4,6 +4,8 @@ mod clahe;
 mod cli;
 mod common;
 mod engine;
+#[cfg(feature = "ffmpeg")]
+mod ffmpeg_src;
 mod infer_cli;
 mod sources;
 mod synth;

@@ -169,7 +169,7 @@ fn reconnects_with_capped_backoff_and_reports_no_signal() {
         no_signal: Duration::from_millis(150),
         ..Default::default()
     });
-    let mut tick = |src: &mut Reconnecting, health: &mut Health, ms: u64| -> u32 {
+    let tick = |src: &mut Reconnecting, health: &mut Health, ms: u64| -> u32 {
         let mut n = 0;
         let end = Instant::now() + Duration::from_millis(ms);
         while Instant::now() < end {

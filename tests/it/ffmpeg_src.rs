@@ -1,0 +1,286 @@
+//! The FFmpeg source against real files and streams made by the `ffmpeg` command: H.264 mp4 and
+//! MJPEG avi decoded frame for frame, truncated and missing files, a refused URL, and a live
+//! MPEG-TS stream over UDP that is killed and restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pocusd::frame::GrayImage;
+use pocusd::source::{
+    self, CaptureState, Health, HealthConfig, Read, Reconnecting, RetryPolicy, SourceError,
+    SourceSpec,
+};
+use pocusd::synth::{Phantom, PhantomConfig};
+
+/// Writes `n` moving phantom frames as PNG and returns them.
+fn phantom_frames(dir: &Path, n: usize) -> Vec<GrayImage> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut p = Phantom::new(PhantomConfig {
+        width: 320,
+        height: 240,
+        ..Default::default()
+    });
+    (0..n)
+        .map(|i| {
+            let g = p.geometry_at(i as f64 / 30.0);
+            let (mut img, mut mask) = (GrayImage::default(), GrayImage::default());
+            p.render(&g, i as u64, &mut img, &mut mask);
+            pocusd::imageio::write_gray(&dir.join(format!("f{i:04}.png")), &img).unwrap();
+            img
+        })
+        .collect()
+}
+
+fn encode(frames_dir: &Path, out: &Path, codec_args: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-framerate", "30", "-i"])
+        .arg(frames_dir.join("f%04d.png"))
+        .args(codec_args)
+        .arg(out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success());
+}
+
+fn read_all(spec: &str) -> (Vec<GrayImage>, Option<SourceError>) {
+    let mut src = source::open(&SourceSpec::parse(spec).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match src.read(Duration::from_millis(200)) {
+            Ok(Read::Frame(f)) => out.push(f.image),
+            Ok(Read::End) => return (out, None),
+            Ok(Read::Timeout) => {}
+            Err(SourceError::Corrupt { .. }) => {}
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    panic!("{spec}: neither end nor error within 30 s");
+}
+
+fn mad(a: &GrayImage, b: &GrayImage) -> f64 {
+    a.as_slice()
+        .iter()
+        .zip(b.as_slice())
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.as_slice().len() as f64
+}
+
+#[test]
+fn files_decode_frame_for_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = phantom_frames(&tmp.path().join("frames"), 30);
+    let mp4 = tmp.path().join("a.mp4");
+    encode(
+        &tmp.path().join("frames"),
+        &mp4,
+        &["-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p"],
+    );
+    let avi = tmp.path().join("a.avi");
+    encode(
+        &tmp.path().join("frames"),
+        &avi,
+        &["-c:v", "mjpeg", "-q:v", "2"],
+    );
+    for file in [&mp4, &avi] {
+        let (got, err) = read_all(&format!("ffmpeg:{}?realtime=0", file.display()));
+        assert!(err.is_none(), "{}: {err:?}", file.display());
+        assert_eq!(got.len(), 30, "{}", file.display());
+        for (i, (g, f)) in got.iter().zip(&frames).enumerate() {
+            assert_eq!((g.width(), g.height()), (320, 240));
+            let d = mad(g, f);
+            assert!(
+                d < 6.0,
+                "{} frame {i}: mean abs difference {d:.2}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_inputs_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    phantom_frames(&tmp.path().join("frames"), 30);
+    let mp4 = tmp.path().join("a.mp4");
+    encode(
+        &tmp.path().join("frames"),
+        &mp4,
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    );
+    // Truncated mid-file: some frames, then a clean end or a named loss, never a panic.
+    let bytes = std::fs::read(&mp4).unwrap();
+    let cut = tmp.path().join("cut.mkv");
+    let mkv = tmp.path().join("a.mkv");
+    encode(
+        &tmp.path().join("frames"),
+        &mkv,
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    );
+    let mk = std::fs::read(&mkv).unwrap();
+    std::fs::write(&cut, &mk[..mk.len() / 2]).unwrap();
+    let (got, err) = read_all(&format!("ffmpeg:{}?realtime=0", cut.display()));
+    assert!(
+        !got.is_empty() && got.len() < 30,
+        "{} frames from half a file",
+        got.len()
+    );
+    if let Some(e) = err {
+        assert!(e.to_string().contains("cut.mkv"), "{e}");
+    }
+    // Truncated mp4 (index at the end is lost): refused at open, named.
+    std::fs::write(tmp.path().join("cut.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+    let (_, err) = read_all(&format!(
+        "ffmpeg:{}?realtime=0",
+        tmp.path().join("cut.mp4").display()
+    ));
+    if let Some(e) = err {
+        assert!(e.to_string().contains("cut.mp4"), "{e}");
+    }
+    let (got, err) = read_all("ffmpeg:/nonexistent/exam.mp4");
+    assert!(got.is_empty());
+    let e = err.expect("missing file is an error");
+    assert!(
+        matches!(e, SourceError::Open { .. }) && e.to_string().contains("/nonexistent/exam.mp4"),
+        "{e}"
+    );
+    // Nothing listens on port 9: connection refused, quickly.
+    let t = Instant::now();
+    let (_, err) = read_all("ffmpeg:http://127.0.0.1:9/live.mp4");
+    assert!(matches!(err, Some(SourceError::Open { .. })), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+fn sender(file: &Path, port: u16) -> Child {
+    Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
+        .arg(file)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(format!("udp://127.0.0.1:{port}?pkt_size=1316"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg sender starts")
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[test]
+fn live_udp_stream_survives_its_sender_restarting() {
+    let tmp = tempfile::tempdir().unwrap();
+    phantom_frames(&tmp.path().join("frames"), 60);
+    let ts: PathBuf = tmp.path().join("a.mp4");
+    encode(
+        &tmp.path().join("frames"),
+        &ts,
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
+    );
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let spec = SourceSpec::parse(&format!("ffmpeg:udp://127.0.0.1:{port}?stall_ms=400")).unwrap();
+    let mut src = Reconnecting::new(
+        spec,
+        RetryPolicy {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        },
+    );
+    let no_signal = Duration::from_millis(500);
+    let mut health = Health::new(HealthConfig {
+        no_signal,
+        ..Default::default()
+    });
+    let mut step = |src: &mut Reconnecting, health: &mut Health| {
+        match src.read(Duration::from_millis(50)) {
+            Ok(Read::Frame(f)) => health.on_frame(&f),
+            Err(SourceError::Corrupt { .. }) => health.on_decode_error(),
+            _ => {}
+        }
+        health.on_tick(src.reconnecting, src.reconnects);
+    };
+    let wait_for = |src: &mut Reconnecting,
+                    health: &mut Health,
+                    step: &mut dyn FnMut(&mut Reconnecting, &mut Health),
+                    what: &dyn Fn(&Health) -> bool,
+                    secs: u64|
+     -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            step(src, health);
+            if what(health) {
+                return Some(t.elapsed());
+            }
+        }
+        None
+    };
+    let mut tx = sender(&ts, port);
+    let frames_before = health.counters().frames;
+    let got = wait_for(
+        &mut src,
+        &mut health,
+        &mut step,
+        &|h| h.counters().frames >= frames_before + 30,
+        30,
+    );
+    assert!(
+        got.is_some(),
+        "frames flow from the live stream (state {:?})",
+        health.state()
+    );
+    assert_eq!(health.state(), CaptureState::Streaming);
+
+    // Pull the cable.
+    tx.kill().unwrap();
+    tx.wait().unwrap();
+    let t = wait_for(
+        &mut src,
+        &mut health,
+        &mut step,
+        &|h| h.state() == CaptureState::NoSignal,
+        10,
+    )
+    .expect("no_signal appears");
+    assert!(
+        t <= no_signal * 5,
+        "no_signal after {t:?} (limit {:?})",
+        no_signal * 5
+    );
+    // Waiting costs little CPU: it sleeps between attempts.
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    wait_for(&mut src, &mut health, &mut step, &|_| false, 3);
+    let cpu = cpu_seconds() - cpu0;
+    assert!(
+        cpu < wall0.elapsed().as_secs_f64() * 0.3,
+        "{cpu:.2} s CPU while waiting {:?}",
+        wall0.elapsed()
+    );
+    assert_eq!(health.state(), CaptureState::NoSignal);
+
+    // Plug it back: streaming resumes by itself.
+    let mut tx = sender(&ts, port);
+    let frames_now = health.counters().frames;
+    let resumed = wait_for(
+        &mut src,
+        &mut health,
+        &mut step,
+        &|h| h.counters().frames >= frames_now + 10 && h.state() == CaptureState::Streaming,
+        30,
+    );
+    tx.kill().ok();
+    tx.wait().ok();
+    assert!(
+        resumed.is_some(),
+        "streaming resumes (state {:?}, last error {:?})",
+        health.state(),
+        src.last_error
+    );
+}
