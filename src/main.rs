@@ -56,6 +56,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write a U-Net of the default architecture with random weights (for benchmarks and tests).
     Unet(UnetArgs),
+    /// List V4L2 capture devices with their formats, sizes and frame rates.
+    Sources(SourcesArgs),
     /// Save frames from a source as PNG (after the region-of-interest crop), to build a dataset.
     Capture(CaptureArgs),
     /// Time a stage and print figures.
@@ -124,6 +126,13 @@ enum BenchCommand {
     Postprocess(BenchPostArgs),
     /// Read frames from a source as fast as it delivers them.
     Source(BenchSourceArgs),
+}
+
+#[derive(Args, Debug)]
+struct SourcesArgs {
+    /// Print one JSON object instead of a listing.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -326,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => cmd_eval(&cfg, &args),
         Command::Unet(args) => cmd_unet(&args),
         Command::Capture(args) => cmd_capture(&cfg, &args),
+        Command::Sources(args) => cmd_sources(&args),
         Command::Bench(BenchCommand::Source(args)) => cmd_bench_source(&cfg, &args),
         Command::Config(ConfigCommand::Check) => {
             println!(
@@ -1097,4 +1107,50 @@ fn cmd_bench_source(cfg: &config::Config, args: &BenchSourceArgs) -> anyhow::Res
         );
     }
     Ok(())
+}
+
+#[cfg(feature = "v4l")]
+fn cmd_sources(args: &SourcesArgs) -> anyhow::Result<()> {
+    let devices = pocusd::source::v4l2::list_devices();
+    if args.json {
+        println!("{}", serde_json::json!({ "devices": devices }));
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("no V4L2 capture devices found (/dev/video*); network and file sources: --source ffmpeg:URL");
+    }
+    for d in &devices {
+        println!("{}: {} ({})", d.path.display(), d.card, d.driver);
+        for f in &d.formats {
+            println!(
+                "  {} {}{}",
+                f.fourcc,
+                f.description,
+                if f.supported {
+                    ""
+                } else {
+                    " (not used by pocusd)"
+                }
+            );
+            for s in &f.sizes {
+                let fps: Vec<String> = s.fps.iter().map(|v| format!("{v:.2}")).collect();
+                println!(
+                    "    {}x{} @ {} fps",
+                    s.width,
+                    s.height,
+                    if fps.is_empty() {
+                        "?".to_string()
+                    } else {
+                        fps.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "v4l"))]
+fn cmd_sources(_args: &SourcesArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this pocusd was built without the `v4l` feature; rebuild with default features to list capture cards")
 }

@@ -1,5 +1,5 @@
-//! Frame sources: one spec string chooses where frames come from (`demo`, `images:DIR`, and, with
-//! the sources issue's remaining parts, `ffmpeg:URL` and `v4l2:/dev/videoN`), options as a query
+//! Frame sources: one spec string chooses where frames come from (`demo`, `images:DIR`,
+//! `ffmpeg:URL` with feature `ffmpeg`, `v4l2:/dev/videoN` with feature `v4l`), options as a query
 //! string. Every source yields 8-bit gray [`Frame`]s stamped with a sequence number and the capture
 //! time (CLOCK_REALTIME, microseconds).
 //!
@@ -8,11 +8,14 @@
 //! health (streaming, no signal, frozen, reconnecting) and counters. Must not depend on infer or
 //! publish.
 
+pub mod convert;
 pub mod demo;
 #[cfg(feature = "ffmpeg")]
 pub mod ffmpeg;
 pub mod health;
 pub mod images;
+#[cfg(feature = "v4l")]
+pub mod v4l2;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -184,9 +187,12 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
             kind: "ffmpeg".into(),
             reason: "built without the `ffmpeg` feature".into(),
         }),
+        #[cfg(feature = "v4l")]
+        SourceKind::V4l2(_) => Ok(Box::new(v4l2::V4l2Source::open(spec)?)),
+        #[cfg(not(feature = "v4l"))]
         SourceKind::V4l2(_) => Err(SourceError::Unavailable {
             kind: "v4l2".into(),
-            reason: "the V4L2 source is not implemented yet".into(),
+            reason: "built without the `v4l` feature".into(),
         }),
     }
 }
