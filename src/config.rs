@@ -114,6 +114,7 @@ pub struct CalibrationSection {
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     pub spec: String,
+    pub roi: String,
     pub no_signal_ms: u64,
     pub frozen_frames: u32,
     pub frozen_tolerance: f64,
@@ -124,6 +125,7 @@ pub struct SourceSection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub spec: crate::source::SourceSpec,
+    pub roi: crate::preprocess::roi::RoiMode,
     pub health: crate::source::HealthConfig,
     pub retry: crate::source::RetryPolicy,
 }
@@ -554,6 +556,12 @@ fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
             })
         }
     };
+    let roi =
+        crate::preprocess::roi::RoiMode::parse(&s.roi).ok_or_else(|| ConfigError::OutOfRange {
+            key: "source.roi".into(),
+            value: format!("{:?}", s.roi),
+            allowed: "\"full\", \"auto\" or \"x,y,w,h\" with w and h above 0".into(),
+        })?;
     let no_signal = int("source.no_signal_ms", s.no_signal_ms, 50, 60_000)?;
     let frozen_frames = int("source.frozen_frames", s.frozen_frames as u64, 2, 10_000)? as u32;
     let tol = range(
@@ -566,6 +574,7 @@ fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
     let retry = int("source.retry_max_ms", s.retry_max_ms, 100, 60_000)?;
     Ok(SourceConfig {
         spec,
+        roi,
         health: crate::source::HealthConfig {
             no_signal: Duration::from_millis(no_signal),
             frozen_frames,

@@ -36,9 +36,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Frame source spec (overrides [source] spec): demo[?..], images:DIR[?..].
+    /// Frame source spec (overrides [source] spec): demo[?..], images:DIR[?..], ffmpeg:URL[?..], v4l2:/dev/videoN[?..].
     #[arg(long, global = true, value_name = "SPEC")]
     source: Option<String>,
+
+    /// Region of interest (overrides [source] roi): full, auto, or x,y,w,h.
+    #[arg(long, global = true, value_name = "full|auto|x,y,w,h")]
+    roi: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -325,6 +329,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(spec) = &cli.source {
         cfg.source.spec = pocusd::source::SourceSpec::parse(spec)?;
     }
+    if let Some(roi) = &cli.roi {
+        cfg.source.roi = pocusd::preprocess::roi::RoiMode::parse(roi)
+            .ok_or_else(|| anyhow::anyhow!("--roi {roi:?}: expected full, auto or x,y,w,h"))?;
+    }
     match cli.command {
         Command::Clahe(args) => cmd_clahe(&cfg, &args),
         Command::Synth(args) => cmd_synth(&args),
@@ -555,7 +563,8 @@ fn cmd_infer(cfg: &config::Config, args: &InferArgs) -> anyhow::Result<()> {
     for path in &args.images {
         let one = (|| -> anyhow::Result<serde_json::Value> {
             let img = imageio::read_gray(path)?;
-            let roi = Rect::full(img.width(), img.height());
+            let roi =
+                pocusd::preprocess::roi::RoiTracker::new(cfg.source.roi, 1).roi_for(img.view()?);
             let analysis = analyzer.analyse(&mut model, img.view()?, roi)?.clone();
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
             imageio::write_gray(
@@ -579,6 +588,7 @@ fn cmd_infer(cfg: &config::Config, args: &InferArgs) -> anyhow::Result<()> {
                 "confidence": analysis.confidence,
                 "uncertain_fraction": analysis.uncertain_fraction,
                 "flag": analysis.flag.map(|f| f.as_str()),
+                "roi": roi,
             });
             write_atomic(
                 &args.out.join(format!("{stem}.json")),
@@ -1013,6 +1023,7 @@ fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut src = finite_source(cfg);
     let mut health = pocusd::source::Health::new(cfg.source.health);
+    let mut rois = pocusd::preprocess::roi::RoiTracker::new(cfg.source.roi, 30);
     let (mut saved, mut seen) = (0u64, 0u64);
     while args.frames.is_none_or(|n| saved < n) {
         match src.read(std::time::Duration::from_millis(200)) {
@@ -1022,7 +1033,8 @@ fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
                 if (seen - 1) % args.every as u64 != 0 {
                     continue;
                 }
-                let view = f.image.view()?.crop(f.roi)?;
+                let roi = rois.roi_for(f.image.view()?);
+                let view = f.image.view()?.crop(roi)?;
                 let mut crop = GrayImage::new(view.width(), view.height());
                 for (y, row) in crop
                     .as_mut_slice()

@@ -6,6 +6,7 @@
 
 pub mod clahe;
 pub mod resize;
+pub mod roi;
 
 use std::num::NonZeroUsize;
 

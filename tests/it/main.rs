@@ -8,5 +8,6 @@ mod engine;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg_src;
 mod infer_cli;
+mod roi;
 mod sources;
 mod synth;

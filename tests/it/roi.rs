@@ -1,0 +1,152 @@
+//! Automatic region of interest on real screen grabs (../shared/data/dl_track, many with the
+//! scanner's furniture): it keeps the labelled structures and drops the flat UI borders.
+
+use pocusd::preprocess::roi::{RoiConfig, RoiDetector};
+
+use crate::common;
+
+/// A pixel is "flat UI" when it equals all four neighbours (synthetic screen colour).
+fn flat(img: &pocusd::frame::GrayImage, x: usize, y: usize) -> bool {
+    let (w, h) = (img.width(), img.height());
+    if x == 0 || y == 0 || x + 1 >= w || y + 1 >= h {
+        return false;
+    }
+    let v = img.get(x, y);
+    [
+        img.get(x - 1, y),
+        img.get(x + 1, y),
+        img.get(x, y - 1),
+        img.get(x, y + 1),
+    ]
+    .iter()
+    .all(|&n| n == v)
+}
+
+#[test]
+fn keeps_the_structures_and_drops_the_borders_on_dl_track() {
+    let Some(root) = common::real_data() else {
+        eprintln!("../shared/data not present: ROI check on dl_track not run");
+        return;
+    };
+    let dir = root.join("dl_track");
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("images"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let mut det = RoiDetector::new(RoiConfig::default());
+    let (mut kept, mut total, mut flat_in, mut flat_all, mut worst, mut below) =
+        (0u64, 0u64, 0u64, 0u64, 1.0f64, Vec::new());
+    let mut area_fraction = 0.0;
+    for name in &names {
+        let img = pocusd::imageio::read_gray(&dir.join("images").join(name)).unwrap();
+        let mask = pocusd::imageio::read_gray(&dir.join("masks").join(name)).unwrap();
+        let r = det.detect(img.view().unwrap());
+        let (mut k, mut t) = (0u64, 0u64);
+        for y in 0..img.height() {
+            for x in 0..img.width() {
+                let inside = x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h;
+                if mask.get(x, y).unwrap_or(0) > 127 {
+                    t += 1;
+                    k += inside as u64;
+                }
+                if flat(&img, x, y) {
+                    flat_all += 1;
+                    flat_in += inside as u64;
+                }
+            }
+        }
+        kept += k;
+        total += t;
+        area_fraction += (r.w * r.h) as f64 / (img.width() * img.height()) as f64;
+        let f = if t > 0 { k as f64 / t as f64 } else { 1.0 };
+        worst = worst.min(f);
+        if f < 0.98 {
+            below.push(format!("{} {:.3} {r:?}", name.to_string_lossy(), f));
+        }
+    }
+    let kept_fraction = kept as f64 / total as f64;
+    let flat_excluded = 1.0 - flat_in as f64 / flat_all.max(1) as f64;
+    eprintln!(
+        "dl_track ROI: {} images, mask pixels kept {:.4} (worst image {:.3}, {} images below 0.98), flat UI pixels excluded {:.4}, mean ROI area {:.3} of the frame",
+        names.len(),
+        kept_fraction,
+        worst,
+        below.len(),
+        flat_excluded,
+        area_fraction / names.len() as f64
+    );
+    for b in below.iter().take(10) {
+        eprintln!("  below 0.98: {b}");
+    }
+    assert!(
+        kept_fraction >= 0.98,
+        "kept {kept_fraction:.4} of mask pixels"
+    );
+    assert!(
+        flat_excluded >= 0.9,
+        "excluded only {flat_excluded:.4} of the flat UI pixels"
+    );
+}
+
+#[test]
+fn capture_crops_to_the_detected_image_and_tracks_layout_changes() {
+    use pocusd::preprocess::roi::{RoiMode, RoiTracker};
+    use pocusd::synth::{self, PhantomConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cap");
+    let o = common::run(&[
+        "capture",
+        "--source",
+        "demo?fps=0&furniture=1",
+        "--roi",
+        "auto",
+        "--frames",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let img = pocusd::imageio::read_gray(&out.join("frame_000001.png")).unwrap();
+    let truth = synth::Phantom::new(PhantomConfig {
+        furniture: true,
+        ..Default::default()
+    })
+    .image_rect();
+    assert_eq!((img.width(), img.height()), (truth.w, truth.h));
+    // A "depth change": the same screen at another size moves the image; the tracker follows.
+    let mut t = RoiTracker::new(RoiMode::Auto, 1000);
+    let a = synth::sample(
+        PhantomConfig {
+            furniture: true,
+            ..Default::default()
+        },
+        0,
+    );
+    let b = synth::sample(
+        PhantomConfig {
+            furniture: true,
+            width: 800,
+            height: 600,
+            ..Default::default()
+        },
+        0,
+    );
+    let ra = t.roi_for(a.image.view().unwrap());
+    let rb = t.roi_for(b.image.view().unwrap());
+    assert_ne!(ra, rb);
+    assert_eq!(t.changes, 1);
+    assert_eq!(
+        RoiMode::parse("10,20,300,200"),
+        Some(RoiMode::Fixed(pocusd::frame::Rect {
+            x: 10,
+            y: 20,
+            w: 300,
+            h: 200
+        }))
+    );
+    assert_eq!(RoiMode::parse("10,20,0,200"), None);
+    let o = common::run(&["config", "check", "--roi", "1,2"]);
+    assert_eq!(o.status.code(), Some(1));
+}
