@@ -189,19 +189,18 @@ pub struct Phantom {
     compress: Vec<u8>,
     /// Electronic noise, -2..=2 grey levels.
     noise: Vec<i8>,
+    /// Muscle echo by position within a fascicle period (1024 steps): bright thin lines.
+    stripe: Vec<f32>,
+    /// Deep-tissue echo per image column.
+    deep_cols: Vec<f32>,
+    /// One row of echo amplitudes (scratch).
+    echo: Vec<f32>,
 }
 
 const SIN_STEPS: usize = 1024;
 const COMPRESS_SCALE: f32 = 1024.0;
 const COMPRESS_MAX: f32 = 6.0;
 const NOISE_LEN: usize = 1 << 16;
-
-#[inline]
-fn sin_lut(table: &[f32], phase: f32) -> f32 {
-    // Phase in radians; the table wraps (negative phases via two's complement masking).
-    let i = (phase * (SIN_STEPS as f32 / std::f32::consts::TAU)) as i32;
-    table[(i & (SIN_STEPS as i32 - 1)) as usize]
-}
 
 impl Phantom {
     /// A renderer for the given settings.
@@ -220,6 +219,9 @@ impl Phantom {
             sin: Vec::new(),
             compress: Vec::new(),
             noise: Vec::new(),
+            stripe: Vec::new(),
+            deep_cols: Vec::new(),
+            echo: Vec::new(),
         };
         let r = phantom.image_rect();
         let mut raw = vec![0f32; r.w * r.h];
@@ -244,8 +246,17 @@ impl Phantom {
             .map(|i| (230.0 * (i as f32 / COMPRESS_SCALE).powf(0.65)).min(255.0) as u8)
             .collect();
         let mut nrng = SplitMix64::new(cfg.seed ^ 0xA5A5);
-        phantom.noise = (0..NOISE_LEN)
+        phantom.noise = (0..NOISE_LEN + r.w)
             .map(|_| ((nrng.next_u64() % 5) as i8) - 2)
+            .collect();
+        phantom.stripe = (0..1024)
+            .map(|i| {
+                let stripe = ((i as f32 + 0.5) / 1024.0 - 0.5).abs() * 2.0; // 1 on a line, 0 between
+                0.16 + 0.34 * stripe.powi(6)
+            })
+            .collect();
+        phantom.deep_cols = (0..r.w)
+            .map(|xi| 0.20 + 0.05 * (((r.x + xi) as f32 + 0.5) * 0.02).sin())
             .collect();
         phantom
     }
@@ -362,70 +373,117 @@ impl Phantom {
         let (sin, compress, noise) = (&self.sin, &self.compress, &self.noise);
         let px = image.as_mut_slice();
         let mk = mask.as_mut_slice();
+        // Phases of the periodic textures advance by a fixed step per pixel along a row, so they
+        // are kept in 16.16 fixed point (table index = phase >> 16): no float conversions per pixel.
+        const FIX: f64 = 65536.0;
+        let to_idx = SIN_STEPS as f64 / std::f64::consts::TAU;
+        let fixed = |v: f64| (v * FIX) as i64;
+        let sin_at = |phase: i64| sin[((phase >> 16) & (SIN_STEPS as i64 - 1)) as usize];
+        self.echo.resize(r.w, 0.0);
+        let x_first = r.x as f64 + 0.5;
         for yi in 0..r.h {
             let fy = r.y + yi;
             let y = fy as f64 + 0.5;
-            let attenuation = (-0.9 * yi as f64 / r.h as f64).exp() as f32;
+            let mrow = &mut mk[fy * fw + r.x..fy * fw + r.x + r.w];
+            let echo = &mut self.echo;
+            match self.cfg.task {
+                Task::Aponeurosis => {
+                    // Band distances are linear in x along a row: start and step.
+                    let d1_0 = (y - (g.superficial_y_px + tan * (x_first - cx))) * cos;
+                    let d2_0 = (y - (g.deep_y_px + tan * (x_first - cx))) * cos;
+                    let dd = -tan * cos;
+                    let (mut septa, septa_step) = (
+                        fixed((y * 0.21 + x_first * 0.013) * to_idx),
+                        fixed(0.013 * to_idx),
+                    );
+                    // Fascicle coordinate (in periods); its fraction picks the stripe profile.
+                    let (mut fasc_u, fasc_step) = (
+                        fixed(x_first * fn_x as f64 + y * fn_y as f64 + 4096.0),
+                        fixed(fn_x as f64),
+                    );
+                    let stripe: &[f32; 1024] = match self.stripe.as_slice().try_into() {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    };
+                    let (mut d1, mut d2) = (d1_0, d2_0);
+                    for ((e, m), &deep) in echo.iter_mut().zip(mrow.iter_mut()).zip(&self.deep_cols)
+                    {
+                        *e = if d1.abs() <= half_sup || d2.abs() <= half_deep {
+                            *m = 255;
+                            1.6
+                        } else if d1 < 0.0 {
+                            // Subcutaneous layer: fat, moderately echoic with a few septa.
+                            0.30 + 0.10 * sin_at(septa).max(0.0)
+                        } else if d2 < 0.0 {
+                            // Muscle belly: dark with bright oblique fascicles.
+                            stripe[((fasc_u as u64 & 0xFFFF) >> 6) as usize]
+                        } else {
+                            // Deeper muscle / bone shadow.
+                            deep
+                        };
+                        d1 += dd;
+                        d2 += dd;
+                        septa += septa_step;
+                        fasc_u += fasc_step;
+                    }
+                }
+                Task::Region => {
+                    let (dx0, dy) = (x_first - g.centre_x_px, y - g.centre_y_px);
+                    let (u0, du) = (
+                        (dx0 * ea_cos + dy * ea_sin) / g.semi_a_px,
+                        ea_cos / g.semi_a_px,
+                    );
+                    let (v0, dv) = (
+                        (-dx0 * ea_sin + dy * ea_cos) / g.semi_b_px,
+                        -ea_sin / g.semi_b_px,
+                    );
+                    let skull_inner = 1.0 - skull_px / g.semi_b_px;
+                    let inner2 = skull_inner * skull_inner;
+                    let (mut tex, tex_step) = (fixed(u0 * 9.0 * to_idx), fixed(du * 9.0 * to_idx));
+                    let (mut out_phase, out_step) =
+                        (fixed((x_first + y) * 0.05 * to_idx), fixed(0.05 * to_idx));
+                    let falx_v = 1.2 / g.semi_b_px;
+                    let (mut u, mut v) = (u0, v0);
+                    for (e, m) in echo.iter_mut().zip(mrow.iter_mut()) {
+                        let rho2 = u * u + v * v;
+                        *e = if rho2 <= 1.0 {
+                            *m = 255;
+                            if rho2 >= inner2 {
+                                1.0
+                            } else if v.abs() < falx_v && u.abs() < 0.8 {
+                                0.75 // midline echo (falx)
+                            } else {
+                                0.22 + 0.06 * sin_at(tex).abs()
+                            }
+                        } else {
+                            0.28 + 0.05 * sin_at(out_phase)
+                        };
+                        u += du;
+                        v += dv;
+                        tex += tex_step;
+                        out_phase += out_step;
+                    }
+                }
+            }
+            // Speckle, attenuation, compression and noise: the same for every task.
+            let attenuation = (-0.9 * yi as f64 / r.h as f64).exp() as f32 * COMPRESS_SCALE;
             let field_row = (yi as i64 - tissue_shift).rem_euclid(r.h as i64) as usize;
             let field = &self.field[field_row * r.w..(field_row + 1) * r.w];
             let out = &mut px[fy * fw + r.x..fy * fw + r.x + r.w];
-            let mrow = &mut mk[fy * fw + r.x..fy * fw + r.x + r.w];
             let nbase = noise_offset.wrapping_add(yi * 7919);
-            // Band distances are linear in x along a row: start and step.
-            let d1_0 = (y - (g.superficial_y_px + tan * (r.x as f64 + 0.5 - cx))) * cos;
-            let d2_0 = (y - (g.deep_y_px + tan * (r.x as f64 + 0.5 - cx))) * cos;
-            let dd = -tan * cos;
-            for xi in 0..r.w {
-                let x = (r.x + xi) as f64 + 0.5;
-                let (echo, inside) = match self.cfg.task {
-                    Task::Aponeurosis => {
-                        let d1 = d1_0 + dd * xi as f64;
-                        let d2 = d2_0 + dd * xi as f64;
-                        if d1.abs() <= half_sup || d2.abs() <= half_deep {
-                            (1.6, true)
-                        } else if d1 < 0.0 {
-                            // Subcutaneous layer: fat, moderately echoic with a few septa.
-                            (
-                                0.30 + 0.10 * sin_lut(sin, (y * 0.21 + x * 0.013) as f32).max(0.0),
-                                false,
-                            )
-                        } else if d2 < 0.0 {
-                            // Muscle belly: dark with bright oblique fascicles.
-                            let u = x as f32 * fn_x + y as f32 * fn_y + 4096.0;
-                            let stripe = (u - (u as i32) as f32 - 0.5).abs() * 2.0; // 1 on a line, 0 between
-                            let s2 = stripe * stripe;
-                            (0.16 + 0.34 * s2 * s2 * s2, false)
-                        } else {
-                            // Deeper muscle / bone shadow.
-                            (0.20 + 0.05 * sin_lut(sin, (x * 0.02) as f32), false)
-                        }
-                    }
-                    Task::Region => {
-                        let (dx, dy) = (x - g.centre_x_px, y - g.centre_y_px);
-                        let u = (dx * ea_cos + dy * ea_sin) / g.semi_a_px;
-                        let v = (-dx * ea_sin + dy * ea_cos) / g.semi_b_px;
-                        let rho2 = u * u + v * v;
-                        let skull_inner = 1.0 - skull_px / g.semi_b_px;
-                        if rho2 <= 1.0 {
-                            if rho2 >= skull_inner * skull_inner {
-                                (1.0, true)
-                            } else if v.abs() * g.semi_b_px < 1.2 && u.abs() < 0.8 {
-                                (0.75, true) // midline echo (falx)
-                            } else {
-                                (0.22 + 0.06 * sin_lut(sin, (u * 9.0) as f32).abs(), true)
-                            }
-                        } else {
-                            (0.28 + 0.05 * sin_lut(sin, ((x + y) * 0.05) as f32), false)
-                        }
-                    }
-                };
-                let amp = echo as f32 * attenuation * field[xi];
-                let idx = ((amp * COMPRESS_SCALE) as usize).min(compress.len() - 1);
-                let n = noise[(nbase + xi) & (NOISE_LEN - 1)];
-                out[xi] = (compress[idx] as i16 + n as i16).clamp(0, 255) as u8;
-                if inside {
-                    mrow[xi] = 255;
-                }
+            let top = compress.len() - 1;
+            // The noise table is longer than NOISE_LEN by a row, so a row's noise is one slice.
+            let start = nbase & (NOISE_LEN - 1);
+            let noise_row = &noise[start..start + r.w.min(noise.len() - start)];
+            let top = top as i32;
+            for (((o, &e), &f), &n) in out
+                .iter_mut()
+                .zip(self.echo.iter())
+                .zip(field)
+                .zip(noise_row)
+            {
+                let idx = ((e * attenuation * f) as i32).clamp(0, top) as usize;
+                *o = compress[idx].saturating_add_signed(n);
             }
         }
     }

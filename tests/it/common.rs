@@ -52,3 +52,36 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// CPU seconds (user + system) used by the calling thread and by this process's threads named
+/// `pocusd-*` (the library's worker threads). Other tests running in parallel do not count.
+pub fn own_cpu_seconds() -> f64 {
+    let me = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if Some(&tid) != me.as_ref() && !comm.starts_with("pocusd-") {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if f.len() > 12 {
+                total += (f[11].parse::<f64>().unwrap_or(0.0)
+                    + f[12].parse::<f64>().unwrap_or(0.0))
+                    / 100.0;
+            }
+        }
+    }
+    total
+}

@@ -164,17 +164,6 @@ fn sender(file: &Path, port: u16) -> Child {
         .expect("ffmpeg sender starts")
 }
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
 #[test]
 fn live_udp_stream_survives_its_sender_restarting() {
     let tmp = tempfile::tempdir().unwrap();
@@ -255,9 +244,9 @@ fn live_udp_stream_survives_its_sender_restarting() {
         no_signal * 5
     );
     // Waiting costs little CPU: it sleeps between attempts.
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (cpu0, wall0) = (crate::common::own_cpu_seconds(), Instant::now());
     wait_for(&mut src, &mut health, &mut step, &|_| false, 3);
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = crate::common::own_cpu_seconds() - cpu0;
     assert!(
         cpu < wall0.elapsed().as_secs_f64() * 0.3,
         "{cpu:.2} s CPU while waiting {:?}",

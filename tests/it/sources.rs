@@ -185,7 +185,7 @@ fn reconnects_with_capped_backoff_and_reports_no_signal() {
         n
     };
     // Missing at start: no frames, no_signal, and attempts spaced by the backoff (not a spin).
-    let cpu0 = cpu_time();
+    let cpu0 = crate::common::own_cpu_seconds();
     let wall0 = Instant::now();
     assert_eq!(tick(&mut src, &mut health, 600), 0);
     assert_eq!(health.state(), CaptureState::NoSignal);
@@ -194,7 +194,7 @@ fn reconnects_with_capped_backoff_and_reports_no_signal() {
         (3..=15).contains(&opens),
         "{opens} open attempts in 600 ms with backoff 10..80 ms"
     );
-    let cpu = cpu_time() - cpu0;
+    let cpu = crate::common::own_cpu_seconds() - cpu0;
     assert!(
         cpu < wall0.elapsed().as_secs_f64() * 0.5,
         "waiting must sleep: {cpu:.3} s CPU"
@@ -208,19 +208,6 @@ fn reconnects_with_capped_backoff_and_reports_no_signal() {
         .last_error
         .as_ref()
         .is_some_and(|e| e.to_string().contains("cable pulled")));
-}
-
-/// CPU time of this process, seconds (user + system).
-fn cpu_time() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 #[test]
