@@ -260,3 +260,35 @@ fn capture_and_bench_source_commands() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bogus:thing"), "{}", stderr(&o));
 }
+
+#[cfg(feature = "v4l")]
+#[test]
+fn a_missing_capture_card_is_a_clear_open_error() {
+    let e = source::open(&SourceSpec::parse("v4l2:/dev/video97").unwrap())
+        .err()
+        .expect("no such device here");
+    assert!(matches!(e, SourceError::Open { .. }), "{e}");
+    assert!(e.to_string().contains("/dev/video97"), "{e}");
+    // Through the reconnecting wrapper it is "no signal" and retried, not fatal.
+    let mut src = Reconnecting::new(
+        SourceSpec::parse("v4l2:/dev/video97").unwrap(),
+        RetryPolicy::default(),
+    );
+    let mut health = Health::new(HealthConfig {
+        no_signal: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(400) {
+        assert!(matches!(
+            src.read(Duration::from_millis(50)),
+            Ok(Read::Timeout)
+        ));
+        health.on_tick(src.reconnecting, src.reconnects);
+    }
+    assert_eq!(health.state(), CaptureState::NoSignal);
+    assert!(src
+        .last_error
+        .as_ref()
+        .is_some_and(|e| e.to_string().contains("/dev/video97")));
+}
