@@ -443,8 +443,37 @@ impl Phantom {
                     let (mut out_phase, out_step) =
                         (fixed((x_first + y) * 0.05 * to_idx), fixed(0.05 * to_idx));
                     let falx_v = 1.2 / g.semi_b_px;
-                    let (mut u, mut v) = (u0, v0);
-                    for (e, m) in echo.iter_mut().zip(mrow.iter_mut()) {
+                    // rho^2 is quadratic in x along the row: only the columns between its roots
+                    // (plus a pixel of margin for rounding) need the exact per-pixel test.
+                    let qa = du * du + dv * dv;
+                    let qb = 2.0 * (u0 * du + v0 * dv);
+                    let qc = u0 * u0 + v0 * v0 - 1.0;
+                    let disc = qb * qb - 4.0 * qa * qc;
+                    let (lo, hi) = if disc < 0.0 || qa <= 0.0 {
+                        (r.w, r.w)
+                    } else {
+                        let sq = disc.sqrt();
+                        let x_lo = ((-qb - sq) / (2.0 * qa)).floor() - 1.0;
+                        let x_hi = ((-qb + sq) / (2.0 * qa)).ceil() + 2.0;
+                        (
+                            x_lo.clamp(0.0, r.w as f64) as usize,
+                            x_hi.clamp(0.0, r.w as f64) as usize,
+                        )
+                    };
+                    let lo = lo.min(hi);
+                    // Outside the head: the surrounding tissue's texture only.
+                    let (left, rest) = echo.split_at_mut(lo);
+                    let right = &mut rest[hi - lo..];
+                    for (xi, e) in left.iter_mut().enumerate() {
+                        *e = 0.28 + 0.05 * sin_at(out_phase + out_step * xi as i64);
+                    }
+                    for (k, e) in right.iter_mut().enumerate() {
+                        *e = 0.28 + 0.05 * sin_at(out_phase + out_step * (hi + k) as i64);
+                    }
+                    let (mut u, mut v) = (u0 + du * lo as f64, v0 + dv * lo as f64);
+                    tex += tex_step * lo as i64;
+                    out_phase += out_step * lo as i64;
+                    for (e, m) in echo[lo..hi].iter_mut().zip(mrow[lo..hi].iter_mut()) {
                         let rho2 = u * u + v * v;
                         *e = if rho2 <= 1.0 {
                             *m = 255;
