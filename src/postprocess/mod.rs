@@ -182,6 +182,12 @@ pub struct Postprocessor {
     /// Per column of the band overlap: superficial band's last row and deep band's first row.
     edge_sup: Vec<i64>,
     edge_deep: Vec<i64>,
+    /// Columns where both inner edges exist, and the edges there (continuous y).
+    xs: Vec<f64>,
+    sup_edge_y: Vec<f64>,
+    deep_edge_y: Vec<f64>,
+    /// Band candidates of the current frame, largest first.
+    bands: Vec<Component>,
     gaps: Vec<f64>,
     /// The region of interest calibration was valid for (first seen); a different one is stale.
     calibration_roi: Option<Rect>,
@@ -205,6 +211,10 @@ impl Postprocessor {
             contour: Vec::new(),
             edge_sup: Vec::new(),
             edge_deep: Vec::new(),
+            xs: Vec::new(),
+            sup_edge_y: Vec::new(),
+            deep_edge_y: Vec::new(),
+            bands: Vec::new(),
             gaps: Vec::new(),
             calibration_roi: None,
             history: VecDeque::new(),
@@ -379,19 +389,24 @@ impl Postprocessor {
     fn aponeurosis(&mut self, a: &mut Analysis, min_area: usize, scale: Option<(f64, f64)>) {
         let w = self.roi.w;
         // Roughly horizontal bands, largest first.
-        let mut bands: Vec<Component> = self
-            .labeller
-            .components
-            .iter()
-            .filter(|c| {
-                let (angle, elongation) = c.orientation();
-                let (bw, bh) = c.bbox_size();
-                c.area >= min_area && angle.abs() <= 35.0 && (elongation >= 2.0 || bw >= 2 * bh)
-            })
-            .copied()
-            .collect();
+        let mut bands = std::mem::take(&mut self.bands);
+        bands.clear();
+        bands.extend(self.labeller.components.iter().filter(|c| {
+            let (angle, elongation) = c.orientation();
+            let (bw, bh) = c.bbox_size();
+            c.area >= min_area && angle.abs() <= 35.0 && (elongation >= 2.0 || bw >= 2 * bh)
+        }));
         bands.sort_by(|x, y| y.area.cmp(&x.area));
-        match bands.len() {
+        let found = bands.len();
+        let mut chosen = [Component::default(); 3];
+        let take = if found >= 3 && bands[2].area * 10 >= bands[1].area * 3 {
+            3
+        } else {
+            found.min(2)
+        };
+        chosen[..take].copy_from_slice(&bands[..take]);
+        self.bands = bands;
+        match found {
             0 => {
                 a.flag = Some(Flag::NoStructure);
                 return;
@@ -403,13 +418,7 @@ impl Postprocessor {
             _ => {}
         }
         // A third band counts only if it is a real band (not a fragment of the second).
-        let take = if bands.len() >= 3 && bands[2].area * 10 >= bands[1].area * 3 {
-            3
-        } else {
-            2
-        };
-        let mut chosen: Vec<Component> = bands[..take].to_vec();
-        chosen.sort_by(|x, y| x.centroid().1.total_cmp(&y.centroid().1));
+        chosen[..take].sort_by(|x, y| x.centroid().1.total_cmp(&y.centroid().1));
         // With three, the two bounding the most superficial muscle: the two shallowest.
         let (sup, deep) = (chosen[0], chosen[1]);
         let (x0, x1) = (sup.x0.max(deep.x0), sup.x1.min(deep.x1));
@@ -435,21 +444,23 @@ impl Postprocessor {
         }
         // Inner edges in continuous coordinates: below the superficial band's last row, at the deep
         // band's first row. Fit a line to each for the direction.
-        let valid: Vec<usize> = (0..n)
-            .filter(|&i| self.edge_sup[i] >= 0 && self.edge_deep[i] > self.edge_sup[i])
-            .collect();
-        if valid.len() < 4 {
+        self.xs.clear();
+        self.sup_edge_y.clear();
+        self.deep_edge_y.clear();
+        for i in 0..n {
+            if self.edge_sup[i] >= 0 && self.edge_deep[i] > self.edge_sup[i] {
+                self.xs.push((x0 + i) as f64 + 0.5);
+                self.sup_edge_y.push(self.edge_sup[i] as f64 + 1.0);
+                self.deep_edge_y.push(self.edge_deep[i] as f64);
+            }
+        }
+        if self.xs.len() < 4 {
             a.flag = Some(Flag::OneBand);
             return;
         }
-        let xs: Vec<f64> = valid.iter().map(|&i| (x0 + i) as f64 + 0.5).collect();
-        let sup_edge: Vec<f64> = valid
-            .iter()
-            .map(|&i| self.edge_sup[i] as f64 + 1.0)
-            .collect();
-        let deep_edge: Vec<f64> = valid.iter().map(|&i| self.edge_deep[i] as f64).collect();
-        let (_, slope_sup) = fit_line(&xs, &sup_edge);
-        let (_, slope_deep) = fit_line(&xs, &deep_edge);
+        let (xs, sup_edge, deep_edge) = (&self.xs, &self.sup_edge_y, &self.deep_edge_y);
+        let (_, slope_sup) = fit_line(xs, sup_edge);
+        let (_, slope_deep) = fit_line(xs, deep_edge);
         let slope = (slope_sup + slope_deep) / 2.0;
         let cos = 1.0 / (1.0 + slope * slope).sqrt();
         // Central half of the overlap.
@@ -566,8 +577,9 @@ impl Postprocessor {
                 while self.history.len() > n.max(1) {
                     self.history.pop_front();
                 }
-                let mut tmp: Vec<f64> = self.history.iter().copied().collect();
-                median(&mut tmp)
+                self.gaps.clear();
+                self.gaps.extend(self.history.iter().copied());
+                median(&mut self.gaps)
             }
             Smoothing::Ema(alpha) => {
                 let s = match self.ema {
