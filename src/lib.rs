@@ -13,6 +13,8 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod source;
 pub mod synth;
+#[cfg(feature = "train")]
+pub mod train;
 
 /// The version string `pocusd --version` prints: crate version and the git commit it was built from.
 pub fn version_string() -> &'static str {

@@ -4,6 +4,8 @@ mod card_formats;
 mod clahe;
 mod cli;
 mod common;
+#[cfg(feature = "train")]
+mod dataset;
 mod engine;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg_src;
