@@ -124,6 +124,14 @@ impl<'a> GrayView<'a> {
         GrayView::new(r.w, r.h, self.stride, &self.data[start..])
     }
 
+    /// Copies the pixels into `out` (resized, packed; reuses its allocation).
+    pub fn copy_into(&self, out: &mut GrayImage) {
+        out.resize(self.width, self.height);
+        for (y, row) in out.as_mut_slice().chunks_exact_mut(self.width).enumerate() {
+            row.copy_from_slice(self.row(y));
+        }
+    }
+
     /// Line `y` (exactly `width` pixels). Panics if `y >= height`, which callers rule out by looping
     /// over `0..height`.
     #[inline]

@@ -1024,6 +1024,7 @@ fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
     let mut src = finite_source(cfg);
     let mut health = pocusd::source::Health::new(cfg.source.health);
     let mut rois = pocusd::preprocess::roi::RoiTracker::new(cfg.source.roi, 30);
+    let mut crop = GrayImage::default();
     let (mut saved, mut seen) = (0u64, 0u64);
     while args.frames.is_none_or(|n| saved < n) {
         match src.read(std::time::Duration::from_millis(200)) {
@@ -1035,14 +1036,7 @@ fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
                 }
                 let roi = rois.roi_for(f.image.view()?);
                 let view = f.image.view()?.crop(roi)?;
-                let mut crop = GrayImage::new(view.width(), view.height());
-                for (y, row) in crop
-                    .as_mut_slice()
-                    .chunks_exact_mut(view.width())
-                    .enumerate()
-                {
-                    row.copy_from_slice(view.row(y));
-                }
+                view.copy_into(&mut crop);
                 imageio::write_gray(&args.out.join(format!("frame_{:06}.png", f.seq)), &crop)?;
                 saved += 1;
             }

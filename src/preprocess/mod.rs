@@ -49,17 +49,7 @@ impl Preprocessor {
         let region = frame.crop(roi)?;
         match &mut self.clahe {
             Some(c) => c.apply(region, &mut self.enhanced),
-            None => {
-                self.enhanced.resize(region.width(), region.height());
-                for (y, out) in self
-                    .enhanced
-                    .as_mut_slice()
-                    .chunks_exact_mut(region.width())
-                    .enumerate()
-                {
-                    out.copy_from_slice(region.row(y));
-                }
-            }
+            None => region.copy_into(&mut self.enhanced),
         }
         let enhanced = self.enhanced.view()?;
         let (w, h) = (self.spec.input_width, self.spec.input_height);

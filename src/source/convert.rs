@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::frame::GrayImage;
+use crate::frame::{GrayImage, GrayView};
 
 /// A pixel format a capture card offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +108,13 @@ pub fn grey(
     out: &mut GrayImage,
 ) -> Result<(), ConvertError> {
     check(buf.len(), width, height, bytes_per_line, 1)?;
-    out.resize(width, height);
-    for (y, row) in out.as_mut_slice().chunks_exact_mut(width).enumerate() {
-        row.copy_from_slice(&buf[y * bytes_per_line..y * bytes_per_line + width]);
-    }
+    let view =
+        GrayView::new(width, height, bytes_per_line, buf).map_err(|_| ConvertError::Short {
+            len: buf.len(),
+            height,
+            bytes_per_line,
+        })?;
+    view.copy_into(out);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ffmpeg_next as ff;
 
 use super::{realtime_us, FrameSource, Read, SourceError, SourceKind, SourceSpec};
-use crate::frame::{Frame, GrayImage, Rect};
+use crate::frame::{Frame, GrayImage, GrayView, Rect};
 
 type Msg = Result<Read, SourceError>;
 
@@ -308,13 +308,9 @@ impl Reader {
 
 /// Copies plane 0 of a GRAY8 frame into a packed image, honouring the line stride.
 fn copy_plane(frame: &ff::frame::Video, width: usize, height: usize) -> GrayImage {
-    let stride = frame.stride(0);
-    let data = frame.data(0);
     let mut img = GrayImage::new(width, height);
-    for (y, out) in img.as_mut_slice().chunks_exact_mut(width).enumerate() {
-        if let Some(row) = data.get(y * stride..y * stride + width) {
-            out.copy_from_slice(row);
-        }
+    if let Ok(view) = GrayView::new(width, height, frame.stride(0), frame.data(0)) {
+        view.copy_into(&mut img);
     }
     img
 }

@@ -85,3 +85,11 @@ pub fn own_cpu_seconds() -> f64 {
     }
     total
 }
+
+/// Writes a phantom dataset with `pocusd synth --out DIR ARGS...` and checks it succeeded.
+pub fn synth_dataset(dir: &std::path::Path, args: &[&str]) {
+    let mut all = vec!["synth", "--out", dir.to_str().expect("utf-8 temp path")];
+    all.extend_from_slice(args);
+    let o = run(&all);
+    assert!(o.status.success(), "pocusd synth failed: {}", stderr(&o));
+}

@@ -2,25 +2,11 @@
 
 use pocusd::train::dataset::{self, DatasetError};
 
-use crate::common::run;
-
 #[test]
 fn bad_pairs_are_skipped_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("ds");
-    assert!(run(&[
-        "synth",
-        "--out",
-        ds.to_str().unwrap(),
-        "--count",
-        "6",
-        "--width",
-        "96",
-        "--height",
-        "64"
-    ])
-    .status
-    .success());
+    crate::common::synth_dataset(&ds, &["--count", "6", "--width", "96", "--height", "64"]);
     // Corrupt image, a mask of another size, an empty mask, an image without a mask.
     std::fs::write(ds.join("images/synth_00001.png"), b"\x89PNG broken").unwrap();
     pocusd::imageio::write_gray(

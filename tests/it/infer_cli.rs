@@ -42,17 +42,7 @@ fn truth_column(csv: &str, col: usize) -> Vec<f64> {
 fn infer_writes_mask_overlay_and_json() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("ds");
-    assert!(run(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--count",
-        "3",
-        "--seed",
-        "9"
-    ])
-    .status
-    .success());
+    common::synth_dataset(&data, &["--count", "3", "--seed", "9"]);
     let model = brightness_file(tmp.path(), Layout::Nchw, 1, OutputKind::Sigmoid, true);
     let out = tmp.path().join("out");
     let images: Vec<String> = (0..3)
@@ -199,17 +189,7 @@ fn infer_reports_bad_inputs_and_keeps_going() {
 fn eval_scores_a_labelled_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("ds");
-    assert!(run(&[
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--count",
-        "6",
-        "--seed",
-        "2"
-    ])
-    .status
-    .success());
+    common::synth_dataset(&data, &["--count", "6", "--seed", "2"]);
     // One broken pair: skipped and counted, not fatal.
     std::fs::write(data.join("masks/synth_00005.png"), b"garbage").unwrap();
     let model = brightness_file(tmp.path(), Layout::Nhwc, 3, OutputKind::Softmax, true);
