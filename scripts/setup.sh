@@ -15,6 +15,8 @@ PY_PACKAGES=(
   "opencv-python-headless==4.12.0.88"
   "numpy==2.2.6"
   "onnxruntime==1.31.1"
+  "onnx==1.23.2"
+  "tensorboard==2.21.0"
 )
 
 missing=()

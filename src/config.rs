@@ -139,6 +139,52 @@ pub struct RawConfig {
     pub postprocess: PostprocessSection,
     pub calibration: CalibrationSection,
     pub source: SourceSection,
+    pub train: TrainSection,
+}
+
+/// The `[train]` section as written (`pocusd train`; every flag of that command has its key here).
+/// Validated by the training module, which owns the meaning of each value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub data: Vec<String>,
+    pub out: String,
+    pub task: String,
+    pub val: String,
+    pub val_fraction: f64,
+    pub val_blocks: u64,
+    pub epochs: u64,
+    pub batch: u64,
+    pub input: String,
+    pub width: u64,
+    pub depth: u64,
+    pub loss: String,
+    pub tversky_alpha: f64,
+    pub tversky_beta: f64,
+    pub lr: f64,
+    pub lr_final_fraction: f64,
+    pub seed: u64,
+    pub roi: String,
+    pub backend: String,
+    pub init: String,
+    pub threads: u64,
+    pub preview_augment: u64,
+    pub preview_images: u64,
+    pub aug_hflip_p: f64,
+    pub aug_vflip_p: f64,
+    pub aug_rotate_p: f64,
+    pub aug_rotate_deg: f64,
+    pub aug_scale_p: f64,
+    pub aug_scale: f64,
+    pub aug_elastic_p: f64,
+    pub aug_elastic_px: f64,
+    pub aug_noise_p: f64,
+    pub aug_noise_sigma: f64,
+    pub aug_blur_p: f64,
+    pub aug_blur_sigma: f64,
+    pub aug_brightness_contrast_p: f64,
+    pub aug_brightness: f64,
+    pub aug_contrast: f64,
 }
 
 /// Validated model settings.
@@ -335,7 +381,13 @@ fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, Config
     })
 }
 
-fn range(key: &str, value: f64, lo: f64, hi: f64, allowed: &str) -> Result<f64, ConfigError> {
+pub(crate) fn range(
+    key: &str,
+    value: f64,
+    lo: f64,
+    hi: f64,
+    allowed: &str,
+) -> Result<f64, ConfigError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(value)
     } else {
@@ -347,7 +399,7 @@ fn range(key: &str, value: f64, lo: f64, hi: f64, allowed: &str) -> Result<f64, 
     }
 }
 
-fn choice(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+pub(crate) fn choice(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
     if allowed.contains(&value) {
         Ok(())
     } else {

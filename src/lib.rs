@@ -5,6 +5,7 @@
 
 pub mod analyzer;
 pub mod config;
+pub mod dataset;
 pub mod frame;
 pub mod imageio;
 pub mod infer;

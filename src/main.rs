@@ -18,6 +18,9 @@ use pocusd::preprocess::{Clahe, ClaheParams};
 use pocusd::synth::{self, PhantomConfig, Task};
 use pocusd::{imageio, version_string};
 
+#[cfg(feature = "train")]
+mod train_cli;
+
 /// Exit status for configuration errors (sysexits.h EX_CONFIG): systemd units do not restart on it.
 const EX_CONFIG: u8 = 78;
 
@@ -52,6 +55,12 @@ struct Cli {
 enum Command {
     /// Equalise an image with CLAHE (OpenCV createCLAHE semantics).
     Clahe(ClaheArgs),
+    /// Train a U-Net on labelled images (burn, CPU); the run folder can be resumed and exported.
+    #[cfg(feature = "train")]
+    Train(train_cli::TrainArgs),
+    /// Export a training run's checkpoint to ONNX with pocusd metadata.
+    #[cfg(feature = "train")]
+    Export(train_cli::ExportArgs),
     /// Write a synthetic phantom dataset: images/, masks/ and truth.csv.
     Synth(SynthArgs),
     /// Segment images with a model: mask, overlay and measurements per image.
@@ -130,6 +139,9 @@ enum BenchCommand {
     Postprocess(BenchPostArgs),
     /// Read frames from a source as fast as it delivers them.
     Source(BenchSourceArgs),
+    /// Time one training step (forward, backward, Adam) with augmentation.
+    #[cfg(feature = "train")]
+    Train(train_cli::BenchTrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +204,13 @@ struct EvalArgs {
     /// CSV with filename,pixel_size_mm,head_circumference_mm for circumference in mm.
     #[arg(long, value_name = "FILE")]
     mm_csv: Option<PathBuf>,
+    /// Score only the validation blocks `pocusd train --val-fraction F` holds out of this folder
+    /// (same usable pairs, same contiguous blocks), i.e. images the model never trained on.
+    #[arg(long, value_name = "F")]
+    val_fraction: Option<f64>,
+    /// Number of validation blocks (with --val-fraction). Default: [train] val_blocks.
+    #[arg(long, value_name = "N")]
+    val_blocks: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -329,13 +348,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(spec) = &cli.source {
         cfg.source.spec = pocusd::source::SourceSpec::parse(spec)?;
     }
-    if let Some(roi) = &cli.roi {
+    #[cfg(feature = "train")]
+    let roi_is_for_training = matches!(cli.command, Command::Train(_));
+    #[cfg(not(feature = "train"))]
+    let roi_is_for_training = false;
+    if let Some(roi) = cli.roi.as_deref().filter(|_| !roi_is_for_training) {
         cfg.source.roi = pocusd::preprocess::roi::RoiMode::parse(roi)
             .ok_or_else(|| anyhow::anyhow!("--roi {roi:?}: expected full, auto or x,y,w,h"))?;
     }
     match cli.command {
         Command::Clahe(args) => cmd_clahe(&cfg, &args),
         Command::Synth(args) => cmd_synth(&args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train_cli::cmd_train(&cfg, cli.roi.as_deref(), &args),
+        #[cfg(feature = "train")]
+        Command::Export(args) => train_cli::cmd_export(&args),
+        #[cfg(feature = "train")]
+        Command::Bench(BenchCommand::Train(args)) => train_cli::cmd_bench_train(&cfg, &args),
         Command::Bench(BenchCommand::Clahe(args)) => cmd_bench_clahe(&cfg, &args),
         Command::Bench(BenchCommand::Infer(args)) => cmd_bench_infer(&cfg, &args),
         Command::Bench(BenchCommand::Postprocess(args)) => cmd_bench_post(&cfg, &args),
@@ -707,6 +736,24 @@ fn cmd_eval(cfg: &config::Config, args: &EvalArgs) -> anyhow::Result<()> {
     names.sort();
     if names.is_empty() {
         anyhow::bail!("{} holds no PNG or JPEG images", images_dir.display());
+    }
+    if let Some(fraction) = args.val_fraction {
+        let blocks = args.val_blocks.unwrap_or(cfg.raw.train.val_blocks as usize);
+        let (samples, _) = pocusd::dataset::load(std::slice::from_ref(&args.data), |_| {})?;
+        let held: std::collections::BTreeSet<String> =
+            pocusd::dataset::validation_blocks(samples.len(), fraction, blocks)
+                .into_iter()
+                .map(|i| samples[i].name.clone())
+                .collect();
+        names.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| held.contains(n.to_string_lossy().as_ref()))
+        });
+        eprintln!(
+            "scoring the {} validation images of {} (fraction {fraction}, {blocks} blocks)",
+            names.len(),
+            args.data.display()
+        );
     }
     let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =

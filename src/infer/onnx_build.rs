@@ -120,6 +120,65 @@ impl GraphBuilder {
         out
     }
 
+    /// Adds a float constant under an exact name.
+    pub fn named_constant(&mut self, name: &str, dims: &[usize], data: Vec<f32>) -> String {
+        self.initializers.push(pb::TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: FLOAT,
+            float_data: data,
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// [`Self::conv`] with initializers named `{name}.weight` and `{name}.bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_named(
+        &mut self,
+        x: &str,
+        name: &str,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        out_ch: usize,
+        in_ch: usize,
+        k: usize,
+    ) -> String {
+        let w = self.named_constant(&format!("{name}.weight"), &[out_ch, in_ch, k, k], weights);
+        let b = self.named_constant(&format!("{name}.bias"), &[out_ch], bias);
+        let p = (k / 2) as i64;
+        self.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                attr_ints("kernel_shape", &[k as i64, k as i64]),
+                attr_ints("pads", &[p, p, p, p]),
+            ],
+        )
+    }
+
+    /// [`Self::conv_transpose2`] with initializers named `{name}.weight` and `{name}.bias`.
+    pub fn conv_transpose2_named(
+        &mut self,
+        x: &str,
+        name: &str,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        in_ch: usize,
+        out_ch: usize,
+    ) -> String {
+        let w = self.named_constant(&format!("{name}.weight"), &[in_ch, out_ch, 2, 2], weights);
+        let b = self.named_constant(&format!("{name}.bias"), &[out_ch], bias);
+        self.node(
+            "ConvTranspose",
+            &[x, &w, &b],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
+    }
+
     /// `Conv` with square kernel `k`, "same" padding and the given weights `[out, in, k, k]`.
     pub fn conv(
         &mut self,
@@ -384,69 +443,163 @@ impl Default for UnetShape {
     }
 }
 
+/// Where the weights of a U-Net graph come from: random numbers (benchmarks, tests) or a trained
+/// network (the exporter). Every call names the layer by its parameter path in the training model
+/// (`down.0.conv1`, `up.1.up`, `head`); batch norm is already folded into the convolutions.
+pub trait UnetWeights {
+    /// 3x3 convolution `[cout, cin, 3, 3]` and bias `[cout]`.
+    fn conv3(&mut self, name: &str, cin: usize, cout: usize) -> (Vec<f32>, Vec<f32>);
+    /// Upsampling: for ConvTranspose `[cin, cout, 2, 2]`, for Resize + conv `[cout, cin, 3, 3]`;
+    /// bias `[cout]`.
+    fn up(&mut self, name: &str, cin: usize, cout: usize) -> (Vec<f32>, Vec<f32>);
+    /// 1x1 head `[classes, cin, 1, 1]` and bias `[classes]`.
+    fn head(&mut self, name: &str, cin: usize, classes: usize) -> (Vec<f32>, Vec<f32>);
+}
+
+/// He-initialised random weights.
+pub struct RandomWeights {
+    rng: SplitMix64,
+    conv_transpose: bool,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64, conv_transpose: bool) -> Self {
+        Self {
+            rng: SplitMix64::new(seed),
+            conv_transpose,
+        }
+    }
+
+    fn normal(&mut self) -> f32 {
+        // Box-Muller.
+        let (u1, u2) = (1.0 - self.rng.next_f64(), self.rng.next_f64());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    fn fill(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * std).collect()
+    }
+}
+
+impl UnetWeights for RandomWeights {
+    fn conv3(&mut self, _: &str, cin: usize, cout: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = self.fill(cout * cin * 9, (2.0 / (cin * 9) as f32).sqrt());
+        (w, self.fill(cout, 0.01))
+    }
+
+    fn up(&mut self, _: &str, cin: usize, cout: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = if self.conv_transpose {
+            self.fill(cin * cout * 4, (1.0 / (cin * 4) as f32).sqrt())
+        } else {
+            self.fill(cout * cin * 9, (2.0 / (cin * 9) as f32).sqrt())
+        };
+        (w, vec![0.0; cout])
+    }
+
+    fn head(&mut self, _: &str, cin: usize, classes: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.fill(classes * cin, (1.0 / cin as f32).sqrt()),
+            vec![0.0; classes],
+        )
+    }
+}
+
 /// A U-Net of the given shape with random He-initialised weights (batch norm folded into the
 /// convolutions, as an inference export has it), NCHW, sigmoid head, with pocusd metadata from
 /// `spec`. For benchmarks and tests before trained models exist.
 pub fn random_unet(spec: &ModelSpec, shape: UnetShape, seed: u64) -> Vec<u8> {
-    let mut rng = SplitMix64::new(seed);
-    let mut normal = move || {
-        // Box-Muller.
-        let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    };
+    unet_graph(
+        spec,
+        shape,
+        &mut RandomWeights::new(seed, shape.conv_transpose),
+    )
+}
+
+/// The U-Net graph of `shape` for `spec` (NCHW; `spec.output_channels` 1: sigmoid head, C >= 2:
+/// softmax over C classes) with weights from `weights`. Initializer names are the layer names with
+/// `.weight` / `.bias`.
+pub fn unet_graph(spec: &ModelSpec, shape: UnetShape, weights: &mut dyn UnetWeights) -> Vec<u8> {
     let mut g = GraphBuilder::new();
     let conv_relu = |g: &mut GraphBuilder,
                      x: &str,
+                     name: &str,
                      cin: usize,
                      cout: usize,
-                     normal: &mut dyn FnMut() -> f32| {
-        let std = (2.0 / (cin * 9) as f32).sqrt();
-        let w = (0..cout * cin * 9).map(|_| normal() * std).collect();
-        let b = (0..cout).map(|_| normal() * 0.01).collect();
-        let y = g.conv(x, w, b, cout, cin, 3);
+                     weights: &mut dyn UnetWeights| {
+        let (w, b) = weights.conv3(name, cin, cout);
+        let y = g.conv_named(x, name, w, b, cout, cin, 3);
         g.node("Relu", &[&y], vec![])
     };
     let (w, h, c) = (spec.input_width, spec.input_height, spec.channels);
+    let classes = spec.output_channels.max(1);
     let mut x = "input".to_string();
     let mut skips = Vec::new();
     let mut cin = c;
     for level in 0..shape.depth {
         let cout = shape.base_width << level;
-        x = conv_relu(&mut g, &x, cin, cout, &mut normal);
-        x = conv_relu(&mut g, &x, cout, cout, &mut normal);
+        x = conv_relu(
+            &mut g,
+            &x,
+            &format!("down.{level}.conv1"),
+            cin,
+            cout,
+            weights,
+        );
+        x = conv_relu(
+            &mut g,
+            &x,
+            &format!("down.{level}.conv2"),
+            cout,
+            cout,
+            weights,
+        );
         skips.push((x.clone(), cout));
         x = g.max_pool2(&x);
         cin = cout;
     }
     let bottom = shape.base_width << shape.depth;
-    x = conv_relu(&mut g, &x, cin, bottom, &mut normal);
-    x = conv_relu(&mut g, &x, bottom, bottom, &mut normal);
+    x = conv_relu(&mut g, &x, "bottom.conv1", cin, bottom, weights);
+    x = conv_relu(&mut g, &x, "bottom.conv2", bottom, bottom, weights);
     cin = bottom;
-    for (skip, cout) in skips.into_iter().rev() {
+    for (i, (skip, cout)) in skips.into_iter().rev().enumerate() {
+        let name = format!("up.{i}.up");
+        let (wu, bu) = weights.up(&name, cin, cout);
         x = if shape.conv_transpose {
-            let std = (1.0 / (cin * 4) as f32).sqrt();
-            let wt = (0..cin * cout * 4).map(|_| normal() * std).collect();
-            g.conv_transpose2(&x, wt, vec![0.0; cout], cin, cout)
+            g.conv_transpose2_named(&x, &name, wu, bu, cin, cout)
         } else {
             let up = g.upsample2(&x);
-            let std = (2.0 / (cin * 9) as f32).sqrt();
-            let wc = (0..cout * cin * 9).map(|_| normal() * std).collect();
-            g.conv(&up, wc, vec![0.0; cout], cout, cin, 3)
+            g.conv_named(&up, &name, wu, bu, cout, cin, 3)
         };
         x = g.concat(&[&x, &skip], 1);
-        x = conv_relu(&mut g, &x, cout * 2, cout, &mut normal);
-        x = conv_relu(&mut g, &x, cout, cout, &mut normal);
+        x = conv_relu(
+            &mut g,
+            &x,
+            &format!("up.{i}.block.conv1"),
+            cout * 2,
+            cout,
+            weights,
+        );
+        x = conv_relu(
+            &mut g,
+            &x,
+            &format!("up.{i}.block.conv2"),
+            cout,
+            cout,
+            weights,
+        );
         cin = cout;
     }
-    let head_w = (0..cin)
-        .map(|_| normal() * (1.0 / cin as f32).sqrt())
-        .collect();
-    x = g.conv(&x, head_w, vec![0.0], 1, cin, 1);
-    x = g.node("Sigmoid", &[&x], vec![]);
+    let (hw, hb) = weights.head("head", cin, classes);
+    x = g.conv_named(&x, "head", hw, hb, classes, cin, 1);
+    x = if classes == 1 {
+        g.node("Sigmoid", &[&x], vec![])
+    } else {
+        g.softmax(&x, 1)
+    };
     let meta = spec.to_metadata();
     rename_output(g, &x, "output").finish(
         ("input", &[Some(1), Some(c), Some(h), Some(w)]),
-        ("output", &[Some(1), Some(1), Some(h), Some(w)]),
+        ("output", &[Some(1), Some(classes), Some(h), Some(w)]),
         &meta,
     )
 }

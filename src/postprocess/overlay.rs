@@ -9,7 +9,7 @@ use super::{Analysis, Annotation, Flag};
 use crate::frame::{GrayImage, GrayView, Rect};
 use crate::synth::Task;
 
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold.ttf");
+pub(crate) static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold.ttf");
 
 /// Colours and blending.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -37,7 +37,7 @@ pub enum ClaheError {
 pub const MAX_TILES: usize = 256;
 
 /// CLAHE parameters, OpenCV's `clipLimit` and `tileGridSize = (tiles_x, tiles_y)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClaheParams {
     /// Contrast limit relative to a flat histogram; <= 0 disables clipping.
     pub clip_limit: f64,

@@ -13,3 +13,5 @@ mod infer_cli;
 mod roi;
 mod sources;
 mod synth;
+#[cfg(feature = "train")]
+mod train;

@@ -35,7 +35,7 @@ pub struct Sample {
 }
 
 /// What loading found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LoadReport {
     pub pairs: usize,
     pub unreadable: usize,

@@ -1,0 +1,228 @@
+//! Validated training settings: the `[train]` section (after command-line overrides) turned into
+//! typed values, each bad value named by its key. Also the run's identity as written into
+//! `run.json`. Must not depend on burn or the filesystem.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::augment::AugmentConfig;
+use super::loss::Loss;
+use super::unet::UnetArch;
+use crate::config::{choice, range, ConfigError, TrainSection};
+use crate::model::parse_size;
+use crate::preprocess::ClaheParams;
+use crate::synth::Task;
+
+/// Tensor backend for training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// burn-flex, pure Rust, the faster one here.
+    Flex,
+    /// burn-ndarray (deprecated upstream; kept for comparison).
+    Ndarray,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+        }
+    }
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub task: Task,
+    pub val: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub val_blocks: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub input_width: usize,
+    pub input_height: usize,
+    pub arch: UnetArch,
+    pub loss: Loss,
+    pub lr: f64,
+    pub lr_final_fraction: f64,
+    pub seed: u64,
+    /// Detect the region of interest (true) or use the whole image.
+    pub roi_auto: bool,
+    pub backend: Backend,
+    pub init: Option<PathBuf>,
+    /// 0: all cores.
+    pub threads: usize,
+    pub preview_augment: usize,
+    pub preview_images: usize,
+    pub augment: AugmentConfig,
+    /// CLAHE before the model (from `[preprocess]`), written into the model's metadata.
+    pub clahe: Option<ClaheParams>,
+}
+
+fn int(key: &str, v: u64, lo: u64, hi: u64) -> Result<usize, ConfigError> {
+    range(
+        key,
+        v as f64,
+        lo as f64,
+        hi as f64,
+        &format!("{lo} to {hi}"),
+    )
+    .map(|v| v as usize)
+}
+
+fn prob(key: &str, v: f64) -> Result<f64, ConfigError> {
+    range(key, v, 0.0, 1.0, "0 to 1")
+}
+
+fn path(s: &str) -> Option<PathBuf> {
+    (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()))
+}
+
+impl TrainSettings {
+    /// Validates `t` (keys named `train.<key>` in errors); `clahe` comes from `[preprocess]`.
+    pub fn from_section(t: &TrainSection, clahe: Option<ClaheParams>) -> Result<Self, ConfigError> {
+        let task = match t.task.as_str() {
+            "aponeurosis" => Task::Aponeurosis,
+            "region" => Task::Region,
+            other => {
+                choice("train.task", other, &["aponeurosis", "region"])?;
+                unreachable!()
+            }
+        };
+        let depth = int("train.depth", t.depth, 1, 6)?;
+        let (input_width, input_height) =
+            parse_size(&t.input).ok_or_else(|| ConfigError::OutOfRange {
+                key: "train.input".into(),
+                value: format!("{:?}", t.input),
+                allowed: "\"WxH\", e.g. \"128x128\"".into(),
+            })?;
+        let step = 1usize << depth;
+        if input_width % step != 0
+            || input_height % step != 0
+            || input_width > 2048
+            || input_height > 2048
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "train.input".into(),
+                value: format!("{:?}", t.input),
+                allowed: format!("width and height multiples of 2^depth = {step}, at most 2048"),
+            });
+        }
+        let loss = match t.loss.as_str() {
+            "dice-bce" => Loss::DiceBce,
+            "tversky" => Loss::Tversky {
+                alpha: prob("train.tversky_alpha", t.tversky_alpha)?,
+                beta: prob("train.tversky_beta", t.tversky_beta)?,
+            },
+            other => {
+                choice("train.loss", other, &["dice-bce", "tversky"])?;
+                unreachable!()
+            }
+        };
+        let backend = match t.backend.as_str() {
+            "flex" => Backend::Flex,
+            "ndarray" => Backend::Ndarray,
+            other => {
+                choice("train.backend", other, &["flex", "ndarray"])?;
+                unreachable!()
+            }
+        };
+        choice("train.roi", &t.roi, &["auto", "none"])?;
+        let augment = AugmentConfig {
+            hflip_p: prob("train.aug_hflip_p", t.aug_hflip_p)?,
+            vflip_p: prob("train.aug_vflip_p", t.aug_vflip_p)?,
+            rotate_p: prob("train.aug_rotate_p", t.aug_rotate_p)?,
+            rotate_deg: range(
+                "train.aug_rotate_deg",
+                t.aug_rotate_deg,
+                0.0,
+                45.0,
+                "0 to 45",
+            )?,
+            scale_p: prob("train.aug_scale_p", t.aug_scale_p)?,
+            scale: range("train.aug_scale", t.aug_scale, 0.0, 0.5, "0 to 0.5")?,
+            elastic_p: prob("train.aug_elastic_p", t.aug_elastic_p)?,
+            elastic_px: range(
+                "train.aug_elastic_px",
+                t.aug_elastic_px,
+                0.0,
+                20.0,
+                "0 to 20",
+            )?,
+            noise_p: prob("train.aug_noise_p", t.aug_noise_p)?,
+            noise_sigma: range(
+                "train.aug_noise_sigma",
+                t.aug_noise_sigma,
+                0.0,
+                0.5,
+                "0 to 0.5",
+            )?,
+            blur_p: prob("train.aug_blur_p", t.aug_blur_p)?,
+            blur_sigma: range(
+                "train.aug_blur_sigma",
+                t.aug_blur_sigma,
+                0.3,
+                5.0,
+                "0.3 to 5",
+            )?,
+            brightness_contrast_p: prob(
+                "train.aug_brightness_contrast_p",
+                t.aug_brightness_contrast_p,
+            )?,
+            brightness: range(
+                "train.aug_brightness",
+                t.aug_brightness,
+                0.0,
+                0.5,
+                "0 to 0.5",
+            )?,
+            contrast: range("train.aug_contrast", t.aug_contrast, 0.0, 0.5, "0 to 0.5")?,
+        };
+        Ok(Self {
+            data: t.data.iter().filter_map(|d| path(d)).collect(),
+            out: PathBuf::from(t.out.trim()),
+            task,
+            val: path(&t.val),
+            val_fraction: range("train.val_fraction", t.val_fraction, 0.0, 0.5, "0.0 to 0.5")?,
+            val_blocks: int("train.val_blocks", t.val_blocks, 1, 100)?,
+            epochs: int("train.epochs", t.epochs, 1, 10_000)?,
+            batch: int("train.batch", t.batch, 1, 256)?,
+            input_width,
+            input_height,
+            arch: UnetArch {
+                depth,
+                base_width: int("train.width", t.width, 1, 256)?,
+                in_channels: 1,
+                classes: 1,
+            },
+            loss,
+            lr: range("train.lr", t.lr, 1e-7, 1.0, "1e-7 to 1.0")?,
+            lr_final_fraction: prob("train.lr_final_fraction", t.lr_final_fraction)?,
+            seed: t.seed,
+            roi_auto: t.roi == "auto",
+            backend,
+            init: path(&t.init),
+            threads: int("train.threads", t.threads, 0, 256)?,
+            preview_augment: int("train.preview_augment", t.preview_augment, 0, 10_000)?,
+            preview_images: int("train.preview_images", t.preview_images, 1, 16)?,
+            augment,
+            clahe,
+        })
+    }
+
+    /// Learning rate for `epoch` (0-based): cosine from `lr` down to `lr * lr_final_fraction`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let t = if self.epochs <= 1 {
+            0.0
+        } else {
+            epoch as f64 / (self.epochs - 1) as f64
+        };
+        let low = self.lr * self.lr_final_fraction;
+        low + (self.lr - low) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+}

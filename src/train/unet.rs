@@ -1,0 +1,174 @@
+//! The U-Net that `pocusd train` fits, in burn: `depth` levels of two 3x3 convolution + batch norm
+//! + ReLU blocks with 2x2 max pooling, a bottleneck block, and a decoder that upsamples with 2x2
+//! stride-2 transposed convolutions and concatenates the skip connection; a 1x1 head gives logits
+//! (one channel: sigmoid; C channels: softmax). Parameter paths (`down.0.conv1.weight`, ...) are
+//! the names the exporter writes into the ONNX file and `--init` matches. Must not depend on the
+//! training loop, files or tract.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Architecture of a U-Net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnetArch {
+    /// Levels (poolings), 1..=6.
+    pub depth: usize,
+    /// Channels at the first level; doubled per level.
+    pub base_width: usize,
+    /// Input channels (1: grey).
+    pub in_channels: usize,
+    /// Output channels: 1 for a sigmoid head, C >= 2 for softmax over C classes.
+    pub classes: usize,
+}
+
+impl Default for UnetArch {
+    fn default() -> Self {
+        Self {
+            depth: 4,
+            base_width: 16,
+            in_channels: 1,
+            classes: 1,
+        }
+    }
+}
+
+/// Two 3x3 convolutions (no bias; batch norm follows), each followed by batch norm and ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+}
+
+impl ConvBlock {
+    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        let conv = |cin, cout| {
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device)
+        };
+        Self {
+            conv1: conv(cin, cout),
+            bn1: BatchNormConfig::new(cout).init(device),
+            conv2: conv(cout, cout),
+            bn2: BatchNormConfig::new(cout).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        relu(self.bn2.forward(self.conv2.forward(x)))
+    }
+}
+
+/// Transposed-convolution upsampling, then a block over [upsampled, skip].
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    pub up: ConvTranspose2d,
+    pub block: ConvBlock,
+}
+
+/// The network.
+#[derive(Module, Debug)]
+pub struct Unet {
+    pub down: Vec<ConvBlock>,
+    pub bottom: ConvBlock,
+    /// Deepest first.
+    pub up: Vec<UpBlock>,
+    pub head: Conv2d,
+    pub pool: MaxPool2d,
+}
+
+impl Unet {
+    /// A freshly initialised network (burn's default initialisers).
+    pub fn new(arch: &UnetArch, device: &Device) -> Self {
+        let mut down = Vec::with_capacity(arch.depth);
+        let mut cin = arch.in_channels;
+        for level in 0..arch.depth {
+            let cout = arch.base_width << level;
+            down.push(ConvBlock::new(cin, cout, device));
+            cin = cout;
+        }
+        let bottom_width = arch.base_width << arch.depth;
+        let bottom = ConvBlock::new(cin, bottom_width, device);
+        let mut up = Vec::with_capacity(arch.depth);
+        let mut cin = bottom_width;
+        for level in (0..arch.depth).rev() {
+            let cout = arch.base_width << level;
+            up.push(UpBlock {
+                up: ConvTranspose2dConfig::new([cin, cout], [2, 2])
+                    .with_stride([2, 2])
+                    .init(device),
+                block: ConvBlock::new(2 * cout, cout, device),
+            });
+            cin = cout;
+        }
+        let head = Conv2dConfig::new([cin, arch.classes], [1, 1]).init(device);
+        Self {
+            down,
+            bottom,
+            up,
+            head,
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+        }
+    }
+
+    /// Logits `[N, classes, H, W]` for input `[N, in_channels, H, W]` (H and W multiples of
+    /// 2^depth).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut skips = Vec::with_capacity(self.down.len());
+        let mut x = x;
+        for block in &self.down {
+            let y = block.forward(x);
+            x = self.pool.forward(y.clone());
+            skips.push(y);
+        }
+        x = self.bottom.forward(x);
+        for up in &self.up {
+            let skip = match skips.pop() {
+                Some(s) => s,
+                None => break,
+            };
+            let u = up.up.forward(x);
+            x = up.block.forward(Tensor::cat(vec![u, skip], 1));
+        }
+        self.head.forward(x)
+    }
+
+    /// Foreground probability `[N, 1, H, W]`: sigmoid of one logit, or 1 - P(background) for a
+    /// softmax head (what the engine reads from a multi-class output).
+    pub fn probability(&self, x: Tensor<4>) -> Tensor<4> {
+        let logits = self.forward(x);
+        foreground_probability(logits)
+    }
+
+    /// Architecture read back from the weights.
+    pub fn arch(&self) -> UnetArch {
+        let [base, in_channels, _, _] = self.down[0].conv1.weight.shape().dims();
+        let [classes, _, _, _] = self.head.weight.shape().dims();
+        UnetArch {
+            depth: self.down.len(),
+            base_width: base,
+            in_channels,
+            classes,
+        }
+    }
+}
+
+/// Foreground probability from logits (see [`Unet::probability`]).
+pub fn foreground_probability(logits: Tensor<4>) -> Tensor<4> {
+    let [_, c, _, _] = logits.dims();
+    if c == 1 {
+        burn::tensor::activation::sigmoid(logits)
+    } else {
+        let p = burn::tensor::activation::softmax(logits, 1);
+        p.narrow(1, 0, 1).neg().add_scalar(1.0)
+    }
+}
