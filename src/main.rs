@@ -755,6 +755,7 @@ fn cmd_eval(cfg: &config::Config, args: &EvalArgs) -> anyhow::Result<()> {
             args.data.display()
         );
     }
+    let mut rois = pocusd::preprocess::roi::RoiTracker::new(cfg.source.roi, 1);
     let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -782,7 +783,10 @@ fn cmd_eval(cfg: &config::Config, args: &EvalArgs) -> anyhow::Result<()> {
             }
         };
         let roi = Rect::full(img.width(), img.height());
-        analyzer.analyse(&mut model, img.view()?, roi)?;
+        // The model sees the region of interest the source settings choose (--roi auto for
+        // scanner screenshots, as training does); masks are compared over the whole image.
+        let model_roi = rois.roi_for(img.view()?);
+        analyzer.analyse(&mut model, img.view()?, model_roi)?;
         let pred_mask = analyzer.mask_image(img.width(), img.height());
         let pred_prob: Vec<f32> = pred_mask
             .as_slice()
