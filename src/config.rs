@@ -158,6 +158,7 @@ pub struct TrainSection {
     pub input: String,
     pub width: u64,
     pub depth: u64,
+    pub head: String,
     pub loss: String,
     pub tversky_alpha: f64,
     pub tversky_beta: f64,

@@ -46,6 +46,9 @@ pub struct TrainArgs {
     /// U-Net levels. Config: train.depth.
     #[arg(long, value_name = "N")]
     depth: Option<u64>,
+    /// sigmoid | softmax (two classes). Config: train.head.
+    #[arg(long, value_name = "HEAD")]
+    head: Option<String>,
     /// dice-bce | tversky. Config: train.loss.
     #[arg(long, value_name = "LOSS")]
     loss: Option<String>,

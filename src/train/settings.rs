@@ -133,6 +133,8 @@ impl TrainSettings {
             }
         };
         choice("train.roi", &t.roi, &["auto", "none"])?;
+        choice("train.head", &t.head, &["sigmoid", "softmax"])?;
+        let classes = if t.head == "softmax" { 2 } else { 1 };
         let augment = AugmentConfig {
             hflip_p: prob("train.aug_hflip_p", t.aug_hflip_p)?,
             vflip_p: prob("train.aug_vflip_p", t.aug_vflip_p)?,
@@ -198,7 +200,7 @@ impl TrainSettings {
                 depth,
                 base_width: int("train.width", t.width, 1, 256)?,
                 in_channels: 1,
-                classes: 1,
+                classes,
             },
             loss,
             lr: range("train.lr", t.lr, 1e-7, 1.0, "1e-7 to 1.0")?,

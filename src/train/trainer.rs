@@ -192,8 +192,12 @@ pub fn spec_for(
         layout: Layout::Nchw,
         normalisation: Normalisation::Unit,
         clahe: s.clahe,
-        output: OutputKind::Sigmoid,
-        output_channels: 1,
+        output: if s.arch.classes > 1 {
+            OutputKind::Softmax
+        } else {
+            OutputKind::Sigmoid
+        },
+        output_channels: s.arch.classes,
         classes: vec!["background".into(), s.task.as_str().into()],
         from_metadata: true,
         trained_on,

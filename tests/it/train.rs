@@ -159,13 +159,18 @@ fn overfitting_eight_phantoms_reaches_dice_above_0_9() {
 /// and compares burn's inference with tract's run of the file.
 #[test]
 fn export_parity_burn_vs_tract() {
+    parity(1);
+    parity(2);
+}
+
+fn parity(classes: usize) {
     let device = trainer::device_for(pocusd::train::settings::Backend::Flex);
     let ad = device.clone().autodiff();
     let arch = UnetArch {
         depth: 3,
         base_width: 8,
         in_channels: 1,
-        classes: 1,
+        classes,
     };
     let (w, h) = (64usize, 48usize);
     let mut net = Unet::new(&arch, &ad);
@@ -183,6 +188,10 @@ fn export_parity_burn_vs_tract() {
     let valid = net.valid();
     let mut settings_spec = spec_for(&test_settings(w, h), Some("parity test".into()), None, None);
     settings_spec.clahe = None;
+    if classes == 2 {
+        settings_spec.output = pocusd::model::OutputKind::Softmax;
+        settings_spec.output_channels = 2;
+    }
     let bytes = to_onnx(&valid, &settings_spec).unwrap();
     let mut model =
         LoadedModel::from_bytes(&bytes, Path::new("parity.onnx"), &SpecOverrides::default())
@@ -222,7 +231,10 @@ fn export_parity_burn_vs_tract() {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst < 1e-4, "max abs difference burn vs tract: {worst}");
+    assert!(
+        worst < 1e-4,
+        "max abs difference burn vs tract ({classes} classes): {worst}"
+    );
     // The same bytes load back as initial weights by name.
     let re = pocusd::train::export::load_onnx_weights(
         "parity.onnx",
