@@ -11,6 +11,7 @@ mod engine;
 mod ffmpeg_src;
 mod infer_cli;
 mod roi;
+mod shipped_models;
 mod sources;
 mod synth;
 #[cfg(feature = "train")]
