@@ -179,7 +179,8 @@ impl GraphBuilder {
         )
     }
 
-    /// `Conv` with square kernel `k`, "same" padding and the given weights `[out, in, k, k]`.
+    /// `Conv` with square kernel `k`, "same" padding and the given weights `[out, in, k, k]`
+    /// (initializers named after a generated layer name).
     pub fn conv(
         &mut self,
         x: &str,
@@ -189,17 +190,8 @@ impl GraphBuilder {
         in_ch: usize,
         k: usize,
     ) -> String {
-        let w = self.constant("w", &[out_ch, in_ch, k, k], weights);
-        let b = self.constant("b", &[out_ch], bias);
-        let p = (k / 2) as i64;
-        self.node(
-            "Conv",
-            &[x, &w, &b],
-            vec![
-                attr_ints("kernel_shape", &[k as i64, k as i64]),
-                attr_ints("pads", &[p, p, p, p]),
-            ],
-        )
+        let name = self.name("conv");
+        self.conv_named(x, &name, weights, bias, out_ch, in_ch, k)
     }
 
     /// `ConvTranspose` 2x2 with stride 2 (doubles height and width); weights `[in, out, 2, 2]`.
@@ -211,16 +203,8 @@ impl GraphBuilder {
         in_ch: usize,
         out_ch: usize,
     ) -> String {
-        let w = self.constant("wt", &[in_ch, out_ch, 2, 2], weights);
-        let b = self.constant("bt", &[out_ch], bias);
-        self.node(
-            "ConvTranspose",
-            &[x, &w, &b],
-            vec![
-                attr_ints("kernel_shape", &[2, 2]),
-                attr_ints("strides", &[2, 2]),
-            ],
-        )
+        let name = self.name("convt");
+        self.conv_transpose2_named(x, &name, weights, bias, in_ch, out_ch)
     }
 
     /// 2x2 max pooling with stride 2.

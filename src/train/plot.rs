@@ -25,7 +25,7 @@ pub struct Curve<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Renders two panels (losses; Dice and IoU) as an RGB buffer of `w` x `h`.
+/// Renders two panels (losses, linear from 0; Dice and IoU on 0..1) as an RGB buffer of `w` x `h`.
 pub fn curves_rgb(
     title: &str,
     losses: &[Curve<'_>],
@@ -41,7 +41,7 @@ pub fn curves_rgb(
         let root = root.titled(title, (FONT, 18)).map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, 2));
         let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-        for (panel, (curves, label, log)) in panels
+        for (panel, (curves, label, is_loss)) in panels
             .iter()
             .zip([(losses, "loss", true), (scores, "score", false)])
         {
@@ -56,64 +56,44 @@ pub fn curves_rgb(
             if !lo.is_finite() || !hi.is_finite() {
                 (lo, hi) = (0.0, 1.0);
             }
-            if log {
-                lo = lo.max(1e-4) / 1.2;
-                hi = hi.max(lo * 1.5) * 1.2;
+            // Losses from 0 to a little above their largest value; scores on 0..1.
+            (lo, hi) = if is_loss {
+                (0.0, hi.max(lo + 1e-6) * 1.05)
             } else {
-                (lo, hi) = (lo.min(0.0).max(0.0), hi.max(1.0).min(1.0));
-            }
+                (0.0, 1.0)
+            };
             let mut chart = ChartBuilder::on(panel);
             chart
                 .margin(12)
                 .x_label_area_size(30)
                 .y_label_area_size(50)
                 .caption(label, (FONT, 14));
-            if log {
-                let mut c = chart
-                    .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
-                    .map_err(|e| e.to_string())?;
-                c.configure_mesh()
-                    .x_desc("epoch")
-                    .label_style((FONT, 11))
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-                for (i, curve) in curves.iter().enumerate() {
-                    let colour = colours[i % colours.len()];
-                    c.draw_series(LineSeries::new(curve.points.iter().copied(), colour))
-                        .map_err(|e| e.to_string())?
-                        .label(curve.name)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-                }
-                c.configure_series_labels()
-                    .label_font((FONT, 11))
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-            } else {
-                let mut c = chart
-                    .build_cartesian_2d(0f64..max_x, lo..hi)
-                    .map_err(|e| e.to_string())?;
-                c.configure_mesh()
-                    .x_desc("epoch")
-                    .label_style((FONT, 11))
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-                for (i, curve) in curves.iter().enumerate() {
-                    let colour = colours[i % colours.len()];
-                    c.draw_series(LineSeries::new(curve.points.iter().copied(), colour))
-                        .map_err(|e| e.to_string())?
-                        .label(curve.name)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-                }
-                c.configure_series_labels()
-                    .position(SeriesLabelPosition::LowerRight)
-                    .label_font((FONT, 11))
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
+            let mut c = chart
+                .build_cartesian_2d(0f64..max_x, lo..hi)
+                .map_err(|e| e.to_string())?;
+            c.configure_mesh()
+                .x_desc("epoch")
+                .label_style((FONT, 11))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, curve) in curves.iter().enumerate() {
+                let colour = colours[i % colours.len()];
+                c.draw_series(LineSeries::new(curve.points.iter().copied(), colour))
+                    .map_err(|e| e.to_string())?
+                    .label(curve.name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
             }
+            c.configure_series_labels()
+                .position(if is_loss {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
+                .label_font((FONT, 11))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
         }
         root.present().map_err(|e| e.to_string())?;
     }

@@ -24,26 +24,62 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let apo = root.join("models/aponeurosis.onnx");
     let o = run(&[
-        "--roi", "auto", "eval", "--model", apo.to_str().unwrap(), "--data", data.join("dl_track").to_str().unwrap(),
-        "--val-fraction", "0.15", "--json",
+        "--roi",
+        "auto",
+        "eval",
+        "--model",
+        apo.to_str().unwrap(),
+        "--data",
+        data.join("dl_track").to_str().unwrap(),
+        "--val-fraction",
+        "0.15",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    eprintln!("aponeurosis: dice {} rel median {} within10 {}", v["dice"], v["thickness_rel_err_median"], v["thickness_within_10pct"]);
+    eprintln!(
+        "aponeurosis: dice {} rel median {} within10 {}",
+        v["dice"], v["thickness_rel_err_median"], v["thickness_within_10pct"]
+    );
     assert_eq!(v["images"].as_u64(), Some(66));
     assert!(v["dice"].as_f64().unwrap() >= APO_DICE, "{}", v["dice"]);
-    assert!(v["thickness_rel_err_median"].as_f64().unwrap() <= APO_MEDIAN_REL, "{}", v["thickness_rel_err_median"]);
-    assert!(v["thickness_within_10pct"].as_f64().unwrap() >= APO_WITHIN_10, "{}", v["thickness_within_10pct"]);
+    assert!(
+        v["thickness_rel_err_median"].as_f64().unwrap() <= APO_MEDIAN_REL,
+        "{}",
+        v["thickness_rel_err_median"]
+    );
+    assert!(
+        v["thickness_within_10pct"].as_f64().unwrap() >= APO_WITHIN_10,
+        "{}",
+        v["thickness_within_10pct"]
+    );
     let head = root.join("models/fetal-head.onnx");
     let hc = data.join("hc18");
     let o = run(&[
-        "--roi", "auto", "eval", "--model", head.to_str().unwrap(), "--data", hc.to_str().unwrap(), "--val-fraction", "0.15",
-        "--mm-csv", hc.join("pixel_size_and_hc.csv").to_str().unwrap(), "--json",
+        "--roi",
+        "auto",
+        "eval",
+        "--model",
+        head.to_str().unwrap(),
+        "--data",
+        hc.to_str().unwrap(),
+        "--val-fraction",
+        "0.15",
+        "--mm-csv",
+        hc.join("pixel_size_and_hc.csv").to_str().unwrap(),
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    eprintln!("fetal head: dice {} hc mae {} mm", v["dice"], v["circumference_mae_mm"]);
+    eprintln!(
+        "fetal head: dice {} hc mae {} mm",
+        v["dice"], v["circumference_mae_mm"]
+    );
     assert_eq!(v["images"].as_u64(), Some(43));
     assert!(v["dice"].as_f64().unwrap() >= HEAD_DICE, "{}", v["dice"]);
-    assert!(v["circumference_mae_mm"].as_f64().unwrap() <= HEAD_HC_MAE_MM, "{}", v["circumference_mae_mm"]);
+    assert!(
+        v["circumference_mae_mm"].as_f64().unwrap() <= HEAD_HC_MAE_MM,
+        "{}",
+        v["circumference_mae_mm"]
+    );
 }
