@@ -91,14 +91,7 @@ impl GraphBuilder {
     /// Adds a float constant and returns its name.
     pub fn constant(&mut self, prefix: &str, dims: &[usize], data: Vec<f32>) -> String {
         let name = self.name(prefix);
-        self.initializers.push(pb::TensorProto {
-            name: name.clone(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: FLOAT,
-            float_data: data,
-            ..Default::default()
-        });
-        name
+        self.named_constant(&name, dims, data)
     }
 
     /// Adds a node with the given inputs and attributes; returns its output's name.
