@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# The product's main job on its embedded default, until the daemon lands: generate a synthetic
-# B-mode phantom (with the scanner's screen around it), enhance every frame with CLAHE, and time it.
-# Usage: scripts/demo.sh [OUT_DIR]   (default: /tmp/pocusd-demo)
+# The product's main job on its embedded demo source: set up, build, and run the daemon
+# (`pocusd run`) on the moving phantom with the shipped default model, on a private session bus,
+# printing `pocusd status` every few seconds. Ctrl-C stops it cleanly.
+# Usage: scripts/demo.sh [SECONDS]   (default: until Ctrl-C)
+# State (measurement log, snapshots) goes to /tmp/pocusd-demo/state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-/tmp/pocusd-demo}"
+SECONDS_TO_RUN="${1:-0}"
 scripts/setup.sh
 cargo build --release --quiet
-BIN="$PWD/target/release/pocusd"
-
-"$BIN" synth --out "$OUT/phantom" --count 8 --furniture --seed 1
-mkdir -p "$OUT/enhanced"
-for img in "$OUT"/phantom/images/*.png; do
-  "$BIN" clahe "$img" "$OUT/enhanced/$(basename "$img")" --clip-limit 2.0 --tiles 8x8
-done
-echo "enhanced $(ls "$OUT/enhanced" | wc -l) frames into $OUT/enhanced (ground truth: $OUT/phantom/truth.csv)"
-"$BIN" bench clahe --image "$OUT/phantom/images/synth_00000.png" --iters 200
+export POCUSD_DEMO_BIN="$PWD/target/release/pocusd"
+export POCUSD__STORAGE__DIR=/tmp/pocusd-demo/state
+export POCUSD_DEMO_SECONDS="$SECONDS_TO_RUN"
+# A session bus of its own, so the demo needs neither root nor an installed policy
+# (an installed daemon serves the system bus: see systemd/README.md).
+exec dbus-run-session -- bash -c '
+  "$POCUSD_DEMO_BIN" run --session-bus --source "demo?fps=30" &
+  pid=$!
+  trap "kill -TERM $pid 2>/dev/null; wait $pid" INT TERM EXIT
+  start=$(date +%s)
+  sleep 3
+  while kill -0 "$pid" 2>/dev/null; do
+    "$POCUSD_DEMO_BIN" status --session-bus || true
+    echo "(measurement log: $POCUSD__STORAGE__DIR/log; Ctrl-C stops)"
+    sleep 5
+    if [ "$POCUSD_DEMO_SECONDS" != 0 ] && [ $(( $(date +%s) - start )) -ge "$POCUSD_DEMO_SECONDS" ]; then
+      break
+    fi
+  done
+'

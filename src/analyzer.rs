@@ -98,6 +98,11 @@ impl Analyzer {
         img
     }
 
+    /// Changes the overlay style (live).
+    pub fn set_style(&mut self, style: OverlayStyle) {
+        self.style = style;
+    }
+
     /// The postprocessing stage (threshold and settings can change live).
     pub fn postprocessor(&mut self) -> &mut Postprocessor {
         &mut self.post

@@ -130,6 +130,48 @@ pub struct SourceConfig {
     pub retry: crate::source::RetryPolicy,
 }
 
+/// The `[dbus]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DbusSection {
+    pub bus: String,
+    pub measurement_hz: f64,
+}
+
+/// The `[storage]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub dir: String,
+    pub max_days: u64,
+    pub max_mb: u64,
+}
+
+/// Which message bus the daemon serves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    System,
+    Session,
+}
+
+/// Validated `[dbus]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbusConfig {
+    pub bus: Bus,
+    /// Most Measurement signals (and measurement-log lines) per second.
+    pub measurement_hz: f64,
+}
+
+/// Validated `[storage]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// The state folder; `None`: `$STATE_DIRECTORY`, else /var/lib/pocusd for root, else
+    /// `$XDG_STATE_HOME/pocusd` (or ~/.local/state/pocusd).
+    pub dir: Option<PathBuf>,
+    pub max_days: u64,
+    pub max_mb: u64,
+}
+
 /// The whole file as written; printed by `pocusd config check`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +181,8 @@ pub struct RawConfig {
     pub postprocess: PostprocessSection,
     pub calibration: CalibrationSection,
     pub source: SourceSection,
+    pub dbus: DbusSection,
+    pub storage: StorageSection,
     pub train: TrainSection,
 }
 
@@ -215,6 +259,8 @@ pub struct Config {
     pub postprocess: PostprocessConfig,
     pub overlay: OverlayStyle,
     pub source: SourceConfig,
+    pub dbus: DbusConfig,
+    pub storage: StorageConfig,
     /// The merged values as written, for printing.
     pub raw: RawConfig,
     /// The layers that contributed, in order (for `config check`).
@@ -324,12 +370,16 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let model = validate_model(&raw.model, &preprocess)?;
     let (postprocess, overlay) = validate_postprocess(&raw.postprocess, &raw.calibration)?;
     let source = validate_source(&raw.source)?;
+    let dbus = validate_dbus(&raw.dbus)?;
+    let storage = validate_storage(&raw.storage)?;
     Ok(Config {
         preprocess,
         model,
         postprocess,
         overlay,
         source,
+        dbus,
+        storage,
         raw,
         layers,
     })
@@ -637,6 +687,50 @@ fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
             first: Duration::from_millis(100),
             max: Duration::from_millis(retry),
         },
+    })
+}
+
+fn validate_dbus(d: &DbusSection) -> Result<DbusConfig, ConfigError> {
+    let bus = match d.bus.as_str() {
+        "system" => Bus::System,
+        "session" => Bus::Session,
+        other => {
+            return Err(ConfigError::OutOfRange {
+                key: "dbus.bus".into(),
+                value: format!("{other:?}"),
+                allowed: "\"system\" or \"session\"".into(),
+            })
+        }
+    };
+    let measurement_hz = range(
+        "dbus.measurement_hz",
+        d.measurement_hz,
+        0.1,
+        1000.0,
+        "0.1 to 1000",
+    )?;
+    Ok(DbusConfig {
+        bus,
+        measurement_hz,
+    })
+}
+
+fn validate_storage(s: &StorageSection) -> Result<StorageConfig, ConfigError> {
+    let int = |key: &str, v: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::OutOfRange {
+                key: key.into(),
+                value: v.to_string(),
+                allowed: format!("{lo} to {hi}"),
+            })
+        }
+    };
+    Ok(StorageConfig {
+        dir: (!s.dir.trim().is_empty()).then(|| PathBuf::from(s.dir.trim())),
+        max_days: int("storage.max_days", s.max_days, 1, 36_500)?,
+        max_mb: int("storage.max_mb", s.max_mb, 1, 10_000_000)?,
     })
 }
 

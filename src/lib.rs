@@ -5,6 +5,7 @@
 
 pub mod analyzer;
 pub mod config;
+pub mod daemon;
 pub mod dataset;
 pub mod frame;
 pub mod imageio;

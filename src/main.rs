@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use pocusd::analyzer::{default_model_candidates, Analyzer};
+use pocusd::analyzer::Analyzer;
 use pocusd::config::{self, ConfigError};
 use pocusd::frame::GrayImage;
 use pocusd::frame::Rect;
@@ -53,6 +53,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: capture, process and publish live (D-Bus org.pocusd.Daemon1, measurement log).
+    Run(RunArgs),
+    /// Show a running daemon's live state over D-Bus (like systemctl status).
+    Status(StatusArgs),
     /// Equalise an image with CLAHE (OpenCV createCLAHE semantics).
     Clahe(ClaheArgs),
     /// Train a U-Net on labelled images (burn, CPU); the run folder can be resumed and exported.
@@ -142,6 +146,29 @@ enum BenchCommand {
     /// Time one training step (forward, backward, Adam) with augmentation.
     #[cfg(feature = "train")]
     Train(train_cli::BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Model (ONNX); default: [model] path, else the shipped models/aponeurosis.onnx.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Stop cleanly after N processed frames.
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Serve on the session bus instead of the system bus (as dbus.bus = "session").
+    #[arg(long)]
+    session_bus: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Ask the daemon on the session bus (one started with --session-bus).
+    #[arg(long)]
+    session_bus: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +371,26 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run(args) => {
+            return pocusd::daemon::run(pocusd::daemon::RunOptions {
+                config_file: cli.config.clone(),
+                source: cli.source.clone(),
+                roi: cli.roi.clone(),
+                model: args.model.clone(),
+                frames: args.frames,
+                session_bus: args.session_bus,
+            })
+        }
+        Command::Status(args) => {
+            // The bus from the configuration when it loads; the flag wins.
+            let session = args.session_bus
+                || config::load(cli.config.as_deref())
+                    .is_ok_and(|c| c.dbus.bus == config::Bus::Session);
+            return pocusd::daemon::status::print_status(session, args.json);
+        }
+        _ => {}
+    }
     let mut cfg = config::load(cli.config.as_deref())?;
     if let Some(spec) = &cli.source {
         cfg.source.spec = pocusd::source::SourceSpec::parse(spec)?;
@@ -374,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(args) => cmd_capture(&cfg, &args),
         Command::Sources(args) => cmd_sources(&args),
         Command::Bench(BenchCommand::Source(args)) => cmd_bench_source(&cfg, &args),
+        Command::Run(_) | Command::Status(_) => unreachable!("dispatched above"),
         Command::Config(ConfigCommand::Check) => {
             println!(
                 "# effective configuration; layers: {}",
@@ -525,21 +573,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// The model to use: the flag, then `[model] path`, then the shipped default.
 fn resolve_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag
-        .map(Path::to_path_buf)
-        .or_else(|| cfg.model.path.clone())
-    {
-        return Ok(p);
-    }
-    let candidates = default_model_candidates("aponeurosis.onnx");
-    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no model given and no default model found (looked in {}); pass --model FILE.onnx or set [model] path",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        )
-    })
+    pocusd::daemon::resolve_model(cfg, flag)
 }
 
 fn load_model(cfg: &config::Config, flag: Option<&Path>) -> anyhow::Result<LoadedModel> {

@@ -4,6 +4,7 @@ mod card_formats;
 mod clahe;
 mod cli;
 mod common;
+mod daemon;
 #[cfg(feature = "train")]
 mod dataset;
 mod engine;

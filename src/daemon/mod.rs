@@ -1,0 +1,821 @@
+//! `pocusd run`: the daemon. [`run`] loads and checks the configuration and the model, starts the
+//! capture and processing threads ([`pipeline`]), serves `org.pocusd.Daemon1` on D-Bus
+//! ([`dbus`]), and then acts as the supervisor: the one owner of mutable state. It takes every
+//! command (D-Bus methods, SIGHUP, SIGTERM), publishes properties (at most twice a second) and
+//! rate-limited Measurement signals, appends the measurement log ([`store`]) and talks to systemd
+//! ([`notify`]): READY once the config, model and bus name are in hand (without waiting for the
+//! source), STATUS lines, WATCHDOG only while the processing thread's heartbeat is fresh.
+//! Must not depend on the training code or the command line.
+
+pub mod dbus;
+pub mod notify;
+pub mod pipeline;
+pub mod slot;
+pub mod stats;
+pub mod status;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::analyzer::default_model_candidates;
+use crate::config::{self, Bus, Config};
+use crate::infer::{self, LoadedModel};
+use crate::postprocess::Calibration;
+
+use dbus::{Command, Daemon1, Error as DbusError, Props, State, Val, Values};
+use pipeline::{CaptureSettings, Control, ProcessSettings, Processed, Shared};
+use stats::{Rate, Window};
+
+/// How the daemon was asked to run (the command line).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--source SPEC`.
+    pub source: Option<String>,
+    /// `--roi MODE`.
+    pub roi: Option<String>,
+    /// `--model FILE`.
+    pub model: Option<PathBuf>,
+    /// `--frames N`: stop after N processed frames.
+    pub frames: Option<u64>,
+    /// `--session-bus`.
+    pub session_bus: bool,
+}
+
+/// How fresh the processing heartbeat must be for the watchdog to be fed.
+pub const HEARTBEAT_FRESH: Duration = Duration::from_secs(2);
+/// Property publication period (PropertiesChanged at most this often).
+pub const PROPERTY_PERIOD: Duration = Duration::from_millis(500);
+
+/// Loads the layered configuration with the command line's overrides applied.
+pub fn load_config(opts: &RunOptions) -> anyhow::Result<Config> {
+    let mut cfg = config::load(opts.config_file.as_deref())?;
+    if let Some(spec) = &opts.source {
+        cfg.source.spec = crate::source::SourceSpec::parse(spec)?;
+    }
+    if let Some(roi) = &opts.roi {
+        cfg.source.roi = crate::preprocess::roi::RoiMode::parse(roi)
+            .ok_or_else(|| anyhow::anyhow!("--roi {roi:?}: expected full, auto or x,y,w,h"))?;
+    }
+    Ok(cfg)
+}
+
+/// The model to use: the flag, then `[model] path`, then the shipped default.
+pub fn resolve_model(cfg: &Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.model.path.clone())
+    {
+        return Ok(p);
+    }
+    let candidates = default_model_candidates("aponeurosis.onnx");
+    candidates.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no model given and no default model found (looked in {}); pass --model FILE.onnx or set [model] path",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Loads a model and runs it once on a blank input: it must produce finite numbers of the
+/// expected size. This is what "checked" means for READY and for `LoadModel`.
+pub fn load_checked(path: &Path, cfg: &Config) -> anyhow::Result<LoadedModel> {
+    let mut model = LoadedModel::load(path, &cfg.model.overrides)
+        .with_context(|| format!("cannot load model {}", path.display()))?;
+    let s = model.spec().clone();
+    let input = vec![0.5f32; s.channels * s.input_width * s.input_height];
+    let out = model
+        .run(&input)
+        .with_context(|| format!("model {} fails on a test input", path.display()))?;
+    if out.is_empty() || out.iter().any(|x| !x.is_finite()) {
+        anyhow::bail!(
+            "model {} gives non-finite or empty output on a test input",
+            path.display()
+        );
+    }
+    Ok(model)
+}
+
+fn model_values(model: &LoadedModel) -> Values {
+    let s = model.spec();
+    let mut v = Values::new();
+    let abs = std::fs::canonicalize(model.path()).unwrap_or_else(|_| model.path().to_path_buf());
+    v.insert("path".into(), Val::S(abs.display().to_string()));
+    v.insert("sha256".into(), Val::S(model.sha256().to_string()));
+    v.insert("task".into(), Val::S(s.task.as_str().to_string()));
+    v.insert("input_width".into(), Val::U(s.input_width as u64));
+    v.insert("input_height".into(), Val::U(s.input_height as u64));
+    if let Some(t) = &s.trained_on {
+        v.insert("trained_on".into(), Val::S(t.clone()));
+    }
+    if let Some(d) = s.val_dice {
+        v.insert("val_dice".into(), Val::F(d));
+    }
+    v
+}
+
+/// The values of one measurement, as signalled on D-Bus, logged and (later) streamed: the
+/// engine's measurement keys, confidence, flag (empty when none) and the model's sha256.
+pub fn measurement_values(p: &Processed) -> Values {
+    let mut v = Values::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&p.analysis.measurements) {
+        for (k, x) in m {
+            if let Some(f) = x.as_f64() {
+                v.insert(k, Val::F(f));
+            }
+        }
+    }
+    v.insert("confidence".into(), Val::F(p.analysis.confidence));
+    v.insert(
+        "flag".into(),
+        Val::S(p.analysis.flag.map(|f| f.as_str()).unwrap_or("").into()),
+    );
+    v.insert("model_sha256".into(), Val::S(p.model_sha256.to_string()));
+    v
+}
+
+fn calibration_json(c: &Calibration) -> serde_json::Value {
+    match c {
+        Calibration::None => serde_json::json!({"kind": "none"}),
+        Calibration::MmPerPx { x, y } => {
+            serde_json::json!({"kind": "mm_per_px", "mm_per_px_x": x, "mm_per_px_y": y})
+        }
+        Calibration::DepthMm(d) => serde_json::json!({"kind": "depth_mm", "depth_mm": d}),
+    }
+}
+
+/// Latency windows: end to end and per stage.
+struct Latency {
+    end_to_end: Window,
+    stages: [(&'static str, Window); 5],
+}
+
+impl Latency {
+    fn new() -> Self {
+        let w = || Window::new(600);
+        Self {
+            end_to_end: w(),
+            stages: [
+                ("capture", w()),
+                ("preprocess", w()),
+                ("infer", w()),
+                ("postprocess", w()),
+                ("publish", w()),
+            ],
+        }
+    }
+
+    fn values(&mut self) -> Values {
+        let mut v = Values::new();
+        let e = self.end_to_end.percentiles();
+        v.insert("p50".into(), Val::F(e.p50));
+        v.insert("p99".into(), Val::F(e.p99));
+        v.insert("max".into(), Val::F(e.max));
+        for (name, w) in self.stages.iter_mut() {
+            let p = w.percentiles();
+            v.insert(format!("{name}_p50"), Val::F(p.p50));
+            v.insert(format!("{name}_p99"), Val::F(p.p99));
+        }
+        v
+    }
+}
+
+/// The supervisor's state: everything that can change, in one place.
+struct Supervisor {
+    opts: RunOptions,
+    cfg: Config,
+    shared: Arc<Shared>,
+    control: std::sync::mpsc::Sender<Control>,
+    props: Arc<Mutex<Props>>,
+    emitted: Props,
+    model: Values,
+    paused: bool,
+    threshold: f32,
+    latency: Latency,
+    fps: Rate,
+    last_published: Option<Instant>,
+    last_measurement: Values,
+    calibrated: bool,
+    log: store::MeasurementLog,
+    state_dir: PathBuf,
+    notifier: notify::Notifier,
+    last_status: String,
+    last_watchdog: Option<Instant>,
+    fault_seen: (u64, Option<String>),
+}
+
+impl Supervisor {
+    fn state(&self, cap: &pipeline::CaptureStatus) -> (State, String) {
+        use crate::source::CaptureState as C;
+        if let Some(f) = &cap.fault {
+            return (State::Error, format!("error: {f}"));
+        }
+        if self.paused {
+            return (State::Paused, "paused".into());
+        }
+        let detail = |s: State| match &cap.last_error {
+            Some(e) => format!("{}: {e}", s.as_str()),
+            None => s.as_str().to_string(),
+        };
+        match cap.counters.state {
+            C::Starting => (State::Starting, "starting".into()),
+            C::Streaming => (State::Streaming, "streaming".into()),
+            C::NoSignal => (State::NoSignal, detail(State::NoSignal)),
+            C::Frozen => (State::Frozen, "frozen".into()),
+            C::Reconnecting => (State::Reconnecting, detail(State::Reconnecting)),
+        }
+    }
+
+    /// Recomputes the property snapshot; returns it.
+    fn refresh_props(&mut self) -> Props {
+        let cap = self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (state, state_text) = self.state(&cap);
+        let p = Props {
+            state,
+            state_text,
+            source: self.cfg.source.spec.raw.clone(),
+            model: self.model.clone(),
+            fps: (self.fps.per_second(Instant::now()) * 10.0).round() / 10.0,
+            latency_ms: self.latency.values(),
+            dropped_frames: self.shared.frames.dropped() + self.shared.results.dropped(),
+            calibrated: self.calibrated,
+            last_measurement: self.last_measurement.clone(),
+        };
+        *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
+        p
+    }
+
+    fn status_line(&self, p: &Props) -> String {
+        let model = match (self.model.get("path"), self.model.get("sha256")) {
+            (Some(Val::S(path)), Some(Val::S(sha))) => format!(
+                "{} ({})",
+                Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                &sha[..sha.len().min(12)]
+            ),
+            _ => "?".into(),
+        };
+        format!(
+            "{}; {:.1} fps; {} dropped; model {model}",
+            p.state_text, p.fps, p.dropped_frames
+        )
+    }
+
+    fn on_result(&mut self, r: Processed) -> Option<(u64, i64, Values)> {
+        let now_us = crate::source::realtime_us();
+        let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
+        self.latency.end_to_end.push(ms(r.timestamp_us, now_us));
+        let s = &mut self.latency.stages;
+        s[0].1.push(ms(r.timestamp_us, r.picked_us));
+        s[1].1.push(r.stages_ms[0]);
+        s[2].1.push(r.stages_ms[1]);
+        s[3].1.push(r.stages_ms[2]);
+        s[4].1.push(ms(r.done_us, now_us));
+        self.fps.tick(Instant::now());
+        self.calibrated = r.analysis.calibrated;
+        let period = Duration::from_secs_f64(1.0 / self.cfg.dbus.measurement_hz);
+        let due = self
+            .last_published
+            .is_none_or(|t| t.elapsed() + Duration::from_micros(500) >= period);
+        if !due {
+            return None;
+        }
+        self.last_published = Some(Instant::now());
+        let values = measurement_values(&r);
+        let mut last = values.clone();
+        last.insert("seq".into(), Val::U(r.seq));
+        last.insert("timestamp_us".into(), Val::I(r.timestamp_us));
+        self.last_measurement = last;
+        let record = serde_json::json!({
+            "time": store::rfc3339_us(now_us),
+            "timestamp_us": r.timestamp_us,
+            "seq": r.seq,
+            "values": &values,
+            "flag": r.analysis.flag.map(|f| f.as_str()),
+            "model_sha256": &*r.model_sha256,
+            "calibration": calibration_json(&self.cfg.postprocess.calibration),
+        });
+        self.log.append(now_us, &record);
+        Some((r.seq, r.timestamp_us, values))
+    }
+
+    /// Faults not yet signalled: (code, message).
+    fn new_faults(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(e) = self.log.take_error() {
+            out.push(("log".into(), e));
+        }
+        let errs = self.shared.process_errors.load(Ordering::Relaxed);
+        if errs > self.fault_seen.0 {
+            self.fault_seen.0 = errs;
+            if let Some(e) = self
+                .shared
+                .last_process_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                out.push(("frame".into(), format!("{e} ({errs} frames failed so far)")));
+            }
+        }
+        let cap = self
+            .shared
+            .capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let src_err = cap.fault.clone().or(cap.last_error.clone());
+        if src_err != self.fault_seen.1 {
+            if let Some(e) = &src_err {
+                out.push(("source".into(), e.clone()));
+            }
+            self.fault_seen.1 = src_err;
+        }
+        out
+    }
+
+    fn set_threshold(&mut self, p: f64) -> Result<(), DbusError> {
+        if !(0.01..=0.99).contains(&p) || !p.is_finite() {
+            return Err(DbusError::InvalidArgument(format!(
+                "probability {p} is outside 0.01 to 0.99"
+            )));
+        }
+        self.threshold = p as f32;
+        let post = crate::postprocess::PostprocessConfig {
+            threshold: self.threshold,
+            ..self.cfg.postprocess
+        };
+        self.control
+            .send(Control::Postprocess(post))
+            .map_err(|_| DbusError::Io("the processing thread has stopped".into()))
+    }
+
+    fn reload(&mut self) -> Result<(), DbusError> {
+        self.notifier.reloading();
+        let new = load_config(&self.opts).map_err(|e| {
+            eprintln!("pocusd: reload refused, keeping the running configuration: {e:#}");
+            DbusError::InvalidArgument(format!(
+                "configuration refused, the running one is kept: {e:#}"
+            ))
+        })?;
+        let mut restart = Vec::new();
+        if new.source != self.cfg.source {
+            restart.push("[source]");
+        }
+        if new.model != self.cfg.model {
+            restart.push("[model]");
+        }
+        if new.preprocess != self.cfg.preprocess {
+            restart.push("[preprocess]");
+        }
+        if new.dbus.bus != self.cfg.dbus.bus {
+            restart.push("dbus.bus");
+        }
+        if new.storage.dir != self.cfg.storage.dir {
+            restart.push("storage.dir");
+        }
+        self.threshold = new.postprocess.threshold;
+        let _ = self.control.send(Control::Postprocess(new.postprocess));
+        let _ = self.control.send(Control::Style(new.overlay));
+        // Keep what needs a restart as it runs; take the rest.
+        let mut applied = new;
+        applied.source = self.cfg.source.clone();
+        applied.model = self.cfg.model.clone();
+        applied.preprocess = self.cfg.preprocess.clone();
+        applied.dbus.bus = self.cfg.dbus.bus;
+        applied.storage.dir = self.cfg.storage.dir.clone();
+        self.cfg = applied;
+        eprintln!(
+            "pocusd: configuration reloaded (thresholds, smoothing, overlay style, publish rates){}",
+            if restart.is_empty() {
+                String::new()
+            } else {
+                format!("; changes to {} take effect on restart", restart.join(", "))
+            }
+        );
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<String, DbusError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Snapshot(tx))
+            .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;
+        let data = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| DbusError::Io("the processing thread did not answer within 5 s".into()))?
+            .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?
+            .ok_or_else(|| {
+                DbusError::NotFound(
+                    "no frame has been processed yet (no signal or paused since start?)".into(),
+                )
+            })?;
+        let root = self.state_dir.join("snapshots");
+        let calibration = calibration_json(&self.cfg.postprocess.calibration);
+        let (max_days, max_mb, state_dir) = (
+            self.cfg.storage.max_days,
+            self.cfg.storage.max_mb,
+            self.state_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<String, DbusError> {
+            let p = &data.processed;
+            let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
+            let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
+            let dir = root.join(format!(
+                "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
+                p.seq
+            ));
+            let io =
+                |e: String| DbusError::Io(format!("cannot write snapshot {}: {e}", dir.display()));
+            store::create_private_dir(&dir).map_err(|e| io(e.to_string()))?;
+            crate::imageio::write_gray(&dir.join("frame.png"), &data.frame)
+                .map_err(|e| io(e.to_string()))?;
+            crate::imageio::write_gray(&dir.join("mask.png"), &data.mask)
+                .map_err(|e| io(e.to_string()))?;
+            crate::imageio::write_rgb(
+                &dir.join("overlay.png"),
+                data.overlay.width,
+                data.overlay.height,
+                &data.overlay.data,
+            )
+            .map_err(|e| io(e.to_string()))?;
+            let json = serde_json::json!({
+                "seq": p.seq,
+                "timestamp_us": p.timestamp_us,
+                "time": store::rfc3339_us(p.timestamp_us),
+                "task": p.task.as_str(),
+                "width": p.width,
+                "height": p.height,
+                "roi": p.roi,
+                "values": measurement_values(p),
+                "measurements": p.analysis.measurements,
+                "flag": p.analysis.flag.map(|f| f.as_str()),
+                "model_sha256": &*p.model_sha256,
+                "calibration": calibration,
+            });
+            let text = serde_json::to_string_pretty(&json).map_err(|e| io(e.to_string()))?;
+            std::fs::write(dir.join("measurement.json"), text).map_err(|e| io(e.to_string()))?;
+            store::enforce_retention(
+                &state_dir,
+                max_days,
+                max_mb,
+                Some(&dir),
+                std::time::SystemTime::now(),
+            );
+            Ok(dir.display().to_string())
+        })
+        .await
+        .map_err(|e| DbusError::Io(format!("snapshot task failed: {e}")))?
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or `--frames`; returns when the bus name is released.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let cfg = load_config(&opts)?;
+    infer::set_threads(cfg.model.threads);
+    let model_path = resolve_model(&cfg, opts.model.as_deref())?;
+    let model = load_checked(&model_path, &cfg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(opts, cfg, model))
+}
+
+async fn connect(bus: Bus, iface: Daemon1) -> anyhow::Result<zbus::Connection> {
+    let (builder, what) = match bus {
+        Bus::System => (zbus::connection::Builder::system(), "system"),
+        Bus::Session => (zbus::connection::Builder::session(), "session"),
+    };
+    builder
+        .serve_at(dbus::OBJECT_PATH, iface)
+        .name(dbus::BUS_NAME)
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve {} on the {what} bus (another pocusd running? on the system bus the policy \
+                 systemd/org.pocusd.Daemon1.conf lets only user pocusd and root own it; use --session-bus \
+                 to try it as a user)",
+                dbus::BUS_NAME
+            )
+        })
+}
+
+async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let bus = if opts.session_bus {
+        Bus::Session
+    } else {
+        cfg.dbus.bus
+    };
+    let state_dir = store::resolve_state_dir(&cfg.storage);
+    if let Err(e) = store::create_private_dir(&state_dir) {
+        eprintln!(
+            "pocusd: warning: cannot create the state folder {} ({e}); the measurement log and snapshots will fail until it exists (set [storage] dir)",
+            state_dir.display()
+        );
+    }
+    store::enforce_retention(
+        &state_dir,
+        cfg.storage.max_days,
+        cfg.storage.max_mb,
+        None,
+        std::time::SystemTime::now(),
+    );
+    let model_vals = model_values(&model);
+    let shared = Shared::new();
+    let threads = pipeline::start(
+        &shared,
+        model,
+        CaptureSettings {
+            spec: cfg.source.spec.clone(),
+            retry: cfg.source.retry,
+            health: cfg.source.health,
+        },
+        ProcessSettings {
+            clahe_threads: std::num::NonZeroUsize::new(cfg.preprocess.threads)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+            post: cfg.postprocess,
+            style: cfg.overlay,
+            roi: cfg.source.roi,
+        },
+    )
+    .context("cannot start the pipeline threads")?;
+
+    let props = Arc::new(Mutex::new(Props {
+        source: cfg.source.spec.raw.clone(),
+        model: model_vals.clone(),
+        state_text: "starting".into(),
+        ..Props::default()
+    }));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
+    let stop_threads = |shared: &Arc<Shared>| shared.stop.store(true, Ordering::Relaxed);
+    let conn = match connect(bus, Daemon1::new(props.clone(), cmd_tx)).await {
+        Ok(c) => c,
+        Err(e) => {
+            stop_threads(&shared);
+            let _ = threads.capture.join();
+            let _ = threads.process.join();
+            return Err(e);
+        }
+    };
+    let iface = conn
+        .object_server()
+        .interface::<_, Daemon1>(dbus::OBJECT_PATH)
+        .await
+        .context("the D-Bus object vanished")?;
+
+    let mut sup = Supervisor {
+        threshold: cfg.postprocess.threshold,
+        calibrated: !matches!(cfg.postprocess.calibration, Calibration::None),
+        log: store::MeasurementLog::start(store::LogSettings {
+            root: state_dir.clone(),
+            max_days: cfg.storage.max_days,
+            max_mb: cfg.storage.max_mb,
+        }),
+        opts: opts.clone(),
+        cfg,
+        shared: shared.clone(),
+        control: threads.control.clone(),
+        props,
+        emitted: Props::default(),
+        model: model_vals,
+        paused: false,
+        latency: Latency::new(),
+        fps: Rate::new(Duration::from_secs(2)),
+        last_published: None,
+        last_measurement: Values::new(),
+        state_dir,
+        notifier: notify::Notifier::from_env(),
+        last_status: String::new(),
+        last_watchdog: None,
+        fault_seen: (0, None),
+    };
+    let first = sup.refresh_props();
+    sup.emitted = first.clone();
+    sup.notifier.ready(&sup.status_line(&first));
+    eprintln!(
+        "pocusd: serving {} on the {} bus; source {}; model {}; state folder {}",
+        dbus::BUS_NAME,
+        if bus == Bus::System {
+            "system"
+        } else {
+            "session"
+        },
+        sup.cfg.source.spec.raw,
+        match sup.model.get("path") {
+            Some(Val::S(p)) => p.as_str(),
+            _ => "?",
+        },
+        sup.state_dir.display()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let hooks = std::env::var("POCUSD_TEST_HOOKS").is_ok_and(|v| v == "1");
+    let mut sigusr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
+    let tick_period = sup
+        .notifier
+        .watchdog()
+        .map(|w| (w / 2).min(PROPERTY_PERIOD))
+        .unwrap_or(PROPERTY_PERIOD)
+        .max(Duration::from_millis(20));
+    let mut ticker = tokio::time::interval(tick_period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_props = Instant::now();
+    let emitter = iface.signal_emitter().clone();
+
+    loop {
+        tokio::select! {
+            _ = shared.results.notified() => {
+                while let Some(r) = shared.results.take() {
+                    if let Some((seq, ts, values)) = sup.on_result(r) {
+                        if let Err(e) = Daemon1::measurement(&emitter, seq, ts, dbus::to_dict(&values)).await {
+                            eprintln!("pocusd: cannot emit Measurement: {e}");
+                        }
+                    }
+                }
+                if opts.frames.is_some_and(|n| shared.processed.load(Ordering::Relaxed) >= n) {
+                    eprintln!("pocusd: {} frames processed; stopping", shared.processed.load(Ordering::Relaxed));
+                    break;
+                }
+            }
+            Some(cmd) = cmd_rx.recv() => {
+                match cmd {
+                    Command::SetThreshold(p, reply) => { let _ = reply.send(sup.set_threshold(p)); }
+                    Command::Pause(p, reply) => {
+                        sup.paused = p;
+                        let r = sup.control.send(Control::Pause(p))
+                            .map_err(|_| DbusError::Io("the processing thread has stopped".into()));
+                        let _ = reply.send(r);
+                    }
+                    Command::Reload(reply) => { let _ = reply.send(sup.reload()); }
+                    Command::Snapshot(reply) => { let r = sup.snapshot().await; let _ = reply.send(r); }
+                    Command::LoadModel(path, reply) => {
+                        let r = load_model_command(&mut sup, path).await;
+                        if let Err(DbusError::ModelRejected(m)) = &r {
+                            let _ = Daemon1::fault(&emitter, "model_rejected", m).await;
+                        }
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if sup.shared.heartbeat_age() < HEARTBEAT_FRESH {
+                    if sup.notifier.watchdog().is_some() {
+                        sup.notifier.watchdog_ping();
+                        sup.last_watchdog = Some(Instant::now());
+                    }
+                } else if sup.last_watchdog.is_some_and(|t| t.elapsed() > HEARTBEAT_FRESH) {
+                    // Logged once per stall: systemd will act on the missing pings.
+                    eprintln!("pocusd: the processing thread has not ticked for {:?}; not feeding the watchdog", sup.shared.heartbeat_age());
+                    sup.last_watchdog = None;
+                }
+                if last_props.elapsed() + Duration::from_millis(5) >= PROPERTY_PERIOD {
+                    last_props = Instant::now();
+                    let p = sup.refresh_props();
+                    emit_changes(&iface, &sup.emitted, &p).await;
+                    sup.emitted = p.clone();
+                    let line = sup.status_line(&p);
+                    if line != sup.last_status {
+                        sup.notifier.status(&line);
+                        sup.last_status = line;
+                    }
+                    for (code, msg) in sup.new_faults() {
+                        eprintln!("pocusd: fault {code}: {msg}");
+                        let _ = Daemon1::fault(&emitter, &code, &msg).await;
+                    }
+                }
+            }
+            _ = sigterm.recv() => { eprintln!("pocusd: SIGTERM; stopping"); break; }
+            _ = sigint.recv() => { eprintln!("pocusd: SIGINT; stopping"); break; }
+            _ = sighup.recv() => { let _ = sup.reload(); }
+            _ = sigusr2.recv() => {
+                if hooks {
+                    let now = !sup.shared.hang.load(Ordering::Relaxed);
+                    sup.shared.hang.store(now, Ordering::Relaxed);
+                    eprintln!("pocusd: test hook: processing thread {}", if now { "hangs" } else { "resumes" });
+                }
+            }
+        }
+    }
+
+    sup.notifier.stopping();
+    stop_threads(&shared);
+    // The processing thread finishes the frame in hand; a hung one (test hook) is released by stop.
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = threads.capture.join();
+        let _ = threads.process.join();
+    })
+    .await;
+    if let Err(e) = conn.release_name(dbus::BUS_NAME).await {
+        eprintln!("pocusd: cannot release {}: {e}", dbus::BUS_NAME);
+    }
+    let lost = sup.log.counters.lost.load(Ordering::Relaxed);
+    let written = sup.log.counters.written.load(Ordering::Relaxed);
+    sup.log.close();
+    eprintln!(
+        "pocusd: stopped after {} frames ({} dropped); measurement log: {written} lines written, {lost} lost",
+        shared.processed.load(Ordering::Relaxed),
+        shared.frames.dropped() + shared.results.dropped()
+    );
+    Ok(())
+}
+
+async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {
+    if !path.is_absolute() {
+        return Err(DbusError::InvalidArgument(format!(
+            "model path {:?} is not absolute; pass the full path of an ONNX file",
+            path.display().to_string()
+        )));
+    }
+    if !path.is_file() {
+        return Err(DbusError::NotFound(format!(
+            "no model file at {}",
+            path.display()
+        )));
+    }
+    let cfg = sup.cfg.clone();
+    let p = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_checked(&p, &cfg))
+        .await
+        .map_err(|e| DbusError::Io(format!("model loading task failed: {e}")))?;
+    match loaded {
+        Ok(model) => {
+            let vals = model_values(&model);
+            sup.control
+                .send(Control::Model(Box::new(model)))
+                .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;
+            // The live threshold survives a model swap.
+            let _ = sup.set_threshold(f64::from(sup.threshold));
+            sup.model = vals;
+            eprintln!("pocusd: model {} loaded", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!("{e:#}; the running model is kept");
+            eprintln!("pocusd: LoadModel refused: {msg}");
+            Err(DbusError::ModelRejected(msg))
+        }
+    }
+}
+
+async fn emit_changes(
+    iface: &zbus::object_server::InterfaceRef<Daemon1>,
+    old: &Props,
+    new: &Props,
+) {
+    let e = iface.signal_emitter();
+    let d = iface.get().await;
+    let mut r = Ok(());
+    if old.state != new.state {
+        r = r.and(d.state_changed(e).await);
+    }
+    if old.state_text != new.state_text {
+        r = r.and(d.state_text_changed(e).await);
+    }
+    if old.source != new.source {
+        r = r.and(d.source_changed(e).await);
+    }
+    if old.model != new.model {
+        r = r.and(d.model_changed(e).await);
+    }
+    if old.fps != new.fps {
+        r = r.and(d.fps_changed(e).await);
+    }
+    if old.latency_ms != new.latency_ms {
+        r = r.and(d.latency_ms_changed(e).await);
+    }
+    if old.dropped_frames != new.dropped_frames {
+        r = r.and(d.dropped_frames_changed(e).await);
+    }
+    if old.calibrated != new.calibrated {
+        r = r.and(d.calibrated_changed(e).await);
+    }
+    if old.last_measurement != new.last_measurement {
+        r = r.and(d.last_measurement_changed(e).await);
+    }
+    if let Err(e) = r {
+        eprintln!("pocusd: cannot emit PropertiesChanged: {e}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The real-time threads of `pocusd run`. The capture thread reads the source (with reconnection
+//! and capture health) and hands frames to the processing thread through a "latest value wins"
+//! [`Slot`]; the processing thread runs CLAHE, the model and postprocessing and hands each result
+//! to the supervisor through a second slot. Neither queues: when the CPU cannot keep up, older
+//! frames are dropped and counted. Both loops tick at least every 100 ms even without frames, and
+//! the processing loop's tick is the heartbeat the supervisor's watchdog checks. Settings reach the
+//! processing thread only as [`Control`] messages from the supervisor (the one owner of state).
+//! Must not depend on D-Bus, HTTP or the file system (snapshots are written by the supervisor).
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::analyzer::Analyzer;
+use crate::frame::{Frame, GrayImage, Rect};
+use crate::infer::LoadedModel;
+use crate::postprocess::overlay::{OverlayStyle, RgbImage};
+use crate::postprocess::{Analysis, PostprocessConfig};
+use crate::preprocess::roi::{RoiMode, RoiTracker};
+use crate::source::{HealthConfig, Read, Reconnecting, RetryPolicy, SourceError, SourceSpec};
+use crate::synth::Task;
+
+use super::slot::Slot;
+
+/// How long a loop waits for input before it ticks anyway.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// What the capture thread reports.
+#[derive(Debug, Clone)]
+pub struct CaptureStatus {
+    pub counters: crate::source::health::HealthCounters,
+    /// A source error that retrying cannot fix (a bad spec, a kind not built in).
+    pub fault: Option<String>,
+    /// The last reason the source was lost, for status lines.
+    pub last_error: Option<String>,
+}
+
+/// One processed frame.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub seq: u64,
+    /// Capture time, CLOCK_REALTIME µs.
+    pub timestamp_us: i64,
+    /// When the processing thread took the frame (CLOCK_REALTIME µs).
+    pub picked_us: i64,
+    /// When processing finished (CLOCK_REALTIME µs).
+    pub done_us: i64,
+    /// preprocess, infer, postprocess, ms.
+    pub stages_ms: [f64; 3],
+    pub analysis: Analysis,
+    pub model_sha256: Arc<str>,
+    pub task: Task,
+    pub width: usize,
+    pub height: usize,
+    pub roi: Rect,
+}
+
+/// Everything a snapshot saves, taken from the processing thread's last frame.
+#[derive(Debug)]
+pub struct SnapshotData {
+    pub frame: GrayImage,
+    pub mask: GrayImage,
+    pub overlay: RgbImage,
+    pub processed: Processed,
+}
+
+/// Messages from the supervisor to the processing thread.
+pub enum Control {
+    /// A loaded and checked model replaces the current one.
+    Model(Box<LoadedModel>),
+    Postprocess(PostprocessConfig),
+    Style(OverlayStyle),
+    Pause(bool),
+    /// Reply with the last frame's pieces (`None` before the first frame).
+    Snapshot(tokio::sync::oneshot::Sender<Option<SnapshotData>>),
+}
+
+/// State shared by the threads; written by one thread each, read by the supervisor.
+#[derive(Debug)]
+pub struct Shared {
+    pub frames: Slot<Frame>,
+    pub results: Slot<Processed>,
+    pub capture: Mutex<CaptureStatus>,
+    /// Milliseconds since `started` at the processing loop's last tick.
+    pub heartbeat_ms: AtomicU64,
+    pub started: Instant,
+    pub stop: AtomicBool,
+    /// Test hook (`POCUSD_TEST_HOOKS=1` + SIGUSR2): the processing loop hangs.
+    pub hang: AtomicBool,
+    /// Frames that failed in processing (counted, skipped).
+    pub process_errors: AtomicU64,
+    pub last_process_error: Mutex<Option<String>>,
+    /// Frames analysed.
+    pub processed: AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            frames: Slot::new(),
+            results: Slot::new(),
+            capture: Mutex::new(CaptureStatus {
+                counters: crate::source::Health::new(HealthConfig::default())
+                    .counters()
+                    .clone(),
+                fault: None,
+                last_error: None,
+            }),
+            heartbeat_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
+            process_errors: AtomicU64::new(0),
+            last_process_error: Mutex::new(None),
+            processed: AtomicU64::new(0),
+        })
+    }
+
+    /// Age of the processing heartbeat.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    fn beat(&self) {
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Settings of the capture thread.
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    pub spec: SourceSpec,
+    pub retry: RetryPolicy,
+    pub health: HealthConfig,
+}
+
+/// Runs the capture loop until `shared.stop`.
+pub fn capture_loop(shared: Arc<Shared>, settings: CaptureSettings) {
+    let mut src = Reconnecting::new(settings.spec, settings.retry);
+    let mut health = crate::source::Health::new(settings.health);
+    let mut fault: Option<String> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        match src.read(TICK) {
+            Ok(Read::Frame(f)) => {
+                health.on_frame(&f);
+                shared.frames.put(f);
+            }
+            Ok(Read::Timeout) | Ok(Read::End) => health.on_tick(src.reconnecting, src.reconnects),
+            Err(SourceError::Corrupt { .. }) => health.on_decode_error(),
+            Err(e) => {
+                fault = Some(e.to_string());
+                health.on_tick(false, src.reconnects);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        let status = CaptureStatus {
+            counters: health.counters().clone(),
+            fault: fault.clone(),
+            last_error: src.last_error.as_ref().map(|e| e.to_string()),
+        };
+        *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}
+
+/// Settings of the processing thread.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    pub clahe_threads: NonZeroUsize,
+    pub post: PostprocessConfig,
+    pub style: OverlayStyle,
+    pub roi: RoiMode,
+}
+
+fn realtime_us() -> i64 {
+    crate::source::realtime_us()
+}
+
+/// Runs the processing loop until `shared.stop`.
+pub fn process_loop(
+    shared: Arc<Shared>,
+    mut model: LoadedModel,
+    settings: ProcessSettings,
+    control: Receiver<Control>,
+) {
+    let mut post = settings.post;
+    let mut style = settings.style;
+    let mut analyzer = Analyzer::new(&model, settings.clahe_threads, post, style);
+    let mut rois = RoiTracker::new(settings.roi, 30);
+    let mut sha: Arc<str> = Arc::from(model.sha256());
+    let mut paused = false;
+    let mut last: Option<(Frame, Processed)> = None;
+    loop {
+        shared.beat();
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        while shared.hang.load(Ordering::Relaxed) && !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for c in control.try_iter() {
+            match c {
+                Control::Model(m) => {
+                    model = *m;
+                    sha = Arc::from(model.sha256());
+                    analyzer = Analyzer::new(&model, settings.clahe_threads, post, style);
+                    last = None;
+                }
+                Control::Postprocess(p) => {
+                    post = p;
+                    analyzer.postprocessor().set_config(p);
+                }
+                Control::Style(s) => {
+                    style = s;
+                    analyzer.set_style(s);
+                }
+                Control::Pause(p) => paused = p,
+                Control::Snapshot(reply) => {
+                    let data = last.as_ref().and_then(|(frame, processed)| {
+                        let view = frame.image.view().ok()?;
+                        let mask = analyzer.mask_image(frame.image.width(), frame.image.height());
+                        let overlay = analyzer.render_overlay(view, &sha).clone();
+                        Some(SnapshotData {
+                            frame: frame.image.clone(),
+                            mask,
+                            overlay,
+                            processed: processed.clone(),
+                        })
+                    });
+                    let _ = reply.send(data);
+                }
+            }
+        }
+        let Some(frame) = shared.frames.take_timeout(TICK) else {
+            continue;
+        };
+        if paused {
+            continue;
+        }
+        let picked_us = realtime_us();
+        let result = frame
+            .image
+            .view()
+            .map_err(|e| e.to_string())
+            .and_then(|view| {
+                let roi = rois.roi_for(view);
+                analyzer
+                    .analyse(&mut model, view, roi)
+                    .map(|a| (a.clone(), roi))
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok((analysis, roi)) => {
+                let p = Processed {
+                    seq: frame.seq,
+                    timestamp_us: frame.timestamp_us,
+                    picked_us,
+                    done_us: realtime_us(),
+                    stages_ms: analyzer.last_ms,
+                    analysis,
+                    model_sha256: sha.clone(),
+                    task: model.spec().task,
+                    width: frame.image.width(),
+                    height: frame.image.height(),
+                    roi,
+                };
+                shared.processed.fetch_add(1, Ordering::Relaxed);
+                shared.results.put(p.clone());
+                last = Some((frame, p));
+            }
+            Err(e) => {
+                shared.process_errors.fetch_add(1, Ordering::Relaxed);
+                *shared
+                    .last_process_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(format!("frame {}: {e}", frame.seq));
+            }
+        }
+    }
+}
+
+/// Handles to the two threads.
+pub struct Threads {
+    pub capture: std::thread::JoinHandle<()>,
+    pub process: std::thread::JoinHandle<()>,
+    pub control: Sender<Control>,
+}
+
+/// Starts both threads.
+pub fn start(
+    shared: &Arc<Shared>,
+    model: LoadedModel,
+    capture: CaptureSettings,
+    process: ProcessSettings,
+) -> std::io::Result<Threads> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = shared.clone();
+    let capture = std::thread::Builder::new()
+        .name("pocusd-capture".into())
+        .spawn(move || capture_loop(s, capture))?;
+    let s = shared.clone();
+    let process = std::thread::Builder::new()
+        .name("pocusd-process".into())
+        .spawn(move || process_loop(s, model, process, rx))?;
+    Ok(Threads {
+        capture,
+        process,
+        control: tx,
+    })
+}

@@ -1,0 +1,225 @@
+//! `pocusd status`: a D-Bus client of a running daemon that prints its live state like
+//! `systemctl status` (or one JSON object with `--json`). Also the typed proxy other Rust programs
+//! and the tests use. Must not depend on the pipeline.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use zbus::{proxy, OwnedVariant};
+
+use super::dbus::State;
+
+/// Client side of `org.pocusd.Daemon1`.
+#[proxy(
+    interface = "org.pocusd.Daemon1",
+    default_service = "org.pocusd.Daemon1",
+    default_path = "/org/pocusd/Daemon1"
+)]
+pub trait Daemon1 {
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn state_text(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn source(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn model(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn fps(&self) -> zbus::Result<f64>;
+    #[zbus(property, name = "LatencyMs")]
+    fn latency_ms(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn dropped_frames(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn calibrated(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn last_measurement(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+
+    #[zbus(signal)]
+    fn measurement(
+        &self,
+        seq: u64,
+        timestamp_us: i64,
+        values: HashMap<String, OwnedVariant>,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn fault(&self, code: String, message: String) -> zbus::Result<()>;
+
+    fn load_model(&self, path: &str) -> zbus::Result<()>;
+    fn set_threshold(&self, probability: f64) -> zbus::Result<()>;
+    fn pause(&self, paused: bool) -> zbus::Result<()>;
+    fn snapshot(&self) -> zbus::Result<String>;
+    fn reload(&self) -> zbus::Result<()>;
+}
+
+/// An `a{sv}` value as JSON.
+pub fn variant_json(v: &OwnedVariant) -> serde_json::Value {
+    if let Ok(x) = f64::try_from(v) {
+        return serde_json::json!(x);
+    }
+    if let Ok(x) = u64::try_from(v) {
+        return serde_json::json!(x);
+    }
+    if let Ok(x) = i64::try_from(v) {
+        return serde_json::json!(x);
+    }
+    if let Ok(x) = u32::try_from(v) {
+        return serde_json::json!(x);
+    }
+    if let Ok(x) = bool::try_from(v) {
+        return serde_json::json!(x);
+    }
+    if let Ok(x) = <&str>::try_from(v) {
+        return serde_json::json!(x);
+    }
+    serde_json::Value::Null
+}
+
+fn dict_json(d: &HashMap<String, OwnedVariant>) -> serde_json::Value {
+    let mut m: Vec<_> = d.iter().collect();
+    m.sort_by(|a, b| a.0.cmp(b.0));
+    serde_json::Value::Object(
+        m.into_iter()
+            .map(|(k, v)| (k.clone(), variant_json(v)))
+            .collect(),
+    )
+}
+
+/// Reads every property into one JSON object.
+pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
+    let state = p.state().await?;
+    Ok(serde_json::json!({
+        "state": state,
+        "state_name": State::from_code(state).map(|s| s.as_str()).unwrap_or("unknown"),
+        "state_text": p.state_text().await?,
+        "source": p.source().await?,
+        "model": dict_json(&p.model().await?),
+        "fps": p.fps().await?,
+        "latency_ms": dict_json(&p.latency_ms().await?),
+        "dropped_frames": p.dropped_frames().await?,
+        "calibrated": p.calibrated().await?,
+        "last_measurement": dict_json(&p.last_measurement().await?),
+    }))
+}
+
+/// Prints the status; `session` picks the session bus.
+pub fn print_status(session: bool, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let (builder, what) = if session {
+            (zbus::connection::Builder::session(), "session")
+        } else {
+            (zbus::connection::Builder::system(), "system")
+        };
+        let conn = builder
+            .build()
+            .await
+            .with_context(|| format!("cannot connect to the {what} bus"))?;
+        let proxy = Daemon1Proxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let v = read_all(&proxy).await.with_context(|| {
+            format!(
+                "pocusd is not running on the {what} bus (no answer from {}){}",
+                super::dbus::BUS_NAME,
+                if session {
+                    ""
+                } else {
+                    "; for a daemon started with --session-bus use `pocusd status --session-bus`"
+                }
+            )
+        })?;
+        if json {
+            println!("{v}");
+        } else {
+            print!("{}", human(&v));
+        }
+        Ok(())
+    })
+}
+
+fn num(v: &serde_json::Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(|x| x.as_f64())
+}
+
+/// The human-readable form, like `systemctl status`.
+pub fn human(v: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let state = v["state_name"].as_str().unwrap_or("?");
+    let dot = match state {
+        "streaming" => "●",
+        "error" => "×",
+        _ => "○",
+    };
+    s += &format!(
+        "{dot} pocusd - {}\n",
+        v["state_text"].as_str().unwrap_or(state)
+    );
+    s += &format!("     Source: {}\n", v["source"].as_str().unwrap_or("?"));
+    let m = &v["model"];
+    s += &format!(
+        "      Model: {} ({} {}x{}, sha256 {}{})\n",
+        m["path"].as_str().unwrap_or("?"),
+        m["task"].as_str().unwrap_or("?"),
+        m["input_width"],
+        m["input_height"],
+        m["sha256"]
+            .as_str()
+            .map(|x| &x[..x.len().min(12)])
+            .unwrap_or("?"),
+        num(m, "val_dice")
+            .map(|d| format!(", val Dice {d:.3}"))
+            .unwrap_or_default()
+    );
+    let l = &v["latency_ms"];
+    s += &format!(
+        "        Fps: {:.1}   dropped frames: {}\n",
+        v["fps"].as_f64().unwrap_or(0.0),
+        v["dropped_frames"]
+    );
+    s += &format!(
+        "    Latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (infer p50 {:.1} ms)\n",
+        num(l, "p50").unwrap_or(0.0),
+        num(l, "p99").unwrap_or(0.0),
+        num(l, "max").unwrap_or(0.0),
+        num(l, "infer_p50").unwrap_or(0.0)
+    );
+    let lm = &v["last_measurement"];
+    let headline = ["thickness_mm", "circumference_mm"]
+        .iter()
+        .find_map(|k| num(lm, k).map(|x| format!("{} {x:.2} mm", k.trim_end_matches("_mm"))))
+        .or_else(|| {
+            ["thickness_px", "circumference_px"].iter().find_map(|k| {
+                num(lm, k).map(|x| format!("{} {x:.1} px", k.trim_end_matches("_px")))
+            })
+        });
+    match (lm.get("seq"), headline) {
+        (Some(seq), h) => {
+            let flag = lm["flag"].as_str().unwrap_or("");
+            s += &format!(
+                "       Last: seq {seq}: {}, confidence {:.2}{}\n",
+                h.unwrap_or_else(|| "no value".into()),
+                num(lm, "confidence").unwrap_or(0.0),
+                if flag.is_empty() {
+                    String::new()
+                } else {
+                    format!(", flag {flag}")
+                }
+            );
+        }
+        _ => s += "       Last: no measurement yet\n",
+    }
+    s += &format!(
+        " Calibrated: {}\n",
+        if v["calibrated"].as_bool().unwrap_or(false) {
+            "yes"
+        } else {
+            "no (numbers in pixels)"
+        }
+    );
+    s
+}

@@ -1,0 +1,352 @@
+//! The daemon's state folder: the measurement log (one JSON-lines file per UTC day under `log/`),
+//! snapshots (one folder each under `snapshots/`), and retention for both (`storage.max_days`,
+//! `storage.max_mb`, oldest first). The log is written by its own thread behind a bounded queue,
+//! so a slow or full disk costs dropped log lines (counted and reported), never pipeline time.
+//! Folders are created mode 0750: snapshots can show patient names burnt into the scanner's
+//! screen. Must not depend on the pipeline or D-Bus.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::StorageConfig;
+
+/// The state folder to use: `storage.dir`, else `$STATE_DIRECTORY` (systemd's StateDirectory=),
+/// else /var/lib/pocusd for root, else `$XDG_STATE_HOME/pocusd` or ~/.local/state/pocusd.
+pub fn resolve_state_dir(cfg: &StorageConfig) -> PathBuf {
+    if let Some(d) = &cfg.dir {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may list several, separated by ':'; the first is ours.
+        let s = d.to_string_lossy();
+        return PathBuf::from(s.split(':').next().unwrap_or(&s));
+    }
+    // SAFETY-free check of the effective uid through /proc (no libc dependency).
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/pocusd");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(x).join("pocusd");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/pocusd")
+}
+
+/// Creates `path` and its parents with mode 0750.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o750).create(path)
+}
+
+/// Civil UTC date and time of a Unix time in seconds: (year, month, day, hour, minute, second).
+pub fn utc_parts(unix_s: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = unix_s.div_euclid(86_400);
+    let secs = unix_s.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+    )
+}
+
+/// RFC 3339 UTC with milliseconds, from microseconds since the epoch.
+pub fn rfc3339_us(unix_us: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(unix_us.div_euclid(1_000_000));
+    let ms = unix_us.rem_euclid(1_000_000) / 1000;
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// What retention removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Retention {
+    pub removed: Vec<PathBuf>,
+    pub kept_bytes: u64,
+}
+
+fn tree_size(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Applies retention to `root/log/*.jsonl` and `root/snapshots/*`: removes entries older than
+/// `max_days`, then the oldest until everything fits in `max_mb`. `keep` (today's log) is never
+/// removed. Entries are ordered by modification time.
+pub fn enforce_retention(
+    root: &Path,
+    max_days: u64,
+    max_mb: u64,
+    keep: Option<&Path>,
+    now: SystemTime,
+) -> Retention {
+    let mut entries: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+    for sub in ["log", "snapshots"] {
+        let Ok(rd) = std::fs::read_dir(root.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if keep.is_some_and(|k| k == p) {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            entries.push((m.modified().unwrap_or(UNIX_EPOCH), tree_size(&p), p));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    let keep_bytes = keep.map(tree_size).unwrap_or(0);
+    let mut total: u64 = entries.iter().map(|e| e.1).sum::<u64>() + keep_bytes;
+    let limit = max_mb.saturating_mul(1024 * 1024);
+    let max_age = Duration::from_secs(max_days.saturating_mul(86_400));
+    let mut out = Retention::default();
+    for (mtime, size, path) in entries {
+        let too_old = now.duration_since(mtime).is_ok_and(|age| age > max_age);
+        if !too_old && total <= limit {
+            continue;
+        }
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if res.is_ok() {
+            total = total.saturating_sub(size);
+            out.removed.push(path);
+        }
+    }
+    out.kept_bytes = total;
+    out
+}
+
+/// Counters of the measurement log.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    pub written: AtomicU64,
+    /// Lines not written: the queue was full or the disk refused them.
+    pub lost: AtomicU64,
+    /// The last write error, until reported.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The measurement log: one JSON object per line, per UTC day.
+#[derive(Debug)]
+pub struct MeasurementLog {
+    tx: Option<SyncSender<(i64, String)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub counters: Arc<LogCounters>,
+}
+
+/// How the log thread applies retention.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub root: PathBuf,
+    pub max_days: u64,
+    pub max_mb: u64,
+}
+
+impl MeasurementLog {
+    /// Starts the writer thread. Never fails: an unwritable folder shows up as lost lines and an error.
+    pub fn start(settings: LogSettings) -> Self {
+        let (tx, rx) = sync_channel::<(i64, String)>(1024);
+        let counters = Arc::new(LogCounters::default());
+        let c = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("pocusd-log".into())
+            .spawn(move || {
+                let mut current: Option<(String, File)> = None;
+                let mut since_retention = 0u32;
+                let fail = |e: String| {
+                    c.lost.fetch_add(1, Ordering::Relaxed);
+                    *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                };
+                for (time_us, line) in rx {
+                    let (y, m, d, ..) = utc_parts(time_us.div_euclid(1_000_000));
+                    let day = format!("{y:04}-{m:02}-{d:02}");
+                    if current.as_ref().is_none_or(|(cur, _)| *cur != day) {
+                        let dir = settings.root.join("log");
+                        let path = dir.join(format!("{day}.jsonl"));
+                        match create_private_dir(&dir)
+                            .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
+                        {
+                            Ok(f) => {
+                                current = Some((day, f));
+                                since_retention = u32::MAX;
+                            }
+                            Err(e) => {
+                                fail(format!("cannot open {}: {e}", path.display()));
+                                continue;
+                            }
+                        }
+                    }
+                    let Some((day, file)) = current.as_mut() else {
+                        continue;
+                    };
+                    match file.write_all(line.as_bytes()) {
+                        Ok(()) => {
+                            c.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => fail(format!("cannot append to the measurement log: {e}")),
+                    }
+                    since_retention = since_retention.saturating_add(1);
+                    if since_retention >= 1000 {
+                        since_retention = 0;
+                        let keep = settings.root.join("log").join(format!("{day}.jsonl"));
+                        enforce_retention(
+                            &settings.root,
+                            settings.max_days,
+                            settings.max_mb,
+                            Some(&keep),
+                            SystemTime::now(),
+                        );
+                    }
+                }
+            })
+            .ok();
+        Self {
+            tx: Some(tx),
+            thread,
+            counters,
+        }
+    }
+
+    /// Queues one record (a JSON object) stamped `time_us`; never blocks.
+    pub fn append(&self, time_us: i64, record: &serde_json::Value) {
+        let mut line = record.to_string();
+        line.push('\n');
+        match self.tx.as_ref().map(|tx| tx.try_send((time_us, line))) {
+            Some(Ok(())) => {}
+            Some(Err(TrySendError::Full(_))) | Some(Err(TrySendError::Disconnected(_))) | None => {
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The last write error, once.
+    pub fn take_error(&self) -> Option<String> {
+        self.counters
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Flushes the queue and stops the thread.
+    pub fn close(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(utc_parts(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(utc_parts(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(utc_parts(1_796_083_199), (2026, 11, 30, 23, 59, 59));
+        assert_eq!(rfc3339_us(1_500_000), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn retention_removes_old_then_oldest_until_it_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("log")).unwrap();
+        std::fs::create_dir_all(root.join("snapshots/a")).unwrap();
+        let now = SystemTime::now();
+        let mb = vec![0u8; 1024 * 1024];
+        let set = |p: &Path, age_days: u64| {
+            let f = File::options().write(true).open(p).unwrap();
+            f.set_modified(now - Duration::from_secs(age_days * 86_400 + 60))
+                .unwrap();
+        };
+        for (name, age) in [
+            ("old.jsonl", 40),
+            ("b.jsonl", 3),
+            ("c.jsonl", 2),
+            ("today.jsonl", 0),
+        ] {
+            let p = root.join("log").join(name);
+            std::fs::write(&p, &mb).unwrap();
+            set(&p, age);
+        }
+        std::fs::write(root.join("snapshots/a/frame.png"), &mb).unwrap();
+        let keep = root.join("log/today.jsonl");
+        // 5 MB in all; at most 30 days and 3 MB: old (age) goes, then the oldest of the rest (b).
+        let r = enforce_retention(root, 30, 3, Some(&keep), now);
+        let names: Vec<String> = r
+            .removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["old.jsonl", "b.jsonl"], "{r:?}");
+        assert!(keep.exists() && root.join("log/c.jsonl").exists());
+        assert_eq!(r.kept_bytes, 3 * 1024 * 1024);
+        // Tighter: everything but today's log goes, however new.
+        let r = enforce_retention(root, 30, 1, Some(&keep), now);
+        assert_eq!(r.removed.len(), 2, "{r:?}");
+        assert!(keep.exists());
+    }
+
+    #[test]
+    fn log_lines_land_in_a_file_per_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MeasurementLog::start(LogSettings {
+            root: dir.path().to_path_buf(),
+            max_days: 30,
+            max_mb: 100,
+        });
+        log.append(0, &serde_json::json!({"seq": 1}));
+        log.append(86_400_000_000, &serde_json::json!({"seq": 2}));
+        log.close();
+        let a = std::fs::read_to_string(dir.path().join("log/1970-01-01.jsonl")).unwrap();
+        let b = std::fs::read_to_string(dir.path().join("log/1970-01-02.jsonl")).unwrap();
+        assert_eq!(a, "{\"seq\":1}\n");
+        assert_eq!(b, "{\"seq\":2}\n");
+    }
+
+    #[test]
+    fn an_unwritable_folder_loses_lines_without_blocking() {
+        let log = MeasurementLog::start(LogSettings {
+            root: PathBuf::from("/proc/pocusd-cannot-write-here"),
+            max_days: 30,
+            max_mb: 100,
+        });
+        for i in 0..5 {
+            log.append(0, &serde_json::json!({"seq": i}));
+        }
+        let c = log.counters.clone();
+        log.close();
+        assert_eq!(c.written.load(Ordering::Relaxed), 0);
+        assert_eq!(c.lost.load(Ordering::Relaxed), 5);
+    }
+}
