@@ -557,6 +557,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
             post: cfg.postprocess,
             style: cfg.overlay,
             roi: cfg.source.roi,
+            max_frames: opts.frames,
         },
     )
     .context("cannot start the pipeline threads")?;

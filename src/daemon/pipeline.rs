@@ -173,6 +173,8 @@ pub struct ProcessSettings {
     pub post: PostprocessConfig,
     pub style: OverlayStyle,
     pub roi: RoiMode,
+    /// Process at most this many frames (`--frames N`), then only tick.
+    pub max_frames: Option<u64>,
 }
 
 fn realtime_us() -> i64 {
@@ -237,7 +239,10 @@ pub fn process_loop(
         let Some(frame) = shared.frames.take_timeout(TICK) else {
             continue;
         };
-        if paused {
+        let limit_reached = settings
+            .max_frames
+            .is_some_and(|n| shared.processed.load(Ordering::Relaxed) >= n);
+        if paused || limit_reached {
             continue;
         }
         let picked_us = realtime_us();

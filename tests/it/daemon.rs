@@ -264,8 +264,9 @@ fn state_of(bus: &Bus) -> u32 {
         .unwrap_or(99)
 }
 
-/// The elements of the org.pocusd.Daemon1 interface, normalised: one line per property, method,
-/// signal and argument, comments and whitespace ignored.
+/// The members of the org.pocusd.Daemon1 interface, normalised: one entry per property, method
+/// and signal with its arguments in order, sorted by member; comments, annotations and whitespace
+/// ignored.
 fn interface_shape(xml: &str) -> Vec<String> {
     let start = xml
         .find("<interface name=\"org.pocusd.Daemon1\">")
@@ -276,34 +277,38 @@ fn interface_shape(xml: &str) -> Vec<String> {
         let b = a + body[a..].find("-->").unwrap() + 3;
         body.replace_range(a..b, "");
     }
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for tag in body.split('<').skip(1) {
-        let tag = tag
-            .trim()
-            .trim_end_matches('>')
-            .trim_end_matches('/')
-            .trim();
+        let tag = tag.trim().trim_end_matches('>').trim_end_matches('/').trim();
         if tag.starts_with('/') || tag.starts_with("annotation") || tag.starts_with("interface") {
             continue;
         }
         let mut words: Vec<&str> = tag.split_whitespace().collect();
         let kind = words.remove(0);
         words.sort();
-        out.push(format!("{kind} {}", words.join(" ")));
+        let item = format!("{kind} {}", words.join(" "));
+        if kind == "arg" {
+            if let Some(last) = out.last_mut() {
+                *last += &format!(" ({item})");
+                continue;
+            }
+        }
+        out.push(item);
     }
+    out.sort();
     out
 }
 
 #[test]
-fn interface_shape_reads_elements() {
+fn interface_shape_reads_members() {
     let shape = interface_shape(
-        "<node><interface name=\"org.pocusd.Daemon1\"><!-- x --><method name=\"A\"><arg type=\"s\" name=\"p\" direction=\"in\"/></method></interface></node>",
+        "<node><interface name=\"org.pocusd.Daemon1\"><!-- x --><method name=\"B\"/><method name=\"A\"><arg type=\"s\" name=\"p\" direction=\"in\"/></method></interface></node>",
     );
     assert_eq!(
         shape,
         [
-            "method name=\"A\"",
-            "arg direction=\"in\" name=\"p\" type=\"s\""
+            "method name=\"A\" (arg direction=\"in\" name=\"p\" type=\"s\")",
+            "method name=\"B\""
         ]
     );
 }
