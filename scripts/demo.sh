@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The product's main job on its embedded demo source: set up, build, and run the daemon
 # (`pocusd run`) on the moving phantom with the shipped default model, on a private session bus,
-# printing `pocusd status` every few seconds. Ctrl-C stops it cleanly.
+# with the live viewer at http://127.0.0.1:8080/ (override: POCUSD__HTTP__LISTEN), printing
+# `pocusd status` every few seconds. Ctrl-C stops it cleanly.
 # Usage: scripts/demo.sh [SECONDS]   (default: until Ctrl-C)
 # State (measurement log, snapshots) goes to /tmp/pocusd-demo/state.
 set -euo pipefail
@@ -22,7 +23,7 @@ exec dbus-run-session -- bash -c '
   sleep 3
   while kill -0 "$pid" 2>/dev/null; do
     "$POCUSD_DEMO_BIN" status --session-bus || true
-    echo "(measurement log: $POCUSD__STORAGE__DIR/log; Ctrl-C stops)"
+    echo "(live viewer: http://${POCUSD__HTTP__LISTEN:-127.0.0.1:8080}/ ; measurement log: $POCUSD__STORAGE__DIR/log; Ctrl-C stops)"
     sleep 5
     if [ "$POCUSD_DEMO_SECONDS" != 0 ] && [ $(( $(date +%s) - start )) -ge "$POCUSD_DEMO_SECONDS" ]; then
       break

@@ -147,6 +147,51 @@ pub struct StorageSection {
     pub max_mb: u64,
 }
 
+/// The `[http]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub enabled: bool,
+    pub listen: String,
+    pub token: String,
+    pub jpeg_quality: u64,
+}
+
+/// Validated `[http]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Required for Pause and Snapshot when `listen` is not a loopback address.
+    pub token: Option<String>,
+    pub jpeg_quality: u8,
+}
+
+/// The `[output]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub ffmpeg: OutputFfmpegSection,
+}
+
+/// The `[output.ffmpeg]` table as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputFfmpegSection {
+    pub url: String,
+    pub codec: String,
+    pub fps: u64,
+}
+
+/// Validated `[output.ffmpeg]`: `None` when `url` is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FfmpegOutputConfig {
+    pub url: String,
+    /// "h264" or "mjpeg".
+    pub codec: String,
+    pub fps: u32,
+}
+
 /// Which message bus the daemon serves on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bus {
@@ -183,6 +228,8 @@ pub struct RawConfig {
     pub source: SourceSection,
     pub dbus: DbusSection,
     pub storage: StorageSection,
+    pub http: HttpSection,
+    pub output: OutputSection,
     pub train: TrainSection,
 }
 
@@ -261,6 +308,8 @@ pub struct Config {
     pub source: SourceConfig,
     pub dbus: DbusConfig,
     pub storage: StorageConfig,
+    pub http: HttpConfig,
+    pub output_ffmpeg: Option<FfmpegOutputConfig>,
     /// The merged values as written, for printing.
     pub raw: RawConfig,
     /// The layers that contributed, in order (for `config check`).
@@ -343,15 +392,29 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         let origin = format!("environment variable {name}");
         let key = parts.join(".");
-        if parts.len() != 2 || parts.iter().any(String::is_empty) {
+        // POCUSD__SECTION__KEY, or POCUSD__SECTION__SUB__KEY for a [section.sub] table.
+        let nested = parts.len() == 3
+            && matches!(
+                schema_value(&schema, &parts[0], &parts[1]),
+                Some(toml::Value::Table(t)) if t.contains_key(&parts[2])
+            );
+        if (parts.len() != 2 && !nested) || parts.iter().any(String::is_empty) {
             return Err(ConfigError::UnknownKey {
                 key,
                 origin,
                 hint: "environment variables must look like POCUSD__SECTION__KEY".into(),
             });
         }
-        known_key(&schema, &parts[0], &parts[1], &origin)?;
-        let parsed = parse_env_value(value, schema_value(&schema, &parts[0], &parts[1]));
+        let like = if nested {
+            match schema_value(&schema, &parts[0], &parts[1]) {
+                Some(toml::Value::Table(t)) => t.get(&parts[2]),
+                _ => None,
+            }
+        } else {
+            known_key(&schema, &parts[0], &parts[1], &origin)?;
+            schema_value(&schema, &parts[0], &parts[1])
+        };
+        let parsed = parse_env_value(value, like);
         builder = builder
             .set_override(key.as_str(), parsed)
             .map_err(|e| ConfigError::Type {
@@ -372,6 +435,8 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let source = validate_source(&raw.source)?;
     let dbus = validate_dbus(&raw.dbus)?;
     let storage = validate_storage(&raw.storage)?;
+    let http = validate_http(&raw.http)?;
+    let output_ffmpeg = validate_output(&raw.output.ffmpeg)?;
     Ok(Config {
         preprocess,
         model,
@@ -380,6 +445,8 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
         source,
         dbus,
         storage,
+        http,
+        output_ffmpeg,
         raw,
         layers,
     })
@@ -712,6 +779,65 @@ fn validate_dbus(d: &DbusSection) -> Result<DbusConfig, ConfigError> {
     Ok(DbusConfig {
         bus,
         measurement_hz,
+    })
+}
+
+fn validate_output(o: &OutputFfmpegSection) -> Result<Option<FfmpegOutputConfig>, ConfigError> {
+    if !matches!(o.codec.as_str(), "h264" | "mjpeg") {
+        return Err(ConfigError::OutOfRange {
+            key: "output.ffmpeg.codec".into(),
+            value: format!("{:?}", o.codec),
+            allowed: "\"h264\" or \"mjpeg\"".into(),
+        });
+    }
+    if !(1..=240).contains(&o.fps) {
+        return Err(ConfigError::OutOfRange {
+            key: "output.ffmpeg.fps".into(),
+            value: o.fps.to_string(),
+            allowed: "1 to 240".into(),
+        });
+    }
+    let url = o.url.trim();
+    Ok((!url.is_empty()).then(|| FfmpegOutputConfig {
+        url: url.to_string(),
+        codec: o.codec.clone(),
+        fps: o.fps as u32,
+    }))
+}
+
+fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
+    let listen: std::net::SocketAddr =
+        h.listen
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::OutOfRange {
+                key: "http.listen".into(),
+                value: format!("{:?}", h.listen),
+                allowed: "an address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\""
+                    .into(),
+            })?;
+    let token = (!h.token.trim().is_empty()).then(|| h.token.trim().to_string());
+    if h.enabled && !listen.ip().is_loopback() && token.is_none() {
+        return Err(ConfigError::OutOfRange {
+            key: "http.token".into(),
+            value: "\"\"".into(),
+            allowed: format!(
+                "a secret of your choice: http.listen = {listen} is reachable from the network, and Pause and Snapshot need the token there"
+            ),
+        });
+    }
+    if !(1..=100).contains(&h.jpeg_quality) {
+        return Err(ConfigError::OutOfRange {
+            key: "http.jpeg_quality".into(),
+            value: h.jpeg_quality.to_string(),
+            allowed: "1 to 100".into(),
+        });
+    }
+    Ok(HttpConfig {
+        enabled: h.enabled,
+        listen,
+        token,
+        jpeg_quality: h.jpeg_quality as u8,
     })
 }
 

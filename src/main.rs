@@ -143,9 +143,35 @@ enum BenchCommand {
     Postprocess(BenchPostArgs),
     /// Read frames from a source as fast as it delivers them.
     Source(BenchSourceArgs),
+    /// The whole daemon (capture, processing, D-Bus, log, viewer with one MJPEG client) on a paced source.
+    Pipeline(BenchPipelineArgs),
     /// Time one training step (forward, backward, Adam) with augmentation.
     #[cfg(feature = "train")]
     Train(train_cli::BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchPipelineArgs {
+    /// Source spec; its fps is set by --fps (default: the demo phantom at 640x480).
+    #[arg(
+        long = "source",
+        id = "bench_source",
+        value_name = "SPEC",
+        default_value = "demo"
+    )]
+    bench_source: String,
+    /// Source frame rate; 0: unpaced (as fast as the pipeline takes frames).
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// Processed frames to measure (after a first second of warm-up).
+    #[arg(long, default_value_t = 600)]
+    frames: u64,
+    /// Model (ONNX); default as `pocusd run`.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -380,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 model: args.model.clone(),
                 frames: args.frames,
                 session_bus: args.session_bus,
+                ..Default::default()
             })
         }
         Command::Status(args) => {
@@ -421,6 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(args) => cmd_capture(&cfg, &args),
         Command::Sources(args) => cmd_sources(&args),
         Command::Bench(BenchCommand::Source(args)) => cmd_bench_source(&cfg, &args),
+        Command::Bench(BenchCommand::Pipeline(args)) => cmd_bench_pipeline(&cli.config, &args),
         Command::Run(_) | Command::Status(_) => unreachable!("dispatched above"),
         Command::Config(ConfigCommand::Check) => {
             println!(
@@ -1143,6 +1171,161 @@ fn cmd_capture(cfg: &config::Config, args: &CaptureArgs) -> anyhow::Result<()> {
         c.decode_errors
     );
     Ok(())
+}
+
+/// A private session bus for the benchmark, if dbus-daemon is installed: (child, address).
+fn private_bus() -> Option<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    let out = child.stdout.take()?;
+    std::io::BufReader::new(out).read_line(&mut line).ok()?;
+    let addr = line.trim().to_string();
+    (!addr.is_empty()).then_some((child, addr))
+}
+
+/// Reads an MJPEG stream and counts its parts until `stop`.
+fn mjpeg_reader(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+        let _ = s.write_all(b"GET /stream.mjpg HTTP/1.1\r\nHost: bench\r\n\r\n");
+        let needle = b"--pocusdframe";
+        let (mut parts, mut buf, mut carry) = (0u64, vec![0u8; 1 << 16], Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    carry.extend_from_slice(&buf[..n]);
+                    parts += carry.windows(needle.len()).filter(|w| w == needle).count() as u64;
+                    let keep = carry.len().saturating_sub(needle.len() - 1);
+                    carry.drain(..keep);
+                }
+                Err(_) => continue,
+            }
+        }
+        parts
+    })
+}
+
+fn cmd_bench_pipeline(config: &Option<PathBuf>, args: &BenchPipelineArgs) -> anyhow::Result<()> {
+    let mut spec = pocusd::source::SourceSpec::parse(&args.bench_source)?;
+    spec.options.insert("fps".into(), format!("{}", args.fps));
+    let raw = format!(
+        "{}?{}",
+        spec.raw.split('?').next().unwrap_or("demo"),
+        spec.options
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    );
+    let bus = private_bus();
+    let dbus_used = bus.is_some();
+    let state = tempdir_for_bench()?;
+    // The benchmark must not touch the system's state folder or port 8080.
+    std::env::set_var("POCUSD__STORAGE__DIR", &state);
+    std::env::set_var("POCUSD__HTTP__LISTEN", "127.0.0.1:0");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let reader = std::thread::spawn(move || {
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .ok()
+            .map(|addr| mjpeg_reader(addr, stop2))
+    });
+    let result = pocusd::daemon::run_for_bench(pocusd::daemon::RunOptions {
+        config_file: config.clone(),
+        source: Some(raw.clone()),
+        model: args.model.clone(),
+        frames: Some(args.frames + (args.fps.max(1.0) as u64)),
+        session_bus: true,
+        no_dbus: bus.is_none(),
+        bus_address: bus.as_ref().map(|b| b.1.clone()),
+        announce_http: Some(tx),
+        collect: true,
+        ..Default::default()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mjpeg_parts = reader
+        .join()
+        .ok()
+        .flatten()
+        .and_then(|h| h.join().ok())
+        .unwrap_or(0);
+    if let Some((mut child, _)) = bus {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    let s = result?;
+    let pct = |v: &[f64]| {
+        let mut v = v.to_vec();
+        (
+            percentile(&mut v, 0.5),
+            percentile(&mut v, 0.99),
+            v.iter().cloned().fold(0.0, f64::max),
+        )
+    };
+    let (p50, p99, max) = pct(&s.end_to_end_ms);
+    let names = ["capture", "preprocess", "infer", "postprocess", "publish"];
+    let mut stages = serde_json::Map::new();
+    for (n, v) in names.iter().zip(&s.stages_ms) {
+        let (a, b, _) = pct(v);
+        stages.insert(n.to_string(), serde_json::json!({"p50": a, "p99": b}));
+    }
+    let fps = s.frames as f64 / s.seconds.max(1e-9);
+    let offered = s.frames + s.dropped;
+    let v = serde_json::json!({
+        "fps": fps,
+        "dropped": s.dropped,
+        "dropped_fraction": if offered > 0 { s.dropped as f64 / offered as f64 } else { 0.0 },
+        "latency_ms": {"p50": p50, "p99": p99, "max": max},
+        "stages_ms": stages,
+        "rss_mb": s.rss_mb_end,
+        "rss_mb_after_1s": s.rss_mb_at_1s,
+        "frames": s.frames,
+        "seconds": s.seconds,
+        "source": raw,
+        "source_fps": args.fps,
+        "mjpeg_client_frames": mjpeg_parts,
+        "jpeg_encoded": s.encoded_jpegs,
+        "dbus": dbus_used,
+    });
+    if args.json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} at {} fps: {:.1} fps processed, {} dropped ({:.2} %), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, RSS {:.0} MB (after 1 s: {:.0} MB), MJPEG client got {} frames",
+            raw, args.fps, fps, s.dropped, v["dropped_fraction"].as_f64().unwrap_or(0.0) * 100.0, p50, p99, max,
+            s.rss_mb_end, s.rss_mb_at_1s, mjpeg_parts
+        );
+        for n in names {
+            println!(
+                "  {n:<12} p50 {:>7.2} ms  p99 {:>7.2} ms",
+                stages[n]["p50"].as_f64().unwrap_or(0.0),
+                stages[n]["p99"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn tempdir_for_bench() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("pocusd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(d)
 }
 
 fn cmd_bench_source(cfg: &config::Config, args: &BenchSourceArgs) -> anyhow::Result<()> {

@@ -8,8 +8,12 @@
 //! Must not depend on the training code or the command line.
 
 pub mod dbus;
+pub mod http;
 pub mod notify;
 pub mod pipeline;
+pub mod publish;
+#[cfg(feature = "ffmpeg")]
+pub mod record;
 pub mod slot;
 pub mod stats;
 pub mod status;
@@ -47,6 +51,52 @@ pub struct RunOptions {
     pub frames: Option<u64>,
     /// `--session-bus`.
     pub session_bus: bool,
+    /// Serve no D-Bus at all (`pocusd bench pipeline` where no bus can be started).
+    pub no_dbus: bool,
+    /// Connect to this bus address instead of the system or session bus (`bench pipeline`).
+    pub bus_address: Option<String>,
+    /// Told the viewer's bound address once it listens (`bench pipeline`).
+    pub announce_http: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
+    /// Collect every latency for a report (`bench pipeline`).
+    pub collect: bool,
+}
+
+/// What a run measured, for `pocusd bench pipeline`: everything after the first second.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub frames: u64,
+    pub seconds: f64,
+    pub dropped: u64,
+    pub end_to_end_ms: Vec<f64>,
+    /// capture, preprocess, infer, postprocess, publish.
+    pub stages_ms: [Vec<f64>; 5],
+    pub rss_mb_at_1s: f64,
+    pub rss_mb_end: f64,
+    pub encoded_jpegs: u64,
+}
+
+/// Resident memory of this process, MB.
+pub fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Collects latencies after a warm-up second.
+#[derive(Debug)]
+struct Collector {
+    started: Instant,
+    warm: bool,
+    base_frames: u64,
+    base_dropped: u64,
+    summary: RunSummary,
 }
 
 /// How fresh the processing heartbeat must be for the watchdog to be fed.
@@ -142,6 +192,15 @@ pub fn measurement_values(p: &Processed) -> Values {
         Val::S(p.analysis.flag.map(|f| f.as_str()).unwrap_or("").into()),
     );
     v.insert("model_sha256".into(), Val::S(p.model_sha256.to_string()));
+    // The demo phantom knows the answer: published beside the measurement, never instead of it.
+    if let Some(t) = &p.truth {
+        if let Some(x) = t.thickness_px {
+            v.insert("phantom_thickness_px".into(), Val::F(x));
+        }
+        if let Some(x) = t.circumference_px {
+            v.insert("phantom_circumference_px".into(), Val::F(x));
+        }
+    }
     v
 }
 
@@ -213,6 +272,10 @@ struct Supervisor {
     last_status: String,
     last_watchdog: Option<Instant>,
     fault_seen: (u64, Option<String>),
+    metrics: Arc<Mutex<http::Metrics>>,
+    events: tokio::sync::broadcast::Sender<Arc<str>>,
+    last_state_event: Option<(State, String)>,
+    collector: Option<Collector>,
 }
 
 impl Supervisor {
@@ -258,7 +321,57 @@ impl Supervisor {
             last_measurement: self.last_measurement.clone(),
         };
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
+        self.publish_http(&p);
         p
+    }
+
+    /// The viewer's side of a property refresh: metrics, a state event on change, a status event.
+    fn publish_http(&mut self, p: &Props) {
+        let state_event = (p.state != State::Starting || self.last_state_event.is_none())
+            && self
+                .last_state_event
+                .as_ref()
+                .is_none_or(|(s, t)| *s != p.state || *t != p.state_text);
+        let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        m.dropped_total = p.dropped_frames;
+        m.frames_total = self.shared.processed.load(Ordering::Relaxed);
+        m.state = p.state;
+        m.state_text = p.state_text.clone();
+        if let (Some(Val::S(path)), Some(Val::S(sha)), Some(Val::S(task))) = (
+            p.model.get("path"),
+            p.model.get("sha256"),
+            p.model.get("task"),
+        ) {
+            m.model_path = path.clone();
+            m.model_sha256 = sha.clone();
+            m.model_task = task.clone();
+        }
+        if state_event {
+            let e: Arc<str> = Arc::from(
+                serde_json::json!({
+                    "type": "state",
+                    "state": p.state.code(),
+                    "state_name": p.state.as_str(),
+                    "state_text": p.state_text,
+                })
+                .to_string(),
+            );
+            m.last_state_event = Some(e.clone());
+            self.last_state_event = Some((p.state, p.state_text.clone()));
+            let _ = self.events.send(e);
+        }
+        drop(m);
+        let status: Arc<str> = Arc::from(
+            serde_json::json!({
+                "type": "status",
+                "fps": p.fps,
+                "latency_ms": &p.latency_ms,
+                "dropped_frames": p.dropped_frames,
+                "calibrated": p.calibrated,
+            })
+            .to_string(),
+        );
+        let _ = self.events.send(status);
     }
 
     fn status_line(&self, p: &Props) -> String {
@@ -291,6 +404,44 @@ impl Supervisor {
         s[4].1.push(ms(r.done_us, now_us));
         self.fps.tick(Instant::now());
         self.calibrated = r.analysis.calibrated;
+        if let Some(c) = &mut self.collector {
+            if !c.warm && c.started.elapsed() >= Duration::from_secs(1) {
+                c.warm = true;
+                c.started = Instant::now();
+                c.base_frames = self.shared.processed.load(Ordering::Relaxed);
+                c.base_dropped = self.shared.frames.dropped() + self.shared.results.dropped();
+                c.summary.rss_mb_at_1s = rss_mb();
+            }
+            if c.warm {
+                c.summary.seconds = c.started.elapsed().as_secs_f64();
+                c.summary.end_to_end_ms.push(ms(r.timestamp_us, now_us));
+                let st = [
+                    ms(r.timestamp_us, r.picked_us),
+                    r.stages_ms[0],
+                    r.stages_ms[1],
+                    r.stages_ms[2],
+                    ms(r.done_us, now_us),
+                ];
+                for (v, x) in c.summary.stages_ms.iter_mut().zip(st) {
+                    v.push(x);
+                }
+            }
+        }
+        {
+            let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            m.frames_total = self.shared.processed.load(Ordering::Relaxed);
+            let obs = [
+                ms(r.timestamp_us, r.picked_us),
+                r.stages_ms[0],
+                r.stages_ms[1],
+                r.stages_ms[2],
+                ms(r.done_us, now_us),
+                ms(r.timestamp_us, now_us),
+            ];
+            for ((_, h), x) in m.stages.iter_mut().zip(obs) {
+                h.observe_ms(x);
+            }
+        }
         let period = Duration::from_secs_f64(1.0 / self.cfg.dbus.measurement_hz);
         let due = self
             .last_published
@@ -314,6 +465,20 @@ impl Supervisor {
             "calibration": calibration_json(&self.cfg.postprocess.calibration),
         });
         self.log.append(now_us, &record);
+        let event: Arc<str> = Arc::from(
+            serde_json::json!({
+                "type": "measurement",
+                "seq": r.seq,
+                "timestamp_us": r.timestamp_us,
+                "values": &values,
+            })
+            .to_string(),
+        );
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_measurement_event = Some(event.clone());
+        let _ = self.events.send(event);
         Some((r.seq, r.timestamp_us, values))
     }
 
@@ -392,6 +557,12 @@ impl Supervisor {
         if new.storage.dir != self.cfg.storage.dir {
             restart.push("storage.dir");
         }
+        if new.http != self.cfg.http {
+            restart.push("[http]");
+        }
+        if new.output_ffmpeg != self.cfg.output_ffmpeg {
+            restart.push("[output.ffmpeg]");
+        }
         self.threshold = new.postprocess.threshold;
         let _ = self.control.send(Control::Postprocess(new.postprocess));
         let _ = self.control.send(Control::Style(new.overlay));
@@ -402,6 +573,8 @@ impl Supervisor {
         applied.preprocess = self.cfg.preprocess.clone();
         applied.dbus.bus = self.cfg.dbus.bus;
         applied.storage.dir = self.cfg.storage.dir.clone();
+        applied.http = self.cfg.http.clone();
+        applied.output_ffmpeg = self.cfg.output_ffmpeg.clone();
         self.cfg = applied;
         eprintln!(
             "pocusd: configuration reloaded (thresholds, smoothing, overlay style, publish rates){}",
@@ -497,13 +670,31 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    runtime.block_on(serve(opts, cfg, model)).map(|_| ())
+}
+
+/// Runs the daemon for a benchmark and returns what it measured.
+pub fn run_for_bench(opts: RunOptions) -> anyhow::Result<RunSummary> {
+    let cfg = load_config(&opts)?;
+    infer::set_threads(cfg.model.threads);
+    let model_path = resolve_model(&cfg, opts.model.as_deref())?;
+    let model = load_checked(&model_path, &cfg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(serve(opts, cfg, model))
 }
 
-async fn connect(bus: Bus, iface: Daemon1) -> anyhow::Result<zbus::Connection> {
-    let (builder, what) = match bus {
-        Bus::System => (zbus::connection::Builder::system(), "system"),
-        Bus::Session => (zbus::connection::Builder::session(), "session"),
+async fn connect(
+    bus: Bus,
+    address: Option<&str>,
+    iface: Daemon1,
+) -> anyhow::Result<zbus::Connection> {
+    let (builder, what) = match (address, bus) {
+        (Some(a), _) => (zbus::connection::Builder::address(a), "given"),
+        (None, Bus::System) => (zbus::connection::Builder::system(), "system"),
+        (None, Bus::Session) => (zbus::connection::Builder::session(), "session"),
     };
     builder
         .serve_at(dbus::OBJECT_PATH, iface)
@@ -520,7 +711,7 @@ async fn connect(bus: Bus, iface: Daemon1) -> anyhow::Result<zbus::Connection> {
         })
 }
 
-async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<()> {
+async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<RunSummary> {
     use tokio::signal::unix::{signal, SignalKind};
     let bus = if opts.session_bus {
         Bus::Session
@@ -542,6 +733,20 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         std::time::SystemTime::now(),
     );
     let model_vals = model_values(&model);
+    let listener = if cfg.http.enabled {
+        Some(
+            tokio::net::TcpListener::bind(cfg.http.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for the viewer; set http.listen (or POCUSD__HTTP__LISTEN) to a free address:port, or http.enabled = false",
+                        cfg.http.listen
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
     let shared = Shared::new();
     let threads = pipeline::start(
         &shared,
@@ -558,9 +763,59 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
             style: cfg.overlay,
             roi: cfg.source.roi,
             max_frames: opts.frames,
+            render_overlay: listener.is_some(),
+            record: cfg!(feature = "ffmpeg") && cfg.output_ffmpeg.is_some(),
         },
     )
     .context("cannot start the pipeline threads")?;
+    #[cfg(feature = "ffmpeg")]
+    let record_counters = Arc::new(record::RecordCounters::default());
+    #[cfg(feature = "ffmpeg")]
+    let recorder = match &cfg.output_ffmpeg {
+        Some(o) => {
+            let settings = record::OutputSettings {
+                url: o.url.clone(),
+                codec: if o.codec == "mjpeg" {
+                    record::Codec::Mjpeg
+                } else {
+                    record::Codec::H264
+                },
+                fps: o.fps,
+            };
+            eprintln!("pocusd: recording the overlay to {} ({})", o.url, o.codec);
+            Some(
+                record::start(
+                    shared.clone(),
+                    shared.recording.clone(),
+                    settings,
+                    record_counters.clone(),
+                )
+                .context("cannot start the recorder thread")?,
+            )
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "ffmpeg"))]
+    if let Some(o) = &cfg.output_ffmpeg {
+        eprintln!(
+            "pocusd: warning: output.ffmpeg.url = {:?} ignored: this build has no `ffmpeg` feature",
+            o.url
+        );
+    }
+    let (jpeg_tx, jpeg_rx) = tokio::sync::watch::channel(None);
+    let encoder_counters = Arc::new(publish::EncoderCounters::default());
+    let encoder = match listener {
+        Some(_) => Some(
+            publish::start(
+                shared.clone(),
+                cfg.http.jpeg_quality,
+                jpeg_tx,
+                encoder_counters.clone(),
+            )
+            .context("cannot start the JPEG encoder thread")?,
+        ),
+        None => None,
+    };
 
     let props = Arc::new(Mutex::new(Props {
         source: cfg.source.spec.raw.clone(),
@@ -570,20 +825,72 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     }));
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
     let stop_threads = |shared: &Arc<Shared>| shared.stop.store(true, Ordering::Relaxed);
-    let conn = match connect(bus, Daemon1::new(props.clone(), cmd_tx)).await {
-        Ok(c) => c,
-        Err(e) => {
-            stop_threads(&shared);
-            let _ = threads.capture.join();
-            let _ = threads.process.join();
-            return Err(e);
+    let conn = if opts.no_dbus {
+        None
+    } else {
+        match connect(
+            bus,
+            opts.bus_address.as_deref(),
+            Daemon1::new(props.clone(), cmd_tx.clone()),
+        )
+        .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                stop_threads(&shared);
+                let _ = threads.capture.join();
+                let _ = threads.process.join();
+                return Err(e);
+            }
         }
     };
-    let iface = conn
-        .object_server()
-        .interface::<_, Daemon1>(dbus::OBJECT_PATH)
-        .await
-        .context("the D-Bus object vanished")?;
+    let iface = match &conn {
+        Some(c) => Some(
+            c.object_server()
+                .interface::<_, Daemon1>(dbus::OBJECT_PATH)
+                .await
+                .context("the D-Bus object vanished")?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Mutex::new(http::Metrics {
+        stages: [
+            "capture",
+            "preprocess",
+            "infer",
+            "postprocess",
+            "publish",
+            "end_to_end",
+        ]
+        .into_iter()
+        .map(|s| (s, http::Histogram::default()))
+        .collect(),
+        ..Default::default()
+    }));
+    let (events_tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(256);
+    let mut viewer_url = None;
+    let server = match listener {
+        Some(l) => {
+            let addr = l.local_addr().context("the viewer socket has no address")?;
+            viewer_url = Some(format!("http://{addr}/"));
+            if let Some(tx) = &opts.announce_http {
+                let _ = tx.send(addr);
+            }
+            let app = http::router(http::HttpState {
+                jpeg: jpeg_rx.clone(),
+                events: events_tx.clone(),
+                metrics: metrics.clone(),
+                commands: cmd_tx.clone(),
+                token: sup_token(&cfg),
+            });
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    eprintln!("pocusd: the viewer's HTTP server stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
 
     let mut sup = Supervisor {
         threshold: cfg.postprocess.threshold,
@@ -610,17 +917,30 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         last_status: String::new(),
         last_watchdog: None,
         fault_seen: (0, None),
+        metrics,
+        events: events_tx,
+        last_state_event: None,
+        collector: opts.collect.then(|| Collector {
+            started: Instant::now(),
+            warm: false,
+            base_frames: 0,
+            base_dropped: 0,
+            summary: RunSummary::default(),
+        }),
     };
     let first = sup.refresh_props();
     sup.emitted = first.clone();
     sup.notifier.ready(&sup.status_line(&first));
+    if let Some(url) = &viewer_url {
+        eprintln!("pocusd: viewer at {url}");
+    }
     eprintln!(
         "pocusd: serving {} on the {} bus; source {}; model {}; state folder {}",
         dbus::BUS_NAME,
-        if bus == Bus::System {
-            "system"
-        } else {
-            "session"
+        match (conn.is_some(), bus) {
+            (false, _) => "no (D-Bus off)",
+            (true, Bus::System) => "system",
+            (true, Bus::Session) => "session",
         },
         sup.cfg.source.spec.raw,
         match sup.model.get("path") {
@@ -644,14 +964,14 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     let mut ticker = tokio::time::interval(tick_period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_props = Instant::now();
-    let emitter = iface.signal_emitter().clone();
+    let emitter = iface.as_ref().map(|i| i.signal_emitter().clone());
 
     loop {
         tokio::select! {
             _ = shared.results.notified() => {
                 while let Some(r) = shared.results.take() {
-                    if let Some((seq, ts, values)) = sup.on_result(r) {
-                        if let Err(e) = Daemon1::measurement(&emitter, seq, ts, dbus::to_dict(&values)).await {
+                    if let (Some((seq, ts, values)), Some(emitter)) = (sup.on_result(r), &emitter) {
+                        if let Err(e) = Daemon1::measurement(emitter, seq, ts, dbus::to_dict(&values)).await {
                             eprintln!("pocusd: cannot emit Measurement: {e}");
                         }
                     }
@@ -674,8 +994,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                     Command::Snapshot(reply) => { let r = sup.snapshot().await; let _ = reply.send(r); }
                     Command::LoadModel(path, reply) => {
                         let r = load_model_command(&mut sup, path).await;
-                        if let Err(DbusError::ModelRejected(m)) = &r {
-                            let _ = Daemon1::fault(&emitter, "model_rejected", m).await;
+                        if let (Err(DbusError::ModelRejected(m)), Some(emitter)) = (&r, &emitter) {
+                            let _ = Daemon1::fault(emitter, "model_rejected", m).await;
                         }
                         let _ = reply.send(r);
                     }
@@ -695,7 +1015,9 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                 if last_props.elapsed() + Duration::from_millis(5) >= PROPERTY_PERIOD {
                     last_props = Instant::now();
                     let p = sup.refresh_props();
-                    emit_changes(&iface, &sup.emitted, &p).await;
+                    if let Some(iface) = &iface {
+                        emit_changes(iface, &sup.emitted, &p).await;
+                    }
                     sup.emitted = p.clone();
                     let line = sup.status_line(&p);
                     if line != sup.last_status {
@@ -704,7 +1026,9 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                     }
                     for (code, msg) in sup.new_faults() {
                         eprintln!("pocusd: fault {code}: {msg}");
-                        let _ = Daemon1::fault(&emitter, &code, &msg).await;
+                        if let Some(emitter) = &emitter {
+                            let _ = Daemon1::fault(emitter, &code, &msg).await;
+                        }
                     }
                 }
             }
@@ -724,13 +1048,42 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     sup.notifier.stopping();
     stop_threads(&shared);
     // The processing thread finishes the frame in hand; a hung one (test hook) is released by stop.
+    if let Some(s) = server {
+        s.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || {
         let _ = threads.capture.join();
         let _ = threads.process.join();
+        if let Some(e) = encoder {
+            let _ = e.join();
+        }
+        #[cfg(feature = "ffmpeg")]
+        if let Some(r) = recorder {
+            let _ = r.join();
+        }
     })
     .await;
-    if let Err(e) = conn.release_name(dbus::BUS_NAME).await {
-        eprintln!("pocusd: cannot release {}: {e}", dbus::BUS_NAME);
+    #[cfg(feature = "ffmpeg")]
+    {
+        let c = &record_counters;
+        if cfg_has_output(&sup.cfg) {
+            eprintln!(
+                "pocusd: recorder: {} frames written, {} dropped while it was busy{}",
+                c.written.load(Ordering::Relaxed),
+                shared.recording.dropped(),
+                c.last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(conn) = &conn {
+        if let Err(e) = conn.release_name(dbus::BUS_NAME).await {
+            eprintln!("pocusd: cannot release {}: {e}", dbus::BUS_NAME);
+        }
     }
     let lost = sup.log.counters.lost.load(Ordering::Relaxed);
     let written = sup.log.counters.written.load(Ordering::Relaxed);
@@ -740,7 +1093,24 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         shared.processed.load(Ordering::Relaxed),
         shared.frames.dropped() + shared.results.dropped()
     );
-    Ok(())
+    let mut summary = RunSummary::default();
+    if let Some(c) = sup.collector.take() {
+        summary = c.summary;
+        summary.frames = shared.processed.load(Ordering::Relaxed) - c.base_frames;
+        summary.dropped = shared.frames.dropped() + shared.results.dropped() - c.base_dropped;
+        summary.rss_mb_end = rss_mb();
+        summary.encoded_jpegs = encoder_counters.encoded.load(Ordering::Relaxed);
+    }
+    Ok(summary)
+}
+
+#[cfg(feature = "ffmpeg")]
+fn cfg_has_output(cfg: &Config) -> bool {
+    cfg.output_ffmpeg.is_some()
+}
+
+fn sup_token(cfg: &Config) -> Option<String> {
+    cfg.http.token.clone()
 }
 
 async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {

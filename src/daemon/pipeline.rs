@@ -20,7 +20,7 @@ use crate::postprocess::overlay::{OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, PostprocessConfig};
 use crate::preprocess::roi::{RoiMode, RoiTracker};
 use crate::source::{HealthConfig, Read, Reconnecting, RetryPolicy, SourceError, SourceSpec};
-use crate::synth::Task;
+use crate::synth::{Task, Truth};
 
 use super::slot::Slot;
 
@@ -55,6 +55,16 @@ pub struct Processed {
     pub width: usize,
     pub height: usize,
     pub roi: Rect,
+    /// The demo phantom's analytic truth for this frame.
+    pub truth: Option<Truth>,
+}
+
+/// The overlay of one processed frame, for the encoder.
+#[derive(Debug)]
+pub struct OverlayFrame {
+    pub seq: u64,
+    pub timestamp_us: i64,
+    pub image: RgbImage,
 }
 
 /// Everything a snapshot saves, taken from the processing thread's last frame.
@@ -80,8 +90,13 @@ pub enum Control {
 /// State shared by the threads; written by one thread each, read by the supervisor.
 #[derive(Debug)]
 pub struct Shared {
-    pub frames: Slot<Frame>,
+    /// Frames with the phantom's analytic truth when the source is the demo.
+    pub frames: Slot<(Frame, Option<Truth>)>,
     pub results: Slot<Processed>,
+    /// Rendered overlays for the JPEG encoder (only when the viewer is on).
+    pub overlays: Slot<Arc<OverlayFrame>>,
+    /// Rendered overlays for the FFmpeg output (only when it is configured).
+    pub recording: Arc<Slot<Arc<OverlayFrame>>>,
     pub capture: Mutex<CaptureStatus>,
     /// Milliseconds since `started` at the processing loop's last tick.
     pub heartbeat_ms: AtomicU64,
@@ -101,6 +116,8 @@ impl Shared {
         Arc::new(Self {
             frames: Slot::new(),
             results: Slot::new(),
+            overlays: Slot::new(),
+            recording: Arc::new(Slot::new()),
             capture: Mutex::new(CaptureStatus {
                 counters: crate::source::Health::new(HealthConfig::default())
                     .counters()
@@ -147,7 +164,7 @@ pub fn capture_loop(shared: Arc<Shared>, settings: CaptureSettings) {
         match src.read(TICK) {
             Ok(Read::Frame(f)) => {
                 health.on_frame(&f);
-                shared.frames.put(f);
+                shared.frames.put((f, src.truth()));
             }
             Ok(Read::Timeout) | Ok(Read::End) => health.on_tick(src.reconnecting, src.reconnects),
             Err(SourceError::Corrupt { .. }) => health.on_decode_error(),
@@ -175,6 +192,10 @@ pub struct ProcessSettings {
     pub roi: RoiMode,
     /// Process at most this many frames (`--frames N`), then only tick.
     pub max_frames: Option<u64>,
+    /// Render the overlay of every processed frame for the viewer (once per frame, not per client).
+    pub render_overlay: bool,
+    /// Hand each overlay to the FFmpeg output too.
+    pub record: bool,
 }
 
 fn realtime_us() -> i64 {
@@ -236,7 +257,7 @@ pub fn process_loop(
                 }
             }
         }
-        let Some(frame) = shared.frames.take_timeout(TICK) else {
+        let Some((frame, truth)) = shared.frames.take_timeout(TICK) else {
             continue;
         };
         let limit_reached = settings
@@ -259,18 +280,39 @@ pub fn process_loop(
             });
         match result {
             Ok((analysis, roi)) => {
+                let mut stages_ms = analyzer.last_ms;
+                if settings.render_overlay || settings.record {
+                    // Drawn here, where the enhanced image and mask live; counted as postprocessing.
+                    let t = Instant::now();
+                    if let Ok(view) = frame.image.view() {
+                        let image = analyzer.render_overlay(view, &sha).clone();
+                        let ov = Arc::new(OverlayFrame {
+                            seq: frame.seq,
+                            timestamp_us: frame.timestamp_us,
+                            image,
+                        });
+                        if settings.record {
+                            shared.recording.put(ov.clone());
+                        }
+                        if settings.render_overlay {
+                            shared.overlays.put(ov);
+                        }
+                    }
+                    stages_ms[2] += t.elapsed().as_secs_f64() * 1e3;
+                }
                 let p = Processed {
                     seq: frame.seq,
                     timestamp_us: frame.timestamp_us,
                     picked_us,
                     done_us: realtime_us(),
-                    stages_ms: analyzer.last_ms,
+                    stages_ms,
                     analysis,
                     model_sha256: sha.clone(),
                     task: model.spec().task,
                     width: frame.image.width(),
                     height: frame.image.height(),
                     roi,
+                    truth,
                 };
                 shared.processed.fetch_add(1, Ordering::Relaxed);
                 shared.results.put(p.clone());

@@ -7,262 +7,12 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common;
 
-const NAME: &str = "org.pocusd.Daemon1";
-const PATH: &str = "/org/pocusd/Daemon1";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A private message bus.
-struct Bus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Bus {
-    /// A bus with an open policy (like a session bus).
-    fn session() -> Self {
-        Self::start(|listen| {
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig><type>session</type><listen>{listen}</listen><auth>EXTERNAL</auth>
-<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
-</busconfig>"#
-            )
-        })
-    }
-
-    /// A bus configured like the system bus (Debian's system.conf, minus forking, the user
-    /// switch and the system's policy folder) with the project's policy file included.
-    fn system_like() -> Self {
-        let conf = std::fs::read_to_string("/usr/share/dbus-1/system.conf")
-            .expect("/usr/share/dbus-1/system.conf (package dbus-system-bus-common; scripts/setup.sh installs it)");
-        let policy = repo().join("systemd/org.pocusd.Daemon1.conf");
-        Self::start(|listen| {
-            let mut out = String::new();
-            for line in conf.lines() {
-                let t = line.trim();
-                if t.starts_with("<user>")
-                    || t == "<fork/>"
-                    || t.starts_with("<pidfile>")
-                    || t == "<syslog/>"
-                    || t.starts_with("<servicehelper>")
-                    || t == "<standard_system_servicedirs/>"
-                    || t.starts_with("<includedir>")
-                    || t.starts_with("<include ")
-                {
-                    continue;
-                }
-                if t.starts_with("<listen>") {
-                    out += &format!("  <listen>{listen}</listen>\n");
-                    continue;
-                }
-                if t == "</busconfig>" {
-                    out += &format!("  <include>{}</include>\n", policy.display());
-                }
-                out += line;
-                out.push('\n');
-            }
-            out
-        })
-    }
-
-    fn start(config: impl FnOnce(&str) -> String) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let sock = dir.path().join("bus");
-        let listen = format!("unix:path={}", sock.display());
-        let conf = dir.path().join("bus.conf");
-        std::fs::write(&conf, config(&listen)).unwrap();
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .arg("--nofork")
-            .arg("--nopidfile")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("dbus-daemon runs (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "dbus-daemon did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Bus {
-            child,
-            address: listen,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `pocusd run`.
-struct Daemon {
-    child: Option<Child>,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(mut cmd: Command, log_dir: &Path) -> Self {
-        let stderr = log_dir.join("daemon.stderr");
-        let f = std::fs::File::create(&stderr).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .expect("pocusd run starts");
-        Daemon {
-            child: Some(child),
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    /// SIGTERM and the exit status (within 20 s).
-    fn stop(&mut self) -> std::process::ExitStatus {
-        self.signal("TERM");
-        self.wait(Duration::from_secs(20))
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("pocusd did not exit within {limit:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `pocusd run` on a bus, with its state folder in `state`.
-fn daemon_cmd(bus: &Bus, session: bool, state: &Path, extra: &[&str]) -> Command {
-    let mut c = common::pocusd();
-    c.env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env("POCUSD__STORAGE__DIR", state)
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .current_dir(repo());
-    if session {
-        c.args(["run", "--session-bus"]);
-    } else {
-        c.arg("run");
-    }
-    c.args(extra);
-    c
-}
-
-fn gdbus(bus: &Bus, args: &[&str]) -> Output {
-    Command::new("gdbus")
-        .args(args)
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .output()
-        .expect("gdbus runs (scripts/setup.sh installs libglib2.0-bin)")
-}
-
-fn call(bus: &Bus, method: &str, args: &[&str]) -> Output {
-    let mut a = vec![
-        "call",
-        "--session",
-        "--dest",
-        NAME,
-        "--object-path",
-        PATH,
-        "--method",
-    ];
-    let m = format!("org.pocusd.Daemon1.{method}");
-    a.push(&m);
-    a.extend_from_slice(args);
-    gdbus(bus, &a)
-}
-
-fn get(bus: &Bus, prop: &str) -> String {
-    let o = gdbus(
-        bus,
-        &[
-            "call",
-            "--session",
-            "--dest",
-            NAME,
-            "--object-path",
-            PATH,
-            "--method",
-            "org.freedesktop.DBus.Properties.Get",
-            "org.pocusd.Daemon1",
-            prop,
-        ],
-    );
-    assert!(o.status.success(), "Get {prop}: {}", common::stderr(&o));
-    common::stdout(&o)
-}
-
-/// Waits until `f` is true (checked every 100 ms) or panics after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn state_of(bus: &Bus) -> u32 {
-    // "(<uint32 1>,)"
-    let s = get(bus, "State");
-    s.trim()
-        .trim_start_matches("(<uint32 ")
-        .trim_end_matches(">,)")
-        .parse()
-        .unwrap_or(99)
-}
+use crate::daemon_support::*;
 
 /// The members of the org.pocusd.Daemon1 interface, normalised: one entry per property, method
 /// and signal with its arguments in order, sorted by member; comments, annotations and whitespace
@@ -279,7 +29,11 @@ fn interface_shape(xml: &str) -> Vec<String> {
     }
     let mut out: Vec<String> = Vec::new();
     for tag in body.split('<').skip(1) {
-        let tag = tag.trim().trim_end_matches('>').trim_end_matches('/').trim();
+        let tag = tag
+            .trim()
+            .trim_end_matches('>')
+            .trim_end_matches('/')
+            .trim();
         if tag.starts_with('/') || tag.starts_with("annotation") || tag.starts_with("interface") {
             continue;
         }
@@ -799,6 +553,7 @@ fn as_user(user: &str, bus: &Bus, program: &str, args: &[&str]) -> Command {
         .arg(program)
         .args(args)
         .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("POCUSD__HTTP__LISTEN", "127.0.0.1:0")
         .env("HOME", "/");
     c
 }

@@ -5,6 +5,7 @@ mod clahe;
 mod cli;
 mod common;
 mod daemon;
+mod daemon_support;
 #[cfg(feature = "train")]
 mod dataset;
 mod engine;
@@ -17,3 +18,4 @@ mod sources;
 mod synth;
 #[cfg(feature = "train")]
 mod train;
+mod viewer;

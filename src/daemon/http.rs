@@ -1,0 +1,395 @@
+//! The viewer's HTTP server inside `pocusd run` (axum on the supervisor's tokio runtime):
+//! `/` the viewer page, `/stream.mjpg` (multipart/x-mixed-replace, one JPEG per part with
+//! `X-Sequence` and `X-Timestamp-Us` headers), `/snapshot.jpg`, `/events` (Server-Sent Events: one
+//! JSON object per published measurement, per state change and a status line twice a second),
+//! `/metrics` (Prometheus text), `/healthz`, and `POST /api/pause`, `POST /api/snapshot`.
+//! Handlers read what the supervisor and the encoder publish and forward actions as the same
+//! [`Command`]s D-Bus methods send, so this module owns no state. Must not depend on the pipeline's
+//! threads.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::dbus::{Command, Error as DbusError, State};
+use super::publish::Latest;
+
+/// The viewer page (no external URLs: it works with no network).
+pub const VIEWER_HTML: &str = include_str!("viewer.html");
+
+const BOUNDARY: &str = "pocusdframe";
+
+/// Latency histogram buckets, seconds.
+pub const BUCKETS_S: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.033, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A Prometheus histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub counts: [u64; 13],
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe_ms(&mut self, ms: f64) {
+        if !ms.is_finite() {
+            return;
+        }
+        let s = ms / 1e3;
+        for (c, b) in self.counts.iter_mut().zip(BUCKETS_S) {
+            if s <= b {
+                *c += 1;
+            }
+        }
+        self.sum_s += s;
+        self.count += 1;
+    }
+}
+
+/// What `/metrics` and `/healthz` report; written by the supervisor.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub frames_total: u64,
+    pub dropped_total: u64,
+    pub state: State,
+    pub state_text: String,
+    pub model_path: String,
+    pub model_sha256: String,
+    pub model_task: String,
+    /// (stage, histogram): capture, preprocess, infer, postprocess, publish, end_to_end.
+    pub stages: Vec<(&'static str, Histogram)>,
+    /// The last events, sent first to a new `/events` client.
+    pub last_state_event: Option<Arc<str>>,
+    pub last_measurement_event: Option<Arc<str>>,
+}
+
+/// Shared by the handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub jpeg: Latest,
+    pub events: broadcast::Sender<Arc<str>>,
+    pub metrics: Arc<Mutex<Metrics>>,
+    pub commands: mpsc::Sender<Command>,
+    pub token: Option<String>,
+}
+
+/// The router.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(viewer))
+        .route("/stream.mjpg", get(stream_mjpg))
+        .route("/snapshot.jpg", get(snapshot_jpg))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/api/pause", post(api_pause))
+        .route("/api/snapshot", post(api_snapshot))
+        .with_state(state)
+}
+
+async fn viewer() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        VIEWER_HTML,
+    )
+}
+
+fn part_header(f: &super::publish::JpegFrame) -> Bytes {
+    Bytes::from(format!(
+        "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nX-Sequence: {}\r\nX-Timestamp-Us: {}\r\n\r\n",
+        f.bytes.len(),
+        f.seq,
+        f.timestamp_us
+    ))
+}
+
+async fn stream_mjpg(AxState(s): AxState<HttpState>) -> Response {
+    let mut rx = s.jpeg.clone();
+    rx.mark_changed();
+    // Each poll waits for the newest frame; a client that does not read is simply not polled,
+    // and the watch channel keeps only the newest frame, so nothing queues up for it.
+    let parts = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            let f = rx.borrow_and_update().clone();
+            if let Some(f) = f {
+                let chunks = vec![
+                    Ok::<_, Infallible>(part_header(&f)),
+                    Ok(f.bytes.clone()),
+                    Ok(Bytes::from_static(b"\r\n")),
+                ];
+                return Some((futures_util::stream::iter(chunks), rx));
+            }
+        }
+    })
+    .flatten();
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/x-mixed-replace; boundary={BOUNDARY}"),
+        )
+        .header(header::CACHE_CONTROL, "no-cache, no-store")
+        .body(Body::from_stream(parts))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn snapshot_jpg(AxState(s): AxState<HttpState>) -> Response {
+    let f = s.jpeg.borrow().clone();
+    match f {
+        Some(f) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_string()),
+                (header::CACHE_CONTROL, "no-cache".to_string()),
+                (
+                    header::HeaderName::from_static("x-sequence"),
+                    f.seq.to_string(),
+                ),
+            ],
+            f.bytes.clone(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no overlay yet: no frame has been processed (no signal, paused, or still starting)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn events(AxState(s): AxState<HttpState>) -> Response {
+    let rx = s.events.subscribe();
+    let first: Vec<Arc<str>> = {
+        let m = s.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        [m.last_state_event.clone(), m.last_measurement_event.clone()]
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let sse = |json: &str| Bytes::from(format!("data: {json}\n\n"));
+    let head = futures_util::stream::iter(
+        std::iter::once(Bytes::from_static(b"retry: 1000\n\n"))
+            .chain(first.iter().map(|e| sse(e)))
+            .map(Ok::<_, Infallible>)
+            .collect::<Vec<_>>(),
+    );
+    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((Ok::<_, Infallible>(sse(&e)), rx)),
+                // A slow client skips what it missed; it never holds the others back.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(head.chain(live)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus exposition text.
+pub fn metrics_text(m: &Metrics) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "# HELP pocusd_frames_total Frames processed.");
+    let _ = writeln!(t, "# TYPE pocusd_frames_total counter");
+    let _ = writeln!(t, "pocusd_frames_total {}", m.frames_total);
+    let _ = writeln!(
+        t,
+        "# HELP pocusd_dropped_frames_total Frames dropped because a later one arrived first."
+    );
+    let _ = writeln!(t, "# TYPE pocusd_dropped_frames_total counter");
+    let _ = writeln!(t, "pocusd_dropped_frames_total {}", m.dropped_total);
+    let _ = writeln!(t, "# HELP pocusd_stage_latency_seconds Time per pipeline stage; end_to_end is capture to publication.");
+    let _ = writeln!(t, "# TYPE pocusd_stage_latency_seconds histogram");
+    for (stage, h) in &m.stages {
+        for (c, b) in h.counts.iter().zip(BUCKETS_S) {
+            let _ = writeln!(
+                t,
+                "pocusd_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {c}"
+            );
+        }
+        let _ = writeln!(
+            t,
+            "pocusd_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            t,
+            "pocusd_stage_latency_seconds_sum{{stage=\"{stage}\"}} {}",
+            h.sum_s
+        );
+        let _ = writeln!(
+            t,
+            "pocusd_stage_latency_seconds_count{{stage=\"{stage}\"}} {}",
+            h.count
+        );
+    }
+    let _ = writeln!(t, "# HELP pocusd_state Daemon state: 0 starting, 1 streaming, 2 no_signal, 3 frozen, 4 reconnecting, 5 paused, 6 error.");
+    let _ = writeln!(t, "# TYPE pocusd_state gauge");
+    let _ = writeln!(t, "pocusd_state {}", m.state.code());
+    let _ = writeln!(t, "# HELP pocusd_model_info The running model.");
+    let _ = writeln!(t, "# TYPE pocusd_model_info gauge");
+    let _ = writeln!(
+        t,
+        "pocusd_model_info{{path=\"{}\",sha256=\"{}\",task=\"{}\"}} 1",
+        label(&m.model_path),
+        label(&m.model_sha256),
+        label(&m.model_task)
+    );
+    t
+}
+
+async fn metrics(AxState(s): AxState<HttpState>) -> impl IntoResponse {
+    let text = metrics_text(&s.metrics.lock().unwrap_or_else(|p| p.into_inner()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn healthz(AxState(s): AxState<HttpState>) -> impl IntoResponse {
+    let (state, text) = {
+        let m = s.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        (m.state, m.state_text.clone())
+    };
+    let code = if state == State::Error {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, format!("{}\n{text}\n", state.as_str()))
+}
+
+fn authorised(s: &HttpState, headers: &HeaderMap, query_token: Option<&str>) -> bool {
+    let Some(token) = &s.token else {
+        return true;
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer == Some(token.as_str()) || query_token == Some(token.as_str())
+}
+
+#[derive(serde::Deserialize)]
+struct PauseQuery {
+    paused: Option<bool>,
+    token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn dbus_error_response(e: DbusError) -> Response {
+    let (code, msg) = match e {
+        DbusError::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m),
+        DbusError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+        DbusError::ModelRejected(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+        DbusError::Io(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+    };
+    (code, axum_json(&serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn axum_json(v: &serde_json::Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string())
+}
+
+const UNAUTHORISED: &str = "this action needs the viewer token (http.token): send \"Authorization: Bearer TOKEN\" or ?token=TOKEN\n";
+
+async fn ask<T>(
+    s: &HttpState,
+    make: impl FnOnce(oneshot::Sender<Result<T, DbusError>>) -> Command,
+) -> Result<T, DbusError> {
+    let (tx, rx) = oneshot::channel();
+    s.commands
+        .send(make(tx))
+        .await
+        .map_err(|_| DbusError::Io("the daemon is shutting down".into()))?;
+    rx.await
+        .map_err(|_| DbusError::Io("the daemon is shutting down".into()))?
+}
+
+async fn api_pause(
+    AxState(s): AxState<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<PauseQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    let paused = q.paused.unwrap_or(true);
+    match ask(&s, |tx| Command::Pause(paused, tx)).await {
+        Ok(()) => axum_json(&serde_json::json!({ "paused": paused })).into_response(),
+        Err(e) => dbus_error_response(e),
+    }
+}
+
+async fn api_snapshot(
+    AxState(s): AxState<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    match ask(&s, Command::Snapshot).await {
+        Ok(path) => axum_json(&serde_json::json!({ "path": path })).into_response(),
+        Err(e) => dbus_error_response(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_text_names_the_series() {
+        let mut h = Histogram::default();
+        for ms in [0.5, 3.0, 12.0, 40.0, 2000.0] {
+            h.observe_ms(ms);
+        }
+        assert_eq!(h.counts[0], 1); // <= 1 ms
+        assert_eq!(h.counts[3], 2); // <= 10 ms
+        assert_eq!(h.counts[12], 4); // <= 1 s
+        assert_eq!(h.count, 5);
+        let m = Metrics {
+            frames_total: 7,
+            stages: vec![("infer", h)],
+            model_sha256: "ab\"c".into(),
+            ..Default::default()
+        };
+        let t = metrics_text(&m);
+        assert!(t.contains("pocusd_frames_total 7"));
+        assert!(t.contains("pocusd_stage_latency_seconds_bucket{stage=\"infer\",le=\"+Inf\"} 5"));
+        assert!(t.contains("pocusd_stage_latency_seconds_count{stage=\"infer\"} 5"));
+        assert!(t.contains("sha256=\"ab\\\"c\""));
+        assert!(t.contains("pocusd_state 0"));
+    }
+}
