@@ -607,3 +607,21 @@ fn ffmpeg_output_files_are_read_back_by_ffprobe() {
         );
     }
 }
+
+#[test]
+fn healthz_is_503_only_in_error() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    // A spec the grammar accepts but the demo source refuses: a fault retrying cannot fix.
+    let d = Daemon::spawn(
+        ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", "demo?task=bogus"]),
+        tmp.path(),
+    );
+    let addr = viewer_addr(&d);
+    ds::wait_for("state error", Duration::from_secs(30), || ds::state_of(&bus) == 6);
+    let (st, _, body) = http(addr, "GET", "/healthz", "");
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(st, 503, "{body}");
+    assert!(body.starts_with("error") && body.contains("task=bogus"), "{body}");
+    assert!(ds::get(&bus, "StateText").contains("task=bogus"));
+}
