@@ -232,8 +232,14 @@ fn viewer_stream_events_metrics_health_and_a_stalled_client() {
     // client would process (and the reader receive) next to nothing while drops climbed.
     let offered = (seq - first) as f64;
     let processed = frames1 - frames0;
-    assert!(processed >= 0.6 * offered, "processed {processed} of {offered} frames");
-    assert!(got as f64 >= 0.6 * processed, "reader got {got} of {processed} processed frames");
+    assert!(
+        processed >= 0.6 * offered,
+        "processed {processed} of {offered} frames"
+    );
+    assert!(
+        got as f64 >= 0.6 * processed,
+        "reader got {got} of {processed} processed frames"
+    );
     assert!(
         dropped1 - dropped0 <= 0.3 * offered,
         "drops rose by {} of {offered} while a client stalled",
@@ -614,14 +620,80 @@ fn healthz_is_503_only_in_error() {
     let tmp = tempfile::tempdir().unwrap();
     // A spec the grammar accepts but the demo source refuses: a fault retrying cannot fix.
     let d = Daemon::spawn(
-        ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", "demo?task=bogus"]),
+        ds::daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("state"),
+            &["--source", "demo?task=bogus"],
+        ),
         tmp.path(),
     );
     let addr = viewer_addr(&d);
-    ds::wait_for("state error", Duration::from_secs(30), || ds::state_of(&bus) == 6);
+    ds::wait_for("state error", Duration::from_secs(30), || {
+        ds::state_of(&bus) == 6
+    });
     let (st, _, body) = http(addr, "GET", "/healthz", "");
     let body = String::from_utf8(body).unwrap();
     assert_eq!(st, 503, "{body}");
-    assert!(body.starts_with("error") && body.contains("task=bogus"), "{body}");
+    assert!(
+        body.starts_with("error") && body.contains("task=bogus"),
+        "{body}"
+    );
     assert!(ds::get(&bus, "StateText").contains("task=bogus"));
+}
+
+#[cfg(feature = "ffmpeg")]
+#[test]
+fn ffmpeg_output_streams_mpegts_over_udp() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The player listens first, as VLC or ffplay would.
+    let probe = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(format!("udp://127.0.0.1:{port}?timeout=30000000"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut cmd = ds::daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("state"),
+        &[
+            "--source",
+            "demo?fps=20&width=320&height=240",
+            "--frames",
+            "100",
+        ],
+    );
+    cmd.env(
+        "POCUSD__OUTPUT__FFMPEG__URL",
+        format!("udp://127.0.0.1:{port}"),
+    );
+    let mut d = Daemon::spawn(cmd, tmp.path());
+    assert!(d.wait(Duration::from_secs(120)).success(), "{}", d.log());
+    let o = probe.wait_with_output().unwrap();
+    // MPEG-TS lists the stream under its program too: the first line is the stream.
+    let out = common::stdout(&o);
+    assert_eq!(
+        out.lines().next().unwrap_or("").trim(),
+        "h264,320,240",
+        "{out}{}",
+        common::stderr(&o)
+    );
 }
