@@ -659,6 +659,8 @@ fn ffmpeg_output_streams_mpegts_over_udp() {
             "ffprobe",
             "-v",
             "error",
+            "-analyzeduration",
+            "1500000",
             "-show_entries",
             "stream=codec_name,width,height",
             "-of",
