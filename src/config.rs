@@ -499,6 +499,19 @@ fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, Config
     })
 }
 
+/// An integer within `lo..=hi`, or an error naming the key.
+pub(crate) fn int_range(key: &str, v: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key.into(),
+            value: v.to_string(),
+            allowed: format!("{lo} to {hi}"),
+        })
+    }
+}
+
 pub(crate) fn range(
     key: &str,
     value: f64,
@@ -715,17 +728,7 @@ fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
         value: format!("{:?}", s.spec),
         allowed: e.to_string(),
     })?;
-    let int = |key: &str, v: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
-        if (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(ConfigError::OutOfRange {
-                key: key.into(),
-                value: v.to_string(),
-                allowed: format!("{lo} to {hi}"),
-            })
-        }
-    };
+    let int = int_range;
     let roi =
         crate::preprocess::roi::RoiMode::parse(&s.roi).ok_or_else(|| ConfigError::OutOfRange {
             key: "source.roi".into(),
@@ -790,18 +793,12 @@ fn validate_output(o: &OutputFfmpegSection) -> Result<Option<FfmpegOutputConfig>
             allowed: "\"h264\" or \"mjpeg\"".into(),
         });
     }
-    if !(1..=240).contains(&o.fps) {
-        return Err(ConfigError::OutOfRange {
-            key: "output.ffmpeg.fps".into(),
-            value: o.fps.to_string(),
-            allowed: "1 to 240".into(),
-        });
-    }
+    let fps = int_range("output.ffmpeg.fps", o.fps, 1, 240)? as u32;
     let url = o.url.trim();
     Ok((!url.is_empty()).then(|| FfmpegOutputConfig {
         url: url.to_string(),
         codec: o.codec.clone(),
-        fps: o.fps as u32,
+        fps,
     }))
 }
 
@@ -826,33 +823,17 @@ fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
             ),
         });
     }
-    if !(1..=100).contains(&h.jpeg_quality) {
-        return Err(ConfigError::OutOfRange {
-            key: "http.jpeg_quality".into(),
-            value: h.jpeg_quality.to_string(),
-            allowed: "1 to 100".into(),
-        });
-    }
+    let jpeg_quality = int_range("http.jpeg_quality", h.jpeg_quality, 1, 100)? as u8;
     Ok(HttpConfig {
         enabled: h.enabled,
         listen,
         token,
-        jpeg_quality: h.jpeg_quality as u8,
+        jpeg_quality,
     })
 }
 
 fn validate_storage(s: &StorageSection) -> Result<StorageConfig, ConfigError> {
-    let int = |key: &str, v: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
-        if (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(ConfigError::OutOfRange {
-                key: key.into(),
-                value: v.to_string(),
-                allowed: format!("{lo} to {hi}"),
-            })
-        }
-    };
+    let int = int_range;
     Ok(StorageConfig {
         dir: (!s.dir.trim().is_empty()).then(|| PathBuf::from(s.dir.trim())),
         max_days: int("storage.max_days", s.max_days, 1, 36_500)?,

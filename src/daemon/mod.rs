@@ -1159,33 +1159,25 @@ async fn emit_changes(
     let e = iface.signal_emitter();
     let d = iface.get().await;
     let mut r = Ok(());
-    if old.state != new.state {
-        r = r.and(d.state_changed(e).await);
+    // One line per property: (changed?, the generated `<property>_changed` emitter).
+    macro_rules! emit_if_changed {
+        ($($field:ident => $emit:ident),* $(,)?) => {
+            $(if old.$field != new.$field {
+                r = r.and(d.$emit(e).await);
+            })*
+        };
     }
-    if old.state_text != new.state_text {
-        r = r.and(d.state_text_changed(e).await);
-    }
-    if old.source != new.source {
-        r = r.and(d.source_changed(e).await);
-    }
-    if old.model != new.model {
-        r = r.and(d.model_changed(e).await);
-    }
-    if old.fps != new.fps {
-        r = r.and(d.fps_changed(e).await);
-    }
-    if old.latency_ms != new.latency_ms {
-        r = r.and(d.latency_ms_changed(e).await);
-    }
-    if old.dropped_frames != new.dropped_frames {
-        r = r.and(d.dropped_frames_changed(e).await);
-    }
-    if old.calibrated != new.calibrated {
-        r = r.and(d.calibrated_changed(e).await);
-    }
-    if old.last_measurement != new.last_measurement {
-        r = r.and(d.last_measurement_changed(e).await);
-    }
+    emit_if_changed!(
+        state => state_changed,
+        state_text => state_text_changed,
+        source => source_changed,
+        model => model_changed,
+        fps => fps_changed,
+        latency_ms => latency_ms_changed,
+        dropped_frames => dropped_frames_changed,
+        calibrated => calibrated_changed,
+        last_measurement => last_measurement_changed,
+    );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");
     }

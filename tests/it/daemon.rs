@@ -620,25 +620,13 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
         .env_remove("NOTIFY_SOCKET");
     let mut d = Daemon::spawn(cmd, tmp.path());
     let sys_get = |user: &str, prop: &str| {
-        as_user(
-            user,
-            &bus,
-            "gdbus",
-            &[
-                "call",
-                "--system",
-                "--dest",
-                NAME,
-                "--object-path",
-                PATH,
-                "--method",
-                "org.freedesktop.DBus.Properties.Get",
-                "org.pocusd.Daemon1",
-                prop,
-            ],
-        )
-        .output()
-        .unwrap()
+        let a = call_args(
+            "--system",
+            "org.freedesktop.DBus.Properties.Get",
+            &["org.pocusd.Daemon1", prop],
+        );
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        as_user(user, &bus, "gdbus", &a).output().unwrap()
     };
     wait_for(
         "the daemon on the system-like bus",
@@ -695,18 +683,8 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
 
     // Methods: AccessDenied for a plain user, allowed for an operator.
     let method = |user: &str, m: &str, a: &[&str]| {
-        let mm = format!("org.pocusd.Daemon1.{m}");
-        let mut v = vec![
-            "call",
-            "--system",
-            "--dest",
-            NAME,
-            "--object-path",
-            PATH,
-            "--method",
-            mm.as_str(),
-        ];
-        v.extend_from_slice(a);
+        let v = call_args("--system", &format!("org.pocusd.Daemon1.{m}"), a);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
         as_user(user, &bus, "gdbus", &v).output().unwrap()
     };
     let snap_dir = state.to_str().unwrap().to_string();

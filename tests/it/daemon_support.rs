@@ -206,38 +206,43 @@ pub fn gdbus(bus: &Bus, args: &[&str]) -> Output {
         .expect("gdbus runs (scripts/setup.sh installs libglib2.0-bin)")
 }
 
-pub fn call(bus: &Bus, method: &str, args: &[&str]) -> Output {
-    let mut a = vec![
+/// `gdbus call` arguments for a method (`Interface.Member`) of the daemon on `--session` or `--system`.
+pub fn call_args(bus_flag: &str, method: &str, args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
         "call",
-        "--session",
+        bus_flag,
         "--dest",
         NAME,
         "--object-path",
         PATH,
         "--method",
-    ];
-    let m = format!("org.pocusd.Daemon1.{method}");
-    a.push(&m);
-    a.extend_from_slice(args);
-    gdbus(bus, &a)
+        method,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Calls a method of org.pocusd.Daemon1 on the session bus.
+pub fn call(bus: &Bus, method: &str, args: &[&str]) -> Output {
+    let a = call_args("--session", &format!("org.pocusd.Daemon1.{method}"), args);
+    gdbus(bus, &strs(&a))
+}
+
+/// Reads a property of org.pocusd.Daemon1 on the session bus (gdbus's text form).
 pub fn get(bus: &Bus, prop: &str) -> String {
-    let o = gdbus(
-        bus,
-        &[
-            "call",
-            "--session",
-            "--dest",
-            NAME,
-            "--object-path",
-            PATH,
-            "--method",
-            "org.freedesktop.DBus.Properties.Get",
-            "org.pocusd.Daemon1",
-            prop,
-        ],
+    let a = call_args(
+        "--session",
+        "org.freedesktop.DBus.Properties.Get",
+        &["org.pocusd.Daemon1", prop],
     );
+    let o = gdbus(bus, &strs(&a));
     assert!(o.status.success(), "Get {prop}: {}", common::stderr(&o));
     common::stdout(&o)
 }
