@@ -433,6 +433,7 @@ fn chromium(mode: &[&str], url: &str, ms: u32) -> Output {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-dev-shm-usage",
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
