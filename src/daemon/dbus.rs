@@ -153,14 +153,23 @@ impl Daemon1 {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
     ) -> Result<T, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::Io("the daemon is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Io("the daemon is shutting down".into()))?
+        ask(&self.commands, make).await
     }
+}
+
+/// Sends a command to the supervisor and waits for its answer (D-Bus methods and the viewer's
+/// actions alike).
+pub async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+) -> Result<T, Error> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| Error::Io("the daemon is shutting down".into()))?;
+    rx.await
+        .map_err(|_| Error::Io("the daemon is shutting down".into()))?
 }
 
 #[interface(name = "org.pocusd.Daemon1", introspection_docs = false)]

@@ -18,9 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
-use super::dbus::{Command, Error as DbusError, State};
+use super::dbus::{ask, Command, Error as DbusError, State};
 use super::publish::Latest;
 
 /// The viewer page (no external URLs: it works with no network).
@@ -323,19 +323,6 @@ fn axum_json(v: &serde_json::Value) -> ([(header::HeaderName, &'static str); 1],
 
 const UNAUTHORISED: &str = "this action needs the viewer token (http.token): send \"Authorization: Bearer TOKEN\" or ?token=TOKEN\n";
 
-async fn ask<T>(
-    s: &HttpState,
-    make: impl FnOnce(oneshot::Sender<Result<T, DbusError>>) -> Command,
-) -> Result<T, DbusError> {
-    let (tx, rx) = oneshot::channel();
-    s.commands
-        .send(make(tx))
-        .await
-        .map_err(|_| DbusError::Io("the daemon is shutting down".into()))?;
-    rx.await
-        .map_err(|_| DbusError::Io("the daemon is shutting down".into()))?
-}
-
 async fn api_pause(
     AxState(s): AxState<HttpState>,
     headers: HeaderMap,
@@ -345,7 +332,7 @@ async fn api_pause(
         return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
     }
     let paused = q.paused.unwrap_or(true);
-    match ask(&s, |tx| Command::Pause(paused, tx)).await {
+    match ask(&s.commands, |tx| Command::Pause(paused, tx)).await {
         Ok(()) => axum_json(&serde_json::json!({ "paused": paused })).into_response(),
         Err(e) => dbus_error_response(e),
     }
@@ -359,7 +346,7 @@ async fn api_snapshot(
     if !authorised(&s, &headers, q.token.as_deref()) {
         return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
     }
-    match ask(&s, Command::Snapshot).await {
+    match ask(&s.commands, Command::Snapshot).await {
         Ok(path) => axum_json(&serde_json::json!({ "path": path })).into_response(),
         Err(e) => dbus_error_response(e),
     }

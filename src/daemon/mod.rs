@@ -662,18 +662,10 @@ impl Supervisor {
 
 /// Runs the daemon until SIGTERM/SIGINT or `--frames`; returns when the bus name is released.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let cfg = load_config(&opts)?;
-    infer::set_threads(cfg.model.threads);
-    let model_path = resolve_model(&cfg, opts.model.as_deref())?;
-    let model = load_checked(&model_path, &cfg)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(opts, cfg, model)).map(|_| ())
+    run_for_bench(opts).map(|_| ())
 }
 
-/// Runs the daemon for a benchmark and returns what it measured.
+/// Runs the daemon and returns what it measured (filled in when `opts.collect` is set).
 pub fn run_for_bench(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let cfg = load_config(&opts)?;
     infer::set_threads(cfg.model.threads);

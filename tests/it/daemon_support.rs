@@ -206,6 +206,14 @@ pub fn gdbus(bus: &Bus, args: &[&str]) -> Output {
         .expect("gdbus runs (scripts/setup.sh installs libglib2.0-bin)")
 }
 
+/// `pocusd run --session-bus --source SOURCE` with its state and log under `dir`.
+pub fn demo_daemon(bus: &Bus, dir: &Path, source: &str) -> Daemon {
+    Daemon::spawn(
+        daemon_cmd(bus, true, &dir.join("state"), &["--source", source]),
+        dir,
+    )
+}
+
 /// `gdbus call` arguments for a method (`Interface.Member`) of the daemon on `--session` or `--system`.
 pub fn call_args(bus_flag: &str, method: &str, args: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
