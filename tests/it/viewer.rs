@@ -307,6 +307,15 @@ fn viewer_stream_events_metrics_health_and_a_stalled_client() {
     let lm = ds::get(&bus, "LastMeasurement");
     let i = lm.find("'seq': <uint64 ").unwrap() + 15;
     let seq: u64 = lm[i..].split('>').next().unwrap().parse().unwrap();
+    // The property may have moved on (a 500 ms tick) after the window closed: read on until the
+    // same seq arrives on the event stream, which carries every published measurement.
+    let t1 = Instant::now();
+    while !by_seq.contains_key(&seq) && t1.elapsed() < Duration::from_secs(10) {
+        let e = ev.event();
+        if e["type"] == "measurement" {
+            by_seq.insert(e["seq"].as_u64().unwrap(), e["values"].clone());
+        }
+    }
     let values = by_seq
         .get(&seq)
         .unwrap_or_else(|| panic!("seq {seq} not among the events {:?}", by_seq.keys()));
@@ -488,15 +497,7 @@ fn page_numbers(dom: &str) -> (Option<u64>, Option<f64>, String) {
 fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let d = Daemon::spawn(
-        ds::daemon_cmd(
-            &bus,
-            true,
-            &tmp.path().join("state"),
-            &["--source", "demo?fps=15&seed=3"],
-        ),
-        tmp.path(),
-    );
+    let d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=15&seed=3");
     let addr = viewer_addr(&d);
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
@@ -635,15 +636,7 @@ fn healthz_is_503_only_in_error() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
     // A spec the grammar accepts but the demo source refuses: a fault retrying cannot fix.
-    let d = Daemon::spawn(
-        ds::daemon_cmd(
-            &bus,
-            true,
-            &tmp.path().join("state"),
-            &["--source", "demo?task=bogus"],
-        ),
-        tmp.path(),
-    );
+    let d = ds::demo_daemon(&bus, tmp.path(), "demo?task=bogus");
     let addr = viewer_addr(&d);
     ds::wait_for("state error", Duration::from_secs(30), || {
         ds::state_of(&bus) == 6
