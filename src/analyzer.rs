@@ -12,6 +12,7 @@ use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::infer::{InferError, LoadedModel};
 use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, PostprocessConfig, Postprocessor};
+use crate::preprocess::roi::{RoiMode, Tracking};
 use crate::preprocess::Preprocessor;
 
 /// Why a frame could not be analysed.
@@ -35,15 +36,18 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
-    /// Stages matching `model`'s spec.
+    /// Stages matching `model`'s spec, finding the region of interest by `roi` per image or
+    /// along a stream (`tracking`).
     pub fn new(
         model: &LoadedModel,
+        roi: RoiMode,
+        tracking: Tracking,
         clahe_threads: NonZeroUsize,
         post: PostprocessConfig,
         style: OverlayStyle,
     ) -> Self {
         Self {
-            pre: Preprocessor::new(model.spec(), clahe_threads),
+            pre: Preprocessor::new(model.spec(), roi, tracking, clahe_threads),
             post: Postprocessor::new(model.spec().task, post),
             overlay: Overlay::new(),
             style,
@@ -51,18 +55,18 @@ impl Analyzer {
         }
     }
 
-    /// Preprocess, run and postprocess one frame.
+    /// Preprocess (region of interest included), run and postprocess one frame.
     pub fn analyse(
         &mut self,
         model: &mut LoadedModel,
         frame: GrayView<'_>,
-        roi: Rect,
     ) -> Result<&Analysis, AnalyzeError> {
         let t0 = std::time::Instant::now();
-        let input = self.pre.process(frame, roi)?;
+        let input = self.pre.process(frame)?;
         let t1 = std::time::Instant::now();
         let (w, h) = (model.spec().input_width, model.spec().input_height);
         let probability = model.run(input)?;
+        let roi = self.pre.roi();
         let t2 = std::time::Instant::now();
         self.post.process(probability, w, h, roi);
         let t3 = std::time::Instant::now();
@@ -96,6 +100,16 @@ impl Analyzer {
             img.as_mut_slice()[start..start + n].copy_from_slice(&src[..n]);
         }
         img
+    }
+
+    /// The region of interest of the last frame.
+    pub fn roi(&self) -> Rect {
+        self.pre.roi()
+    }
+
+    /// The preprocessing stage.
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.pre
     }
 
     /// Changes the overlay style (live).

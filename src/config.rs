@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::Task;
 use crate::model::{parse_layout, parse_output_kind, Normalisation, SpecOverrides};
 use crate::postprocess::overlay::OverlayStyle;
 use crate::postprocess::{Calibration, PostprocessConfig, Smoothing};
 use crate::preprocess::ClaheParams;
-use crate::synth::Task;
 
 /// The embedded defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -125,7 +125,8 @@ pub struct SourceSection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub spec: crate::source::SourceSpec,
-    pub roi: crate::preprocess::roi::RoiMode,
+    /// The user's region-of-interest choice; `Model` (the default) follows the model's metadata.
+    pub roi: crate::preprocess::roi::RoiChoice,
     pub health: crate::source::HealthConfig,
     pub retry: crate::source::RetryPolicy,
 }
@@ -457,19 +458,6 @@ pub fn to_toml(raw: &RawConfig) -> String {
     toml::to_string_pretty(raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
 }
 
-/// Parses "CxR" (C columns by R rows) or "N" (NxN) into (columns, rows).
-pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
-    let s = s.trim();
-    let (c, r) = match s.split_once(['x', 'X']) {
-        Some((c, r)) => (c.trim().parse().ok()?, r.trim().parse().ok()?),
-        None => {
-            let n = s.parse().ok()?;
-            (n, n)
-        }
-    };
-    Some((c, r))
-}
-
 fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, ConfigError> {
     let clip = p.clahe_clip_limit;
     if !(0.0..=1000.0).contains(&clip) {
@@ -484,7 +472,7 @@ fn validate_preprocess(p: &PreprocessSection) -> Result<PreprocessConfig, Config
         value: format!("{:?}", p.clahe_tiles),
         allowed: "\"CxR\" or \"N\" with 1 to 256 tiles per side, e.g. \"8x8\"".into(),
     };
-    let (tx, ty) = parse_tiles(&p.clahe_tiles).ok_or_else(tiles_err)?;
+    let (tx, ty) = crate::preprocess::clahe::parse_tiles(&p.clahe_tiles).ok_or_else(tiles_err)?;
     let params = ClaheParams::new(clip, tx, ty).map_err(|_| tiles_err())?;
     if !(1..=64).contains(&p.threads) {
         return Err(ConfigError::OutOfRange {
@@ -729,12 +717,13 @@ fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
         allowed: e.to_string(),
     })?;
     let int = int_range;
-    let roi =
-        crate::preprocess::roi::RoiMode::parse(&s.roi).ok_or_else(|| ConfigError::OutOfRange {
+    let roi = crate::preprocess::roi::RoiChoice::parse(&s.roi).ok_or_else(|| {
+        ConfigError::OutOfRange {
             key: "source.roi".into(),
             value: format!("{:?}", s.roi),
-            allowed: "\"full\", \"auto\" or \"x,y,w,h\" with w and h above 0".into(),
-        })?;
+            allowed: "\"model\", \"full\", \"auto\" or \"x,y,w,h\" with w and h above 0".into(),
+        }
+    })?;
     let no_signal = int("source.no_signal_ms", s.no_signal_ms, 50, 60_000)?;
     let frozen_frames = int("source.frozen_frames", s.frozen_frames as u64, 2, 10_000)? as u32;
     let tol = range(
@@ -1046,8 +1035,8 @@ mod tests {
 
     #[test]
     fn tiles_parse() {
-        assert_eq!(parse_tiles("8"), Some((8, 8)));
-        assert_eq!(parse_tiles("8x6"), Some((8, 6)));
-        assert_eq!(parse_tiles("x6"), None);
+        assert_eq!(crate::preprocess::clahe::parse_tiles("8"), Some((8, 8)));
+        assert_eq!(crate::preprocess::clahe::parse_tiles("8x6"), Some((8, 6)));
+        assert_eq!(crate::preprocess::clahe::parse_tiles("x6"), None);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Colour images are converted to luma as the `image` crate does (Rec. 709 weights); 16-bit images
 //! are scaled to 8 bits. Errors name the file and say what is wrong with it. Depends only on
-//! `frame`.
+//! `frame` and `files` (every write is whole or absent).
 
 use std::path::{Path, PathBuf};
 
@@ -86,9 +86,7 @@ pub fn write_gray(path: &Path, img: &GrayImage) -> Result<(), ImageIoError> {
         img.as_slice().to_vec(),
     )
     .ok_or_else(|| err("pixel buffer does not match the image size".into()))?;
-    let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
-    buf.save_with_format(path, format)
-        .map_err(|e| err(e.to_string()))
+    save(path, &image::DynamicImage::ImageLuma8(buf))
 }
 
 /// Writes an RGB image (3 bytes per pixel, packed) as PNG or JPEG by extension.
@@ -99,7 +97,18 @@ pub fn write_rgb(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result
     };
     let buf = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec())
         .ok_or_else(|| err("pixel buffer does not match the image size".into()))?;
+    save(path, &image::DynamicImage::ImageRgb8(buf))
+}
+
+/// Encodes by the extension (PNG when it has none) and writes the file whole or not at all.
+fn save(path: &Path, img: &image::DynamicImage) -> Result<(), ImageIoError> {
+    let err = |reason: String| ImageIoError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
     let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
-    buf.save_with_format(path, format)
-        .map_err(|e| err(e.to_string()))
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format)
+        .map_err(|e| err(e.to_string()))?;
+    crate::files::write_atomic(path, bytes.get_ref()).map_err(|e| err(e.source.to_string()))
 }

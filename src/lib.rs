@@ -4,9 +4,12 @@
 //! binary in `src/main.rs` is a thin command-line shell over it.
 
 pub mod analyzer;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dataset;
+pub mod eval;
+pub mod files;
 pub mod frame;
 pub mod imageio;
 pub mod infer;
@@ -14,6 +17,7 @@ pub mod model;
 pub mod postprocess;
 pub mod preprocess;
 pub mod source;
+pub mod stats;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;

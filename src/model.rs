@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::preprocess::ClaheParams;
-use crate::synth::Task;
 
 /// The metadata schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -101,6 +100,59 @@ impl OutputKind {
     }
 }
 
+/// What a model segments and which measurement its mask feeds (`pocusd.task`); the phantom
+/// renders the same tasks.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Two aponeurosis bands around a muscle belly; measured: muscle thickness.
+    Aponeurosis,
+    /// A filled ellipse (fetal head); measured: area and circumference.
+    Region,
+}
+
+impl Task {
+    /// The name used in CLI flags, config and JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Task::Aponeurosis => "aponeurosis",
+            Task::Region => "region",
+        }
+    }
+}
+
+/// The region-of-interest policy a model was trained with (`pocusd.roi`): the part of each frame
+/// it expects to see. Part of the model's input contract, like CLAHE and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoiPolicy {
+    /// The whole frame (training's `--roi none`; also every model without the key).
+    #[default]
+    Full,
+    /// The ultrasound image found inside a scanner's screen grab (training's `--roi auto`).
+    Auto,
+}
+
+impl RoiPolicy {
+    /// The metadata spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RoiPolicy::Full => "full",
+            RoiPolicy::Auto => "auto",
+        }
+    }
+
+    /// Parses the metadata spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "full" => Some(RoiPolicy::Full),
+            "auto" => Some(RoiPolicy::Auto),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the pipeline needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
@@ -113,6 +165,8 @@ pub struct ModelSpec {
     pub normalisation: Normalisation,
     /// CLAHE before resizing, or `None` for off.
     pub clahe: Option<ClaheParams>,
+    /// The region of interest the model was trained on (`pocusd.roi`; `Full` without the key).
+    pub roi: RoiPolicy,
     pub output: OutputKind,
     /// Output channels (1 for sigmoid/logits).
     pub output_channels: usize,
@@ -356,6 +410,10 @@ impl ModelSpec {
         } else {
             overrides.clahe.unwrap_or(Some(ClaheParams::default()))
         };
+        let roi = match meta("roi") {
+            None => RoiPolicy::Full,
+            Some(v) => RoiPolicy::parse(v).ok_or_else(|| bad("roi", v, "auto or full"))?,
+        };
         let classes = match meta("classes") {
             Some(v) => v.split(',').map(|c| c.trim().to_string()).collect(),
             None if output_channels == 1 => vec!["background".into(), task.as_str().into()],
@@ -385,6 +443,7 @@ impl ModelSpec {
             layout,
             normalisation,
             clahe,
+            roi,
             output,
             output_channels,
             classes,
@@ -432,6 +491,7 @@ impl ModelSpec {
                 Some(p) => format!("{}@{}x{}", p.clip_limit, p.tiles_x, p.tiles_y),
             },
         );
+        put("roi", self.roi.as_str().into());
         put("output", self.output.as_str().into());
         put("classes", self.classes.join(","));
         if let Some(v) = &self.trained_on {
@@ -468,7 +528,7 @@ fn parse_output(s: &str) -> Option<OutputKind> {
 pub fn parse_clahe(s: &str) -> Option<ClaheParams> {
     let (clip, tiles) = s.trim().split_once('@')?;
     let clip: f64 = clip.trim().parse().ok()?;
-    let (c, r) = crate::config::parse_tiles(tiles)?;
+    let (c, r) = crate::preprocess::clahe::parse_tiles(tiles)?;
     ClaheParams::new(clip, c, r).ok()
 }
 

@@ -9,34 +9,13 @@
 //! (the demo sequence) or is drawn per image (datasets). The truth ([`Truth`]) is computed from
 //! those parameters alone, never from measurement code, so measurement tests are not circular.
 //!
-//! Must not depend on anything in the crate but `frame`.
+//! Must not depend on anything in the crate but `frame` and the task names of `model`.
 
 use std::f64::consts::PI;
 
 use crate::frame::GrayImage;
 pub use crate::frame::Rect;
-
-/// What the phantom shows and the model segments.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// Two aponeurosis bands around a muscle belly; measured: muscle thickness.
-    Aponeurosis,
-    /// A filled ellipse (fetal head); measured: area and circumference.
-    Region,
-}
-
-impl Task {
-    /// The name used in CLI flags, config and JSON.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Task::Aponeurosis => "aponeurosis",
-            Task::Region => "region",
-        }
-    }
-}
+use crate::model::Task;
 
 /// SplitMix64: a tiny, well-mixed deterministic generator (Steele, Lea and Flood 2014).
 #[derive(Debug, Clone)]

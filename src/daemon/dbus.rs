@@ -90,6 +90,14 @@ impl Val {
             Val::B(b) => OwnedVariant::from(*b),
         }
     }
+
+    /// The string, for `S` values.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::S(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// A string-keyed map of values (`a{sv}` on the bus, an object in JSON).

@@ -72,6 +72,8 @@ pub struct Metrics {
     /// The last events, sent first to a new `/events` client.
     pub last_state_event: Option<Arc<str>>,
     pub last_measurement_event: Option<Arc<str>>,
+    /// The last status event (fps, latency, region of interest), also sent to a new client first.
+    pub last_status_event: Option<Arc<str>>,
 }
 
 /// Shared by the handlers.
@@ -174,10 +176,14 @@ async fn events(AxState(s): AxState<HttpState>) -> Response {
     let rx = s.events.subscribe();
     let first: Vec<Arc<str>> = {
         let m = s.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        [m.last_state_event.clone(), m.last_measurement_event.clone()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            m.last_state_event.clone(),
+            m.last_status_event.clone(),
+            m.last_measurement_event.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     };
     let sse = |json: &str| Bytes::from(format!("data: {json}\n\n"));
     let head = futures_util::stream::iter(

@@ -15,7 +15,6 @@ pub mod publish;
 #[cfg(feature = "ffmpeg")]
 pub mod record;
 pub mod slot;
-pub mod stats;
 pub mod status;
 pub mod store;
 
@@ -31,10 +30,11 @@ use crate::analyzer::default_model_candidates;
 use crate::config::{self, Bus, Config};
 use crate::infer::{self, LoadedModel};
 use crate::postprocess::Calibration;
+use crate::preprocess::roi::RoiChoice;
 
+use crate::stats::{Rate, Window};
 use dbus::{Command, Daemon1, Error as DbusError, Props, State, Val, Values};
 use pipeline::{CaptureSettings, Control, ProcessSettings, Processed, Shared};
-use stats::{Rate, Window};
 
 /// How the daemon was asked to run (the command line).
 #[derive(Debug, Clone, Default)]
@@ -55,48 +55,37 @@ pub struct RunOptions {
     pub no_dbus: bool,
     /// Connect to this bus address instead of the system or session bus (`bench pipeline`).
     pub bus_address: Option<String>,
-    /// Told the viewer's bound address once it listens (`bench pipeline`).
-    pub announce_http: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
-    /// Collect every latency for a report (`bench pipeline`).
-    pub collect: bool,
+    /// Watches the run without taking part (`bench pipeline`, soak runs).
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// What a run measured, for `pocusd bench pipeline`: everything after the first second.
-#[derive(Debug, Clone, Default)]
-pub struct RunSummary {
-    pub frames: u64,
-    pub seconds: f64,
+/// Totals at one moment of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    /// Frames processed.
+    pub processed: u64,
+    /// Frames dropped between the stages.
     pub dropped: u64,
-    pub end_to_end_ms: Vec<f64>,
-    /// capture, preprocess, infer, postprocess, publish.
-    pub stages_ms: [Vec<f64>; 5],
-    pub rss_mb_at_1s: f64,
-    pub rss_mb_end: f64,
-    pub encoded_jpegs: u64,
+    /// Overlays encoded as JPEG for the viewer.
+    pub jpeg_encoded: u64,
 }
 
-/// Resident memory of this process, MB.
-pub fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+/// Watches a running daemon without changing what it does: benchmark instrumentation lives in
+/// an observer, not in options threaded through the supervisor. Called on the supervisor's
+/// thread, so an observer must be quick.
+pub trait Observer: Send + Sync {
+    /// The viewer listens on `addr`.
+    fn http_listening(&self, _addr: std::net::SocketAddr) {}
+    /// `r` reached the supervisor at `now_us` (CLOCK_REALTIME µs).
+    fn processed(&self, _r: &Processed, _now_us: i64, _counts: Counts) {}
+    /// The daemon is about to release its bus name and stop.
+    fn stopping(&self, _counts: Counts) {}
 }
 
-/// Collects latencies after a warm-up second.
-#[derive(Debug)]
-struct Collector {
-    started: Instant,
-    warm: bool,
-    base_frames: u64,
-    base_dropped: u64,
-    summary: RunSummary,
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// How fresh the processing heartbeat must be for the watchdog to be fed.
@@ -111,8 +100,9 @@ pub fn load_config(opts: &RunOptions) -> anyhow::Result<Config> {
         cfg.source.spec = crate::source::SourceSpec::parse(spec)?;
     }
     if let Some(roi) = &opts.roi {
-        cfg.source.roi = crate::preprocess::roi::RoiMode::parse(roi)
-            .ok_or_else(|| anyhow::anyhow!("--roi {roi:?}: expected full, auto or x,y,w,h"))?;
+        cfg.source.roi = crate::preprocess::roi::RoiChoice::parse(roi).ok_or_else(|| {
+            anyhow::anyhow!("--roi {roi:?}: expected model, full, auto or x,y,w,h")
+        })?;
     }
     Ok(cfg)
 }
@@ -157,8 +147,12 @@ pub fn load_checked(path: &Path, cfg: &Config) -> anyhow::Result<LoadedModel> {
     Ok(model)
 }
 
-fn model_values(model: &LoadedModel) -> Values {
+/// The `Model` property: the file, its task and size, and the region of interest in force (the
+/// model's `roi` policy, the `roi_applied` mode and `roi_override` when an explicit choice departs
+/// from the model's).
+fn model_values(model: &LoadedModel, roi: RoiChoice) -> Values {
     let s = model.spec();
+    let r = roi.resolve(s.roi);
     let mut v = Values::new();
     let abs = std::fs::canonicalize(model.path()).unwrap_or_else(|_| model.path().to_path_buf());
     v.insert("path".into(), Val::S(abs.display().to_string()));
@@ -172,7 +166,18 @@ fn model_values(model: &LoadedModel) -> Values {
     if let Some(d) = s.val_dice {
         v.insert("val_dice".into(), Val::F(d));
     }
+    v.insert("roi".into(), Val::S(s.roi.as_str().into()));
+    v.insert("roi_applied".into(), Val::S(r.mode.to_string()));
+    v.insert("roi_override".into(), Val::B(r.overrides_model()));
     v
+}
+
+/// Logs (once per model) that an explicit region of interest overrides the model's policy, and
+/// returns the warning for the status and the viewer.
+fn warn_roi(model: &LoadedModel, roi: RoiChoice) -> Option<String> {
+    let w = roi.resolve(model.spec().roi).warning()?;
+    eprintln!("pocusd: warning: {}: {w}", model.path().display());
+    Some(w)
 }
 
 /// The values of one measurement, as signalled on D-Bus, logged and (later) streamed: the
@@ -275,10 +280,21 @@ struct Supervisor {
     metrics: Arc<Mutex<http::Metrics>>,
     events: tokio::sync::broadcast::Sender<Arc<str>>,
     last_state_event: Option<(State, String)>,
-    collector: Option<Collector>,
+    /// Why the region of interest in force departs from the model's policy (`None`: it does not).
+    roi_warning: Option<String>,
+    jpeg_counters: Arc<publish::EncoderCounters>,
 }
 
 impl Supervisor {
+    /// Totals now, for observers.
+    fn counts(&self) -> Counts {
+        Counts {
+            processed: self.shared.processed.load(Ordering::Relaxed),
+            dropped: self.shared.frames.dropped() + self.shared.results.dropped(),
+            jpeg_encoded: self.jpeg_counters.encoded.load(Ordering::Relaxed),
+        }
+    }
+
     fn state(&self, cap: &pipeline::CaptureStatus) -> (State, String) {
         use crate::source::CaptureState as C;
         if let Some(f) = &cap.fault {
@@ -360,7 +376,6 @@ impl Supervisor {
             self.last_state_event = Some((p.state, p.state_text.clone()));
             let _ = self.events.send(e);
         }
-        drop(m);
         let status: Arc<str> = Arc::from(
             serde_json::json!({
                 "type": "status",
@@ -368,9 +383,13 @@ impl Supervisor {
                 "latency_ms": &p.latency_ms,
                 "dropped_frames": p.dropped_frames,
                 "calibrated": p.calibrated,
+                "roi": p.model.get("roi_applied").and_then(Val::as_str),
+                "roi_warning": self.roi_warning,
             })
             .to_string(),
         );
+        m.last_status_event = Some(status.clone());
+        drop(m);
         let _ = self.events.send(status);
     }
 
@@ -404,28 +423,8 @@ impl Supervisor {
         s[4].1.push(ms(r.done_us, now_us));
         self.fps.tick(Instant::now());
         self.calibrated = r.analysis.calibrated;
-        if let Some(c) = &mut self.collector {
-            if !c.warm && c.started.elapsed() >= Duration::from_secs(1) {
-                c.warm = true;
-                c.started = Instant::now();
-                c.base_frames = self.shared.processed.load(Ordering::Relaxed);
-                c.base_dropped = self.shared.frames.dropped() + self.shared.results.dropped();
-                c.summary.rss_mb_at_1s = rss_mb();
-            }
-            if c.warm {
-                c.summary.seconds = c.started.elapsed().as_secs_f64();
-                c.summary.end_to_end_ms.push(ms(r.timestamp_us, now_us));
-                let st = [
-                    ms(r.timestamp_us, r.picked_us),
-                    r.stages_ms[0],
-                    r.stages_ms[1],
-                    r.stages_ms[2],
-                    ms(r.done_us, now_us),
-                ];
-                for (v, x) in c.summary.stages_ms.iter_mut().zip(st) {
-                    v.push(x);
-                }
-            }
+        if let Some(o) = &self.opts.observer {
+            o.processed(&r, now_us, self.counts());
         }
         {
             let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -662,11 +661,6 @@ impl Supervisor {
 
 /// Runs the daemon until SIGTERM/SIGINT or `--frames`; returns when the bus name is released.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    run_for_bench(opts).map(|_| ())
-}
-
-/// Runs the daemon and returns what it measured (filled in when `opts.collect` is set).
-pub fn run_for_bench(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let cfg = load_config(&opts)?;
     infer::set_threads(cfg.model.threads);
     let model_path = resolve_model(&cfg, opts.model.as_deref())?;
@@ -703,7 +697,7 @@ async fn connect(
         })
 }
 
-async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<RunSummary> {
+async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let bus = if opts.session_bus {
         Bus::Session
@@ -724,7 +718,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         None,
         std::time::SystemTime::now(),
     );
-    let model_vals = model_values(&model);
+    let model_vals = model_values(&model, cfg.source.roi);
+    let roi_warning = warn_roi(&model, cfg.source.roi);
     let listener = if cfg.http.enabled {
         Some(
             tokio::net::TcpListener::bind(cfg.http.listen)
@@ -865,8 +860,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         Some(l) => {
             let addr = l.local_addr().context("the viewer socket has no address")?;
             viewer_url = Some(format!("http://{addr}/"));
-            if let Some(tx) = &opts.announce_http {
-                let _ = tx.send(addr);
+            if let Some(o) = &opts.observer {
+                o.http_listening(addr);
             }
             let app = http::router(http::HttpState {
                 jpeg: jpeg_rx.clone(),
@@ -912,13 +907,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         metrics,
         events: events_tx,
         last_state_event: None,
-        collector: opts.collect.then(|| Collector {
-            started: Instant::now(),
-            warm: false,
-            base_frames: 0,
-            base_dropped: 0,
-            summary: RunSummary::default(),
-        }),
+        roi_warning,
+        jpeg_counters: encoder_counters.clone(),
     };
     let first = sup.refresh_props();
     sup.emitted = first.clone();
@@ -1072,6 +1062,9 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
             );
         }
     }
+    if let Some(o) = &opts.observer {
+        o.stopping(sup.counts());
+    }
     if let Some(conn) = &conn {
         if let Err(e) = conn.release_name(dbus::BUS_NAME).await {
             eprintln!("pocusd: cannot release {}: {e}", dbus::BUS_NAME);
@@ -1085,15 +1078,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         shared.processed.load(Ordering::Relaxed),
         shared.frames.dropped() + shared.results.dropped()
     );
-    let mut summary = RunSummary::default();
-    if let Some(c) = sup.collector.take() {
-        summary = c.summary;
-        summary.frames = shared.processed.load(Ordering::Relaxed) - c.base_frames;
-        summary.dropped = shared.frames.dropped() + shared.results.dropped() - c.base_dropped;
-        summary.rss_mb_end = rss_mb();
-        summary.encoded_jpegs = encoder_counters.encoded.load(Ordering::Relaxed);
-    }
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(feature = "ffmpeg")]
@@ -1125,7 +1110,8 @@ async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), D
         .map_err(|e| DbusError::Io(format!("model loading task failed: {e}")))?;
     match loaded {
         Ok(model) => {
-            let vals = model_values(&model);
+            let vals = model_values(&model, sup.cfg.source.roi);
+            sup.roi_warning = warn_roi(&model, sup.cfg.source.roi);
             sup.control
                 .send(Control::Model(Box::new(model)))
                 .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;

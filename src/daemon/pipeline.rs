@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use crate::analyzer::Analyzer;
 use crate::frame::{Frame, GrayImage, Rect};
 use crate::infer::LoadedModel;
+use crate::model::Task;
 use crate::postprocess::overlay::{OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, PostprocessConfig};
-use crate::preprocess::roi::{RoiMode, RoiTracker};
+use crate::preprocess::roi::{RoiChoice, Tracking};
 use crate::source::{HealthConfig, Read, Reconnecting, RetryPolicy, SourceError, SourceSpec};
-use crate::synth::{Task, Truth};
+use crate::synth::Truth;
 
 use super::slot::Slot;
 
@@ -189,7 +190,8 @@ pub struct ProcessSettings {
     pub clahe_threads: NonZeroUsize,
     pub post: PostprocessConfig,
     pub style: OverlayStyle,
-    pub roi: RoiMode,
+    /// The user's region-of-interest choice, resolved against each model's own policy.
+    pub roi: RoiChoice,
     /// Process at most this many frames (`--frames N`), then only tick.
     pub max_frames: Option<u64>,
     /// Render the overlay of every processed frame for the viewer (once per frame, not per client).
@@ -211,8 +213,14 @@ pub fn process_loop(
 ) {
     let mut post = settings.post;
     let mut style = settings.style;
-    let mut analyzer = Analyzer::new(&model, settings.clahe_threads, post, style);
-    let mut rois = RoiTracker::new(settings.roi, 30);
+    // A stream: the region is tracked, re-detected every 30 frames and whenever the frame size
+    // changes or the region no longer fits.
+    let tracking = Tracking::Stream { every: 30 };
+    let analyzer_for = |model: &LoadedModel, post, style| {
+        let roi = settings.roi.resolve(model.spec().roi).mode;
+        Analyzer::new(model, roi, tracking, settings.clahe_threads, post, style)
+    };
+    let mut analyzer = analyzer_for(&model, post, style);
     let mut sha: Arc<str> = Arc::from(model.sha256());
     let mut paused = false;
     let mut last: Option<(Frame, Processed)> = None;
@@ -229,7 +237,7 @@ pub fn process_loop(
                 Control::Model(m) => {
                     model = *m;
                     sha = Arc::from(model.sha256());
-                    analyzer = Analyzer::new(&model, settings.clahe_threads, post, style);
+                    analyzer = analyzer_for(&model, post, style);
                     last = None;
                 }
                 Control::Postprocess(p) => {
@@ -272,14 +280,14 @@ pub fn process_loop(
             .view()
             .map_err(|e| e.to_string())
             .and_then(|view| {
-                let roi = rois.roi_for(view);
                 analyzer
-                    .analyse(&mut model, view, roi)
-                    .map(|a| (a.clone(), roi))
+                    .analyse(&mut model, view)
+                    .map(|a| a.clone())
                     .map_err(|e| e.to_string())
             });
+        let roi = analyzer.roi();
         match result {
-            Ok((analysis, roi)) => {
+            Ok(analysis) => {
                 let mut stages_ms = analyzer.last_ms;
                 if settings.render_overlay || settings.record {
                     // Drawn here, where the enhanced image and mask live; counted as postprocessing.

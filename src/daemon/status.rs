@@ -175,6 +175,16 @@ pub fn human(v: &serde_json::Value) -> String {
             .map(|d| format!(", val Dice {d:.3}"))
             .unwrap_or_default()
     );
+    if let Some(applied) = m["roi_applied"].as_str() {
+        let model_roi = m["roi"].as_str().unwrap_or("full");
+        s += &if m["roi_override"].as_bool().unwrap_or(false) {
+            format!(
+                "        ROI: {applied} (explicit; WARNING: the model was trained with {model_roi})\n"
+            )
+        } else {
+            format!("        ROI: {applied} (the model's policy)\n")
+        };
+    }
     let l = &v["latency_ms"];
     s += &format!(
         "        Fps: {:.1}   dropped frames: {}\n",

@@ -8,6 +8,7 @@
 //! running one, so a bad file leaves the old model serving. Must not depend on burn or zbus.
 
 pub mod onnx_build;
+pub mod onnx_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

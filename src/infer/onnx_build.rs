@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use prost::Message;
 use tract_onnx::pb;
 
+use crate::model::Task;
 use crate::model::{Layout, ModelSpec, Normalisation, OutputKind};
-use crate::synth::{SplitMix64, Task};
+use crate::synth::SplitMix64;
 
 /// ONNX opset written.
 pub const OPSET: i64 = 13;
@@ -293,6 +294,7 @@ pub fn fixture_spec(
         layout,
         normalisation: Normalisation::Unit,
         clahe: None,
+        roi: crate::model::RoiPolicy::Full,
         output,
         output_channels,
         classes: vec!["background".into(), task.as_str().into()],

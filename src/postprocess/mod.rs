@@ -16,8 +16,9 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::frame::Rect;
+use crate::model::Task;
 use crate::preprocess::{F32Plane, Resizer};
-use crate::synth::{ellipse_circumference, Task};
+use crate::synth::ellipse_circumference;
 use geometry::{fit_ellipse, trace_contour, Component, Ellipse, Labeller};
 
 /// Why a result is not a confident number.

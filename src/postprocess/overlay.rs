@@ -7,7 +7,7 @@ use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 
 use super::{Analysis, Annotation, Flag};
 use crate::frame::{GrayImage, GrayView, Rect};
-use crate::synth::Task;
+use crate::model::Task;
 
 pub(crate) static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold.ttf");
 

@@ -615,6 +615,19 @@ fn round_to_u8(v: f32) -> u8 {
     }
 }
 
+/// Parses "CxR" (C columns by R rows) or "N" (NxN) into (columns, rows).
+pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
+    let s = s.trim();
+    let (c, r) = match s.split_once(['x', 'X']) {
+        Some((c, r)) => (c.trim().parse().ok()?, r.trim().parse().ok()?),
+        None => {
+            let n = s.parse().ok()?;
+            (n, n)
+        }
+    };
+    Some((c, r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

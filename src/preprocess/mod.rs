@@ -1,5 +1,5 @@
-//! Everything between a captured frame and the model's input tensor: crop to the region of
-//! interest, CLAHE at that resolution with the model's parameters, resize to the model input
+//! Everything between a captured frame and the model's input tensor: find the region of interest
+//! (detected per image or tracked along a stream, see [`roi`]) and crop to it, CLAHE at that resolution with the model's parameters, resize to the model input
 //! (stretch; area averaging when shrinking, bilinear when growing), normalise into the tensor in
 //! the model's layout, replicating gray into 3 channels when asked. Serving and training share this
 //! code so the model sees the same pixels at night and live. Must not depend on tract, burn or tokio.
@@ -15,12 +15,16 @@ pub use resize::{F32Plane, Pixels, Resizer};
 
 use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::model::{Layout, ModelSpec, Normalisation};
+use roi::{RoiMode, RoiTracker, Tracking};
 
-/// The preprocessing stage for one model. Owns every buffer; allocation happens only when the
-/// region of interest changes size.
+/// The preprocessing stage for one model. Owns every buffer and the region-of-interest tracker;
+/// allocation happens only when the region of interest changes size.
 #[derive(Debug)]
 pub struct Preprocessor {
     spec: ModelSpec,
+    rois: RoiTracker,
+    /// The region of interest of the last frame.
+    roi: Rect,
     clahe: Option<Clahe>,
     /// The region of interest after CLAHE (or a plain copy when CLAHE is off): what the overlay shows.
     enhanced: GrayImage,
@@ -31,10 +35,13 @@ pub struct Preprocessor {
 }
 
 impl Preprocessor {
-    /// A stage for `spec`, with `threads` for CLAHE.
-    pub fn new(spec: &ModelSpec, threads: NonZeroUsize) -> Self {
+    /// A stage for `spec` that finds the region of interest by `roi` (usually the model's own
+    /// policy, see [`roi::RoiChoice::resolve`]) per image or along a stream, with `threads` for CLAHE.
+    pub fn new(spec: &ModelSpec, roi: RoiMode, tracking: Tracking, threads: NonZeroUsize) -> Self {
         Self {
             spec: spec.clone(),
+            rois: RoiTracker::new(roi, tracking),
+            roi: Rect::default(),
             clahe: spec.clahe.map(|p| Clahe::new(p).with_threads(threads)),
             enhanced: GrayImage::default(),
             resizer: Resizer::new(),
@@ -43,9 +50,11 @@ impl Preprocessor {
         }
     }
 
-    /// Crops `roi` out of `frame`, enhances, resizes and normalises it; returns the input tensor
-    /// (shape `spec.input_shape()`).
-    pub fn process(&mut self, frame: GrayView<'_>, roi: Rect) -> Result<&[f32], FrameError> {
+    /// Finds the region of interest of `frame`, crops, enhances, resizes and normalises it;
+    /// returns the input tensor (shape `spec.input_shape()`).
+    pub fn process(&mut self, frame: GrayView<'_>) -> Result<&[f32], FrameError> {
+        let roi = self.rois.roi_for(frame);
+        self.roi = roi;
         let region = frame.crop(roi)?;
         match &mut self.clahe {
             Some(c) => c.apply(region, &mut self.enhanced),
@@ -56,6 +65,21 @@ impl Preprocessor {
         self.resizer.resize(&enhanced, w, h, &mut self.plane);
         fill_tensor(&self.plane, &self.spec, &mut self.tensor);
         Ok(&self.tensor)
+    }
+
+    /// The region of interest of the last frame, in frame pixels.
+    pub fn roi(&self) -> Rect {
+        self.roi
+    }
+
+    /// The region-of-interest mode this stage applies.
+    pub fn roi_mode(&self) -> RoiMode {
+        self.rois.mode()
+    }
+
+    /// Layout changes (re-detected regions that moved) seen so far.
+    pub fn layout_changes(&self) -> u64 {
+        self.rois.changes
     }
 
     /// The enhanced region of interest of the last frame.

@@ -3,9 +3,12 @@
 //! logos, scales, colour bars). The frame is cut into 8x8 blocks; a block is textured when most of
 //! its pixels differ from a neighbour; the region is the longest run of columns, then
 //! of rows within them, in which most blocks are textured, refined to pixels at its edges.
-//! `RoiDetector` owns its buffers. No I/O; depends only on `frame`.
+//! `RoiDetector` owns its buffers; `RoiTracker` applies a mode per image or along a stream;
+//! `RoiChoice` is the user's setting, resolved against the model's own policy (`pocusd.roi`). No
+//! I/O; depends only on `frame` and the model's `RoiPolicy`.
 
 use crate::frame::{GrayView, Rect};
+use crate::model::RoiPolicy;
 
 /// Block size in pixels.
 const BLOCK: usize = 8;
@@ -238,6 +241,64 @@ mod tests {
     }
 
     #[test]
+    fn tracker_follows_size_changes_and_never_returns_a_region_outside_the_frame() {
+        let grab = |w: usize, h: usize, seed: u64| {
+            synth::sample(
+                PhantomConfig {
+                    width: w,
+                    height: h,
+                    furniture: true,
+                    seed,
+                    ..Default::default()
+                },
+                seed,
+            )
+        };
+        for tracking in [Tracking::PerImage, Tracking::Stream { every: 30 }] {
+            let mut t = RoiTracker::new(RoiMode::Auto, tracking);
+            // Sizes that differ by a pixel or two (the region would overhang by one) and by a lot.
+            for (w, h) in [(640, 480), (640, 479), (639, 478), (1024, 768), (640, 480)] {
+                let s = grab(w, h, 3);
+                let r = t.roi_for(s.image.view().unwrap());
+                assert!(
+                    r.x + r.w <= w && r.y + r.h <= h,
+                    "{tracking:?} {w}x{h}: {r:?}"
+                );
+                let g = s.geometry.image;
+                assert!(
+                    r.x.abs_diff(g.x) <= 3 && (r.x + r.w).abs_diff(g.x + g.w) <= 3,
+                    "{r:?} vs {g:?}"
+                );
+            }
+        }
+        // A fixed region larger than the frame is the whole frame.
+        let mut t = RoiTracker::new(
+            RoiMode::Fixed(Rect {
+                x: 10,
+                y: 10,
+                w: 700,
+                h: 400,
+            }),
+            Tracking::PerImage,
+        );
+        let s = grab(640, 480, 1);
+        assert_eq!(t.roi_for(s.image.view().unwrap()), Rect::full(640, 480));
+    }
+
+    #[test]
+    fn choice_resolves_against_the_model() {
+        assert_eq!(RoiChoice::parse("model"), Some(RoiChoice::Model));
+        let r = RoiChoice::Model.resolve(RoiPolicy::Auto);
+        assert_eq!((r.mode, r.overrides_model()), (RoiMode::Auto, false));
+        let r = RoiChoice::Explicit(RoiMode::Full).resolve(RoiPolicy::Auto);
+        assert!(r.overrides_model());
+        assert!(r.warning().unwrap().contains("trained with auto"));
+        let r = RoiChoice::Explicit(RoiMode::Auto).resolve(RoiPolicy::Auto);
+        assert!(!r.overrides_model() && r.warning().is_none());
+        assert_eq!(RoiChoice::parse("1,2,3,4").unwrap().to_string(), "1,2,3,4");
+    }
+
+    #[test]
     fn runs() {
         assert_eq!(longest_run(&[false, true, true, false, true]), (1, 3));
         assert_eq!(longest_run(&[true, true, true]), (0, 3));
@@ -280,50 +341,171 @@ impl RoiMode {
     }
 }
 
-/// Keeps the region of interest of a stream: detection runs on the first frame, on a size change
-/// and every `every` frames; a detection that moved an edge by more than a few pixels is a layout
-/// change (the calibration downstream then goes stale, as it keys on the region).
+impl From<RoiPolicy> for RoiMode {
+    fn from(p: RoiPolicy) -> Self {
+        match p {
+            RoiPolicy::Full => RoiMode::Full,
+            RoiPolicy::Auto => RoiMode::Auto,
+        }
+    }
+}
+
+impl std::fmt::Display for RoiMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoiMode::Full => f.write_str("full"),
+            RoiMode::Auto => f.write_str("auto"),
+            RoiMode::Fixed(r) => write!(f, "{},{},{},{}", r.x, r.y, r.w, r.h),
+        }
+    }
+}
+
+/// How the user chose the region of interest (`source.roi`, `--roi`): the model's own policy
+/// (`model`, the default) or an explicit mode that overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RoiChoice {
+    /// The policy in the model's metadata (`pocusd.roi`; the whole frame without the key).
+    #[default]
+    Model,
+    /// An explicit choice; one that differs from the model's policy is reported.
+    Explicit(RoiMode),
+}
+
+impl RoiChoice {
+    /// Parses "model", "full" (or "none", training's spelling), "auto" or "x,y,w,h".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "model" => Some(RoiChoice::Model),
+            "none" => Some(RoiChoice::Explicit(RoiMode::Full)),
+            other => RoiMode::parse(other).map(RoiChoice::Explicit),
+        }
+    }
+
+    /// The mode to apply to a model trained with `policy`.
+    pub fn resolve(self, policy: RoiPolicy) -> RoiResolution {
+        match self {
+            RoiChoice::Model => RoiResolution {
+                mode: policy.into(),
+                model: policy,
+                explicit: false,
+            },
+            RoiChoice::Explicit(mode) => RoiResolution {
+                mode,
+                model: policy,
+                explicit: true,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RoiChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoiChoice::Model => f.write_str("model"),
+            RoiChoice::Explicit(m) => m.fmt(f),
+        }
+    }
+}
+
+/// The region-of-interest mode in force for one model, and whether it departs from the model's
+/// contract.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoiResolution {
+    /// What is applied.
+    pub mode: RoiMode,
+    /// What the model was trained with.
+    pub model: RoiPolicy,
+    /// Chosen by the user (config or `--roi`) rather than taken from the model.
+    pub explicit: bool,
+}
+
+impl RoiResolution {
+    /// True when an explicit choice differs from the model's policy.
+    pub fn overrides_model(&self) -> bool {
+        self.explicit && self.mode != RoiMode::from(self.model)
+    }
+
+    /// The one-line warning for an override, `None` when the model's contract holds.
+    pub fn warning(&self) -> Option<String> {
+        self.overrides_model().then(|| {
+            format!(
+                "region of interest {} was chosen explicitly, but the model was trained with {} (pocusd.roi); \
+                 its numbers may be off (remove --roi / [source] roi to use the model's policy)",
+                self.mode,
+                self.model.as_str()
+            )
+        })
+    }
+}
+
+/// How often a tracker re-detects the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    /// Every image on its own (folders of images, `infer`, `eval`, training).
+    PerImage,
+    /// A stream: on the first frame, on a size change, when the region no longer fits the frame,
+    /// and every `every` frames.
+    Stream { every: u32 },
+}
+
+/// Keeps the region of interest of a stream (or of each image of a folder). A re-detection that
+/// moved an edge by more than a few pixels is a layout change (the calibration downstream then
+/// goes stale, as it keys on the region). A region that does not fit a frame is never returned:
+/// it means re-detection.
 #[derive(Debug)]
 pub struct RoiTracker {
     mode: RoiMode,
+    tracking: Tracking,
     detector: RoiDetector,
     current: Option<Rect>,
     size: (usize, usize),
     since: u32,
-    every: u32,
     /// Layout changes seen.
     pub changes: u64,
 }
 
 impl RoiTracker {
-    /// A tracker for `mode`, re-detecting every `every` frames in auto mode.
-    pub fn new(mode: RoiMode, every: u32) -> Self {
+    /// A tracker for `mode`.
+    pub fn new(mode: RoiMode, tracking: Tracking) -> Self {
         Self {
             mode,
+            tracking,
             detector: RoiDetector::new(RoiConfig::default()),
             current: None,
             size: (0, 0),
             since: 0,
-            every: every.max(1),
             changes: 0,
         }
     }
 
-    /// The region of interest for `frame`.
+    /// The mode this tracker applies.
+    pub fn mode(&self) -> RoiMode {
+        self.mode
+    }
+
+    /// The region of interest for `frame`; always inside it.
     pub fn roi_for(&mut self, frame: GrayView<'_>) -> Rect {
         let (w, h) = (frame.width(), frame.height());
         let full = Rect::full(w, h);
+        let fits = |r: &Rect| r.w > 0 && r.h > 0 && r.x + r.w <= w && r.y + r.h <= h;
         match self.mode {
             RoiMode::Full => full,
             // A fixed region that does not fit this frame falls back to the whole frame.
-            RoiMode::Fixed(r) if r.x + r.w <= w && r.y + r.h <= h => r,
+            RoiMode::Fixed(r) if fits(&r) => r,
             RoiMode::Fixed(_) => full,
             RoiMode::Auto => {
+                let every = match self.tracking {
+                    Tracking::PerImage => 1,
+                    Tracking::Stream { every } => every.max(1),
+                };
                 self.since += 1;
-                if self.current.is_none() || self.size != (w, h) || self.since >= self.every {
+                let resized = self.size != (w, h);
+                let stale = self.current.is_none_or(|c| !fits(&c));
+                if stale || resized || self.since >= every {
                     self.since = 0;
                     self.size = (w, h);
                     let found = self.detector.detect(frame);
+                    let found = if fits(&found) { found } else { full };
                     let moved = self.current.is_none_or(|c| {
                         let d = |a: usize, b: usize| a.abs_diff(b) > 4;
                         d(c.x, found.x)
@@ -331,14 +513,17 @@ impl RoiTracker {
                             || d(c.x + c.w, found.x + found.w)
                             || d(c.y + c.h, found.y + found.h)
                     });
-                    if moved {
-                        if self.current.is_some() {
-                            self.changes += 1;
-                        }
+                    if moved && self.current.is_some() {
+                        self.changes += 1;
+                    }
+                    // Each image of a folder, a new frame size or a region that no longer fits
+                    // takes the new detection as it is; a stream keeps its region through
+                    // detections that moved an edge by a few pixels only.
+                    if moved || resized || stale || self.tracking == Tracking::PerImage {
                         self.current = Some(found);
                     }
                 }
-                self.current.unwrap_or(full)
+                self.current.filter(fits).unwrap_or(full)
             }
         }
     }

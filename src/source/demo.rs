@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::{realtime_us, FrameSource, Pacer, Read, SourceError, SourceSpec};
 use crate::frame::{Frame, GrayImage, Rect};
-use crate::synth::{Phantom, PhantomConfig, Task, Truth};
+use crate::model::Task;
+use crate::synth::{Phantom, PhantomConfig, Truth};
 
 /// The phantom as a live source.
 pub struct DemoSource {

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
-use prost::Message;
 use thiserror::Error;
-use tract_onnx::pb;
 
 use super::unet::{ConvBlock, Unet, UnetArch};
 use crate::infer::onnx_build::{unet_graph, UnetShape, UnetWeights};
@@ -134,28 +132,15 @@ pub fn onnx_initializers(
     bytes: &[u8],
 ) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, ExportError> {
     let foreign = |why: &str| ExportError::Foreign(origin.into(), why.into());
-    let model = pb::ModelProto::decode(bytes).map_err(|e| foreign(&format!("not ONNX ({e})")))?;
-    if model.producer_name != "pocusd" {
+    let inits =
+        crate::infer::onnx_file::initializers(bytes).map_err(|e| foreign(&e.to_string()))?;
+    if inits.producer != "pocusd" {
         return Err(foreign(&format!(
             "its producer is {:?}; --init takes a run folder or a model written by `pocusd export`",
-            model.producer_name
+            inits.producer
         )));
     }
-    let graph = model.graph.ok_or_else(|| foreign("no graph"))?;
-    let mut out = HashMap::new();
-    for t in graph.initializer {
-        let dims = t.dims.iter().map(|&d| d as usize).collect();
-        let data = if !t.float_data.is_empty() {
-            t.float_data
-        } else {
-            t.raw_data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        out.insert(t.name, (dims, data));
-    }
-    Ok(out)
+    Ok(inits.tensors)
 }
 
 /// The architecture of a pocusd-exported U-Net, read from its initializer shapes.

@@ -4,6 +4,7 @@
 //! previews, resume), and the ONNX exporter. Must not depend on daemon, publish or source.
 
 pub mod augment;
+pub mod bench;
 pub use crate::dataset;
 pub mod export;
 pub mod loss;

@@ -11,8 +11,8 @@ use super::loss::Loss;
 use super::unet::UnetArch;
 use crate::config::{choice, range, ConfigError, TrainSection};
 use crate::model::parse_size;
+use crate::model::{RoiPolicy, Task};
 use crate::preprocess::ClaheParams;
-use crate::synth::Task;
 
 /// Tensor backend for training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,27 @@ fn prob(key: &str, v: f64) -> Result<f64, ConfigError> {
     range(key, v, 0.0, 1.0, "0 to 1")
 }
 
+/// The region-of-interest policy of an `--init` run folder or ONNX file, when it can be read
+/// (a file that cannot is reported once, by the run that tries to load its weights).
+fn init_roi_policy(init: &std::path::Path) -> Option<RoiPolicy> {
+    if init.is_dir() {
+        let info = super::trainer::RunInfo::load(init).ok()?;
+        return Some(if info.settings.roi_auto {
+            RoiPolicy::Auto
+        } else {
+            RoiPolicy::Full
+        });
+    }
+    let bytes = std::fs::read(init).ok()?;
+    let meta = crate::infer::onnx_file::metadata(&bytes).ok()?;
+    Some(
+        meta.iter()
+            .find(|(k, _)| k == "pocusd.roi")
+            .and_then(|(_, v)| RoiPolicy::parse(v))
+            .unwrap_or(RoiPolicy::Full),
+    )
+}
+
 fn path(s: &str) -> Option<PathBuf> {
     (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()))
 }
@@ -132,7 +153,7 @@ impl TrainSettings {
                 unreachable!()
             }
         };
-        choice("train.roi", &t.roi, &["auto", "none"])?;
+        choice("train.roi", &t.roi, &["model", "auto", "none"])?;
         choice("train.head", &t.head, &["sigmoid", "softmax"])?;
         let classes = if t.head == "softmax" { 2 } else { 1 };
         let augment = AugmentConfig {
@@ -206,7 +227,12 @@ impl TrainSettings {
             lr: range("train.lr", t.lr, 1e-7, 1.0, "1e-7 to 1.0")?,
             lr_final_fraction: prob("train.lr_final_fraction", t.lr_final_fraction)?,
             seed: t.seed,
-            roi_auto: t.roi == "auto",
+            roi_auto: match t.roi.as_str() {
+                "auto" => true,
+                "none" => false,
+                // "model": the policy of the model or run we start from, else auto.
+                _ => path(&t.init).is_none_or(|p| init_roi_policy(&p) != Some(RoiPolicy::Full)),
+            },
             backend,
             init: path(&t.init),
             threads: int("train.threads", t.threads, 0, 256)?,

@@ -25,12 +25,12 @@ use super::settings::{Backend, TrainSettings};
 use super::tfevents;
 use super::unet::{Unet, UnetArch};
 use crate::dataset::{self, LoadReport, Sample};
-use crate::frame::Rect;
 use crate::imageio;
-use crate::model::{Layout, ModelSpec, Normalisation, OutputKind};
-use crate::preprocess::roi::{RoiConfig, RoiDetector};
+use crate::model::Task;
+use crate::model::{Layout, ModelSpec, Normalisation, OutputKind, RoiPolicy};
+use crate::preprocess::roi::Tracking;
 use crate::preprocess::{Preprocessor, Resizer};
-use crate::synth::{SplitMix64, Task};
+use crate::synth::SplitMix64;
 
 /// Run folder format version.
 const RUN_FORMAT: u32 = 1;
@@ -60,17 +60,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` whole or not at all ([`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::files::write_atomic(path, bytes).map_err(|e| TrainError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// One epoch's figures (a row of metrics.csv).
@@ -192,6 +187,12 @@ pub fn spec_for(
         layout: Layout::Nchw,
         normalisation: Normalisation::Unit,
         clahe: s.clahe,
+        // Training's `--roi none` is the whole frame.
+        roi: if s.roi_auto {
+            RoiPolicy::Auto
+        } else {
+            RoiPolicy::Full
+        },
         output: if s.arch.classes > 1 {
             OutputKind::Softmax
         } else {
@@ -214,15 +215,11 @@ pub struct Prepared {
     pub mask: Vec<f32>,
 }
 
-/// Runs every sample through the engine's preprocessing (ROI, CLAHE, resize) and brings the mask
-/// to the same crop and size.
-pub fn prepare(
-    samples: &[Sample],
-    spec: &ModelSpec,
-    roi_auto: bool,
-) -> Result<Vec<Prepared>, TrainError> {
-    let mut pre = Preprocessor::new(spec, NonZeroUsize::MIN);
-    let mut detector = RoiDetector::new(RoiConfig::default());
+/// Runs every sample through the engine's preprocessing (the region of interest per image by
+/// `spec.roi`, CLAHE, resize, the tensor fill serving uses) and brings the mask to the same crop
+/// and size.
+pub fn prepare(samples: &[Sample], spec: &ModelSpec) -> Result<Vec<Prepared>, TrainError> {
+    let mut pre = Preprocessor::new(spec, spec.roi.into(), Tracking::PerImage, NonZeroUsize::MIN);
     let mut resizer = Resizer::new();
     let mut plane = Vec::new();
     let (w, h) = (spec.input_width, spec.input_height);
@@ -230,14 +227,8 @@ pub fn prepare(
     for s in samples {
         let bad = |e: crate::frame::FrameError| TrainError::Invalid(format!("{}: {e}", s.name));
         let view = s.image.view().map_err(bad)?;
-        let roi = if roi_auto {
-            detector.detect(view)
-        } else {
-            Rect::full(view.width(), view.height())
-        };
-        pre.process(view, roi).map_err(bad)?;
-        let image: Vec<f32> = pre.plane().iter().map(|v| v / 255.0).collect();
-        let mview = s.mask.view().map_err(bad)?.crop(roi).map_err(bad)?;
+        let image = pre.process(view).map_err(bad)?.to_vec();
+        let mview = s.mask.view().map_err(bad)?.crop(pre.roi()).map_err(bad)?;
         resizer.resize(&mview, w, h, &mut plane);
         let mask: Vec<f32> = plane
             .iter()
@@ -654,14 +645,14 @@ pub fn load_data(
         dataset::load(&settings.data, |w| progress.log(&format!("warning: {w}")))?;
     progress.log(&format!("training data: {report}"));
     let spec = spec_for(settings, None, None, None);
-    let all = prepare(&samples, &spec, settings.roi_auto)?;
+    let all = prepare(&samples, &spec)?;
     let (train, val) = match &settings.val {
         Some(v) => {
             let (vs, vr) = dataset::load(std::slice::from_ref(v), |w| {
                 progress.log(&format!("warning: {w}"))
             })?;
             progress.log(&format!("validation data ({}): {vr}", v.display()));
-            (all, prepare(&vs, &spec, settings.roi_auto)?)
+            (all, prepare(&vs, &spec)?)
         }
         None => {
             let held =
@@ -718,18 +709,9 @@ pub fn write_augment_previews(
 }
 
 fn write_png(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}.png",
-        path.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    imageio::write_rgb(&tmp, w, h, rgb)
-        .map_err(|e| TrainError::Invalid(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    // imageio writes whole files (temporary sibling + rename).
+    imageio::write_rgb(path, w, h, rgb)
+        .map_err(|e| TrainError::Invalid(format!("cannot write {}: {e}", path.display())))
 }
 
 fn metrics_csv(history: &[EpochMetrics]) -> String {

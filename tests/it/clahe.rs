@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use pocusd::frame::GrayImage;
 use pocusd::imageio;
+use pocusd::model::Task;
 use pocusd::preprocess::{Clahe, ClaheParams};
-use pocusd::synth::{self, PhantomConfig, SplitMix64, Task};
+use pocusd::synth::{self, PhantomConfig, SplitMix64};
 use proptest::prelude::*;
 
 use crate::common;
@@ -106,7 +107,9 @@ fn generated_images() -> Vec<(String, GrayImage)> {
 
 /// Real images: every image of ../shared/data when present.
 fn real_images() -> Vec<PathBuf> {
-    let Some(root) = common::real_data() else {
+    let Some(root) =
+        common::real_data_for("CLAHE against OpenCV on real images", &["dl_track", "hc18"])
+    else {
         return Vec::new();
     };
     let mut paths = Vec::new();

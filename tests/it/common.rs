@@ -36,6 +36,32 @@ pub fn real_data() -> Option<PathBuf> {
     p.join("README.md").exists().then_some(p)
 }
 
+/// The real-data folder for a test that needs the sets `sets` (e.g. `["dl_track"]`). When they
+/// are missing the test is "not run", and says so where the test runner does not capture it
+/// (straight to stderr); under CI (`CI` set), where ../shared is always beside the clone, a
+/// missing folder is a broken set-up and fails the test.
+pub fn real_data_for(test: &str, sets: &[&str]) -> Option<PathBuf> {
+    let root = real_data();
+    let missing: Vec<&str> = match &root {
+        Some(r) => sets
+            .iter()
+            .copied()
+            .filter(|s| !r.join(s).is_dir())
+            .collect(),
+        None => vec!["../shared/data"],
+    };
+    if missing.is_empty() {
+        return root;
+    }
+    let why = format!("{} absent", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}; under CI (CI is set) ../shared/data must be beside the clone (or POCUSD_DATA set)");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "not run: {test}: {why}");
+    None
+}
+
 /// The script folder of the checkout.
 pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

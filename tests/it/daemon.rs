@@ -325,6 +325,10 @@ fn live_daemon_on_dbus_properties_signals_errors_snapshot_log_and_status() {
     let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     assert_eq!(v["state_name"], "streaming", "{v}");
     assert!(v["last_measurement"]["seq"].as_u64().is_some(), "{v}");
+    // No --roi: the model's own policy, no override.
+    assert_eq!(v["model"]["roi"], "auto", "{v}");
+    assert_eq!(v["model"]["roi_applied"], "auto", "{v}");
+    assert_eq!(v["model"]["roi_override"], false, "{v}");
     assert!(v["fps"].as_f64().unwrap() > 0.0, "{v}");
     let o = common::pocusd()
         .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
@@ -335,6 +339,7 @@ fn live_daemon_on_dbus_properties_signals_errors_snapshot_log_and_status() {
     assert!(
         text.contains("pocusd - streaming")
             && text.contains("copy.onnx")
+            && text.contains("ROI: auto (the model's policy)")
             && text.contains("Latency"),
         "{text}"
     );

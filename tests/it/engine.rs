@@ -7,10 +7,11 @@ use std::path::Path;
 use pocusd::frame::{GrayImage, Rect};
 use pocusd::infer::onnx_build::{self, Breakage};
 use pocusd::infer::{Engine, InferError, LoadedModel};
+use pocusd::model::Task;
 use pocusd::model::{Layout, OutputKind, SpecOverrides};
 use pocusd::postprocess::{Calibration, Flag, PostprocessConfig, Postprocessor};
 use pocusd::preprocess::Preprocessor;
-use pocusd::synth::{self, PhantomConfig, Task};
+use pocusd::synth::{self, PhantomConfig};
 
 use crate::common;
 
@@ -148,8 +149,8 @@ fn missing_structures_are_flagged() {
 
 #[test]
 fn hc18_reference_masks_match_the_csv() {
-    let Some(root) = common::real_data() else {
-        eprintln!("../shared/data not present: HC18 check not run");
+    let Some(root) = common::real_data_for("HC18 reference masks against the CSV", &["hc18"])
+    else {
         return;
     };
     let csv = std::fs::read_to_string(root.join("hc18/pixel_size_and_hc.csv")).unwrap();
@@ -209,9 +210,14 @@ fn measure(model: &mut LoadedModel, seed: u64) -> (f64, f64) {
         seed,
     };
     let s = synth::sample(cfg, seed);
-    let mut pre = Preprocessor::new(model.spec(), std::num::NonZeroUsize::MIN);
+    let mut pre = Preprocessor::new(
+        model.spec(),
+        pocusd::preprocess::roi::RoiMode::Full,
+        pocusd::preprocess::roi::Tracking::Stream { every: 30 },
+        std::num::NonZeroUsize::MIN,
+    );
     let roi = Rect::full(640, 480);
-    let input = pre.process(s.image.view().unwrap(), roi).unwrap().to_vec();
+    let input = pre.process(s.image.view().unwrap()).unwrap().to_vec();
     let (w, h) = (model.spec().input_width, model.spec().input_height);
     let prob = model.run(&input).unwrap().to_vec();
     let mut post = Postprocessor::new(Task::Aponeurosis, PostprocessConfig::default());

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use pocusd::infer::onnx_build::{self, Breakage, UnetShape};
+use pocusd::model::Task;
 use pocusd::model::{Layout, OutputKind};
-use pocusd::synth::Task;
 
 use crate::common::{self, run, stderr, stdout};
 

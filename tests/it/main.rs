@@ -13,6 +13,7 @@ mod engine;
 mod ffmpeg_src;
 mod infer_cli;
 mod roi;
+mod roi_contract;
 mod shipped_models;
 mod sources;
 mod synth;

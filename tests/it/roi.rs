@@ -24,8 +24,7 @@ fn flat(img: &pocusd::frame::GrayImage, x: usize, y: usize) -> bool {
 
 #[test]
 fn keeps_the_structures_and_drops_the_borders_on_dl_track() {
-    let Some(root) = common::real_data() else {
-        eprintln!("../shared/data not present: ROI check on dl_track not run");
+    let Some(root) = common::real_data_for("ROI on dl_track", &["dl_track"]) else {
         return;
     };
     let dir = root.join("dl_track");
@@ -92,7 +91,7 @@ fn keeps_the_structures_and_drops_the_borders_on_dl_track() {
 
 #[test]
 fn capture_crops_to_the_detected_image_and_tracks_layout_changes() {
-    use pocusd::preprocess::roi::{RoiMode, RoiTracker};
+    use pocusd::preprocess::roi::{RoiMode, RoiTracker, Tracking};
     use pocusd::synth::{self, PhantomConfig};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cap");
@@ -116,7 +115,7 @@ fn capture_crops_to_the_detected_image_and_tracks_layout_changes() {
     .image_rect();
     assert_eq!((img.width(), img.height()), (truth.w, truth.h));
     // A "depth change": the same screen at another size moves the image; the tracker follows.
-    let mut t = RoiTracker::new(RoiMode::Auto, 1000);
+    let mut t = RoiTracker::new(RoiMode::Auto, Tracking::Stream { every: 1000 });
     let a = synth::sample(
         PhantomConfig {
             furniture: true,
@@ -147,6 +146,12 @@ fn capture_crops_to_the_detected_image_and_tracks_layout_changes() {
         }))
     );
     assert_eq!(RoiMode::parse("10,20,0,200"), None);
+    // A malformed --roi is a usage error, like every bad flag value.
     let o = common::run(&["config", "check", "--roi", "1,2"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("x,y,w,h"),
+        "{}",
+        common::stderr(&o)
+    );
 }

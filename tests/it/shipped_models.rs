@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::common::{real_data, run, stderr, stdout};
+use crate::common::{self, run, stderr, stdout};
 
 // The recorded figures (models/README.md) less a margin for float differences between machines.
 const APO_DICE: f64 = 0.81;
@@ -17,26 +17,44 @@ const HEAD_HC_MAE_MM: f64 = 2.0;
 /// that file).
 #[test]
 fn shipped_models_meet_targets_on_held_out_real_data() {
-    let Some(data) = real_data() else {
-        eprintln!("real-data test not run: ../shared/data is absent");
+    let Some(data) = common::real_data_for(
+        "shipped models on held-out real data",
+        &["dl_track", "hc18"],
+    ) else {
         return;
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let apo = root.join("models/aponeurosis.onnx");
-    let o = run(&[
-        "--roi",
-        "auto",
-        "eval",
-        "--model",
-        apo.to_str().unwrap(),
-        "--data",
-        data.join("dl_track").to_str().unwrap(),
-        "--val-fraction",
-        "0.15",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // No --roi: the model's own policy (pocusd.roi = auto) must give what --roi auto gives.
+    let eval_apo = |extra: &[&str]| {
+        let dl = data.join("dl_track");
+        let mut args = extra.to_vec();
+        args.extend([
+            "eval",
+            "--model",
+            apo.to_str().unwrap(),
+            "--data",
+            dl.to_str().unwrap(),
+            "--val-fraction",
+            "0.15",
+            "--json",
+        ]);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let v = eval_apo(&[]);
+    let explicit = eval_apo(&["--roi", "auto"]);
+    for k in [
+        "images",
+        "dice",
+        "iou",
+        "thickness_rel_err_median",
+        "thickness_within_10pct",
+        "failed",
+    ] {
+        assert_eq!(v[k], explicit[k], "{k}: model policy vs --roi auto");
+    }
     eprintln!(
         "aponeurosis: dice {} rel median {} within10 {}",
         v["dice"], v["thickness_rel_err_median"], v["thickness_within_10pct"]
@@ -56,8 +74,6 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
     let head = root.join("models/fetal-head.onnx");
     let hc = data.join("hc18");
     let o = run(&[
-        "--roi",
-        "auto",
         "eval",
         "--model",
         head.to_str().unwrap(),

@@ -2,7 +2,8 @@
 //! method), it is deterministic, and `pocusd synth` writes a usable dataset.
 
 use pocusd::frame::GrayImage;
-use pocusd::synth::{self, Phantom, PhantomConfig, Task};
+use pocusd::model::Task;
+use pocusd::synth::{self, Phantom, PhantomConfig};
 
 use crate::common;
 

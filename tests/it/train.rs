@@ -272,6 +272,54 @@ fn test_settings(w: usize, h: usize) -> pocusd::train::settings::TrainSettings {
     pocusd::train::settings::TrainSettings::from_section(&t, None).unwrap()
 }
 
+/// `train.roi = "model"` (the default) follows the `--init` model's `pocusd.roi`, and is auto
+/// without one; an explicit value wins.
+#[test]
+fn training_roi_follows_the_init_model() {
+    use pocusd::infer::onnx_file;
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full.onnx");
+    let o = run(&[
+        "unet",
+        "--out",
+        full.to_str().unwrap(),
+        "--input",
+        "64x64",
+        "--depth",
+        "3",
+        "--width",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let auto = tmp.path().join("auto.onnx");
+    let bytes = std::fs::read(&full).unwrap();
+    std::fs::write(
+        &auto,
+        onnx_file::rewrite_metadata(&bytes, &[("pocusd.roi".into(), "auto".into())], &[]).unwrap(),
+    )
+    .unwrap();
+    let cfg = pocusd::config::load_from(&pocusd::config::Sources {
+        system_file: PathBuf::from("/nonexistent"),
+        user_file: None,
+        env: Vec::new(),
+    })
+    .unwrap();
+    assert_eq!(cfg.raw.train.roi, "model");
+    let roi_auto = |init: &Path, roi: &str| {
+        let mut t = cfg.raw.train.clone();
+        t.init = init.display().to_string();
+        t.roi = roi.into();
+        pocusd::train::settings::TrainSettings::from_section(&t, None)
+            .unwrap()
+            .roi_auto
+    };
+    assert!(!roi_auto(&full, "model"));
+    assert!(roi_auto(&auto, "model"));
+    assert!(roi_auto(Path::new(""), "model"));
+    assert!(roi_auto(&full, "auto"));
+    assert!(!roi_auto(&auto, "none"));
+}
+
 #[test]
 fn resume_after_sigkill_continues_from_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -547,6 +595,8 @@ print(n)
         report["metadata"]["pocusd.val_dice"].as_str().is_some(),
         "{report}"
     );
+    // Training's `--roi none` is the whole frame in the model's contract.
+    assert_eq!(report["metadata"]["pocusd.roi"], "full", "{report}");
     assert_eq!(
         report["ops"]
             .as_array()

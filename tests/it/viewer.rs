@@ -575,6 +575,79 @@ fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
     assert!(banner.contains("PAUSED"), "banner: {banner:?}");
 }
 
+/// An explicit region of interest that departs from the model's own policy is warned about once
+/// in the log and shown by `pocusd status`, the status events and the viewer page.
+#[test]
+fn an_roi_override_is_shown_by_status_events_and_the_page() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    // The shipped model was trained on the automatic region of interest.
+    let d = Daemon::spawn(
+        ds::daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("state"),
+            &["--source", "demo?fps=10&seed=5", "--roi", "full"],
+        ),
+        tmp.path(),
+    );
+    let addr = viewer_addr(&d);
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    assert_eq!(
+        d.log().matches("trained with auto").count(),
+        1,
+        "{}",
+        d.log()
+    );
+    let o = common::pocusd()
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .args(["status", "--session-bus", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["model"]["roi"], "auto", "{v}");
+    assert_eq!(v["model"]["roi_applied"], "full", "{v}");
+    assert_eq!(v["model"]["roi_override"], true, "{v}");
+    let o = common::pocusd()
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .args(["status", "--session-bus"])
+        .output()
+        .unwrap();
+    let text = common::stdout(&o);
+    assert!(text.contains("ROI: full (explicit; WARNING"), "{text}");
+    let mut ev = Stream::open(addr, "/events");
+    let t0 = Instant::now();
+    let warning = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no status event with the warning"
+        );
+        let e = ev.event();
+        if e["type"] == "status" {
+            assert_eq!(e["roi"], "full", "{e}");
+            break e["roi_warning"].as_str().unwrap_or_default().to_string();
+        }
+    };
+    assert!(warning.contains("trained with auto"), "{warning}");
+    let url = format!("http://{addr}/");
+    let mut shown = String::new();
+    for _ in 0..15 {
+        let dom = common::stdout(&chromium(&["--dump-dom"], &url, 4000));
+        if let Some(i) = dom.find("id=\"roiwarn\"") {
+            let rest = &dom[i..];
+            let gt = rest.find('>').unwrap();
+            shown = rest[gt + 1..gt + 1 + rest[gt + 1..].find('<').unwrap()].to_string();
+            if !shown.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(shown.contains("trained with auto"), "page shows {shown:?}");
+}
+
 #[cfg(feature = "ffmpeg")]
 #[test]
 fn ffmpeg_output_files_are_read_back_by_ffprobe() {

@@ -1,6 +1,7 @@
-//! Rolling statistics for what the daemon publishes: latency percentiles over the most recent
-//! values, and frames per second over a sliding window. Plain numbers, no I/O, no clocks of its
-//! own (callers pass instants), so they are testable.
+//! Statistics for what the daemon publishes and the benchmarks print: the one nearest-rank
+//! [`percentile`], latency percentiles over the most recent values ([`Window`]), and events per
+//! second over a sliding window ([`Rate`]). Plain numbers, no I/O, no clocks of its own (callers
+//! pass instants), so they are testable. Depends on std only.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -19,6 +20,30 @@ pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+impl Percentiles {
+    /// Of `v` (sorted in place); zeros when empty.
+    pub fn of(v: &mut [f64]) -> Self {
+        if v.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: percentile(v, 0.50),
+            p99: percentile(v, 0.99),
+            max: percentile(v, 1.0),
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `v` by nearest rank (sorts `v`); NaN when empty.
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
 }
 
 impl Window {
@@ -55,14 +80,7 @@ impl Window {
         }
         self.scratch.clear();
         self.scratch.extend(self.values.iter().copied());
-        self.scratch.sort_by(f64::total_cmp);
-        let n = self.scratch.len();
-        let at = |q: f64| self.scratch[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
-        Percentiles {
-            p50: at(0.50),
-            p99: at(0.99),
-            max: self.scratch[n - 1],
-        }
+        Percentiles::of(&mut self.scratch)
     }
 }
 

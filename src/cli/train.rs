@@ -1,18 +1,16 @@
 //! `pocusd train`, `pocusd export` and `pocusd bench train`: flags layered over the `[train]`
-//! config section, then the library's trainer. Only in builds with the `train` feature.
+//! config section, then the library's trainer (`pocusd::train`). Only in builds with the `train`
+//! feature; the binary names burn nowhere else.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 
 use pocusd::config;
-use pocusd::synth::{SplitMix64, Task};
-use pocusd::train::augment::Augmenter;
+use pocusd::model::Task;
 use pocusd::train::settings::TrainSettings;
-use pocusd::train::trainer::{self, Checkpoint, ConsoleProgress, Prepared};
-use pocusd::train::unet::Unet;
+use pocusd::train::trainer::{self, Checkpoint, ConsoleProgress};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -162,7 +160,8 @@ fn settings(
         t.roi = match r {
             "auto" => "auto".into(),
             "none" | "full" => "none".into(),
-            other => anyhow::bail!("--roi {other:?}: training takes auto or none"),
+            "model" => "model".into(),
+            other => anyhow::bail!("--roi {other:?}: training takes auto, none (full) or model"),
         };
     }
     Ok(TrainSettings::from_section(&t, cfg.preprocess.clahe)?)
@@ -214,55 +213,9 @@ pub fn cmd_bench_train(cfg: &config::Config, a: &BenchTrainArgs) -> anyhow::Resu
     t.width = a.width;
     t.depth = a.depth;
     let s = TrainSettings::from_section(&t, cfg.preprocess.clahe)?;
-    let (w, h) = (s.input_width, s.input_height);
-    // Phantom-like data at model resolution: textured image, band mask.
-    let mut rng = SplitMix64::new(7);
-    let set: Vec<Prepared> = (0..32)
-        .map(|k| Prepared {
-            name: format!("{k}"),
-            image: (0..w * h).map(|_| rng.next_f64() as f32).collect(),
-            mask: (0..w * h)
-                .map(|i| ((i / w + k) % 40 < 8) as u8 as f32)
-                .collect(),
-        })
-        .collect();
-    let device = trainer::device_for(s.backend).autodiff();
-    let mut net = Unet::new(&s.arch, &device);
-    let mut optim = burn::optim::AdamConfig::new().init();
-    let mut aug = Augmenter::new(s.augment);
-    let batch = s.batch;
-    let mut times = Vec::new();
-    for step in 0..a.steps + 2 {
-        let t0 = Instant::now();
-        let idx: Vec<usize> = (0..batch).map(|i| (step * batch + i) % set.len()).collect();
-        let (x, y) = trainer::batch_tensors(
-            &set,
-            &idx,
-            w,
-            h,
-            (!a.no_augment).then_some(&mut aug),
-            1,
-            step,
-            &device,
-        );
-        let logits = net.forward(x);
-        let loss = s.loss.compute(logits, y);
-        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(1e-3, net, grads);
-        if step >= 2 {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let ips = batch as f64 * 1e3 / median;
+    let r = pocusd::train::bench::step_time(&s, a.steps, !a.no_augment);
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"images_per_s": ips, "step_ms_median": median, "batch": batch,
-                "input": [w, h], "backend": s.backend.as_str(), "width": s.arch.base_width,
-                "depth": s.arch.depth, "augment": !a.no_augment, "steps": a.steps})
-        );
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
             "{:<10} {:>6} {:>10} {:>14} {:>12}",
@@ -270,11 +223,7 @@ pub fn cmd_bench_train(cfg: &config::Config, a: &BenchTrainArgs) -> anyhow::Resu
         );
         println!(
             "{:<10} {:>6} {:>10} {:>14.1} {:>12.2}",
-            s.backend.as_str(),
-            batch,
-            a.input,
-            median,
-            ips
+            r.backend, r.batch, a.input, r.step_ms_median, r.images_per_s
         );
     }
     Ok(())

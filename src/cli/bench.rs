@@ -1,0 +1,222 @@
+//! `pocusd bench ...`: the argument types and the printing of the library's benchmark reports
+//! (`pocusd::bench`, and `pocusd::train::bench` for training).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use pocusd::bench;
+use pocusd::config::Config;
+use pocusd::imageio;
+use pocusd::infer::{self, LoadedModel};
+
+use super::image::{clahe_params, ClaheFlags};
+use super::{clahe_threads, load_model};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time CLAHE on one image: median and 99th percentile over --iters runs.
+    Clahe(BenchClaheArgs),
+    /// Time one inference of a model (tract, the reused state).
+    Infer(BenchInferArgs),
+    /// Time postprocessing + overlay on 640x480 phantom frames with a model's outputs.
+    Postprocess(BenchPostArgs),
+    /// Read frames from a source (--source SPEC) as fast as it delivers them.
+    Source(BenchSourceArgs),
+    /// The whole daemon (capture, processing, D-Bus, log, viewer with one MJPEG client) on a paced source.
+    Pipeline(BenchPipelineArgs),
+    /// Time one training step (forward, backward, Adam) with augmentation.
+    #[cfg(feature = "train")]
+    Train(super::train::BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchPipelineArgs {
+    /// Source frame rate; 0: unpaced (as fast as the pipeline takes frames). The source is the
+    /// global --source SPEC (default: the demo phantom at 640x480) with its fps replaced.
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// Processed frames to measure (after a first second of warm-up).
+    #[arg(long, default_value_t = 600)]
+    frames: u64,
+    /// Model (ONNX); default as `pocusd run`.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSourceArgs {
+    /// Frames to read.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchInferArgs {
+    /// The ONNX model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: PathBuf,
+    /// Threads for tract's matrix products.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+    /// Timed iterations (after a warm-up).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchPostArgs {
+    /// The ONNX model whose outputs are postprocessed.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: PathBuf,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchClaheArgs {
+    /// Image to equalise.
+    #[arg(long, value_name = "IN.png")]
+    image: PathBuf,
+    /// Timed iterations (after a short warm-up).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    #[command(flatten)]
+    params: ClaheFlags,
+    /// Threads per image.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// Runs one benchmark; `source` is the global `--source` when given.
+pub fn cmd_bench(
+    cfg: &Config,
+    config_file: Option<PathBuf>,
+    source: Option<&str>,
+    cmd: &BenchCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Clahe(a) => {
+            let params = clahe_params(cfg, &a.params)?;
+            let src = imageio::read_gray(&a.image)?;
+            let r = bench::clahe(src.view()?, params, a.threads, a.iters);
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{:<10} {:>6} {:>8} {:>10} {:>10}",
+                "size", "iters", "threads", "median_ms", "p99_ms"
+            );
+            println!(
+                "{:<10} {:>6} {:>8} {:>10.3} {:>10.3}",
+                format!("{}x{}", r.width, r.height),
+                r.iters,
+                r.threads,
+                r.median_ms,
+                r.p99_ms
+            );
+        }
+        BenchCommand::Infer(a) => {
+            infer::set_threads(a.threads as usize);
+            let mut model = LoadedModel::load(&a.model, &cfg.model.overrides)?;
+            let r = bench::infer(&mut model, a.threads, a.iters)?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{:<20} {:>8} {:>10} {:>10}",
+                "input", "threads", "median_ms", "p99_ms"
+            );
+            println!(
+                "{:<20} {:>8} {:>10.3} {:>10.3}",
+                format!("{:?}", r.input),
+                r.threads,
+                r.median_ms,
+                r.p99_ms
+            );
+        }
+        BenchCommand::Postprocess(a) => {
+            let mut model = load_model(cfg, Some(&a.model))?;
+            let r = bench::postprocess(
+                &mut model,
+                clahe_threads(cfg),
+                cfg.postprocess,
+                cfg.overlay,
+                a.iters,
+            )?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{:<10} {:>6} {:>10} {:>10}",
+                "frame", "iters", "median_ms", "p99_ms"
+            );
+            println!(
+                "{:<10} {:>6} {:>10.3} {:>10.3}",
+                "640x480", r.iters, r.median_ms, r.p99_ms
+            );
+        }
+        BenchCommand::Source(a) => {
+            let mut src = super::data::finite_source(cfg);
+            let r = bench::source(&mut src, &cfg.source.spec.raw, a.frames)?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{:<40} {:>8} {:>10} {:>16}",
+                "source", "frames", "fps", "decode_ms_median"
+            );
+            println!(
+                "{:<40} {:>8} {:>10.1} {:>16.3}",
+                r.source, r.frames, r.fps, r.decode_ms_median
+            );
+        }
+        BenchCommand::Pipeline(a) => {
+            let r = bench::pipeline(&bench::PipelineOptions {
+                config_file,
+                source: source.unwrap_or("demo").to_string(),
+                fps: a.fps,
+                frames: a.frames,
+                model: a.model.clone(),
+            })?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{} at {} fps: {:.1} fps processed, {} dropped ({:.2} %), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, CPU {:.1} ms per frame, RSS {:.0} MB (after 1 s: {:.0} MB), MJPEG client got {} frames",
+                r.source, r.source_fps, r.fps, r.dropped, r.dropped_fraction * 100.0,
+                r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.max, r.cpu_ms_per_frame,
+                r.rss_mb, r.rss_mb_after_1s, r.mjpeg_client_frames
+            );
+            for n in bench::STAGES {
+                if let Some(s) = r.stages_ms.get(n) {
+                    println!("  {n:<12} p50 {:>7.2} ms  p99 {:>7.2} ms", s.p50, s.p99);
+                }
+            }
+        }
+        #[cfg(feature = "train")]
+        BenchCommand::Train(a) => super::train::cmd_bench_train(cfg, a)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! `pocusd infer` and `pocusd eval`: a model on still images, one at a time (each image gets its
+//! own region of interest by the model's policy unless `--roi` says otherwise).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use pocusd::analyzer::Analyzer;
+use pocusd::config::Config;
+use pocusd::eval::{self, EvalOptions};
+use pocusd::files::write_atomic;
+use pocusd::imageio;
+use pocusd::model::Task;
+use pocusd::preprocess::roi::Tracking;
+
+use super::{clahe_threads, load_model, still_postprocess};
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// Images (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// The ONNX model. Default: [model] path, then the shipped default model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    /// Where NAME.mask.png, NAME.overlay.png and NAME.json go.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Also print a JSON array, one object per image.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The ONNX model. Default: [model] path, then the shipped default model.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    /// Folder with images/ and masks/ (same file names).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Measurement to score; default: the model's task.
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// CSV with filename,pixel_size_mm,head_circumference_mm for circumference in mm.
+    #[arg(long, value_name = "FILE")]
+    mm_csv: Option<PathBuf>,
+    /// Score only the validation blocks `pocusd train --val-fraction F` holds out of this folder
+    /// (same usable pairs, same contiguous blocks), i.e. images the model never trained on.
+    #[arg(long, value_name = "F")]
+    val_fraction: Option<f64>,
+    /// Number of validation blocks (with --val-fraction). Default: [train] val_blocks.
+    #[arg(long, value_name = "N")]
+    val_blocks: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn headline(task: Task, m: &serde_json::Value) -> Option<String> {
+    let (mm, px) = match task {
+        Task::Aponeurosis => ("thickness_mm", "thickness_px"),
+        Task::Region => ("circumference_mm", "circumference_px"),
+    };
+    m[mm]
+        .as_f64()
+        .map(|x| format!("{x:.2} mm"))
+        .or(m[px].as_f64().map(|x| format!("{x:.1} px")))
+}
+
+pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
+    let mut model = load_model(cfg, args.model.as_deref())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let roi = cfg.source.roi.resolve(model.spec().roi);
+    let mut analyzer = Analyzer::new(
+        &model,
+        roi.mode,
+        Tracking::PerImage,
+        clahe_threads(cfg),
+        still_postprocess(cfg),
+        cfg.overlay,
+    );
+    let sha = model.sha256().to_string();
+    let task = model.spec().task;
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for path in &args.images {
+        let one = (|| -> anyhow::Result<serde_json::Value> {
+            let img = imageio::read_gray(path)?;
+            let analysis = analyzer.analyse(&mut model, img.view()?)?.clone();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            imageio::write_gray(
+                &args.out.join(format!("{stem}.mask.png")),
+                &analyzer.mask_image(img.width(), img.height()),
+            )?;
+            let roi = analyzer.roi();
+            let ov = analyzer.render_overlay(img.view()?, &sha);
+            imageio::write_rgb(
+                &args.out.join(format!("{stem}.overlay.png")),
+                ov.width,
+                ov.height,
+                &ov.data,
+            )?;
+            let v = serde_json::json!({
+                "image": path,
+                "width": img.width(),
+                "height": img.height(),
+                "model_sha256": sha,
+                "task": task.as_str(),
+                "measurements": analysis.measurements,
+                "confidence": analysis.confidence,
+                "uncertain_fraction": analysis.uncertain_fraction,
+                "flag": analysis.flag.map(|f| f.as_str()),
+                "roi": roi,
+            });
+            write_atomic(
+                &args.out.join(format!("{stem}.json")),
+                serde_json::to_string_pretty(&v)?.as_bytes(),
+            )?;
+            Ok(v)
+        })();
+        match one {
+            Ok(v) => results.push(v),
+            Err(e) => failures.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(results.clone()));
+    } else {
+        let name = match task {
+            Task::Aponeurosis => "thickness",
+            Task::Region => "circumference",
+        };
+        println!(
+            "{:<40} {:>14} {:>10} {:>16}",
+            "image", name, "confidence", "flag"
+        );
+        for v in &results {
+            println!(
+                "{:<40} {:>14} {:>10.3} {:>16}",
+                v["image"].as_str().unwrap_or("?"),
+                headline(task, &v["measurements"]).unwrap_or_else(|| "-".into()),
+                v["confidence"].as_f64().unwrap_or(0.0),
+                v["flag"].as_str().unwrap_or("")
+            );
+        }
+    }
+    for f in &failures {
+        eprintln!("pocusd: skipped {f}");
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} of {} images failed", failures.len(), args.images.len());
+    }
+    Ok(())
+}
+
+pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
+    let mut model = load_model(cfg, args.model.as_deref())?;
+    let opts = EvalOptions {
+        data: args.data.clone(),
+        task: args.task,
+        mm_csv: args.mm_csv.clone(),
+        validation: args.val_fraction.map(|f| {
+            (
+                f,
+                args.val_blocks.unwrap_or(cfg.raw.train.val_blocks as usize),
+            )
+        }),
+        roi: cfg.source.roi,
+        clahe_threads: clahe_threads(cfg),
+        post: cfg.postprocess,
+    };
+    let report = eval::evaluate(&mut model, &opts, &mut |line| eprintln!("pocusd: {line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let f = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    println!(
+        "images {}  failed {}  skipped {}  task {}  roi {}{}",
+        report.images,
+        report.failed,
+        report.skipped,
+        report.task,
+        report.roi,
+        if report.roi_override {
+            " (explicit, not the model's)"
+        } else {
+            ""
+        }
+    );
+    for (k, v) in [
+        ("dice", report.dice),
+        ("iou", report.iou),
+        ("thickness_mae_px", report.thickness_mae_px),
+        ("thickness_rel_err_median", report.thickness_rel_err_median),
+        ("thickness_within_10pct", report.thickness_within_10pct),
+        ("circumference_mae_px", report.circumference_mae_px),
+        ("circumference_mae_mm", report.circumference_mae_mm),
+    ] {
+        println!("{k:<28} {}", f(v));
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Scoring a model on a labelled folder (`images/` + `masks/`, same file names): per image the
+//! Dice and IoU of the predicted mask against the reference over the whole image, and the task's
+//! measurement taken the same way from both masks (thickness between the aponeuroses, or the
+//! fitted ellipse's circumference, in mm with the HC18 CSV of pixel sizes). The model sees each
+//! image through the one [`Analyzer`] path, with the region of interest found per image by the
+//! model's own policy unless the caller overrides it; an image that cannot be read or scored is
+//! skipped and counted, never the end of the evaluation. `pocusd eval`, the shipped-model tests
+//! and (later) the nightly loop call [`evaluate`]. Reads the folder it is given; writes nothing.
+//! Must not depend on tract or burn directly (the model comes in as an `infer::LoadedModel`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::analyzer::Analyzer;
+use crate::frame::Rect;
+use crate::imageio;
+use crate::infer::LoadedModel;
+use crate::model::Task;
+use crate::postprocess::overlay::OverlayStyle;
+use crate::postprocess::{Calibration, Flag, PostprocessConfig, Postprocessor, Smoothing};
+use crate::preprocess::roi::{RoiChoice, Tracking};
+
+/// Why an evaluation could not run at all (single bad images are skipped, not errors).
+#[derive(Debug, Error)]
+pub enum EvalError {
+    #[error("cannot list {} (expected DIR/images and DIR/masks): {source}", path.display())]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no PNG or JPEG images", .0.display())]
+    NoImages(PathBuf),
+    #[error("no image in {} had a readable mask of the same size in {}", images.display(), masks.display())]
+    NothingScored { images: PathBuf, masks: PathBuf },
+    #[error("{0}")]
+    Csv(String),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+}
+
+/// What to score and how.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Folder with `images/` and `masks/`.
+    pub data: PathBuf,
+    /// Measurement to score; `None`: the model's task.
+    pub task: Option<Task>,
+    /// HC18-style CSV (`filename,pixel_size_mm,head_circumference_mm`).
+    pub mm_csv: Option<PathBuf>,
+    /// Only the validation blocks `pocusd train` holds out: (fraction, blocks).
+    pub validation: Option<(f64, usize)>,
+    /// The region of interest: the model's policy unless explicit.
+    pub roi: RoiChoice,
+    pub clahe_threads: NonZeroUsize,
+    /// Postprocessing settings (calibration and smoothing are switched off for scoring).
+    pub post: PostprocessConfig,
+}
+
+/// The task-specific numbers of one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TaskScore {
+    Aponeurosis {
+        thickness_px: Option<f64>,
+        reference_thickness_px: Option<f64>,
+    },
+    Region {
+        circumference_px: Option<f64>,
+        reference_circumference_px: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        circumference_mm: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference_hc_mm: Option<f64>,
+    },
+}
+
+/// One scored image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageScore {
+    pub image: String,
+    /// 0 when the prediction lacks the structure (no structure, one band).
+    pub dice: f64,
+    pub iou: f64,
+    pub flag: Option<&'static str>,
+    /// The region of interest the model saw, in image pixels.
+    pub roi: Rect,
+    #[serde(flatten)]
+    pub task: TaskScore,
+}
+
+/// The whole evaluation (`pocusd eval --json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub images: usize,
+    /// Images whose prediction lacks the structure.
+    pub failed: usize,
+    /// Images that could not be read or scored.
+    pub skipped: usize,
+    pub task: &'static str,
+    pub model_sha256: String,
+    /// The region-of-interest mode applied, and whether it overrides the model's policy.
+    pub roi: String,
+    pub roi_override: bool,
+    pub dice: Option<f64>,
+    pub iou: Option<f64>,
+    pub thickness_mae_px: Option<f64>,
+    pub thickness_rel_err_median: Option<f64>,
+    pub thickness_within_10pct: Option<f64>,
+    pub circumference_mae_px: Option<f64>,
+    pub circumference_mae_mm: Option<f64>,
+    pub per_image: Vec<ImageScore>,
+}
+
+/// Dice and IoU of two 0/non-0 masks (a pixel is set above 127); both empty count as agreement.
+pub fn dice_iou(a: &[u8], b: &[u8]) -> (f64, f64) {
+    let (mut inter, mut na, mut nb) = (0usize, 0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x > 127, y > 127);
+        na += x as usize;
+        nb += y as usize;
+        inter += (x && y) as usize;
+    }
+    if na + nb == 0 {
+        return (1.0, 1.0);
+    }
+    let union = na + nb - inter;
+    (
+        2.0 * inter as f64 / (na + nb) as f64,
+        inter as f64 / union as f64,
+    )
+}
+
+/// The HC18 CSV: filename -> (pixel_size_mm, head_circumference_mm).
+pub fn read_mm_csv(path: &Path) -> Result<HashMap<String, (f64, f64)>, EvalError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EvalError::Csv(format!("cannot read {}: {e}", path.display())))?;
+    let mut map = HashMap::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let num = |v: &str, what: &str| {
+            v.parse::<f64>().map_err(|_| {
+                EvalError::Csv(format!(
+                    "{} line {}: {what} {v:?} is not a number",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        };
+        map.insert(
+            f[0].to_string(),
+            (
+                num(f[1], "pixel_size_mm")?,
+                num(f[2], "head_circumference_mm")?,
+            ),
+        );
+    }
+    Ok(map)
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The images of `dir/images`, sorted by name.
+fn list_images(images_dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(images_dir)
+        .map_err(|source| EvalError::List {
+            path: images_dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| {
+                ["png", "jpg", "jpeg"]
+                    .iter()
+                    .any(|k| x.eq_ignore_ascii_case(k))
+            })
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(EvalError::NoImages(images_dir.to_path_buf()));
+    }
+    Ok(names)
+}
+
+/// Scores `model` on `opts.data`. `note` receives one line per skipped image and the validation
+/// summary (the command line prints them on stderr).
+pub fn evaluate(
+    model: &mut LoadedModel,
+    opts: &EvalOptions,
+    note: &mut dyn FnMut(String),
+) -> Result<EvalReport, EvalError> {
+    let task = opts.task.unwrap_or(model.spec().task);
+    let post_cfg = PostprocessConfig {
+        calibration: Calibration::None,
+        smoothing: Smoothing::Off,
+        ..opts.post
+    };
+    let roi = opts.roi.resolve(model.spec().roi);
+    let mut analyzer = Analyzer::new(
+        model,
+        roi.mode,
+        Tracking::PerImage,
+        opts.clahe_threads,
+        post_cfg,
+        OverlayStyle::default(),
+    );
+    let mut reference = Postprocessor::new(task, post_cfg);
+    // The task used for measuring predictions may differ from the model's (--task).
+    let mut measure_pred = Postprocessor::new(task, post_cfg);
+    let csv = match &opts.mm_csv {
+        Some(p) => read_mm_csv(p)?,
+        None => HashMap::new(),
+    };
+    let images_dir = opts.data.join("images");
+    let masks_dir = opts.data.join("masks");
+    let mut names = list_images(&images_dir)?;
+    if let Some((fraction, blocks)) = opts.validation {
+        let (samples, _) = crate::dataset::load(std::slice::from_ref(&opts.data), |_| {})?;
+        let held: BTreeSet<String> =
+            crate::dataset::validation_blocks(samples.len(), fraction, blocks)
+                .into_iter()
+                .map(|i| samples[i].name.clone())
+                .collect();
+        names.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| held.contains(n.to_string_lossy().as_ref()))
+        });
+        note(format!(
+            "scoring the {} validation images of {} (fraction {fraction}, {blocks} blocks)",
+            names.len(),
+            opts.data.display()
+        ));
+    }
+    let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_image = Vec::new();
+    let mut pred_prob = Vec::new();
+    let mut ref_prob = Vec::new();
+    for path in &names {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut skip = |why: String| {
+            note(format!("skipped {name}: {why}"));
+            skipped += 1;
+        };
+        let (img, refmask) = match (
+            imageio::read_gray(path),
+            imageio::read_gray(&masks_dir.join(&name)),
+        ) {
+            (Ok(i), Ok(m)) if (i.width(), i.height()) == (m.width(), m.height()) => (i, m),
+            (Ok(_), Ok(_)) => {
+                skip("image and mask sizes differ".into());
+                continue;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                skip(e.to_string());
+                continue;
+            }
+        };
+        let scored = img.view().map_err(|e| e.to_string()).and_then(|v| {
+            analyzer
+                .analyse(model, v)
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        });
+        if let Err(e) = scored {
+            skip(e);
+            continue;
+        }
+        // Masks are compared, and measured, over the whole image.
+        let full = Rect::full(img.width(), img.height());
+        let pred_mask = analyzer.mask_image(img.width(), img.height());
+        let as_prob = |m: &[u8], out: &mut Vec<f32>| {
+            out.clear();
+            out.extend(m.iter().map(|&v| (v > 127) as u8 as f32));
+        };
+        as_prob(pred_mask.as_slice(), &mut pred_prob);
+        as_prob(refmask.as_slice(), &mut ref_prob);
+        let pa = measure_pred.process_full(&pred_prob, full).clone();
+        let ra = reference.process_full(&ref_prob, full).clone();
+        let lacks = matches!(pa.flag, Some(Flag::NoStructure) | Some(Flag::OneBand));
+        let (d, j) = if lacks {
+            (0.0, 0.0)
+        } else {
+            dice_iou(pred_mask.as_slice(), refmask.as_slice())
+        };
+        failed += lacks as usize;
+        dice.push(d);
+        iou.push(j);
+        let task_score = match task {
+            Task::Aponeurosis => {
+                let (p, r) = (pa.measurements.thickness_px, ra.measurements.thickness_px);
+                if let (Some(p), Some(r)) = (p, r) {
+                    th_abs.push((p - r).abs());
+                    th_rel.push((p - r).abs() / r);
+                }
+                TaskScore::Aponeurosis {
+                    thickness_px: p,
+                    reference_thickness_px: r,
+                }
+            }
+            Task::Region => {
+                let (p, r) = (
+                    pa.measurements.circumference_px,
+                    ra.measurements.circumference_px,
+                );
+                if let (Some(p), Some(r)) = (p, r) {
+                    c_abs_px.push((p - r).abs());
+                }
+                let mm = match (p, csv.get(&name)) {
+                    (Some(p), Some(&(px_mm, hc_mm))) => {
+                        c_abs_mm.push((p * px_mm - hc_mm).abs());
+                        Some((p * px_mm, hc_mm))
+                    }
+                    _ => None,
+                };
+                TaskScore::Region {
+                    circumference_px: p,
+                    reference_circumference_px: r,
+                    circumference_mm: mm.map(|m| m.0),
+                    reference_hc_mm: mm.map(|m| m.1),
+                }
+            }
+        };
+        per_image.push(ImageScore {
+            image: name,
+            dice: d,
+            iou: j,
+            flag: pa.flag.map(|f| f.as_str()),
+            roi: analyzer.roi(),
+            task: task_score,
+        });
+    }
+    if per_image.is_empty() {
+        return Err(EvalError::NothingScored {
+            images: images_dir,
+            masks: masks_dir,
+        });
+    }
+    let mut rel_sorted = th_rel.clone();
+    Ok(EvalReport {
+        images: per_image.len(),
+        failed,
+        skipped,
+        task: task.as_str(),
+        model_sha256: model.sha256().to_string(),
+        roi: roi.mode.to_string(),
+        roi_override: roi.overrides_model(),
+        dice: mean(&dice),
+        iou: mean(&iou),
+        thickness_mae_px: mean(&th_abs),
+        thickness_rel_err_median: (!rel_sorted.is_empty())
+            .then(|| crate::postprocess::median(&mut rel_sorted)),
+        thickness_within_10pct: (!th_rel.is_empty())
+            .then(|| th_rel.iter().filter(|&&r| r <= 0.10).count() as f64 / th_rel.len() as f64),
+        circumference_mae_px: mean(&c_abs_px),
+        circumference_mae_mm: mean(&c_abs_mm),
+        per_image,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dice_and_iou() {
+        assert_eq!(dice_iou(&[0, 0], &[0, 0]), (1.0, 1.0));
+        assert_eq!(dice_iou(&[255, 0], &[0, 255]), (0.0, 0.0));
+        let (d, j) = dice_iou(&[255, 255, 0, 0], &[255, 0, 0, 0]);
+        assert!((d - 2.0 / 3.0).abs() < 1e-12 && (j - 0.5).abs() < 1e-12);
+    }
+}
