@@ -88,6 +88,19 @@ impl Analyzer {
             .render(&input, self.post.analysis(), &self.style)
     }
 
+    /// Draws the overlay of the last analysed frame (which must be `frame`) and hands it out as
+    /// an owned image; `reuse` (an earlier overlay nobody holds any more) becomes the buffer of
+    /// the next one, so a stream draws without allocating.
+    pub fn take_overlay(
+        &mut self,
+        frame: GrayView<'_>,
+        model_sha256: &str,
+        reuse: Option<RgbImage>,
+    ) -> RgbImage {
+        self.render_overlay(frame, model_sha256);
+        self.overlay.take_image(reuse)
+    }
+
     /// The last mask as a whole-frame image (0/255; zero outside the region of interest).
     pub fn mask_image(&self, width: usize, height: usize) -> GrayImage {
         let mut img = GrayImage::new(width, height);

@@ -236,13 +236,101 @@ pub struct Frame {
     pub seq: u64,
     /// Capture time, CLOCK_REALTIME, microseconds since the Unix epoch.
     pub timestamp_us: i64,
-    /// Where the ultrasound image lies in the frame (the whole frame unless detected or configured).
-    pub roi: Rect,
+    /// The pool the pixel buffer came from, if any: [`Frame::recycle`] returns it there.
+    pub pool: Option<FramePool>,
+}
+
+impl Frame {
+    /// Gives the pixel buffer back to the pool it came from (a no-op for unpooled frames), so the
+    /// source fills it again instead of allocating a new one.
+    pub fn recycle(self) {
+        if let Some(pool) = self.pool {
+            pool.recycle(self.image);
+        }
+    }
+}
+
+/// Pixel buffers handed around between a source and the stage that is done with its frames: a
+/// source takes an image of the size it needs ([`FramePool::image`]), the processing thread gives
+/// the buffer back when it lets go of the frame. Holds at most [`FramePool::CAPACITY`] spare
+/// buffers; frames dropped elsewhere are simply freed. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct FramePool {
+    inner: std::sync::Arc<std::sync::Mutex<PoolInner>>,
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    spare: Vec<Vec<u8>>,
+    allocated: u64,
+    reused: u64,
+}
+
+impl FramePool {
+    /// Spare buffers kept at most.
+    pub const CAPACITY: usize = 4;
+
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An image of `width` x `height` (contents unspecified), reusing a spare buffer when there is
+    /// one.
+    pub fn image(&self, width: usize, height: usize) -> GrayImage {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let data = match g.spare.pop() {
+            Some(mut v) => {
+                g.reused += 1;
+                v.resize(width * height, 0);
+                v
+            }
+            None => {
+                g.allocated += 1;
+                vec![0; width * height]
+            }
+        };
+        GrayImage {
+            width,
+            height,
+            data,
+        }
+    }
+
+    /// Takes a buffer back.
+    pub fn recycle(&self, image: GrayImage) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.spare.len() < Self::CAPACITY {
+            g.spare.push(image.data);
+        }
+    }
+
+    /// (buffers allocated, buffers reused) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.allocated, g.reused)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_reuses_recycled_buffers() {
+        let pool = FramePool::new();
+        let a = pool.image(64, 48);
+        let f = Frame {
+            image: a,
+            seq: 0,
+            timestamp_us: 0,
+            pool: Some(pool.clone()),
+        };
+        f.recycle();
+        let b = pool.image(32, 16);
+        assert_eq!((b.width(), b.height(), b.as_slice().len()), (32, 16, 512));
+        assert_eq!(pool.counts(), (1, 1));
+    }
 
     #[test]
     fn view_checks_its_parts() {

@@ -5,6 +5,7 @@
 
 pub mod analyzer;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataset;
@@ -15,7 +16,9 @@ pub mod imageio;
 pub mod infer;
 pub mod model;
 pub mod postprocess;
+pub mod publish;
 pub mod preprocess;
+pub mod slot;
 pub mod source;
 pub mod stats;
 pub mod synth;

@@ -7,16 +7,16 @@
 //! source), STATUS lines, WATCHDOG only while the processing thread's heartbeat is fresh.
 //! Must not depend on the training code or the command line.
 
-pub mod dbus;
-pub mod http;
+pub mod command;
 pub mod notify;
 pub mod pipeline;
-pub mod publish;
-#[cfg(feature = "ffmpeg")]
-pub mod record;
-pub mod slot;
-pub mod status;
 pub mod store;
+
+/// The D-Bus client (`pocusd status`) and the outputs, which live in [`crate::publish`].
+pub use crate::publish::{dbus, http, status};
+#[cfg(feature = "ffmpeg")]
+pub use crate::publish::ffmpeg_out as record;
+pub use crate::publish::jpeg as publish;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -30,6 +30,7 @@ use crate::analyzer::default_model_candidates;
 use crate::config::{self, Bus, Config};
 use crate::infer::{self, LoadedModel};
 use crate::postprocess::Calibration;
+use crate::publish::measurement::Measurement;
 use crate::preprocess::roi::RoiChoice;
 
 use crate::stats::{Rate, Window};
@@ -180,42 +181,21 @@ fn warn_roi(model: &LoadedModel, roi: RoiChoice) -> Option<String> {
     Some(w)
 }
 
-/// The values of one measurement, as signalled on D-Bus, logged and (later) streamed: the
-/// engine's measurement keys, confidence, flag (empty when none) and the model's sha256.
-pub fn measurement_values(p: &Processed) -> Values {
-    let mut v = Values::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&p.analysis.measurements) {
-        for (k, x) in m {
-            if let Some(f) = x.as_f64() {
-                v.insert(k, Val::F(f));
-            }
-        }
-    }
-    v.insert("confidence".into(), Val::F(p.analysis.confidence));
-    v.insert(
-        "flag".into(),
-        Val::S(p.analysis.flag.map(|f| f.as_str()).unwrap_or("").into()),
-    );
-    v.insert("model_sha256".into(), Val::S(p.model_sha256.to_string()));
-    // The demo phantom knows the answer: published beside the measurement, never instead of it.
-    if let Some(t) = &p.truth {
-        if let Some(x) = t.thickness_px {
-            v.insert("phantom_thickness_px".into(), Val::F(x));
-        }
-        if let Some(x) = t.circumference_px {
-            v.insert("phantom_circumference_px".into(), Val::F(x));
-        }
-    }
-    v
-}
-
-fn calibration_json(c: &Calibration) -> serde_json::Value {
-    match c {
-        Calibration::None => serde_json::json!({"kind": "none"}),
-        Calibration::MmPerPx { x, y } => {
-            serde_json::json!({"kind": "mm_per_px", "mm_per_px_x": x, "mm_per_px_y": y})
-        }
-        Calibration::DepthMm(d) => serde_json::json!({"kind": "depth_mm", "depth_mm": d}),
+/// The published record of a processed frame.
+fn measurement(p: &Processed, calibration: Calibration) -> Measurement {
+    Measurement {
+        seq: p.seq,
+        timestamp_us: p.timestamp_us,
+        task: p.task,
+        width: p.width,
+        height: p.height,
+        roi: p.roi,
+        measurements: p.analysis.measurements.clone(),
+        confidence: p.analysis.confidence,
+        flag: p.analysis.flag,
+        model_sha256: p.model_sha256.clone(),
+        truth: p.truth.clone(),
+        calibration,
     }
 }
 
@@ -411,7 +391,7 @@ impl Supervisor {
         )
     }
 
-    fn on_result(&mut self, r: Processed) -> Option<(u64, i64, Values)> {
+    fn on_result(&mut self, r: Arc<Processed>) -> Option<(u64, i64, Values)> {
         let now_us = crate::source::realtime_us();
         let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
         self.latency.end_to_end.push(ms(r.timestamp_us, now_us));
@@ -449,30 +429,11 @@ impl Supervisor {
             return None;
         }
         self.last_published = Some(Instant::now());
-        let values = measurement_values(&r);
-        let mut last = values.clone();
-        last.insert("seq".into(), Val::U(r.seq));
-        last.insert("timestamp_us".into(), Val::I(r.timestamp_us));
-        self.last_measurement = last;
-        let record = serde_json::json!({
-            "time": store::rfc3339_us(now_us),
-            "timestamp_us": r.timestamp_us,
-            "seq": r.seq,
-            "values": &values,
-            "flag": r.analysis.flag.map(|f| f.as_str()),
-            "model_sha256": &*r.model_sha256,
-            "calibration": calibration_json(&self.cfg.postprocess.calibration),
-        });
-        self.log.append(now_us, &record);
-        let event: Arc<str> = Arc::from(
-            serde_json::json!({
-                "type": "measurement",
-                "seq": r.seq,
-                "timestamp_us": r.timestamp_us,
-                "values": &values,
-            })
-            .to_string(),
-        );
+        let m = measurement(&r, self.cfg.postprocess.calibration);
+        let values = m.values();
+        self.last_measurement = m.last_measurement();
+        self.log.append(now_us, &m.log_line(now_us));
+        let event: Arc<str> = Arc::from(m.event());
         self.metrics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -601,7 +562,7 @@ impl Supervisor {
                 )
             })?;
         let root = self.state_dir.join("snapshots");
-        let calibration = calibration_json(&self.cfg.postprocess.calibration);
+        let record = measurement(&data.processed, self.cfg.postprocess.calibration);
         let (max_days, max_mb, state_dir) = (
             self.cfg.storage.max_days,
             self.cfg.storage.max_mb,
@@ -629,22 +590,10 @@ impl Supervisor {
                 &data.overlay.data,
             )
             .map_err(|e| io(e.to_string()))?;
-            let json = serde_json::json!({
-                "seq": p.seq,
-                "timestamp_us": p.timestamp_us,
-                "time": store::rfc3339_us(p.timestamp_us),
-                "task": p.task.as_str(),
-                "width": p.width,
-                "height": p.height,
-                "roi": p.roi,
-                "values": measurement_values(p),
-                "measurements": p.analysis.measurements,
-                "flag": p.analysis.flag.map(|f| f.as_str()),
-                "model_sha256": &*p.model_sha256,
-                "calibration": calibration,
-            });
+            let json = record.snapshot();
             let text = serde_json::to_string_pretty(&json).map_err(|e| io(e.to_string()))?;
-            std::fs::write(dir.join("measurement.json"), text).map_err(|e| io(e.to_string()))?;
+            crate::files::write_atomic(&dir.join("measurement.json"), text.as_bytes())
+                .map_err(|e| io(e.to_string()))?;
             store::enforce_retention(
                 &state_dir,
                 max_days,
@@ -772,7 +721,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
             eprintln!("pocusd: recording the overlay to {} ({})", o.url, o.codec);
             Some(
                 record::start(
-                    shared.clone(),
+                    shared.stop.clone(),
                     shared.recording.clone(),
                     settings,
                     record_counters.clone(),
@@ -794,7 +743,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     let encoder = match listener {
         Some(_) => Some(
             publish::start(
-                shared.clone(),
+                shared.stop.clone(),
+                shared.overlays.clone(),
                 cfg.http.jpeg_quality,
                 jpeg_tx,
                 encoder_counters.clone(),

@@ -23,10 +23,11 @@ use crate::preprocess::roi::{RoiChoice, Tracking};
 use crate::source::{HealthConfig, Read, Reconnecting, RetryPolicy, SourceError, SourceSpec};
 use crate::synth::Truth;
 
-use super::slot::Slot;
+use crate::publish::OverlayFrame;
+use crate::slot::Slot;
 
 /// How long a loop waits for input before it ticks anyway.
-pub const TICK: Duration = Duration::from_millis(100);
+pub use crate::publish::TICK;
 
 /// What the capture thread reports.
 #[derive(Debug, Clone)]
@@ -60,13 +61,6 @@ pub struct Processed {
     pub truth: Option<Truth>,
 }
 
-/// The overlay of one processed frame, for the encoder.
-#[derive(Debug)]
-pub struct OverlayFrame {
-    pub seq: u64,
-    pub timestamp_us: i64,
-    pub image: RgbImage,
-}
 
 /// Everything a snapshot saves, taken from the processing thread's last frame.
 #[derive(Debug)]
@@ -74,7 +68,7 @@ pub struct SnapshotData {
     pub frame: GrayImage,
     pub mask: GrayImage,
     pub overlay: RgbImage,
-    pub processed: Processed,
+    pub processed: Arc<Processed>,
 }
 
 /// Messages from the supervisor to the processing thread.
@@ -93,16 +87,16 @@ pub enum Control {
 pub struct Shared {
     /// Frames with the phantom's analytic truth when the source is the demo.
     pub frames: Slot<(Frame, Option<Truth>)>,
-    pub results: Slot<Processed>,
+    pub results: Slot<Arc<Processed>>,
     /// Rendered overlays for the JPEG encoder (only when the viewer is on).
-    pub overlays: Slot<Arc<OverlayFrame>>,
+    pub overlays: Arc<Slot<Arc<OverlayFrame>>>,
     /// Rendered overlays for the FFmpeg output (only when it is configured).
     pub recording: Arc<Slot<Arc<OverlayFrame>>>,
     pub capture: Mutex<CaptureStatus>,
     /// Milliseconds since `started` at the processing loop's last tick.
     pub heartbeat_ms: AtomicU64,
     pub started: Instant,
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     /// Test hook (`POCUSD_TEST_HOOKS=1` + SIGUSR2): the processing loop hangs.
     pub hang: AtomicBool,
     /// Frames that failed in processing (counted, skipped).
@@ -117,7 +111,7 @@ impl Shared {
         Arc::new(Self {
             frames: Slot::new(),
             results: Slot::new(),
-            overlays: Slot::new(),
+            overlays: Arc::new(Slot::new()),
             recording: Arc::new(Slot::new()),
             capture: Mutex::new(CaptureStatus {
                 counters: crate::source::Health::new(HealthConfig::default())
@@ -128,7 +122,7 @@ impl Shared {
             }),
             heartbeat_ms: AtomicU64::new(0),
             started: Instant::now(),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             hang: AtomicBool::new(false),
             process_errors: AtomicU64::new(0),
             last_process_error: Mutex::new(None),
@@ -223,7 +217,9 @@ pub fn process_loop(
     let mut analyzer = analyzer_for(&model, post, style);
     let mut sha: Arc<str> = Arc::from(model.sha256());
     let mut paused = false;
-    let mut last: Option<(Frame, Processed)> = None;
+    let mut last: Option<(Frame, Arc<Processed>)> = None;
+    // The previous overlay: once the encoders let go of it, its buffer draws the next one.
+    let mut prev_overlay: Option<Arc<OverlayFrame>> = None;
     loop {
         shared.beat();
         if shared.stop.load(Ordering::Relaxed) {
@@ -238,7 +234,9 @@ pub fn process_loop(
                     model = *m;
                     sha = Arc::from(model.sha256());
                     analyzer = analyzer_for(&model, post, style);
-                    last = None;
+                    if let Some((f, _)) = last.take() {
+                        f.recycle();
+                    }
                 }
                 Control::Postprocess(p) => {
                     post = p;
@@ -293,7 +291,11 @@ pub fn process_loop(
                     // Drawn here, where the enhanced image and mask live; counted as postprocessing.
                     let t = Instant::now();
                     if let Ok(view) = frame.image.view() {
-                        let image = analyzer.render_overlay(view, &sha).clone();
+                        let reuse = prev_overlay
+                            .take()
+                            .and_then(|o| Arc::try_unwrap(o).ok())
+                            .map(|o| o.image);
+                        let image = analyzer.take_overlay(view, &sha, reuse);
                         let ov = Arc::new(OverlayFrame {
                             seq: frame.seq,
                             timestamp_us: frame.timestamp_us,
@@ -303,8 +305,9 @@ pub fn process_loop(
                             shared.recording.put(ov.clone());
                         }
                         if settings.render_overlay {
-                            shared.overlays.put(ov);
+                            shared.overlays.put(ov.clone());
                         }
+                        prev_overlay = Some(ov);
                     }
                     stages_ms[2] += t.elapsed().as_secs_f64() * 1e3;
                 }
@@ -323,8 +326,11 @@ pub fn process_loop(
                     truth,
                 };
                 shared.processed.fetch_add(1, Ordering::Relaxed);
+                let p = Arc::new(p);
                 shared.results.put(p.clone());
-                last = Some((frame, p));
+                if let Some((old, _)) = last.replace((frame, p)) {
+                    old.recycle();
+                }
             }
             Err(e) => {
                 shared.process_errors.fetch_add(1, Ordering::Relaxed);

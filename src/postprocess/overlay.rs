@@ -89,6 +89,11 @@ impl Overlay {
     }
 
     /// Renders one overlay and returns it.
+    /// Hands the drawn image out (the next render draws into `reuse` or a new buffer).
+    pub fn take_image(&mut self, reuse: Option<RgbImage>) -> RgbImage {
+        std::mem::replace(&mut self.image, reuse.unwrap_or_default())
+    }
+
     pub fn render(
         &mut self,
         input: &OverlayInput<'_>,

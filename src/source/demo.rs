@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{realtime_us, FrameSource, Pacer, Read, SourceError, SourceSpec};
-use crate::frame::{Frame, GrayImage, Rect};
+use crate::frame::{Frame, FramePool, GrayImage};
 use crate::model::Task;
 use crate::synth::{Phantom, PhantomConfig, Truth};
 
@@ -17,6 +17,8 @@ pub struct DemoSource {
     seq: u64,
     mask: GrayImage,
     truth: Option<Truth>,
+    /// Frame buffers the processing thread hands back.
+    pool: FramePool,
 }
 
 impl DemoSource {
@@ -50,6 +52,7 @@ impl DemoSource {
             seq: 0,
             mask: GrayImage::default(),
             truth: None,
+            pool: FramePool::new(),
         })
     }
 
@@ -67,7 +70,8 @@ impl FrameSource for DemoSource {
         // Unpaced runs still advance the scene as if at 30 fps.
         let t_s = self.seq as f64 / if self.fps > 0.0 { self.fps } else { 30.0 };
         let geometry = self.phantom.geometry_at(t_s);
-        let mut image = GrayImage::default();
+        let cfg = self.phantom.config();
+        let mut image = self.pool.image(cfg.width, cfg.height);
         self.phantom
             .render(&geometry, self.seq, &mut image, &mut self.mask);
         self.truth = Some(geometry.truth(self.phantom.config().task));
@@ -75,7 +79,7 @@ impl FrameSource for DemoSource {
             image,
             seq: self.seq,
             timestamp_us: realtime_us(),
-            roi: Rect::full(self.phantom.config().width, self.phantom.config().height),
+            pool: Some(self.pool.clone()),
         };
         self.seq += 1;
         Ok(Read::Frame(frame))

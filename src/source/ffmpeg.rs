@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ffmpeg_next as ff;
 
 use super::{realtime_us, FrameSource, Read, SourceError, SourceKind, SourceSpec};
-use crate::frame::{Frame, GrayImage, GrayView, Rect};
+use crate::frame::{Frame, FramePool, GrayImage, GrayView};
 
 type Msg = Result<Read, SourceError>;
 
@@ -71,6 +71,7 @@ impl FfmpegSource {
             dropped: dropped.clone(),
             tx,
             seq: 0,
+            pool: FramePool::new(),
             live: realtime || is_network(url),
         };
         std::thread::Builder::new()
@@ -116,6 +117,8 @@ struct Reader {
     dropped: Arc<AtomicI64>,
     tx: SyncSender<Msg>,
     seq: u64,
+    /// Frame buffers the processing thread hands back.
+    pool: FramePool,
     live: bool,
 }
 
@@ -277,7 +280,7 @@ impl Reader {
                     }));
                     continue;
                 }
-                let image = copy_plane(&gray, w as usize, h as usize);
+                let image = copy_plane(&gray, w as usize, h as usize, &self.pool);
                 if self.realtime {
                     if let Some(pts) = decoded.pts().or(decoded.timestamp()) {
                         let t = pts as f64 * time_base;
@@ -293,7 +296,7 @@ impl Reader {
                     image,
                     seq: self.seq,
                     timestamp_us: realtime_us(),
-                    roi: Rect::full(w as usize, h as usize),
+                    pool: Some(self.pool.clone()),
                 };
                 self.seq += 1;
                 last_progress.store(now_ms(), Ordering::Relaxed);
@@ -307,8 +310,8 @@ impl Reader {
 }
 
 /// Copies plane 0 of a GRAY8 frame into a packed image, honouring the line stride.
-fn copy_plane(frame: &ff::frame::Video, width: usize, height: usize) -> GrayImage {
-    let mut img = GrayImage::new(width, height);
+fn copy_plane(frame: &ff::frame::Video, width: usize, height: usize, pool: &FramePool) -> GrayImage {
+    let mut img = pool.image(width, height);
     if let Ok(view) = GrayView::new(width, height, frame.stride(0), frame.data(0)) {
         view.copy_into(&mut img);
     }

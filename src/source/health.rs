@@ -178,7 +178,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{GrayImage, Rect};
+    use crate::frame::GrayImage;
 
     fn frame(v: u8, noise: u8) -> Frame {
         let data = (0..64 * 48)
@@ -188,7 +188,7 @@ mod tests {
             image: GrayImage::from_vec(64, 48, data).unwrap(),
             seq: 0,
             timestamp_us: 0,
-            roi: Rect::full(64, 48),
+            pool: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{realtime_us, FrameSource, Pacer, Read, SourceError, SourceKind, SourceSpec};
-use crate::frame::{Frame, Rect};
+use crate::frame::Frame;
 use crate::imageio;
 
 /// Frames from a folder of images.
@@ -76,12 +76,12 @@ impl FrameSource for ImagesSource {
             spec: self.spec.clone(),
             reason: e.to_string(),
         })?;
-        let roi = Rect::full(image.width(), image.height());
+        // Decoded into a new buffer by the image codec: nothing to pool.
         let frame = Frame {
             image,
             seq: self.seq,
             timestamp_us: realtime_us(),
-            roi,
+            pool: None,
         };
         self.seq += 1;
         Ok(Read::Frame(frame))

@@ -197,13 +197,7 @@ pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
     }
 }
 
-/// CLOCK_REALTIME now, microseconds since the Unix epoch.
-pub fn realtime_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::realtime_us;
 
 /// Paces a source at a frame rate: `wait` sleeps until the next frame is due (or the timeout).
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use v4l::{Device, FourCC};
 
 use super::convert::{self, PixelFormat};
 use super::{realtime_us, FrameSource, Read, SourceError, SourceKind, SourceSpec};
-use crate::frame::{Frame, GrayImage, Rect};
+use crate::frame::{Frame, FramePool};
 
 /// A streaming capture device.
 pub struct V4l2Source {
@@ -29,6 +29,8 @@ pub struct V4l2Source {
     height: usize,
     bytes_per_line: usize,
     seq: u64,
+    /// Frame buffers the processing thread hands back.
+    pool: FramePool,
 }
 
 fn io_err(spec: &str, e: std::io::Error, what: &str) -> SourceError {
@@ -125,6 +127,7 @@ impl V4l2Source {
             height: fmt.height as usize,
             bytes_per_line: fmt.stride as usize,
             seq: 0,
+            pool: FramePool::new(),
         })
     }
 }
@@ -145,7 +148,7 @@ impl FrameSource for V4l2Source {
         };
         let used = (meta.bytesused as usize).min(buf.len());
         let data = &buf[..if used > 0 { used } else { buf.len() }];
-        let mut image = GrayImage::default();
+        let mut image = self.pool.image(self.width, self.height);
         let r = match self.format {
             PixelFormat::Grey => convert::grey(
                 data,
@@ -171,7 +174,7 @@ impl FrameSource for V4l2Source {
             image,
             seq: self.seq,
             timestamp_us: realtime_us(),
-            roi: Rect::full(self.width, self.height),
+            pool: Some(self.pool.clone()),
         };
         self.seq += 1;
         Ok(Read::Frame(frame))

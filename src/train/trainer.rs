@@ -1087,6 +1087,14 @@ pub fn train(
         );
         state.epochs_done = epoch + 1;
         state.history.push(m.clone());
+        // The logs (metrics.csv, events, curves) first, `last.json` last: it is the commit point.
+        // A run killed between the two has logs one epoch ahead of its checkpoint, never behind;
+        // `--resume` redoes that epoch the same way and rewrites them.
+        write_logs(
+            &run,
+            &state,
+            &format!("{} ({})", info.run_id, settings.loss.name()),
+        )?;
         write_atomic(
             &ck.join("last.json"),
             serde_json::to_string_pretty(&state)
@@ -1099,11 +1107,6 @@ pub fn train(
             }
         }
         progress.epoch_end(&m);
-        write_logs(
-            &run,
-            &state,
-            &format!("{} ({})", info.run_id, settings.loss.name()),
-        )?;
         if !keep.is_empty() {
             let mut tiles: Vec<(&[f32], [f32; 3])> = Vec::new();
             for (k, &i) in keep.iter().enumerate() {

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pocusd::frame::{Frame, GrayImage, Rect};
+use pocusd::frame::{Frame, GrayImage};
 use pocusd::source::{
     self, CaptureState, FrameSource, Health, HealthConfig, Read, Reconnecting, RetryPolicy,
     SourceError, SourceSpec,
@@ -33,11 +33,20 @@ fn demo_source_moves_and_knows_its_truth() {
     for (i, f) in fs.iter().enumerate() {
         assert_eq!(f.seq, i as u64);
         assert_eq!((f.image.width(), f.image.height()), (320, 240));
-        assert_eq!(f.roi, Rect::full(320, 240));
+        assert!(f.pool.is_some(), "demo frames come from a buffer pool");
     }
     assert!(fs[1].timestamp_us >= fs[0].timestamp_us && fs[0].timestamp_us > 1_600_000_000_000_000);
     assert_ne!(fs[0].image, fs[4].image);
     assert!(src.truth().and_then(|t| t.thickness_px).is_some());
+    // A recycled buffer is filled again instead of a new one being allocated.
+    let pool = fs[0].pool.clone().unwrap();
+    let (allocated, reused) = pool.counts();
+    assert_eq!((allocated, reused), (5, 0));
+    fs.into_iter().for_each(|f| f.recycle());
+    let again = frames(src.as_mut(), 2);
+    assert_eq!(again.len(), 2);
+    assert_eq!(pool.counts(), (5, 2));
+    assert_ne!(again[0].image, again[1].image);
     // Bad options are named.
     let e = source::open(&SourceSpec::parse("demo?fsp=3").unwrap())
         .err()
@@ -139,7 +148,7 @@ impl FrameSource for Flaky {
             image: GrayImage::new(8, 8),
             seq: self.seq,
             timestamp_us: source::realtime_us(),
-            roi: Rect::full(8, 8),
+            pool: None,
         }))
     }
     fn spec(&self) -> &str {

@@ -368,10 +368,13 @@ fn resume_after_sigkill_continues_from_the_last_checkpoint() {
         "{}",
         killed.epochs_done
     );
-    assert_eq!(
-        metrics_rows(&cut).len(),
-        killed.epochs_done,
-        "metrics.csv matches the checkpoint"
+    // metrics.csv is whole and never behind the checkpoint (`last.json` is written last, so a
+    // kill between the two leaves the logs one epoch ahead, which the resumed run rewrites).
+    let logged = metrics_rows(&cut).len();
+    assert!(
+        logged == killed.epochs_done || logged == killed.epochs_done + 1,
+        "metrics.csv has {logged} rows, the checkpoint {} epochs",
+        killed.epochs_done
     );
 
     let o = run(&["train", "--resume", cut.to_str().unwrap()]);

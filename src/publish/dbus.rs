@@ -1,11 +1,11 @@
 //! The D-Bus face of the daemon: interface `org.pocusd.Daemon1` at `/org/pocusd/Daemon1` (the
 //! contract is the committed `systemd/org.pocusd.Daemon1.xml`). Properties are read from a
-//! snapshot the supervisor publishes; methods are forwarded to the supervisor as [`Command`]s and
+//! snapshot the supervisor publishes; methods are forwarded to the supervisor as `Command`s and
 //! answered with its reply, so this module owns no state. Errors are
 //! `org.pocusd.Daemon1.Error.{InvalidArgument, NotFound, ModelRejected, Io}`. Must not depend on
 //! the pipeline's threads or the file system.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -69,43 +69,21 @@ impl State {
     }
 }
 
-/// One value of an `a{sv}` map, kept in plain Rust so it can also go to JSON.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Val {
-    F(f64),
-    U(u64),
-    I(i64),
-    S(String),
-    B(bool),
-}
+pub use super::measurement::{Val, Values};
 
-impl Val {
-    fn variant(&self) -> OwnedVariant {
-        match self {
-            Val::F(x) => OwnedVariant::from(*x),
-            Val::U(x) => OwnedVariant::from(*x),
-            Val::I(x) => OwnedVariant::from(*x),
-            Val::S(s) => OwnedVariant::from(Str::from(s.clone())),
-            Val::B(b) => OwnedVariant::from(*b),
-        }
-    }
-
-    /// The string, for `S` values.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Val::S(s) => Some(s),
-            _ => None,
-        }
+fn variant(v: &Val) -> OwnedVariant {
+    match v {
+        Val::F(x) => OwnedVariant::from(*x),
+        Val::U(x) => OwnedVariant::from(*x),
+        Val::I(x) => OwnedVariant::from(*x),
+        Val::S(s) => OwnedVariant::from(Str::from(s.clone())),
+        Val::B(b) => OwnedVariant::from(*b),
     }
 }
-
-/// A string-keyed map of values (`a{sv}` on the bus, an object in JSON).
-pub type Values = BTreeMap<String, Val>;
 
 /// `a{sv}` for the bus.
 pub fn to_dict(v: &Values) -> HashMap<String, OwnedVariant> {
-    v.iter().map(|(k, x)| (k.clone(), x.variant())).collect()
+    v.iter().map(|(k, x)| (k.clone(), variant(x))).collect()
 }
 
 /// What the properties show; written only by the supervisor.
@@ -122,25 +100,7 @@ pub struct Props {
     pub last_measurement: Values,
 }
 
-/// The errors methods answer with.
-#[derive(Debug, Clone, zbus::DBusError)]
-#[zbus(prefix = "org.pocusd.Daemon1.Error")]
-pub enum Error {
-    InvalidArgument(String),
-    NotFound(String),
-    ModelRejected(String),
-    Io(String),
-}
-
-/// A method call forwarded to the supervisor.
-#[derive(Debug)]
-pub enum Command {
-    LoadModel(PathBuf, oneshot::Sender<Result<(), Error>>),
-    SetThreshold(f64, oneshot::Sender<Result<(), Error>>),
-    Pause(bool, oneshot::Sender<Result<(), Error>>),
-    Snapshot(oneshot::Sender<Result<String, Error>>),
-    Reload(oneshot::Sender<Result<(), Error>>),
-}
+pub use crate::daemon::command::{ask, Command, Error};
 
 /// The exported object.
 pub struct Daemon1 {
@@ -165,20 +125,6 @@ impl Daemon1 {
     }
 }
 
-/// Sends a command to the supervisor and waits for its answer (D-Bus methods and the viewer's
-/// actions alike).
-pub async fn ask<T>(
-    commands: &mpsc::Sender<Command>,
-    make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
-) -> Result<T, Error> {
-    let (tx, rx) = oneshot::channel();
-    commands
-        .send(make(tx))
-        .await
-        .map_err(|_| Error::Io("the daemon is shutting down".into()))?;
-    rx.await
-        .map_err(|_| Error::Io("the daemon is shutting down".into()))?
-}
 
 #[interface(name = "org.pocusd.Daemon1", introspection_docs = false)]
 impl Daemon1 {

@@ -20,8 +20,9 @@ use axum::Router;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use super::dbus::{ask, Command, Error as DbusError, State};
-use super::publish::Latest;
+use super::dbus::State;
+use crate::daemon::command::{ask, Command, Error as DbusError};
+use super::jpeg::Latest;
 
 /// The viewer page (no external URLs: it works with no network).
 pub const VIEWER_HTML: &str = include_str!("viewer.html");
@@ -110,7 +111,7 @@ async fn viewer() -> impl IntoResponse {
     )
 }
 
-fn part_header(f: &super::publish::JpegFrame) -> Bytes {
+fn part_header(f: &super::jpeg::JpegFrame) -> Bytes {
     Bytes::from(format!(
         "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nX-Sequence: {}\r\nX-Timestamp-Us: {}\r\n\r\n",
         f.bytes.len(),

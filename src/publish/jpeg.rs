@@ -10,7 +10,9 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use tokio::sync::watch;
 
-use super::pipeline::{Shared, TICK};
+use super::{OverlayFrame, TICK};
+use crate::slot::Slot;
+use std::sync::atomic::AtomicBool;
 
 /// One encoded overlay.
 #[derive(Debug, Clone)]
@@ -54,9 +56,10 @@ pub fn encode_jpeg(
     Ok(out)
 }
 
-/// Starts the encoder thread; it stops with `shared.stop`.
+/// Starts the encoder thread on the overlays of `slot`; it stops with `stop`.
 pub fn start(
-    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    slot: Arc<Slot<Arc<OverlayFrame>>>,
     quality: u8,
     tx: watch::Sender<Option<Arc<JpegFrame>>>,
     counters: Arc<EncoderCounters>,
@@ -64,8 +67,8 @@ pub fn start(
     std::thread::Builder::new()
         .name("pocusd-jpeg".into())
         .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                let Some(ov) = shared.overlays.take_timeout(TICK) else {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(ov) = slot.take_timeout(TICK) else {
                     continue;
                 };
                 let t = std::time::Instant::now();

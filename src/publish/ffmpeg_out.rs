@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use ffmpeg_next as ff;
 
-use super::pipeline::{OverlayFrame, Shared, TICK};
+use super::{OverlayFrame, TICK};
+use crate::slot::Slot;
+use std::sync::atomic::AtomicBool;
 use crate::postprocess::overlay::RgbImage;
 
 /// Video codec of the output.
@@ -173,10 +175,10 @@ impl Writer {
     }
 }
 
-/// Starts the recorder thread; it finishes the file (trailer) when `shared.stop` is set.
+/// Starts the recorder thread; it finishes the file (trailer) when `stop` is set.
 pub fn start(
-    shared: Arc<Shared>,
-    slot: Arc<super::slot::Slot<Arc<OverlayFrame>>>,
+    stop: Arc<AtomicBool>,
+    slot: Arc<Slot<Arc<OverlayFrame>>>,
     settings: OutputSettings,
     counters: Arc<RecordCounters>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -192,7 +194,7 @@ pub fn start(
             };
             let mut writer: Option<Writer> = None;
             let mut failed_size: Option<(usize, usize)> = None;
-            while !shared.stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let Some(ov) = slot.take_timeout(TICK) else {
                     continue;
                 };
