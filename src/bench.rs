@@ -336,16 +336,8 @@ impl Observer for Collector {
             d.rss_at_1s = rss_mb();
             return;
         }
-        let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
-        d.end_to_end_ms.push(ms(r.timestamp_us, now_us));
-        let st = [
-            ms(r.timestamp_us, r.picked_us),
-            r.stages_ms[0],
-            r.stages_ms[1],
-            r.stages_ms[2],
-            ms(r.done_us, now_us),
-        ];
-        for (v, x) in d.stages_ms.iter_mut().zip(st) {
+        d.end_to_end_ms.push(r.end_to_end_ms(now_us));
+        for (v, x) in d.stages_ms.iter_mut().zip(r.stage_ms(now_us)) {
             v.push(x);
         }
         d.last = Some((now, counts, cpu_seconds()));

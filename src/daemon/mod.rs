@@ -393,14 +393,12 @@ impl Supervisor {
 
     fn on_result(&mut self, r: Arc<Processed>) -> Option<(u64, i64, Values)> {
         let now_us = crate::source::realtime_us();
-        let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
-        self.latency.end_to_end.push(ms(r.timestamp_us, now_us));
-        let s = &mut self.latency.stages;
-        s[0].1.push(ms(r.timestamp_us, r.picked_us));
-        s[1].1.push(r.stages_ms[0]);
-        s[2].1.push(r.stages_ms[1]);
-        s[3].1.push(r.stages_ms[2]);
-        s[4].1.push(ms(r.done_us, now_us));
+        let stages = r.stage_ms(now_us);
+        let end_to_end = r.end_to_end_ms(now_us);
+        self.latency.end_to_end.push(end_to_end);
+        for ((_, w), x) in self.latency.stages.iter_mut().zip(stages) {
+            w.push(x);
+        }
         self.fps.tick(Instant::now());
         self.calibrated = r.analysis.calibrated;
         if let Some(o) = &self.opts.observer {
@@ -409,14 +407,7 @@ impl Supervisor {
         {
             let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
             m.frames_total = self.shared.processed.load(Ordering::Relaxed);
-            let obs = [
-                ms(r.timestamp_us, r.picked_us),
-                r.stages_ms[0],
-                r.stages_ms[1],
-                r.stages_ms[2],
-                ms(r.done_us, now_us),
-                ms(r.timestamp_us, now_us),
-            ];
+            let obs = stages.iter().copied().chain([end_to_end]);
             for ((_, h), x) in m.stages.iter_mut().zip(obs) {
                 h.observe_ms(x);
             }

@@ -62,6 +62,26 @@ pub struct Processed {
 }
 
 
+impl Processed {
+    /// Per-stage latency when the result reached the supervisor at `now_us`, ms: capture (waiting
+    /// for the processing thread), preprocess, infer, postprocess, publish.
+    pub fn stage_ms(&self, now_us: i64) -> [f64; 5] {
+        let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
+        [
+            ms(self.timestamp_us, self.picked_us),
+            self.stages_ms[0],
+            self.stages_ms[1],
+            self.stages_ms[2],
+            ms(self.done_us, now_us),
+        ]
+    }
+
+    /// Capture to publication, ms.
+    pub fn end_to_end_ms(&self, now_us: i64) -> f64 {
+        (now_us - self.timestamp_us) as f64 / 1000.0
+    }
+}
+
 /// Everything a snapshot saves, taken from the processing thread's last frame.
 #[derive(Debug)]
 pub struct SnapshotData {

@@ -112,6 +112,22 @@ pub fn own_cpu_seconds() -> f64 {
     total
 }
 
+/// A small random U-Net (64x64, depth 3, width 8) written by `pocusd unet` to `path`.
+pub fn small_unet(path: &std::path::Path) {
+    let o = run(&[
+        "unet",
+        "--out",
+        path.to_str().expect("utf-8 temp path"),
+        "--input",
+        "64x64",
+        "--depth",
+        "3",
+        "--width",
+        "8",
+    ]);
+    assert!(o.status.success(), "pocusd unet failed: {}", stderr(&o));
+}
+
 /// Writes a phantom dataset with `pocusd synth --out DIR ARGS...` and checks it succeeded.
 pub fn synth_dataset(dir: &std::path::Path, args: &[&str]) {
     let mut all = vec!["synth", "--out", dir.to_str().expect("utf-8 temp path")];

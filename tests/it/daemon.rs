@@ -316,13 +316,7 @@ fn live_daemon_on_dbus_properties_signals_errors_snapshot_log_and_status() {
     });
 
     // `pocusd status` as a user would run it.
-    let o = common::pocusd()
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .args(["status", "--session-bus", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let v = status(&bus, true).0.unwrap();
     assert_eq!(v["state_name"], "streaming", "{v}");
     assert!(v["last_measurement"]["seq"].as_u64().is_some(), "{v}");
     // No --roi: the model's own policy, no override.
@@ -330,12 +324,7 @@ fn live_daemon_on_dbus_properties_signals_errors_snapshot_log_and_status() {
     assert_eq!(v["model"]["roi_applied"], "auto", "{v}");
     assert_eq!(v["model"]["roi_override"], false, "{v}");
     assert!(v["fps"].as_f64().unwrap() > 0.0, "{v}");
-    let o = common::pocusd()
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .args(["status", "--session-bus"])
-        .output()
-        .unwrap();
-    let text = common::stdout(&o);
+    let text = status(&bus, false).1;
     assert!(
         text.contains("pocusd - streaming")
             && text.contains("copy.onnx")

@@ -237,6 +237,24 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// `pocusd status --session-bus` against the daemon on `bus`: the JSON object with `json`,
+/// else the text as printed.
+pub fn status(bus: &Bus, json: bool) -> (Option<serde_json::Value>, String) {
+    let mut args = vec!["status", "--session-bus"];
+    if json {
+        args.push("--json");
+    }
+    let o = common::pocusd()
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pocusd status: {}", common::stderr(&o));
+    let text = common::stdout(&o);
+    let v = json.then(|| serde_json::from_str(&text).unwrap());
+    (v, text)
+}
+
 /// Calls a method of org.pocusd.Daemon1 on the session bus.
 pub fn call(bus: &Bus, method: &str, args: &[&str]) -> Output {
     let a = call_args("--session", &format!("org.pocusd.Daemon1.{method}"), args);

@@ -25,18 +25,7 @@ fn meta_of(path: &Path, key: &str) -> Option<String> {
 fn models_meta_rewrites_metadata_and_copies_graph_and_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a.onnx");
-    let o = run(&[
-        "unet",
-        "--out",
-        a.to_str().unwrap(),
-        "--input",
-        "64x64",
-        "--depth",
-        "3",
-        "--width",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    crate::common::small_unet(&a);
     assert_eq!(meta_of(&a, "pocusd.roi").as_deref(), Some("full"));
     let b = tmp.path().join("b.onnx");
     let o = run(&[

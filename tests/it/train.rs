@@ -258,13 +258,18 @@ fn parity(classes: usize) {
     assert!(d < 1e-4, "ONNX -> burn -> ONNX changed outputs by {d}");
 }
 
-fn test_settings(w: usize, h: usize) -> pocusd::train::settings::TrainSettings {
-    let cfg = pocusd::config::load_from(&pocusd::config::Sources {
+/// The embedded defaults alone (no /etc file, no environment).
+fn defaults() -> pocusd::config::Config {
+    pocusd::config::load_from(&pocusd::config::Sources {
         system_file: PathBuf::from("/nonexistent"),
         user_file: None,
         env: Vec::new(),
     })
-    .unwrap();
+    .unwrap()
+}
+
+fn test_settings(w: usize, h: usize) -> pocusd::train::settings::TrainSettings {
+    let cfg = defaults();
     let mut t = cfg.raw.train.clone();
     t.input = format!("{w}x{h}");
     t.depth = 3;
@@ -279,18 +284,7 @@ fn training_roi_follows_the_init_model() {
     use pocusd::infer::onnx_file;
     let tmp = tempfile::tempdir().unwrap();
     let full = tmp.path().join("full.onnx");
-    let o = run(&[
-        "unet",
-        "--out",
-        full.to_str().unwrap(),
-        "--input",
-        "64x64",
-        "--depth",
-        "3",
-        "--width",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    crate::common::small_unet(&full);
     let auto = tmp.path().join("auto.onnx");
     let bytes = std::fs::read(&full).unwrap();
     std::fs::write(
@@ -298,12 +292,7 @@ fn training_roi_follows_the_init_model() {
         onnx_file::rewrite_metadata(&bytes, &[("pocusd.roi".into(), "auto".into())], &[]).unwrap(),
     )
     .unwrap();
-    let cfg = pocusd::config::load_from(&pocusd::config::Sources {
-        system_file: PathBuf::from("/nonexistent"),
-        user_file: None,
-        env: Vec::new(),
-    })
-    .unwrap();
+    let cfg = defaults();
     assert_eq!(cfg.raw.train.roi, "model");
     let roi_auto = |init: &Path, roi: &str| {
         let mut t = cfg.raw.train.clone();

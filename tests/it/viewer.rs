@@ -601,21 +601,11 @@ fn an_roi_override_is_shown_by_status_events_and_the_page() {
         "{}",
         d.log()
     );
-    let o = common::pocusd()
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .args(["status", "--session-bus", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let v = ds::status(&bus, true).0.unwrap();
     assert_eq!(v["model"]["roi"], "auto", "{v}");
     assert_eq!(v["model"]["roi_applied"], "full", "{v}");
     assert_eq!(v["model"]["roi_override"], true, "{v}");
-    let o = common::pocusd()
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .args(["status", "--session-bus"])
-        .output()
-        .unwrap();
-    let text = common::stdout(&o);
+    let text = ds::status(&bus, false).1;
     assert!(text.contains("ROI: full (explicit; WARNING"), "{text}");
     let mut ev = Stream::open(addr, "/events");
     let t0 = Instant::now();
