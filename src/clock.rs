@@ -40,4 +40,3 @@ pub fn rfc3339_us(unix_us: i64) -> String {
     let ms = unix_us.rem_euclid(1_000_000) / 1000;
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
-

@@ -56,6 +56,27 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    /// A frame source spec (`source.spec` or `--source`) that cannot work: an unknown kind, an
+    /// unknown option or an option's value.
+    #[error("{origin} {value:?} is invalid: {reason}")]
+    BadSource {
+        origin: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Parses and checks a source spec; `origin` names where it came from (`source.spec`,
+/// `--source`) in the error, which stops start-up (exit 78) instead of a retry loop.
+pub fn parse_source(origin: &str, raw: &str) -> Result<crate::source::SourceSpec, ConfigError> {
+    let bad = |e: crate::source::SourceError| ConfigError::BadSource {
+        origin: origin.into(),
+        value: raw.chars().take(200).collect(),
+        reason: e.to_string(),
+    };
+    let spec = crate::source::SourceSpec::parse(raw).map_err(bad)?;
+    spec.validate().map_err(bad)?;
+    Ok(spec)
 }
 
 /// The `[preprocess]` section as written.
@@ -711,11 +732,7 @@ fn validate_postprocess(
 
 fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {
     use std::time::Duration;
-    let spec = crate::source::SourceSpec::parse(&s.spec).map_err(|e| ConfigError::OutOfRange {
-        key: "source.spec".into(),
-        value: format!("{:?}", s.spec),
-        allowed: e.to_string(),
-    })?;
+    let spec = parse_source("config key `source.spec` =", &s.spec)?;
     let int = int_range;
     let roi = crate::preprocess::roi::RoiChoice::parse(&s.roi).ok_or_else(|| {
         ConfigError::OutOfRange {

@@ -168,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut cfg = config::load(cli.config.as_deref())?;
     if let Some(spec) = &cli.source {
-        cfg.source.spec = pocusd::source::SourceSpec::parse(spec)?;
+        cfg.source.spec = config::parse_source("--source", spec)?;
     }
     #[cfg(feature = "train")]
     let roi_is_for_training = matches!(cli.command, Command::Train(_));

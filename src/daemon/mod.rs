@@ -12,11 +12,11 @@ pub mod notify;
 pub mod pipeline;
 pub mod store;
 
-/// The D-Bus client (`pocusd status`) and the outputs, which live in [`crate::publish`].
-pub use crate::publish::{dbus, http, status};
 #[cfg(feature = "ffmpeg")]
 pub use crate::publish::ffmpeg_out as record;
 pub use crate::publish::jpeg as publish;
+/// The D-Bus client (`pocusd status`) and the outputs, which live in [`crate::publish`].
+pub use crate::publish::{dbus, http, status};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -30,8 +30,8 @@ use crate::analyzer::default_model_candidates;
 use crate::config::{self, Bus, Config};
 use crate::infer::{self, LoadedModel};
 use crate::postprocess::Calibration;
-use crate::publish::measurement::Measurement;
 use crate::preprocess::roi::RoiChoice;
+use crate::publish::measurement::Measurement;
 
 use crate::stats::{Rate, Window};
 use dbus::{Command, Daemon1, Error as DbusError, Props, State, Val, Values};
@@ -98,7 +98,7 @@ pub const PROPERTY_PERIOD: Duration = Duration::from_millis(500);
 pub fn load_config(opts: &RunOptions) -> anyhow::Result<Config> {
     let mut cfg = config::load(opts.config_file.as_deref())?;
     if let Some(spec) = &opts.source {
-        cfg.source.spec = crate::source::SourceSpec::parse(spec)?;
+        cfg.source.spec = config::parse_source("--source", spec)?;
     }
     if let Some(roi) = &opts.roi {
         cfg.source.roi = crate::preprocess::roi::RoiChoice::parse(roi).ok_or_else(|| {
@@ -182,7 +182,7 @@ fn warn_roi(model: &LoadedModel, roi: RoiChoice) -> Option<String> {
 }
 
 /// The published record of a processed frame.
-fn measurement(p: &Processed, calibration: Calibration) -> Measurement {
+fn measurement(p: &Processed, calibration: Calibration, start_id: &Arc<str>) -> Measurement {
     Measurement {
         seq: p.seq,
         timestamp_us: p.timestamp_us,
@@ -196,6 +196,7 @@ fn measurement(p: &Processed, calibration: Calibration) -> Measurement {
         model_sha256: p.model_sha256.clone(),
         truth: p.truth.clone(),
         calibration,
+        start_id: start_id.clone(),
     }
 }
 
@@ -263,6 +264,8 @@ struct Supervisor {
     /// Why the region of interest in force departs from the model's policy (`None`: it does not).
     roi_warning: Option<String>,
     jpeg_counters: Arc<publish::EncoderCounters>,
+    /// This run's identity beside every `seq` (see `publish::measurement::new_start_id`).
+    start_id: Arc<str>,
 }
 
 impl Supervisor {
@@ -313,6 +316,7 @@ impl Supervisor {
             fps: (self.fps.per_second(Instant::now()) * 10.0).round() / 10.0,
             latency_ms: self.latency.values(),
             dropped_frames: self.shared.frames.dropped() + self.shared.results.dropped(),
+            corrupt_frames: cap.counters.decode_errors,
             calibrated: self.calibrated,
             last_measurement: self.last_measurement.clone(),
         };
@@ -330,6 +334,7 @@ impl Supervisor {
                 .is_none_or(|(s, t)| *s != p.state || *t != p.state_text);
         let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         m.dropped_total = p.dropped_frames;
+        m.corrupt_total = p.corrupt_frames;
         m.frames_total = self.shared.processed.load(Ordering::Relaxed);
         m.state = p.state;
         m.state_text = p.state_text.clone();
@@ -362,6 +367,7 @@ impl Supervisor {
                 "fps": p.fps,
                 "latency_ms": &p.latency_ms,
                 "dropped_frames": p.dropped_frames,
+                "corrupt_frames": p.corrupt_frames,
                 "calibrated": p.calibrated,
                 "roi": p.model.get("roi_applied").and_then(Val::as_str),
                 "roi_warning": self.roi_warning,
@@ -420,7 +426,7 @@ impl Supervisor {
             return None;
         }
         self.last_published = Some(Instant::now());
-        let m = measurement(&r, self.cfg.postprocess.calibration);
+        let m = measurement(&r, self.cfg.postprocess.calibration, &self.start_id);
         let values = m.values();
         self.last_measurement = m.last_measurement();
         self.log.append(now_us, &m.log_line(now_us));
@@ -471,7 +477,7 @@ impl Supervisor {
     fn set_threshold(&mut self, p: f64) -> Result<(), DbusError> {
         if !(0.01..=0.99).contains(&p) || !p.is_finite() {
             return Err(DbusError::InvalidArgument(format!(
-                "probability {p} is outside 0.01 to 0.99"
+                "probability {p:.3e} is outside 0.01 to 0.99"
             )));
         }
         self.threshold = p as f32;
@@ -553,7 +559,11 @@ impl Supervisor {
                 )
             })?;
         let root = self.state_dir.join("snapshots");
-        let record = measurement(&data.processed, self.cfg.postprocess.calibration);
+        let record = measurement(
+            &data.processed,
+            self.cfg.postprocess.calibration,
+            &self.start_id,
+        );
         let (max_days, max_mb, state_dir) = (
             self.cfg.storage.max_days,
             self.cfg.storage.max_mb,
@@ -850,6 +860,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         last_state_event: None,
         roi_warning,
         jpeg_counters: encoder_counters.clone(),
+        start_id: Arc::from(crate::publish::measurement::new_start_id()),
     };
     let first = sup.refresh_props();
     sup.emitted = first.clone();
@@ -1031,18 +1042,25 @@ fn sup_token(cfg: &Config) -> Option<String> {
     cfg.http.token.clone()
 }
 
+/// At most the first 200 characters of a caller's input, for error replies (a 60 MB argument
+/// must not come back in full).
+fn cut(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
 async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {
+    let shown = cut(&path.display().to_string());
     if !path.is_absolute() {
         return Err(DbusError::InvalidArgument(format!(
-            "model path {:?} is not absolute; pass the full path of an ONNX file",
-            path.display().to_string()
+            "model path {shown:?} is not absolute; pass the full path of an ONNX file"
         )));
     }
     if !path.is_file() {
-        return Err(DbusError::NotFound(format!(
-            "no model file at {}",
-            path.display()
-        )));
+        return Err(DbusError::NotFound(format!("no model file at {shown}")));
     }
     let cfg = sup.cfg.clone();
     let p = path.clone();
@@ -1094,6 +1112,7 @@ async fn emit_changes(
         fps => fps_changed,
         latency_ms => latency_ms_changed,
         dropped_frames => dropped_frames_changed,
+        corrupt_frames => corrupt_frames_changed,
         calibrated => calibrated_changed,
         last_measurement => last_measurement_changed,
     );

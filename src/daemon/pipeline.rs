@@ -61,7 +61,6 @@ pub struct Processed {
     pub truth: Option<Truth>,
 }
 
-
 impl Processed {
     /// Per-stage latency when the result reached the supervisor at `now_us`, ms: capture (waiting
     /// for the processing thread), preprocess, infer, postprocess, publish.
@@ -174,10 +173,21 @@ pub struct CaptureSettings {
 pub fn capture_loop(shared: Arc<Shared>, settings: CaptureSettings) {
     let mut src = Reconnecting::new(settings.spec, settings.retry);
     let mut health = crate::source::Health::new(settings.health);
-    let mut fault: Option<String> = None;
+    // Test hook: a source fault retrying cannot fix (invalid specs now stop start-up, so the
+    // error state is otherwise reached only by a source kind this build lacks).
+    let mut fault: Option<String> = std::env::var("POCUSD_TEST_HOOKS")
+        .is_ok_and(|v| v == "1")
+        .then(|| std::env::var("POCUSD_TEST_SOURCE_FAULT").ok())
+        .flatten();
+    // The daemon's own numbering: unique and increasing for its whole life, whatever the source
+    // does (a reopened source starts its own count again at 0).
+    let mut next_seq: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         match src.read(TICK) {
-            Ok(Read::Frame(f)) => {
+            Ok(Read::Frame(_)) if fault.is_some() => {}
+            Ok(Read::Frame(mut f)) => {
+                f.seq = next_seq;
+                next_seq += 1;
                 health.on_frame(&f);
                 shared.frames.put((f, src.truth()));
             }

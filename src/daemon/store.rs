@@ -124,6 +124,34 @@ pub struct LogCounters {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// Opens a day file for appending, first cutting a torn last line (a crash or a full disk in an
+/// earlier run) back to the last newline; returns the file and its length of whole lines.
+fn open_whole(path: &Path) -> std::io::Result<(File, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok((f, 0));
+    }
+    // Look back at most 1 MB for the last newline.
+    let start = len.saturating_sub(1 << 20);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let whole = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None => start,
+    };
+    if whole != len {
+        f.set_len(whole)?;
+    }
+    Ok((f, whole))
+}
+
 /// The measurement log: one JSON object per line, per UTC day.
 #[derive(Debug)]
 pub struct MeasurementLog {
@@ -149,39 +177,78 @@ impl MeasurementLog {
         let thread = std::thread::Builder::new()
             .name("pocusd-log".into())
             .spawn(move || {
-                let mut current: Option<(String, File)> = None;
+                // The open day file and the length of its whole lines.
+                let mut current: Option<(String, File, u64)> = None;
                 let mut since_retention = 0u32;
-                let fail = |e: String| {
+                // Faults are reported on entering the failing state and on leaving it (with the
+                // count of lines lost meanwhile), not once per line.
+                let mut failing = false;
+                let mut lost_here = 0u64;
+                let report = |msg: String| {
+                    *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                };
+                let fail = |e: String, failing: &mut bool, lost_here: &mut u64| {
                     c.lost.fetch_add(1, Ordering::Relaxed);
-                    *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    *lost_here += 1;
+                    if !*failing {
+                        *failing = true;
+                        report(e);
+                    }
                 };
                 for (time_us, line) in rx {
                     let (y, m, d, ..) = utc_parts(time_us.div_euclid(1_000_000));
                     let day = format!("{y:04}-{m:02}-{d:02}");
-                    if current.as_ref().is_none_or(|(cur, _)| *cur != day) {
+                    if current.as_ref().is_none_or(|(cur, ..)| *cur != day) {
                         let dir = settings.root.join("log");
                         let path = dir.join(format!("{day}.jsonl"));
-                        match create_private_dir(&dir)
-                            .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
-                        {
-                            Ok(f) => {
-                                current = Some((day, f));
+                        match create_private_dir(&dir).and_then(|_| open_whole(&path)) {
+                            Ok((f, len)) => {
+                                current = Some((day, f, len));
                                 since_retention = u32::MAX;
                             }
                             Err(e) => {
-                                fail(format!("cannot open {}: {e}", path.display()));
+                                fail(
+                                    format!("cannot open {}: {e}", path.display()),
+                                    &mut failing,
+                                    &mut lost_here,
+                                );
                                 continue;
                             }
                         }
                     }
-                    let Some((day, file)) = current.as_mut() else {
+                    let Some((day, file, whole_len)) = current.as_mut() else {
                         continue;
                     };
-                    match file.write_all(line.as_bytes()) {
+                    // One write of the whole line; a partial one (full disk) is cut back to the
+                    // last whole line, so the next line never lands on a torn one.
+                    let written = file
+                        .metadata()
+                        .and_then(|m| {
+                            if m.len() != *whole_len {
+                                file.set_len(*whole_len)?;
+                            }
+                            file.write_all(line.as_bytes())
+                        });
+                    match written {
                         Ok(()) => {
+                            *whole_len += line.len() as u64;
                             c.written.fetch_add(1, Ordering::Relaxed);
+                            if failing {
+                                failing = false;
+                                report(format!(
+                                    "the measurement log is written again ({lost_here} lines were lost)"
+                                ));
+                                lost_here = 0;
+                            }
                         }
-                        Err(e) => fail(format!("cannot append to the measurement log: {e}")),
+                        Err(e) => {
+                            let _ = file.set_len(*whole_len);
+                            fail(
+                                format!("cannot append to the measurement log: {e}"),
+                                &mut failing,
+                                &mut lost_here,
+                            );
+                        }
                     }
                     since_retention = since_retention.saturating_add(1);
                     if since_retention >= 1000 {
@@ -238,6 +305,27 @@ impl MeasurementLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_the_next_one_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let now_us = crate::clock::realtime_us();
+        let (y, m, d, ..) = utc_parts(now_us.div_euclid(1_000_000));
+        let log_dir = dir.path().join("log");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let path = log_dir.join(format!("{y:04}-{m:02}-{d:02}.jsonl"));
+        // What a full disk left behind: a whole line, then a cut one.
+        std::fs::write(&path, "{\"seq\":1}\n{\"calibration\":{\"kin").unwrap();
+        let log = MeasurementLog::start(LogSettings {
+            root: dir.path().to_path_buf(),
+            max_days: 365,
+            max_mb: 1000,
+        });
+        log.append(now_us, &serde_json::json!({"seq": 2}));
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"seq\":1}\n{\"seq\":2}\n");
+    }
 
     #[test]
     fn civil_dates() {

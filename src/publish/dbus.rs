@@ -96,6 +96,8 @@ pub struct Props {
     pub fps: f64,
     pub latency_ms: Values,
     pub dropped_frames: u64,
+    /// Frames skipped because the source delivered them broken.
+    pub corrupt_frames: u64,
     pub calibrated: bool,
     pub last_measurement: Values,
 }
@@ -124,7 +126,6 @@ impl Daemon1 {
         ask(&self.commands, make).await
     }
 }
-
 
 #[interface(name = "org.pocusd.Daemon1", introspection_docs = false)]
 impl Daemon1 {
@@ -161,6 +162,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn dropped_frames(&self) -> u64 {
         self.props().dropped_frames
+    }
+
+    #[zbus(property)]
+    fn corrupt_frames(&self) -> u64 {
+        self.props().corrupt_frames
     }
 
     #[zbus(property)]

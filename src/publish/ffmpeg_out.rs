@@ -11,9 +11,9 @@ use std::sync::Arc;
 use ffmpeg_next as ff;
 
 use super::{OverlayFrame, TICK};
+use crate::postprocess::overlay::RgbImage;
 use crate::slot::Slot;
 use std::sync::atomic::AtomicBool;
-use crate::postprocess::overlay::RgbImage;
 
 /// Video codec of the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::dbus::State;
-use crate::daemon::command::{ask, Command, Error as DbusError};
 use super::jpeg::Latest;
+use crate::daemon::command::{ask, Command, Error as DbusError};
 
 /// The viewer page (no external URLs: it works with no network).
 pub const VIEWER_HTML: &str = include_str!("viewer.html");
@@ -63,6 +63,8 @@ impl Histogram {
 pub struct Metrics {
     pub frames_total: u64,
     pub dropped_total: u64,
+    /// Frames the source delivered broken and that were skipped.
+    pub corrupt_total: u64,
     pub state: State,
     pub state_text: String,
     pub model_path: String,
@@ -228,6 +230,12 @@ pub fn metrics_text(m: &Metrics) -> String {
     );
     let _ = writeln!(t, "# TYPE pocusd_dropped_frames_total counter");
     let _ = writeln!(t, "pocusd_dropped_frames_total {}", m.dropped_total);
+    let _ = writeln!(
+        t,
+        "# HELP pocusd_frames_corrupt_total Frames the source delivered broken (skipped and counted)."
+    );
+    let _ = writeln!(t, "# TYPE pocusd_frames_corrupt_total counter");
+    let _ = writeln!(t, "pocusd_frames_corrupt_total {}", m.corrupt_total);
     let _ = writeln!(t, "# HELP pocusd_stage_latency_seconds Time per pipeline stage; end_to_end is capture to publication.");
     let _ = writeln!(t, "# TYPE pocusd_stage_latency_seconds histogram");
     for (stage, h) in &m.stages {
@@ -305,7 +313,7 @@ fn authorised(s: &HttpState, headers: &HeaderMap, query_token: Option<&str>) -> 
 
 #[derive(serde::Deserialize)]
 struct PauseQuery {
-    paused: Option<bool>,
+    paused: Option<String>,
     token: Option<String>,
 }
 
@@ -338,7 +346,24 @@ async fn api_pause(
     if !authorised(&s, &headers, q.token.as_deref()) {
         return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
     }
-    let paused = q.paused.unwrap_or(true);
+    // Changing the live pipeline needs an explicit answer: no default.
+    let paused = match q.paused.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        other => {
+            let found = match other {
+                None => "it is missing".to_string(),
+                Some(v) => format!("got {:?}", v.chars().take(40).collect::<String>()),
+            };
+            return (
+                StatusCode::BAD_REQUEST,
+                axum_json(&serde_json::json!({
+                    "error": format!("query parameter `paused` must be true or false ({found}), e.g. POST /api/pause?paused=true")
+                })),
+            )
+                .into_response();
+        }
+    };
     match ask(&s.commands, |tx| Command::Pause(paused, tx)).await {
         Ok(()) => axum_json(&serde_json::json!({ "paused": paused })).into_response(),
         Err(e) => dbus_error_response(e),

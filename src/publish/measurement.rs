@@ -62,6 +62,14 @@ pub struct Measurement {
     pub truth: Option<Truth>,
     /// The calibration in force.
     pub calibration: Calibration,
+    /// Identifies this run of the daemon: `seq` is unique and increasing within one `start_id`,
+    /// so a client tells a restart from a reconnect.
+    pub start_id: Arc<str>,
+}
+
+/// A start id for a daemon started now: its start time (CLOCK_REALTIME µs) and process id, hex.
+pub fn new_start_id() -> String {
+    format!("{:x}-{:x}", crate::clock::realtime_us(), std::process::id())
 }
 
 /// The calibration as JSON (`kind` plus its parameters).
@@ -110,6 +118,7 @@ impl Measurement {
         let mut v = self.values();
         v.insert("seq".into(), Val::U(self.seq));
         v.insert("timestamp_us".into(), Val::I(self.timestamp_us));
+        v.insert("start_id".into(), Val::S(self.start_id.to_string()));
         v
     }
 
@@ -119,6 +128,7 @@ impl Measurement {
             "time": rfc3339_us(now_us),
             "timestamp_us": self.timestamp_us,
             "seq": self.seq,
+            "start_id": &*self.start_id,
             "values": self.values(),
             "flag": self.flag.map(|f| f.as_str()),
             "model_sha256": &*self.model_sha256,
@@ -131,6 +141,7 @@ impl Measurement {
         serde_json::json!({
             "type": "measurement",
             "seq": self.seq,
+            "start_id": &*self.start_id,
             "timestamp_us": self.timestamp_us,
             "values": self.values(),
         })
@@ -141,6 +152,7 @@ impl Measurement {
     pub fn snapshot(&self) -> serde_json::Value {
         serde_json::json!({
             "seq": self.seq,
+            "start_id": &*self.start_id,
             "timestamp_us": self.timestamp_us,
             "time": rfc3339_us(self.timestamp_us),
             "task": self.task.as_str(),
@@ -177,6 +189,7 @@ mod tests {
             model_sha256: Arc::from("abc"),
             truth: None,
             calibration: Calibration::None,
+            start_id: Arc::from("s1"),
         }
     }
 

@@ -31,6 +31,8 @@ pub trait Daemon1 {
     #[zbus(property)]
     fn dropped_frames(&self) -> zbus::Result<u64>;
     #[zbus(property)]
+    fn corrupt_frames(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
     fn calibrated(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn last_measurement(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
@@ -97,6 +99,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "fps": p.fps().await?,
         "latency_ms": dict_json(&p.latency_ms().await?),
         "dropped_frames": p.dropped_frames().await?,
+        "corrupt_frames": p.corrupt_frames().await?,
         "calibrated": p.calibrated().await?,
         "last_measurement": dict_json(&p.last_measurement().await?),
     }))
@@ -187,9 +190,10 @@ pub fn human(v: &serde_json::Value) -> String {
     }
     let l = &v["latency_ms"];
     s += &format!(
-        "        Fps: {:.1}   dropped frames: {}\n",
+        "        Fps: {:.1}   dropped frames: {}   corrupt frames: {}\n",
         v["fps"].as_f64().unwrap_or(0.0),
-        v["dropped_frames"]
+        v["dropped_frames"],
+        v["corrupt_frames"]
     );
     s += &format!(
         "    Latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (infer p50 {:.1} ms)\n",

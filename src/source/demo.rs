@@ -22,8 +22,8 @@ pub struct DemoSource {
 }
 
 impl DemoSource {
-    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1]`.
-    pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
+    /// The phantom and frame rate `spec`'s options ask for, or the option that is wrong.
+    pub fn settings(spec: &SourceSpec) -> Result<(PhantomConfig, f64), SourceError> {
         spec.only(&["seed", "fps", "width", "height", "task", "furniture"])?;
         let task = match spec.options.get("task").map(String::as_str) {
             None | Some("aponeurosis") => Task::Aponeurosis,
@@ -43,6 +43,12 @@ impl DemoSource {
             seed: spec.num("seed", 1u64, 0, u64::MAX)?,
         };
         let fps = spec.num("fps", 30.0f64, 0.0, 1000.0)?;
+        Ok((cfg, fps))
+    }
+
+    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1]`.
+    pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
+        let (cfg, fps) = Self::settings(spec)?;
         let phantom = Phantom::new(cfg);
         Ok(Self {
             spec: spec.raw.clone(),

@@ -40,19 +40,26 @@ fn is_network(url: &str) -> bool {
 }
 
 impl FfmpegSource {
+    /// (loop, realtime, stall_ms) from `spec`'s options, or the option that is wrong.
+    pub fn settings(spec: &SourceSpec) -> Result<(bool, bool, i64), SourceError> {
+        spec.only(&["loop", "realtime", "stall_ms"])?;
+        Ok((
+            spec.num("loop", 0u8, 0, 1)? == 1,
+            spec.num("realtime", 1u8, 0, 1)? == 1,
+            spec.num("stall_ms", 2000i64, 100, 600_000)?,
+        ))
+    }
+
     /// Starts reading `ffmpeg:URL[?loop=1&realtime=1&stall_ms=2000]`; errors opening the URL arrive
     /// on the first `read`.
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
-        spec.only(&["loop", "realtime", "stall_ms"])?;
+        let (looping, realtime, stall_ms) = Self::settings(spec)?;
         let SourceKind::Ffmpeg(url) = &spec.kind else {
             return Err(SourceError::BadSpec {
                 spec: spec.raw.clone(),
                 reason: "not an ffmpeg: spec".into(),
             });
         };
-        let looping = spec.num("loop", 0u8, 0, 1)? == 1;
-        let realtime = spec.num("realtime", 1u8, 0, 1)? == 1;
-        let stall_ms = spec.num("stall_ms", 2000i64, 100, 600_000)?;
         ff::init().map_err(|e| SourceError::Unavailable {
             kind: "ffmpeg".into(),
             reason: e.to_string(),
@@ -232,6 +239,12 @@ impl Reader {
                     }
                 }
                 Err(ff::Error::Eof) => {
+                    // A stream that went silent before it ended (a dead sender, a pulled cable:
+                    // the read timed out) must not flush the frames the decoder still holds:
+                    // they would be published now, seconds after they were captured.
+                    if now_ms() - last_progress.load(Ordering::Relaxed) > 500 {
+                        return Ok(Ended::Eof);
+                    }
                     eof = true;
                     let _ = decoder.send_eof();
                 }
@@ -269,6 +282,9 @@ impl Reader {
                     )
                     .map_err(|e| open_err(format!("cannot convert {fmt:?} to GRAY8: {e}")))?;
                     scaler = Some((s, (fmt, w, h)));
+                    // The output frame has the old size: swscale refuses it ("output changed")
+                    // for every later frame unless it is allocated afresh.
+                    gray = ff::frame::Video::empty();
                 }
                 let Some((sws, _)) = scaler.as_mut() else {
                     continue;
@@ -310,7 +326,12 @@ impl Reader {
 }
 
 /// Copies plane 0 of a GRAY8 frame into a packed image, honouring the line stride.
-fn copy_plane(frame: &ff::frame::Video, width: usize, height: usize, pool: &FramePool) -> GrayImage {
+fn copy_plane(
+    frame: &ff::frame::Video,
+    width: usize,
+    height: usize,
+    pool: &FramePool,
+) -> GrayImage {
     let mut img = pool.image(width, height);
     if let Ok(view) = GrayView::new(width, height, frame.stride(0), frame.data(0)) {
         view.copy_into(&mut img);

@@ -19,9 +19,18 @@ pub struct ImagesSource {
 }
 
 impl ImagesSource {
+    /// (loop, fps) from `spec`'s options, or the option that is wrong.
+    pub fn settings(spec: &SourceSpec) -> Result<(bool, f64), SourceError> {
+        spec.only(&["fps", "loop"])?;
+        Ok((
+            spec.num("loop", 0u8, 0, 1)? == 1,
+            spec.num("fps", 30.0f64, 0.0, 1000.0)?,
+        ))
+    }
+
     /// Opens `images:DIR[?fps=30&loop=1]`.
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
-        spec.only(&["fps", "loop"])?;
+        let (looping, fps) = Self::settings(spec)?;
         let SourceKind::Images(dir) = &spec.kind else {
             return Err(SourceError::BadSpec {
                 spec: spec.raw.clone(),
@@ -52,8 +61,8 @@ impl ImagesSource {
             spec: spec.raw.clone(),
             files,
             next: 0,
-            looping: spec.num("loop", 0u8, 0, 1)? == 1,
-            pacer: Pacer::new(spec.num("fps", 30.0f64, 0.0, 1000.0)?),
+            looping,
+            pacer: Pacer::new(fps),
             seq: 0,
         })
     }

@@ -163,6 +163,22 @@ impl SourceSpec {
         }
     }
 
+    /// Checks the options of the spec's kind (names, values, ranges) without opening anything, so
+    /// a typo stops start-up instead of being retried forever as a lost source.
+    pub fn validate(&self) -> Result<(), SourceError> {
+        match &self.kind {
+            SourceKind::Demo => demo::DemoSource::settings(self).map(|_| ()),
+            SourceKind::Images(_) => images::ImagesSource::settings(self).map(|_| ()),
+            #[cfg(feature = "ffmpeg")]
+            SourceKind::Ffmpeg(_) => ffmpeg::FfmpegSource::settings(self).map(|_| ()),
+            #[cfg(feature = "v4l")]
+            SourceKind::V4l2(_) => v4l2::V4l2Source::check(self),
+            // Kinds not built in are reported when opened.
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
+        }
+    }
+
     /// Rejects options the source does not know, naming them.
     pub fn only(&self, known: &[&str]) -> Result<(), SourceError> {
         match self.options.keys().find(|k| !known.contains(&k.as_str())) {

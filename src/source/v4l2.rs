@@ -49,9 +49,30 @@ fn io_err(spec: &str, e: std::io::Error, what: &str) -> SourceError {
 }
 
 impl V4l2Source {
+    /// Checks `spec`'s options and their values without touching a device.
+    pub fn check(spec: &SourceSpec) -> Result<(), SourceError> {
+        spec.only(&["width", "height", "fps", "format"])?;
+        if let Some(f) = spec.options.get("format") {
+            let ok = <[u8; 4]>::try_from(f.as_bytes())
+                .ok()
+                .and_then(|f4| PixelFormat::from_fourcc(&f4))
+                .is_some();
+            if !ok {
+                return Err(SourceError::BadSpec {
+                    spec: spec.raw.clone(),
+                    reason: format!("format={f}: allowed GREY, YUYV, MJPG"),
+                });
+            }
+        }
+        spec.num("width", 640u32, 16, 8192)?;
+        spec.num("height", 480u32, 16, 8192)?;
+        spec.num("fps", 30u32, 1, 1000)?;
+        Ok(())
+    }
+
     /// Opens `v4l2:/dev/videoN[?width=..&height=..&fps=..&format=GREY|YUYV|MJPG]`.
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
-        spec.only(&["width", "height", "fps", "format"])?;
+        Self::check(spec)?;
         let SourceKind::V4l2(path) = &spec.kind else {
             return Err(SourceError::BadSpec {
                 spec: spec.raw.clone(),

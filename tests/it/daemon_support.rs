@@ -283,8 +283,17 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 pub fn state_of(bus: &Bus) -> u32 {
-    // "(<uint32 1>,)"
-    let s = get(bus, "State");
+    // "(<uint32 1>,)"; 99 while the daemon is not on the bus yet.
+    let a = call_args(
+        "--session",
+        "org.freedesktop.DBus.Properties.Get",
+        &["org.pocusd.Daemon1", "State"],
+    );
+    let o = gdbus(bus, &strs(&a));
+    if !o.status.success() {
+        return 99;
+    }
+    let s = common::stdout(&o);
     s.trim()
         .trim_start_matches("(<uint32 ")
         .trim_end_matches(">,)")

@@ -265,8 +265,9 @@ fn capture_and_bench_source_commands() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["frames"], 4);
     assert!(v["fps"].as_f64().unwrap() > 0.0 && v["decode_ms_median"].as_f64().unwrap() > 0.0);
+    // A spec that cannot work is a configuration error (exit 78), wherever it comes from.
     let o = run(&["bench", "source", "--source", "bogus:thing"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(78));
     assert!(stderr(&o).contains("bogus:thing"), "{}", stderr(&o));
 }
 

@@ -9,7 +9,7 @@ use crate::common;
 use crate::daemon_support::{self as ds, Bus, Daemon};
 
 /// Waits for "viewer at http://ADDR/" in the daemon's log.
-fn viewer_addr(d: &Daemon) -> SocketAddr {
+pub(crate) fn viewer_addr(d: &Daemon) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = d.log();
@@ -24,7 +24,12 @@ fn viewer_addr(d: &Daemon) -> SocketAddr {
 }
 
 /// One request with `Connection: close`: (status, head, body).
-fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
@@ -698,8 +703,14 @@ fn ffmpeg_output_files_are_read_back_by_ffprobe() {
 fn healthz_is_503_only_in_error() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    // A spec the grammar accepts but the demo source refuses: a fault retrying cannot fix.
-    let d = ds::demo_daemon(&bus, tmp.path(), "demo?task=bogus");
+    // A source fault retrying cannot fix (a kind this build lacks; invalid specs stop start-up),
+    // made by the test hook.
+    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", "demo"]);
+    cmd.env("POCUSD_TEST_HOOKS", "1").env(
+        "POCUSD_TEST_SOURCE_FAULT",
+        "source kind not built in: task=bogus",
+    );
+    let d = Daemon::spawn(cmd, tmp.path());
     let addr = viewer_addr(&d);
     ds::wait_for("state error", Duration::from_secs(30), || {
         ds::state_of(&bus) == 6
