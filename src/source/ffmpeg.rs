@@ -219,12 +219,22 @@ impl Reader {
         let start = Instant::now();
         let mut first_pts: Option<f64> = None;
         let mut eof = false;
+        let mut dead = false;
         while !eof {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(Ended::Stopped);
             }
             let mut packet = ff::Packet::empty();
-            match packet.read(&mut ictx) {
+            let read_at = now_ms();
+            let result = packet.read(&mut ictx);
+            // A read that blocked until the stall interrupt returns what the demuxer still held
+            // of a dead input (a killed sender, a pulled cable): those frames were captured up to
+            // stall_ms ago and would be published as new, so they are dropped, and a stream
+            // that ends this way is not flushed.
+            dead |= now_ms() - read_at >= self.stall_ms - self.stall_ms / 8;
+            match result {
+                // Once interrupted, everything the demuxer still returns is the dead input's tail.
+                Ok(()) if dead => continue,
                 Ok(()) => {
                     last_progress.store(now_ms(), Ordering::Relaxed);
                     if packet.stream() != index {
@@ -239,10 +249,8 @@ impl Reader {
                     }
                 }
                 Err(ff::Error::Eof) => {
-                    // A stream that went silent before it ended (a dead sender, a pulled cable:
-                    // the read timed out) must not flush the frames the decoder still holds:
-                    // they would be published now, seconds after they were captured.
-                    if now_ms() - last_progress.load(Ordering::Relaxed) > 500 {
+                    // The decoder's held frames are flushed only at a real end (a file).
+                    if dead {
                         return Ok(Ended::Eof);
                     }
                     eof = true;
