@@ -286,9 +286,13 @@ impl Supervisor {
         if self.paused {
             return (State::Paused, "paused".into());
         }
-        let detail = |s: State| match &cap.last_error {
-            Some(e) => format!("{}: {e}", s.as_str()),
-            None => s.as_str().to_string(),
+        let detail = |s: State| match (&cap.last_error, s) {
+            (Some(e), _) => format!("{}: {e}", s.as_str()),
+            (None, State::NoSignal) => format!(
+                "no_signal: no frame for more than {} ms",
+                self.cfg.source.health.no_signal.as_millis()
+            ),
+            (None, _) => s.as_str().to_string(),
         };
         match cap.counters.state {
             C::Starting => (State::Starting, "starting".into()),
@@ -579,22 +583,36 @@ impl Supervisor {
             ));
             let io =
                 |e: String| DbusError::Io(format!("cannot write snapshot {}: {e}", dir.display()));
-            store::create_private_dir(&dir).map_err(|e| io(e.to_string()))?;
-            crate::imageio::write_gray(&dir.join("frame.png"), &data.frame)
-                .map_err(|e| io(e.to_string()))?;
-            crate::imageio::write_gray(&dir.join("mask.png"), &data.mask)
-                .map_err(|e| io(e.to_string()))?;
-            crate::imageio::write_rgb(
-                &dir.join("overlay.png"),
-                data.overlay.width,
-                data.overlay.height,
-                &data.overlay.data,
-            )
-            .map_err(|e| io(e.to_string()))?;
-            let json = record.snapshot();
-            let text = serde_json::to_string_pretty(&json).map_err(|e| io(e.to_string()))?;
-            crate::files::write_atomic(&dir.join("measurement.json"), text.as_bytes())
-                .map_err(|e| io(e.to_string()))?;
+            // Whole or absent: written into a hidden sibling, renamed when complete, removed on
+            // any error (a full disk leaves no partial snapshot behind).
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tmp = root.join(format!(".{name}.partial"));
+            let written = (|| -> Result<(), String> {
+                store::create_private_dir(&tmp).map_err(|e| e.to_string())?;
+                crate::imageio::write_gray(&tmp.join("frame.png"), &data.frame)
+                    .map_err(|e| e.to_string())?;
+                crate::imageio::write_gray(&tmp.join("mask.png"), &data.mask)
+                    .map_err(|e| e.to_string())?;
+                crate::imageio::write_rgb(
+                    &tmp.join("overlay.png"),
+                    data.overlay.width,
+                    data.overlay.height,
+                    &data.overlay.data,
+                )
+                .map_err(|e| e.to_string())?;
+                let text =
+                    serde_json::to_string_pretty(&record.snapshot()).map_err(|e| e.to_string())?;
+                crate::files::write_atomic(&tmp.join("measurement.json"), text.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(io(e));
+            }
             store::enforce_retention(
                 &state_dir,
                 max_days,
@@ -822,9 +840,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                 token: sup_token(&cfg),
             });
             Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
-                    eprintln!("pocusd: the viewer's HTTP server stopped: {e}");
-                }
+                http::serve(l, app).await;
             }))
         }
         None => None,

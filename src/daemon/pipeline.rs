@@ -188,6 +188,8 @@ pub fn capture_loop(shared: Arc<Shared>, settings: CaptureSettings) {
             Ok(Read::Frame(mut f)) => {
                 f.seq = next_seq;
                 next_seq += 1;
+                // Frames flow: an earlier loss's reason is history, not the current state.
+                src.last_error = None;
                 health.on_frame(&f);
                 shared.frames.put((f, src.truth()));
             }

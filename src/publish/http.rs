@@ -113,6 +113,36 @@ async fn viewer() -> impl IntoResponse {
     )
 }
 
+/// How long a client may take to send its request headers before the connection is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on `listener` until the task is dropped: HTTP/1.1 through hyper with a
+/// [`HEADER_READ_TIMEOUT`] (a connection that never completes its headers, or sends only blank
+/// lines, is closed), one task per connection.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            // Out of descriptors, or the like: wait a moment instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let _ = b
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
 fn part_header(f: &super::jpeg::JpegFrame) -> Bytes {
     Bytes::from(format!(
         "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nX-Sequence: {}\r\nX-Timestamp-Us: {}\r\n\r\n",
