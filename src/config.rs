@@ -177,6 +177,7 @@ pub struct HttpSection {
     pub listen: String,
     pub token: String,
     pub jpeg_quality: u64,
+    pub max_clients: u64,
 }
 
 /// Validated `[http]` settings.
@@ -187,6 +188,8 @@ pub struct HttpConfig {
     /// Required for Pause and Snapshot when `listen` is not a loopback address.
     pub token: Option<String>,
     pub jpeg_quality: u8,
+    /// Concurrent `/stream.mjpg` and `/events` clients; more are answered 503.
+    pub max_clients: usize,
 }
 
 /// The `[output]` section as written.
@@ -830,11 +833,13 @@ fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
         });
     }
     let jpeg_quality = int_range("http.jpeg_quality", h.jpeg_quality, 1, 100)? as u8;
+    let max_clients = int_range("http.max_clients", h.max_clients, 1, 1024)? as usize;
     Ok(HttpConfig {
         enabled: h.enabled,
         listen,
         token,
         jpeg_quality,
+        max_clients,
     })
 }
 

@@ -838,6 +838,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                 metrics: metrics.clone(),
                 commands: cmd_tx.clone(),
                 token: sup_token(&cfg),
+                clients: Arc::new(tokio::sync::Semaphore::new(cfg.http.max_clients)),
+                max_clients: cfg.http.max_clients,
             });
             Some(tokio::spawn(async move {
                 http::serve(l, app).await;

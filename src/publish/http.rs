@@ -87,6 +87,24 @@ pub struct HttpState {
     pub metrics: Arc<Mutex<Metrics>>,
     pub commands: mpsc::Sender<Command>,
     pub token: Option<String>,
+    /// One permit per streaming client (`http.max_clients`); held until the client leaves.
+    pub clients: Arc<tokio::sync::Semaphore>,
+    pub max_clients: usize,
+}
+
+/// A streaming client's permit, or the 503 that refuses one more.
+fn client_permit(s: &HttpState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    s.clients.clone().try_acquire_owned().map_err(|_| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!(
+                "{} streaming clients are connected, the most this viewer serves (http.max_clients); try again when one leaves\n",
+                s.max_clients
+            ),
+        )
+            .into_response()
+    })
 }
 
 /// The router.
@@ -153,11 +171,16 @@ fn part_header(f: &super::jpeg::JpegFrame) -> Bytes {
 }
 
 async fn stream_mjpg(AxState(s): AxState<HttpState>) -> Response {
+    let permit = match client_permit(&s) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     let mut rx = s.jpeg.clone();
     rx.mark_changed();
     // Each poll waits for the newest frame; a client that does not read is simply not polled,
-    // and the watch channel keeps only the newest frame, so nothing queues up for it.
-    let parts = futures_util::stream::unfold(rx, |mut rx| async move {
+    // and the watch channel keeps only the newest frame, so nothing queues up for it. The permit
+    // lives in the stream's state: it is given back when the client's body is dropped.
+    let parts = futures_util::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         loop {
             rx.changed().await.ok()?;
             let f = rx.borrow_and_update().clone();
@@ -167,7 +190,7 @@ async fn stream_mjpg(AxState(s): AxState<HttpState>) -> Response {
                     Ok(f.bytes.clone()),
                     Ok(Bytes::from_static(b"\r\n")),
                 ];
-                return Some((futures_util::stream::iter(chunks), rx));
+                return Some((futures_util::stream::iter(chunks), (rx, permit)));
             }
         }
     })
@@ -206,6 +229,10 @@ async fn snapshot_jpg(AxState(s): AxState<HttpState>) -> Response {
 }
 
 async fn events(AxState(s): AxState<HttpState>) -> Response {
+    let permit = match client_permit(&s) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     let rx = s.events.subscribe();
     let first: Vec<Arc<str>> = {
         let m = s.metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,10 +252,10 @@ async fn events(AxState(s): AxState<HttpState>) -> Response {
             .map(Ok::<_, Infallible>)
             .collect::<Vec<_>>(),
     );
-    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+    let live = futures_util::stream::unfold((rx, permit), move |(mut rx, permit)| async move {
         loop {
             match rx.recv().await {
-                Ok(e) => return Some((Ok::<_, Infallible>(sse(&e)), rx)),
+                Ok(e) => return Some((Ok::<_, Infallible>(sse(&e)), (rx, permit))),
                 // A slow client skips what it missed; it never holds the others back.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,

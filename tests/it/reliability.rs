@@ -341,3 +341,66 @@ fn unfinished_and_blank_requests_are_closed() {
         );
     }
 }
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// Promise (issue 13, HTTP abuse): streaming clients are capped by `http.max_clients` (default
+/// 32): 200 `/stream.mjpg` clients at once get 32 streams and 168 answers 503; processing goes
+/// on meanwhile; once they leave, the daemon's descriptors return to where they were and a new
+/// client is served.
+#[test]
+fn streaming_clients_beyond_the_cap_get_503_and_leave_nothing_behind() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=10");
+    let addr = crate::viewer::viewer_addr(&d);
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_before = open_fds(d.pid());
+    let seq_before = last_seq(&bus);
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        clients.push(s);
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for s in &clients {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        match line.split_whitespace().nth(1) {
+            Some("200") => ok += 1,
+            Some("503") => busy += 1,
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert_eq!((ok, busy), (32, 168));
+    ds::wait_for(
+        "processing during the flood",
+        Duration::from_secs(30),
+        || last_seq(&bus) > seq_before + 5,
+    );
+    drop(clients);
+    ds::wait_for(
+        "descriptors back to the baseline",
+        Duration::from_secs(30),
+        || open_fds(d.pid()) <= fds_before,
+    );
+    // The permits came back: a new client streams.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+}
