@@ -682,13 +682,39 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
         as_user(user, &bus, "gdbus", &v).output().unwrap()
     };
     let snap_dir = state.to_str().unwrap().to_string();
-    for (m, a) in [
-        ("Pause", vec!["true"]),
-        ("SetThreshold", vec!["0.5"]),
-        ("Snapshot", vec![]),
-        ("Reload", vec![]),
-        ("LoadModel", vec![model.to_str().unwrap()]),
-    ] {
+    // Every method of the committed interface, walked from the XML: a method added later without
+    // a case here fails this test, so the policy test covers it. (args, changes state)
+    let case = |m: &str| -> Option<(Vec<String>, bool)> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Some(match m {
+            "Pause" => (v(&["true"]), true),
+            "SetThreshold" => (v(&["0.5"]), true),
+            "Snapshot" => (v(&[]), true),
+            "Reload" => (v(&[]), true),
+            "LoadModel" => (v(&[model.to_str().unwrap()]), true),
+            _ => return None,
+        })
+    };
+    let xml = std::fs::read_to_string(repo().join("systemd/org.pocusd.Daemon1.xml")).unwrap();
+    let methods: Vec<String> = interface_shape(&xml)
+        .iter()
+        .filter(|m| m.starts_with("method "))
+        .filter_map(|m| {
+            let i = m.find("name=\"")? + 6;
+            Some(m[i..i + m[i..].find('"')?].to_string())
+        })
+        .collect();
+    assert!(methods.len() >= 5, "{methods:?}");
+    for m in &methods {
+        let (a, changes_state) = case(m).unwrap_or_else(|| {
+            panic!("method {m} of the XML has no case in this test: add one, and make it operators-only in the policy if it changes state")
+        });
+        assert!(
+            changes_state,
+            "{m}: only state-changing methods exist so far"
+        );
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let m = m.as_str();
         let o = method("pocusdtest-user", m, &a);
         assert!(!o.status.success(), "{m} must be denied to a plain user");
         assert!(

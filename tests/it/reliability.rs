@@ -404,3 +404,54 @@ fn streaming_clients_beyond_the_cap_get_503_and_leave_nothing_behind() {
     BufReader::new(&s).read_line(&mut line).unwrap();
     assert!(line.contains(" 200 "), "{line}");
 }
+
+/// Promise (issue 13, access): nothing the daemon serves sends the browser off the machine: no
+/// external URL in any byte of any route (the page, its events, the stream's first part, the
+/// snapshot, metrics, health).
+#[test]
+fn no_route_serves_an_external_url() {
+    use std::io::{Read as _, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=10");
+    let addr = crate::viewer::viewer_addr(&d);
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in ["/", "/metrics", "/healthz", "/snapshot.jpg", "/nonexistent"] {
+        let (_, head, body) = crate::viewer::http(addr, "GET", path, "");
+        bodies.push((path.into(), [head.into_bytes(), body].concat()));
+    }
+    // The streams never end: their first 64 KB.
+    for path in ["/events", "/stream.mjpg"] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 8192]);
+        let t = Instant::now();
+        while got.len() < 64 * 1024 && t.elapsed() < Duration::from_secs(3) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert!(got.len() > 100, "{path}: {} bytes", got.len());
+        bodies.push((path.into(), got));
+    }
+    for (path, bytes) in &bodies {
+        let text = String::from_utf8_lossy(bytes).to_ascii_lowercase();
+        for needle in [
+            "http://",
+            "https://",
+            "src=\"//",
+            "href=\"//",
+            "url(//",
+            "ws://",
+            "wss://",
+        ] {
+            assert!(!text.contains(needle), "{path} serves {needle:?}");
+        }
+    }
+}
