@@ -455,3 +455,42 @@ fn no_route_serves_an_external_url() {
         }
     }
 }
+
+/// Promise (issue 13, signals): SIGINT stops like SIGTERM (exit 0, name released); a second
+/// SIGTERM during shutdown corrupts nothing: exit 0 and every log line whole.
+#[test]
+fn sigint_and_a_double_sigterm_stop_cleanly() {
+    for (name, signals) in [("SIGINT", vec!["INT"]), ("SIGTERM twice", vec!["TERM", "TERM"])] {
+        let tmp = tempfile::tempdir().unwrap();
+        let bus = Bus::session();
+        let state = tmp.path().join("state");
+        let mut d = Daemon::spawn(
+            ds::daemon_cmd(&bus, true, &state, &["--source", "demo?fps=30"]),
+            tmp.path(),
+        );
+        ds::wait_for("log lines", Duration::from_secs(60), || log_lines(&state).len() >= 5);
+        let t = Instant::now();
+        for s in &signals {
+            // The second may find the daemon gone already: that is fine, not a failure.
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{s}"), d.pid().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let st = d.wait(Duration::from_secs(10));
+        assert!(st.success(), "{name}: {st:?}\n{}", d.log());
+        eprintln!("{name}: stopped in {:?}", t.elapsed());
+        let lines = log_lines(&state);
+        assert!(lines.len() >= 5, "{name}");
+        assert!(d.log().contains("stopped after"), "{name}: {}", d.log());
+        let o = ds::gdbus(
+            &bus,
+            &[
+                "call", "--session", "--dest", "org.freedesktop.DBus", "--object-path",
+                "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.NameHasOwner",
+                "org.pocusd.Daemon1",
+            ],
+        );
+        assert_eq!(common::stdout(&o).trim(), "(false,)", "{name}");
+    }
+}
