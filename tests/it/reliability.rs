@@ -460,7 +460,10 @@ fn no_route_serves_an_external_url() {
 /// SIGTERM during shutdown corrupts nothing: exit 0 and every log line whole.
 #[test]
 fn sigint_and_a_double_sigterm_stop_cleanly() {
-    for (name, signals) in [("SIGINT", vec!["INT"]), ("SIGTERM twice", vec!["TERM", "TERM"])] {
+    for (name, signals) in [
+        ("SIGINT", vec!["INT"]),
+        ("SIGTERM twice", vec!["TERM", "TERM"]),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let bus = Bus::session();
         let state = tmp.path().join("state");
@@ -468,7 +471,9 @@ fn sigint_and_a_double_sigterm_stop_cleanly() {
             ds::daemon_cmd(&bus, true, &state, &["--source", "demo?fps=30"]),
             tmp.path(),
         );
-        ds::wait_for("log lines", Duration::from_secs(60), || log_lines(&state).len() >= 5);
+        ds::wait_for("log lines", Duration::from_secs(60), || {
+            log_lines(&state).len() >= 5
+        });
         let t = Instant::now();
         for s in &signals {
             // The second may find the daemon gone already: that is fine, not a failure.
@@ -486,11 +491,108 @@ fn sigint_and_a_double_sigterm_stop_cleanly() {
         let o = ds::gdbus(
             &bus,
             &[
-                "call", "--session", "--dest", "org.freedesktop.DBus", "--object-path",
-                "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.NameHasOwner",
+                "call",
+                "--session",
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.NameHasOwner",
                 "org.pocusd.Daemon1",
             ],
         );
         assert_eq!(common::stdout(&o).trim(), "(false,)", "{name}");
     }
+}
+
+/// Promise (issue 13, models): every bad model is refused with its named error while the running
+/// one keeps serving (seq rises across each call); a good model of another task is switched to,
+/// and back.
+#[test]
+fn bad_models_are_refused_while_the_running_one_serves() {
+    use pocusd::infer::onnx_build::{brightness_model, fixture_spec, Breakage};
+    use pocusd::model::{Layout, OutputKind, Task};
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let _d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=20");
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    let shipped = ds::repo().join("models/aponeurosis.onnx");
+    let good = std::fs::read(&shipped).unwrap();
+    let fixture = |task, channels, breakage| {
+        let spec = fixture_spec(task, 64, 64, channels, Layout::Nchw, OutputKind::Sigmoid);
+        brightness_model(&spec, 5, 0.5, 10.0, true, breakage)
+    };
+    let write = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cases: Vec<(String, &str)> = vec![
+        ("/nonexistent/model.onnx".into(), "Error.NotFound"),
+        (
+            write("truncated.onnx", &good[..good.len() / 2]),
+            "Error.ModelRejected",
+        ),
+        (
+            write("text.onnx", b"this is not a model\n"),
+            "Error.ModelRejected",
+        ),
+        (
+            write(
+                "rank2.onnx",
+                &fixture(Task::Aponeurosis, 1, Breakage::FlatInput),
+            ),
+            "Error.ModelRejected",
+        ),
+        (
+            write(
+                "nan.onnx",
+                &fixture(Task::Aponeurosis, 1, Breakage::NanOutput),
+            ),
+            "Error.ModelRejected",
+        ),
+        (
+            write(
+                "channels2.onnx",
+                &fixture(Task::Aponeurosis, 2, Breakage::None),
+            ),
+            "Error.ModelRejected",
+        ),
+    ];
+    let model_before = ds::get(&bus, "Model");
+    for (path, error) in &cases {
+        let seq = last_seq(&bus);
+        let o = ds::call(&bus, "LoadModel", &[path]);
+        assert!(!o.status.success(), "{path} was accepted");
+        assert!(
+            common::stderr(&o).contains(error),
+            "{path}: {}",
+            common::stderr(&o)
+        );
+        ds::wait_for(
+            "seq rising after a refused model",
+            Duration::from_secs(20),
+            || last_seq(&bus) > seq + 2,
+        );
+        assert_eq!(
+            ds::get(&bus, "Model"),
+            model_before,
+            "{path}: the running model changed"
+        );
+    }
+    // Another task: taken, and measured as that task.
+    let region = write("region.onnx", &fixture(Task::Region, 1, Breakage::None));
+    let o = ds::call(&bus, "LoadModel", &[&region]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    ds::wait_for("the region model", Duration::from_secs(20), || {
+        ds::get(&bus, "Model").contains("'region'")
+    });
+    let o = ds::call(&bus, "LoadModel", &[shipped.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    ds::wait_for("back to the shipped model", Duration::from_secs(20), || {
+        ds::get(&bus, "Model").contains("'aponeurosis'")
+    });
 }
