@@ -421,10 +421,17 @@ fn paced_spec(spec: &str, fps: f64) -> anyhow::Result<String> {
     ))
 }
 
-/// Runs the whole daemon on the paced source and reports what it did after the first second.
-/// The daemon's state folder is a temporary one and the viewer listens on a free loopback port.
-pub fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineBench> {
-    let raw = paced_spec(&opts.source, opts.fps)?;
+/// Runs the whole daemon (private bus when `dbus-daemon` exists, a temporary state folder, the
+/// viewer on a free loopback port with one MJPEG client reading it) on `source` until it has
+/// processed `frames`, watched by `observer`, which announces the viewer's address on `rx`'s
+/// sender. Returns (MJPEG parts the client got, whether D-Bus was used).
+fn run_watched(
+    opts: &PipelineOptions,
+    source: &str,
+    frames: u64,
+    observer: Arc<dyn Observer>,
+    rx: std::sync::mpsc::Receiver<std::net::SocketAddr>,
+) -> anyhow::Result<(u64, bool)> {
     let bus = private_bus();
     let dbus_used = bus.is_some();
     let state = std::env::temp_dir().join(format!("pocusd-bench-{}", std::process::id()));
@@ -433,12 +440,6 @@ pub fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineBench> {
     // The benchmark must not touch the system's state folder or port 8080.
     std::env::set_var("POCUSD__STORAGE__DIR", &state);
     std::env::set_var("POCUSD__HTTP__LISTEN", "127.0.0.1:0");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let collector = Arc::new(Collector {
-        started: Instant::now(),
-        http: Mutex::new(Some(tx)),
-        data: Mutex::new(Collected::default()),
-    });
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let reader = std::thread::spawn(move || {
@@ -448,17 +449,17 @@ pub fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineBench> {
     });
     let result = daemon::run(daemon::RunOptions {
         config_file: opts.config_file.clone(),
-        source: Some(raw.clone()),
+        source: Some(source.to_string()),
         model: opts.model.clone(),
-        frames: Some(opts.frames + (opts.fps.max(1.0) as u64)),
+        frames: Some(frames),
         session_bus: true,
         no_dbus: bus.is_none(),
         bus_address: bus.as_ref().map(|b| b.1.clone()),
-        observer: Some(collector.clone()),
+        observer: Some(observer),
         ..Default::default()
     });
     stop.store(true, Ordering::Relaxed);
-    let mjpeg_client_frames = reader
+    let parts = reader
         .join()
         .ok()
         .flatten()
@@ -470,6 +471,156 @@ pub fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineBench> {
     }
     let _ = std::fs::remove_dir_all(&state);
     result?;
+    Ok((parts, dbus_used))
+}
+
+/// Open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// Threads of this process.
+pub fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A figure at the start and at the end of a soak.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct Span<T> {
+    pub start: T,
+    pub end: T,
+}
+
+/// `pocusd bench soak --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakBench {
+    /// Frames processed after the warm-up.
+    pub frames: u64,
+    pub fps: f64,
+    pub dropped: u64,
+    pub rss_mb: Span<f64>,
+    pub fds: Span<usize>,
+    pub threads: Span<usize>,
+    pub warmup_frames: u64,
+    pub mjpeg_client_frames: u64,
+    pub dbus: bool,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    counts: Counts,
+    rss_mb: f64,
+    fds: usize,
+    threads: usize,
+}
+
+impl Sample {
+    fn now(counts: Counts) -> Self {
+        Self {
+            at: Instant::now(),
+            counts,
+            rss_mb: rss_mb(),
+            fds: open_fds(),
+            threads: threads(),
+        }
+    }
+}
+
+/// Samples resources after the warm-up and at the last frames.
+struct SoakWatch {
+    warmup: u64,
+    total: u64,
+    http: Mutex<Option<std::sync::mpsc::Sender<std::net::SocketAddr>>>,
+    samples: Mutex<(Option<Sample>, Option<Sample>)>,
+}
+
+impl Observer for SoakWatch {
+    fn http_listening(&self, addr: std::net::SocketAddr) {
+        if let Some(tx) = self.http.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(addr);
+        }
+    }
+
+    fn processed(&self, _r: &Processed, _now_us: i64, counts: Counts) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.is_none() && counts.processed >= self.warmup {
+            s.0 = Some(Sample::now(counts));
+        } else if s.0.is_some()
+            && (counts.processed % 1000 == 0 || counts.processed + 1 >= self.total)
+        {
+            // While running, never after shutdown began: the last sample wins.
+            s.1 = Some(Sample::now(counts));
+        }
+    }
+}
+
+/// `pocusd bench soak`: the full daemon on the unpaced source for `frames` processed frames after
+/// a warm-up of 1,000 (the MJPEG client connected), with RSS, descriptors and threads sampled
+/// after the warm-up and at the end.
+pub fn soak(opts: &PipelineOptions) -> anyhow::Result<SoakBench> {
+    const WARMUP: u64 = 1000;
+    let raw = paced_spec(&opts.source, 0.0)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let total = WARMUP + opts.frames;
+    let watch = Arc::new(SoakWatch {
+        warmup: WARMUP,
+        total,
+        http: Mutex::new(Some(tx)),
+        samples: Mutex::new((None, None)),
+    });
+    let (mjpeg_client_frames, dbus) = run_watched(opts, &raw, total, watch.clone(), rx)?;
+    let (a, b) = *watch.samples.lock().unwrap_or_else(|p| p.into_inner());
+    let (Some(a), Some(b)) = (a, b) else {
+        anyhow::bail!("the soak processed fewer than {} frames", WARMUP + 1);
+    };
+    let frames = b.counts.processed - a.counts.processed;
+    Ok(SoakBench {
+        frames,
+        fps: frames as f64 / (b.at - a.at).as_secs_f64().max(1e-9),
+        dropped: b.counts.dropped - a.counts.dropped,
+        rss_mb: Span {
+            start: a.rss_mb,
+            end: b.rss_mb,
+        },
+        fds: Span {
+            start: a.fds,
+            end: b.fds,
+        },
+        threads: Span {
+            start: a.threads,
+            end: b.threads,
+        },
+        warmup_frames: WARMUP,
+        mjpeg_client_frames,
+        dbus,
+        source: raw,
+    })
+}
+
+/// Runs the whole daemon on the paced source and reports what it did after the first second.
+/// The daemon's state folder is a temporary one and the viewer listens on a free loopback port.
+pub fn pipeline(opts: &PipelineOptions) -> anyhow::Result<PipelineBench> {
+    let raw = paced_spec(&opts.source, opts.fps)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collector = Arc::new(Collector {
+        started: Instant::now(),
+        http: Mutex::new(Some(tx)),
+        data: Mutex::new(Collected::default()),
+    });
+    let frames = opts.frames + (opts.fps.max(1.0) as u64);
+    let (mjpeg_client_frames, dbus_used) = run_watched(opts, &raw, frames, collector.clone(), rx)?;
     let mut d = std::mem::take(&mut *collector.data.lock().unwrap_or_else(|p| p.into_inner()));
     let (Some((t0, c0, cpu0)), Some((t1, c1, cpu1))) = (d.warm_at, d.last) else {
         anyhow::bail!("the pipeline processed no frame after its warm-up second");

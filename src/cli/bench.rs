@@ -25,6 +25,9 @@ pub enum BenchCommand {
     Source(BenchSourceArgs),
     /// The whole daemon (capture, processing, D-Bus, log, viewer with one MJPEG client) on a paced source.
     Pipeline(BenchPipelineArgs),
+    /// The whole daemon on the unpaced source for a long run: RSS, descriptors and threads after a
+    /// 1,000-frame warm-up and at the end.
+    Soak(BenchSoakArgs),
     /// Time one training step (forward, backward, Adam) with augmentation.
     #[cfg(feature = "train")]
     Train(super::train::BenchTrainArgs),
@@ -38,6 +41,19 @@ pub struct BenchPipelineArgs {
     fps: f64,
     /// Processed frames to measure (after a first second of warm-up).
     #[arg(long, default_value_t = 600)]
+    frames: u64,
+    /// Model (ONNX); default as `pocusd run`.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSoakArgs {
+    /// Processed frames to run after the warm-up (200000 is about an hour here).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     frames: u64,
     /// Model (ONNX); default as `pocusd run`.
     #[arg(long, value_name = "FILE")]
@@ -214,6 +230,23 @@ pub fn cmd_bench(
                     println!("  {n:<12} p50 {:>7.2} ms  p99 {:>7.2} ms", s.p50, s.p99);
                 }
             }
+        }
+        BenchCommand::Soak(a) => {
+            let r = bench::soak(&bench::PipelineOptions {
+                config_file,
+                source: source.unwrap_or("demo").to_string(),
+                fps: 0.0,
+                frames: a.frames,
+                model: a.model.clone(),
+            })?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "{} frames at {:.1} fps ({} dropped): RSS {:.1} -> {:.1} MB, descriptors {} -> {}, threads {} -> {}",
+                r.frames, r.fps, r.dropped, r.rss_mb.start, r.rss_mb.end, r.fds.start, r.fds.end,
+                r.threads.start, r.threads.end
+            );
         }
         #[cfg(feature = "train")]
         BenchCommand::Train(a) => super::train::cmd_bench_train(cfg, a)?,

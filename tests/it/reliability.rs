@@ -596,3 +596,31 @@ fn bad_models_are_refused_while_the_running_one_serves() {
         ds::get(&bus, "Model").contains("'aponeurosis'")
     });
 }
+
+/// Promise (issue 13, endurance): `pocusd bench soak` over 5,000 unpaced frames with D-Bus, the
+/// log and an MJPEG client: no descriptor or thread growth, memory bounded (the figures
+/// themselves, for 200,000 frames, come from scripts/reliability.sh).
+#[test]
+fn soak_5000_frames_grows_no_descriptors_or_threads() {
+    let o = common::run(&["bench", "soak", "--frames", "5000", "--json"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(common::stdout(&o).trim()).unwrap();
+    eprintln!("soak: {v}");
+    assert_eq!(v["frames"], 5000, "{v}");
+    let (f0, f1) = (
+        v["fds"]["start"].as_u64().unwrap(),
+        v["fds"]["end"].as_u64().unwrap(),
+    );
+    let (t0, t1) = (
+        v["threads"]["start"].as_u64().unwrap(),
+        v["threads"]["end"].as_u64().unwrap(),
+    );
+    assert!(f1 <= f0 + 1, "descriptors {f0} -> {f1}");
+    assert!(t1 <= t0, "threads {t0} -> {t1}");
+    let (r0, r1) = (
+        v["rss_mb"]["start"].as_f64().unwrap(),
+        v["rss_mb"]["end"].as_f64().unwrap(),
+    );
+    assert!(r1 < r0 + 50.0, "RSS {r0} -> {r1} MB");
+    assert!(v["mjpeg_client_frames"].as_u64().unwrap() > 0, "{v}");
+}
