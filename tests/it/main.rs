@@ -12,6 +12,7 @@ mod engine;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg_src;
 mod infer_cli;
+mod properties;
 mod reliability;
 mod roi;
 mod roi_contract;
