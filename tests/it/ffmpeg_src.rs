@@ -14,7 +14,7 @@ use pocusd::source::{
 use pocusd::synth::{Phantom, PhantomConfig};
 
 /// Writes `n` moving phantom frames as PNG and returns them.
-fn phantom_frames(dir: &Path, n: usize) -> Vec<GrayImage> {
+pub(crate) fn phantom_frames(dir: &Path, n: usize) -> Vec<GrayImage> {
     std::fs::create_dir_all(dir).unwrap();
     let mut p = Phantom::new(PhantomConfig {
         width: 320,
@@ -32,7 +32,7 @@ fn phantom_frames(dir: &Path, n: usize) -> Vec<GrayImage> {
         .collect()
 }
 
-fn encode(frames_dir: &Path, out: &Path, codec_args: &[&str]) {
+pub(crate) fn encode(frames_dir: &Path, out: &Path, codec_args: &[&str]) {
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-framerate", "30", "-i"])
         .arg(frames_dir.join("f%04d.png"))
@@ -208,7 +208,7 @@ fn broken_inputs_give_clear_errors() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
-fn sender(file: &Path, port: u16) -> Child {
+pub(crate) fn sender(file: &Path, port: u16) -> Child {
     Command::new("ffmpeg")
         .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
         .arg(file)
