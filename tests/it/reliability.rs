@@ -696,3 +696,123 @@ fn a_live_stream_lost_and_restored_20_times() {
     assert!(fds1 <= fds0 + 1, "descriptors {fds0} -> {fds1}");
     assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
 }
+
+fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Promise (issue 13, D-Bus abuse): wrong argument types, NaN and infinite numbers and a 1 MB
+/// string are refused by name; 4 clients calling as fast as they can for 10 s and a subscriber
+/// that never reads do not stop processing (seq keeps rising; the call and frame rates are
+/// printed), and the daemon's memory stays bounded.
+#[test]
+fn dbus_abuse_does_not_stop_processing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=20");
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    let rss0 = rss_kb(d.pid());
+    // Wrong type: a string where a double goes.
+    let o = ds::call(&bus, "SetThreshold", &["'half'"]);
+    assert!(!o.status.success(), "a string threshold was accepted");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let address = bus.address.clone();
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let p = pocusd::daemon::status::Daemon1Proxy::new(&conn)
+            .await
+            .unwrap();
+        for x in [f64::NAN, f64::INFINITY, -1.0, 1e308] {
+            let e = p.set_threshold(x).await.unwrap_err().to_string();
+            assert!(e.contains("InvalidArgument"), "{x}: {e}");
+        }
+        let e = p
+            .load_model(&"/".repeat(1 << 20))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.len() < 2_000,
+            "a 1 MB argument came back: {} bytes",
+            e.len()
+        );
+    });
+    // A subscriber that never reads: a monitor, stopped.
+    let mut monitor = std::process::Command::new("gdbus")
+        .args(["monitor", "--session", "--dest", "org.pocusd.Daemon1"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &monitor.id().to_string()])
+        .status();
+    let seq0 = last_seq(&bus);
+    let t0 = Instant::now();
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let address = bus.address.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let conn = zbus::connection::Builder::address(address.as_str())
+                        .build()
+                        .await
+                        .unwrap();
+                    let p = pocusd::daemon::status::Daemon1Proxy::builder(&conn)
+                        .cache_properties(zbus::proxy::CacheProperties::No)
+                        .build()
+                        .await
+                        .unwrap();
+                    let mut calls = 0u64;
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_secs(10) {
+                        let _ = p.set_threshold(0.5).await;
+                        let _ = p.fps().await;
+                        calls += 2;
+                    }
+                    calls
+                })
+            })
+        })
+        .collect();
+    let calls: u64 = flood.into_iter().map(|h| h.join().unwrap()).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    let seq1 = last_seq(&bus);
+    eprintln!(
+        "D-Bus flood: {calls} calls in {seconds:.1} s ({:.0}/s) from 4 clients; frames advanced {} (seq {seq0} -> {seq1}, source 20 fps)",
+        calls as f64 / seconds,
+        seq1 - seq0
+    );
+    assert!(calls > 100, "the daemon answered {calls} calls");
+    assert!(
+        seq1 > seq0 + 40,
+        "processing stalled during the flood: {seq0} -> {seq1}"
+    );
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1 = rss_kb(d.pid());
+    eprintln!("RSS {rss0} kB -> {rss1} kB");
+    assert!(rss1 < rss0 + 64 * 1024, "RSS {rss0} -> {rss1} kB");
+    assert_eq!(ds::state_of(&bus), 1);
+}
