@@ -494,8 +494,17 @@ impl Supervisor {
             .map_err(|_| DbusError::Io("the processing thread has stopped".into()))
     }
 
+    /// Reloads the configuration (SIGHUP, `Reload()`), telling systemd RELOADING=1 before and
+    /// READY=1 after, whether the new configuration was taken or refused.
     fn reload(&mut self) -> Result<(), DbusError> {
         self.notifier.reloading();
+        let r = self.reload_config();
+        let status = self.last_status.clone();
+        self.notifier.ready(&status);
+        r
+    }
+
+    fn reload_config(&mut self) -> Result<(), DbusError> {
         let new = load_config(&self.opts).map_err(|e| {
             eprintln!("pocusd: reload refused, keeping the running configuration: {e:#}");
             DbusError::InvalidArgument(format!(

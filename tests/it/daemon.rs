@@ -477,6 +477,12 @@ fn sd_notify_ready_without_a_source_watchdog_in_no_signal_and_paused_and_not_whe
         status.iter().any(|m| m.contains("STATUS=no_signal")),
         "{status:?}"
     );
+    // SIGHUP: RELOADING=1, then READY=1 again (or systemd would wait in "reloading" for good).
+    let th = Instant::now();
+    d.signal("HUP");
+    wait_for("RELOADING=1 then READY=1", Duration::from_secs(10), || {
+        count("RELOADING=1", th) == 1 && count("READY=1", th) == 1
+    });
     // Paused: still fed.
     assert!(call(&bus, "Pause", &["true"]).status.success());
     wait_for("state paused", Duration::from_secs(10), || {
