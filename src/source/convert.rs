@@ -63,6 +63,8 @@ pub enum ConvertError {
         needed: usize,
         width: usize,
     },
+    #[error("the driver reports a {width}x{height} frame; nothing to capture")]
+    Empty { width: usize, height: usize },
     #[error("MJPEG frame does not decode: {0}")]
     Jpeg(String),
     #[error("MJPEG frame is {got_w}x{got_h}, the negotiated size is {want_w}x{want_h}")]
@@ -81,6 +83,10 @@ fn check(
     bpl: usize,
     bytes_per_px: usize,
 ) -> Result<(), ConvertError> {
+    // A 0-wide or 0-high format (a confused driver) is refused, not divided by.
+    if width == 0 || height == 0 {
+        return Err(ConvertError::Empty { width, height });
+    }
     let needed = width * bytes_per_px;
     if bpl < needed {
         return Err(ConvertError::BadStride {

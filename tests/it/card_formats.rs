@@ -185,3 +185,21 @@ fn mjpeg_with_and_without_huffman_tables() {
         Err(ConvertError::Jpeg(_))
     ));
 }
+
+/// Regression (found by the property test): a driver reporting a 0-wide or 0-high format made
+/// the YUYV converter panic (chunks of size 0); it is a named error now.
+#[test]
+fn zero_sized_formats_are_refused_not_a_panic() {
+    let mut out = GrayImage::default();
+    for (w, h) in [(0usize, 4usize), (4, 0), (0, 0)] {
+        for r in [
+            convert::yuyv_to_y(&[0u8; 64], w, h, 16, &mut out),
+            convert::grey(&[0u8; 64], w, h, 16, &mut out),
+        ] {
+            assert!(
+                matches!(r, Err(ConvertError::Empty { .. })),
+                "{w}x{h}: {r:?}"
+            );
+        }
+    }
+}
