@@ -255,6 +255,25 @@ pub fn status(bus: &Bus, json: bool) -> (Option<serde_json::Value>, String) {
     (v, text)
 }
 
+/// Whether org.pocusd.Daemon1 has an owner on `bus` (the session bus).
+pub fn name_has_owner(bus: &Bus) -> bool {
+    let o = gdbus(
+        bus,
+        &[
+            "call",
+            "--session",
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+            "--method",
+            "org.freedesktop.DBus.NameHasOwner",
+            NAME,
+        ],
+    );
+    common::stdout(&o).trim() == "(true,)"
+}
+
 /// Calls a method of org.pocusd.Daemon1 on the session bus.
 pub fn call(bus: &Bus, method: &str, args: &[&str]) -> Output {
     let a = call_args("--session", &format!("org.pocusd.Daemon1.{method}"), args);
