@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -170,7 +169,7 @@ fn part_header(f: &super::jpeg::JpegFrame) -> Bytes {
     ))
 }
 
-async fn stream_mjpg(AxState(s): AxState<HttpState>) -> Response {
+async fn stream_mjpg(axum::extract::State(s): axum::extract::State<HttpState>) -> Response {
     let permit = match client_permit(&s) {
         Ok(p) => p,
         Err(refused) => return refused,
@@ -205,7 +204,7 @@ async fn stream_mjpg(AxState(s): AxState<HttpState>) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn snapshot_jpg(AxState(s): AxState<HttpState>) -> Response {
+async fn snapshot_jpg(axum::extract::State(s): axum::extract::State<HttpState>) -> Response {
     let f = s.jpeg.borrow().clone();
     match f {
         Some(f) => (
@@ -228,7 +227,7 @@ async fn snapshot_jpg(AxState(s): AxState<HttpState>) -> Response {
     }
 }
 
-async fn events(AxState(s): AxState<HttpState>) -> Response {
+async fn events(axum::extract::State(s): axum::extract::State<HttpState>) -> Response {
     let permit = match client_permit(&s) {
         Ok(p) => p,
         Err(refused) => return refused,
@@ -333,7 +332,7 @@ pub fn metrics_text(m: &Metrics) -> String {
     t
 }
 
-async fn metrics(AxState(s): AxState<HttpState>) -> impl IntoResponse {
+async fn metrics(axum::extract::State(s): axum::extract::State<HttpState>) -> impl IntoResponse {
     let text = metrics_text(&s.metrics.lock().unwrap_or_else(|p| p.into_inner()));
     (
         [(
@@ -344,7 +343,7 @@ async fn metrics(AxState(s): AxState<HttpState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(AxState(s): AxState<HttpState>) -> impl IntoResponse {
+async fn healthz(axum::extract::State(s): axum::extract::State<HttpState>) -> impl IntoResponse {
     let (state, text) = {
         let m = s.metrics.lock().unwrap_or_else(|p| p.into_inner());
         (m.state, m.state_text.clone())
@@ -396,9 +395,9 @@ fn axum_json(v: &serde_json::Value) -> ([(header::HeaderName, &'static str); 1],
 const UNAUTHORISED: &str = "this action needs the viewer token (http.token): send \"Authorization: Bearer TOKEN\" or ?token=TOKEN\n";
 
 async fn api_pause(
-    AxState(s): AxState<HttpState>,
+    axum::extract::State(s): axum::extract::State<HttpState>,
     headers: HeaderMap,
-    Query(q): Query<PauseQuery>,
+    axum::extract::Query(q): axum::extract::Query<PauseQuery>,
 ) -> Response {
     if !authorised(&s, &headers, q.token.as_deref()) {
         return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
@@ -428,9 +427,9 @@ async fn api_pause(
 }
 
 async fn api_snapshot(
-    AxState(s): AxState<HttpState>,
+    axum::extract::State(s): axum::extract::State<HttpState>,
     headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
+    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
 ) -> Response {
     if !authorised(&s, &headers, q.token.as_deref()) {
         return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();

@@ -610,6 +610,7 @@ fn soak_5000_frames_grows_no_descriptors_or_threads() {
     assert!(v["mjpeg_client_frames"].as_u64().unwrap() > 0, "{v}");
 }
 
+#[cfg(feature = "ffmpeg")]
 fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|rd| rd.count())
