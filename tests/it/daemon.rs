@@ -336,21 +336,7 @@ fn live_daemon_on_dbus_properties_signals_errors_snapshot_log_and_status() {
     // SIGTERM: exit 0, name released, measurement log written with increasing seq.
     let st = d.stop();
     assert!(st.success(), "exit {st:?}; log:\n{}", d.log());
-    let o = gdbus(
-        &bus,
-        &[
-            "call",
-            "--session",
-            "--dest",
-            "org.freedesktop.DBus",
-            "--object-path",
-            "/org/freedesktop/DBus",
-            "--method",
-            "org.freedesktop.DBus.NameHasOwner",
-            NAME,
-        ],
-    );
-    assert_eq!(common::stdout(&o).trim(), "(false,)");
+    assert!(!name_has_owner(&bus), "the bus name is still held");
     let logs: Vec<_> = std::fs::read_dir(state.join("log"))
         .unwrap()
         .flatten()
