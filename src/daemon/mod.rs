@@ -599,6 +599,12 @@ impl Supervisor {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let tmp = root.join(format!(".{name}.partial"));
+            if !state_dir.is_dir() {
+                return Err(DbusError::Io(format!(
+                    "the state folder {} is gone (removed or unmounted); snapshots work again once it is back",
+                    state_dir.display()
+                )));
+            }
             let written = (|| -> Result<(), String> {
                 store::create_private_dir(&tmp).map_err(|e| e.to_string())?;
                 crate::imageio::write_gray(&tmp.join("frame.png"), &data.frame)
@@ -660,7 +666,7 @@ async fn connect(
         (None, Bus::Session) => (zbus::connection::Builder::session(), "session"),
     };
     builder
-        .serve_at(dbus::OBJECT_PATH, iface)
+        .serve_at(dbus::OBJECT_PATH, dbus::Strict::new(iface))
         .name(dbus::BUS_NAME)
         .build()
         .await
@@ -812,7 +818,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     let iface = match &conn {
         Some(c) => Some(
             c.object_server()
-                .interface::<_, Daemon1>(dbus::OBJECT_PATH)
+                .interface::<_, dbus::Strict>(dbus::OBJECT_PATH)
                 .await
                 .context("the D-Bus object vanished")?,
         ),
@@ -1116,12 +1122,13 @@ async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), D
 }
 
 async fn emit_changes(
-    iface: &zbus::object_server::InterfaceRef<Daemon1>,
+    iface: &zbus::object_server::InterfaceRef<dbus::Strict>,
     old: &Props,
     new: &Props,
 ) {
     let e = iface.signal_emitter();
     let d = iface.get().await;
+    let d = &d.inner;
     let mut r = Ok(());
     // One line per property: (changed?, the generated `<property>_changed` emitter).
     macro_rules! emit_if_changed {

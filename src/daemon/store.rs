@@ -152,6 +152,15 @@ fn open_whole(path: &Path) -> std::io::Result<(File, u64)> {
     Ok((f, whole))
 }
 
+/// Whether `path` still names the open `file` (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// The measurement log: one JSON object per line, per UTC day.
 #[derive(Debug)]
 pub struct MeasurementLog {
@@ -198,9 +207,31 @@ impl MeasurementLog {
                 for (time_us, line) in rx {
                     let (y, m, d, ..) = utc_parts(time_us.div_euclid(1_000_000));
                     let day = format!("{y:04}-{m:02}-{d:02}");
+                    // A day file that was removed or replaced under us (the state folder deleted
+                    // or unmounted) would swallow lines unseen: reopen by name instead.
+                    if let Some((cur, file, _)) = current.as_ref() {
+                        let path = settings.root.join("log").join(format!("{cur}.jsonl"));
+                        if !same_file(file, &path) {
+                            current = None;
+                        }
+                    }
                     if current.as_ref().is_none_or(|(cur, ..)| *cur != day) {
                         let dir = settings.root.join("log");
                         let path = dir.join(format!("{day}.jsonl"));
+                        // The state folder itself is never re-created here: gone means removed
+                        // or unmounted, and a new folder would put the log on the wrong disk.
+                        if !settings.root.is_dir() {
+                            current = None;
+                            fail(
+                                format!(
+                                    "the state folder {} is gone (removed or unmounted); measurements are not logged until it is back",
+                                    settings.root.display()
+                                ),
+                                &mut failing,
+                                &mut lost_here,
+                            );
+                            continue;
+                        }
                         match create_private_dir(&dir).and_then(|_| open_whole(&path)) {
                             Ok((f, len)) => {
                                 current = Some((day, f, len));
@@ -391,6 +422,52 @@ mod tests {
         let b = std::fs::read_to_string(dir.path().join("log/1970-01-02.jsonl")).unwrap();
         assert_eq!(a, "{\"seq\":1}\n");
         assert_eq!(b, "{\"seq\":2}\n");
+    }
+
+    #[test]
+    fn a_vanished_state_folder_loses_lines_until_it_is_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        let log = MeasurementLog::start(LogSettings {
+            root: root.clone(),
+            max_days: 30,
+            max_mb: 100,
+        });
+        let c = log.counters.clone();
+        let settle = |n: u64| {
+            let t = std::time::Instant::now();
+            while c.written.load(Ordering::Relaxed) + c.lost.load(Ordering::Relaxed) < n {
+                assert!(
+                    t.elapsed().as_secs() < 20,
+                    "the log thread did not take {n} lines"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        log.append(0, &serde_json::json!({"seq": 1}));
+        settle(1);
+        std::fs::remove_dir_all(&root).unwrap();
+        for i in 2..5 {
+            log.append(0, &serde_json::json!({"seq": i}));
+        }
+        settle(4);
+        assert_eq!(
+            c.lost.load(Ordering::Relaxed),
+            3,
+            "lines went to the deleted file"
+        );
+        let e = log.take_error().unwrap();
+        assert!(e.contains("is gone") && e.contains("state"), "{e}");
+        assert!(!root.exists(), "the log re-created the state folder");
+        std::fs::create_dir(&root).unwrap();
+        log.append(0, &serde_json::json!({"seq": 5}));
+        settle(5);
+        let e = log.take_error().unwrap();
+        assert!(e.contains("written again (3 lines were lost)"), "{e}");
+        log.close();
+        let text = std::fs::read_to_string(root.join("log/1970-01-01.jsonl")).unwrap();
+        assert_eq!(text, "{\"seq\":5}\n");
     }
 
     #[test]

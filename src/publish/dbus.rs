@@ -212,3 +212,185 @@ impl Daemon1 {
         self.ask(Command::Reload).await
     }
 }
+
+/// What the daemon serves at [`OBJECT_PATH`]: [`Daemon1`] held to the committed contract where
+/// the generated dispatch is lenient. `Properties.Set` on one of its (all read-only) properties
+/// answers `org.freedesktop.DBus.Error.PropertyReadOnly` (zbus alone answers `UnknownProperty`),
+/// and a method call whose arguments do not match the XML's `in` signature (`Snapshot` with an
+/// argument, `Pause` with two) is refused with `InvalidArgs` naming both signatures before it
+/// reaches the handler.
+pub struct Strict {
+    pub inner: Daemon1,
+    in_signatures: HashMap<String, String>,
+}
+
+impl Strict {
+    pub fn new(inner: Daemon1) -> Self {
+        Self {
+            inner,
+            in_signatures: method_in_signatures(INTERFACE_XML),
+        }
+    }
+}
+
+/// Each method of an introspection document with the concatenated types of its `in` arguments.
+pub fn method_in_signatures(xml: &str) -> HashMap<String, String> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let key = format!("{name}=\"");
+        let at = tag.find(&key)? + key.len();
+        let len = tag[at..].find('"')?;
+        Some(tag[at..at + len].to_string())
+    };
+    let mut out = HashMap::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find("<method ") {
+        rest = &rest[at..];
+        let end = rest
+            .find("</method>")
+            .or_else(|| rest.find("/>"))
+            .unwrap_or(rest.len());
+        let body = &rest[..end];
+        let head_end = body.find('>').unwrap_or(body.len());
+        if let Some(name) = attr(&body[..head_end], "name") {
+            let mut sig = String::new();
+            for arg in body.split("<arg ").skip(1) {
+                let tag = &arg[..arg.find('>').unwrap_or(arg.len())];
+                if attr(tag, "direction").as_deref() != Some("out") {
+                    sig.push_str(&attr(tag, "type").unwrap_or_default());
+                }
+            }
+            out.insert(name, sig);
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Whether a body signature as zbus prints it (`(sb)` for two arguments, `s` for one) is `want`.
+fn same_signature(body: &str, want: &str) -> bool {
+    let body = body
+        .strip_prefix('(')
+        .and_then(|b| b.strip_suffix(')'))
+        .filter(|_| want.len() != body.len())
+        .unwrap_or(body);
+    body == want
+}
+
+#[async_trait::async_trait]
+impl zbus::object_server::Interface for Strict {
+    fn name() -> zbus::names::InterfaceName<'static> {
+        <Daemon1 as zbus::object_server::Interface>::name()
+    }
+
+    fn spawn_tasks_for_methods(&self) -> bool {
+        self.inner.spawn_tasks_for_methods()
+    }
+
+    async fn get(
+        &self,
+        property_name: &str,
+        server: &zbus::ObjectServer,
+        connection: &zbus::Connection,
+        header: Option<&zbus::message::Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> Option<Result<OwnedVariant, zbus::BoxDBusError>> {
+        self.inner
+            .get(property_name, server, connection, header, emitter)
+            .await
+    }
+
+    async fn get_all(
+        &self,
+        server: &zbus::ObjectServer,
+        connection: &zbus::Connection,
+        header: Option<&zbus::message::Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
+        self.inner
+            .get_all(server, connection, header, emitter)
+            .await
+    }
+
+    fn set<'call>(
+        &'call self,
+        property_name: &'call str,
+        value: &'call zbus::Variant<'_>,
+        server: &'call zbus::ObjectServer,
+        connection: &'call zbus::Connection,
+        header: Option<&'call zbus::message::Header<'_>>,
+        emitter: &'call SignalEmitter<'_>,
+    ) -> zbus::object_server::DispatchResult<'call> {
+        use zbus::object_server::DispatchResult;
+        match self
+            .inner
+            .set(property_name, value, server, connection, header, emitter)
+        {
+            DispatchResult::NotFound => DispatchResult::Async(Box::pin(async move {
+                let exists = self
+                    .inner
+                    .get(property_name, server, connection, header, emitter)
+                    .await
+                    .is_some();
+                Err(if exists {
+                    zbus::fdo::Error::PropertyReadOnly(format!(
+                        "property '{property_name}' is read-only"
+                    ))
+                } else {
+                    zbus::fdo::Error::UnknownProperty(format!("unknown property '{property_name}'"))
+                }
+                .into())
+            })),
+            other => other,
+        }
+    }
+
+    async fn set_mut(
+        &mut self,
+        property_name: &str,
+        value: &zbus::Variant<'_>,
+        server: &zbus::ObjectServer,
+        connection: &zbus::Connection,
+        header: Option<&zbus::message::Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> Option<Result<(), zbus::BoxDBusError>> {
+        self.inner
+            .set_mut(property_name, value, server, connection, header, emitter)
+            .await
+    }
+
+    fn call<'call>(
+        &'call self,
+        server: &'call zbus::ObjectServer,
+        connection: &'call zbus::Connection,
+        msg: &'call zbus::Message,
+        name: zbus::names::MemberName<'call>,
+    ) -> zbus::object_server::DispatchResult<'call> {
+        if let Some(want) = self.in_signatures.get(name.as_str()) {
+            let got = msg.body().signature().to_string();
+            if !same_signature(&got, want) {
+                let err = zbus::fdo::Error::InvalidArgs(format!(
+                    "{name} takes ({want}), the call carried ({})",
+                    got.trim_start_matches('(').trim_end_matches(')')
+                ));
+                return zbus::object_server::DispatchResult::Async(Box::pin(async move {
+                    Err(err.into())
+                }));
+            }
+        }
+        self.inner.call(server, connection, msg, name)
+    }
+
+    fn call_mut<'call>(
+        &'call mut self,
+        server: &'call zbus::ObjectServer,
+        connection: &'call zbus::Connection,
+        msg: &'call zbus::Message,
+        name: zbus::names::MemberName<'call>,
+    ) -> zbus::object_server::DispatchResult<'call> {
+        self.inner.call_mut(server, connection, msg, name)
+    }
+
+    fn introspect_to_writer(&self, writer: &mut dyn std::fmt::Write, level: usize) {
+        self.inner.introspect_to_writer(writer, level)
+    }
+}
