@@ -9,6 +9,9 @@ cargo build --release --all-features -q
 BIN=target/release/pocusd
 echo "== soak: $FRAMES frames, unpaced demo, D-Bus, log, one MJPEG client"
 "$BIN" bench soak --frames "$FRAMES"
+echo "== D-Bus flood: 4 clients for 30 s (the frame rate during the flood against the rate before it)"
+POCUSD_PYTHON="$PWD/.venv/bin/python" POCUSD_FLOOD_SECONDS=30 cargo test --all-features -q --test it \
+  dbus_abuse_does_not_stop_processing -- --include-ignored --nocapture 2>&1 | grep -E '^(D-Bus flood|RSS)'
 echo "== systemd-analyze security --offline=true (target <= 2.0)"
 for u in systemd/*.service; do
   score=$(systemd-analyze security --offline=true --no-pager "$u" 2>/dev/null \

@@ -17,6 +17,10 @@ use ffmpeg_next as ff;
 use super::{realtime_us, FrameSource, Read, SourceError, SourceKind, SourceSpec};
 use crate::frame::{Frame, FramePool, GrayImage, GrayView};
 
+/// Frames skipped after damage when no keyframe comes first (2 s at 30 fps): streams without
+/// keyframes (intra refresh) have healed by then.
+const TAINT_FRAMES: u32 = 60;
+
 type Msg = Result<Read, SourceError>;
 
 /// Frames from FFmpeg.
@@ -206,9 +210,16 @@ impl Reader {
         let time_base = f64::from(stream.time_base());
         let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| open_err(format!("codec parameters: {e}")))?;
-        let mut decoder = ctx
-            .decoder()
-            .video()
+        // err_detect=+explode: a damaged packet fails at send_packet, in decode order, so the
+        // frames predicted from it (B-frames shown before it included) are skipped with it.
+        let dec = ctx.decoder();
+        let codec = ff::codec::decoder::find(dec.id())
+            .ok_or_else(|| open_err(format!("no decoder for {:?}", dec.id())))?;
+        let mut options = ff::Dictionary::new();
+        options.set("err_detect", "+crccheck+bitstream+buffer+explode");
+        let mut decoder = dec
+            .open_as_with(codec, options)
+            .and_then(|o| o.video())
             .map_err(|e| open_err(format!("no decoder: {e}")))?;
         let mut scaler: Option<(
             ff::software::scaling::Context,
@@ -220,6 +231,8 @@ impl Reader {
         let mut first_pts: Option<f64> = None;
         let mut eof = false;
         let mut dead = false;
+        // Frames still to skip after damage (0: none).
+        let mut tainted = 0u32;
         while !eof {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(Ended::Stopped);
@@ -241,6 +254,7 @@ impl Reader {
                         continue;
                     }
                     if let Err(e) = decoder.send_packet(&packet) {
+                        tainted = TAINT_FRAMES;
                         let _ = self.tx.try_send(Err(SourceError::Corrupt {
                             spec: self.spec.clone(),
                             reason: e.to_string(),
@@ -257,6 +271,7 @@ impl Reader {
                     let _ = decoder.send_eof();
                 }
                 Err(ff::Error::InvalidData) => {
+                    tainted = TAINT_FRAMES;
                     let _ = self.tx.try_send(Err(SourceError::Corrupt {
                         spec: self.spec.clone(),
                         reason: "invalid data in stream".into(),
@@ -276,6 +291,30 @@ impl Reader {
             while decoder.receive_frame(&mut decoded).is_ok() {
                 let (fmt, w, h) = (decoded.format(), decoded.width(), decoded.height());
                 if w == 0 || h == 0 {
+                    continue;
+                }
+                // A frame the decoder patched up after damaged packets (error concealment) looks
+                // plausible but holds wrong pixels, and so do the frames predicted from it until
+                // the next keyframe (or, for streams without keyframes, TAINT_FRAMES later):
+                // skipped and counted, never measured.
+                if decoded.is_key() {
+                    tainted = 0;
+                }
+                if decoded.is_corrupt() || decoded.has_decode_errors() {
+                    tainted = TAINT_FRAMES;
+                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
+                        spec: self.spec.clone(),
+                        reason: "the decoder concealed errors in this frame (damaged packets)"
+                            .into(),
+                    }));
+                    continue;
+                }
+                if tainted > 0 {
+                    tainted -= 1;
+                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
+                        spec: self.spec.clone(),
+                        reason: "predicted from a damaged frame (waiting for a keyframe)".into(),
+                    }));
                     continue;
                 }
                 if scaler.as_ref().is_none_or(|(_, key)| *key != (fmt, w, h)) {

@@ -345,3 +345,78 @@ fn live_udp_stream_survives_its_sender_restarting() {
         src.last_error
     );
 }
+
+/// A file with damaged packets in the middle (TS packets' payload bytes overwritten): what the
+/// decoder refused or flagged, and the frames predicted from it up to the next keyframe, come back
+/// as `Corrupt` (counted by the daemon, never measured); every frame delivered is exactly one of
+/// the clean file's, and the file ends normally.
+#[test]
+fn a_file_with_a_broken_frame_in_the_middle() {
+    let tmp = tempfile::tempdir().unwrap();
+    phantom_frames(&tmp.path().join("frames"), 60);
+    let ts = tmp.path().join("a.ts");
+    encode(
+        &tmp.path().join("frames"),
+        &ts,
+        &[
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts",
+        ],
+    );
+    let (clean, err) = read_all(&format!("ffmpeg:{}?realtime=0", ts.display()));
+    assert!(
+        err.is_none() && clean.len() == 60,
+        "{err:?} {}",
+        clean.len()
+    );
+    let mut bytes = std::fs::read(&ts).unwrap();
+    // 12 packets at the middle of the file: keep each TS header, overwrite the payload.
+    let packets = bytes.len() / 188;
+    for k in 0..12 {
+        let at = (packets / 2 + k) * 188;
+        for b in &mut bytes[at + 8..at + 188] {
+            *b = b.wrapping_mul(31).wrapping_add(0x5A);
+        }
+    }
+    let broken = tmp.path().join("broken.ts");
+    std::fs::write(&broken, &bytes).unwrap();
+    let spec = format!("ffmpeg:{}?realtime=0", broken.display());
+    let mut src = source::open(&SourceSpec::parse(&spec).unwrap()).unwrap();
+    let (mut good, mut corrupt) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no end within 30 s");
+        match src.read(Duration::from_millis(200)) {
+            Ok(Read::Frame(f)) => good.push(f.image),
+            Ok(Read::End) => break,
+            Ok(Read::Timeout) => {}
+            Err(SourceError::Corrupt { reason, .. }) => {
+                corrupt += 1;
+                assert!(!reason.is_empty());
+            }
+            Err(e) => panic!("the damaged file failed instead of skipping: {e}"),
+        }
+    }
+    // Each delivered frame against the clean decode: identical, or altered without a flag.
+    let altered = good
+        .iter()
+        .filter(|g| clean.iter().all(|c| mad(g, c) > 0.5))
+        .count();
+    eprintln!(
+        "broken file: {} frames delivered, {corrupt} reported corrupt, {altered} delivered altered without a decoder flag, of {}",
+        good.len(),
+        clean.len()
+    );
+    assert!(corrupt > 0, "nothing reported corrupt");
+    assert_eq!(altered, 0, "damaged frames were delivered as good");
+    assert!(good.len() + corrupt <= clean.len() + 1);
+    for i in 0..15 {
+        assert!(
+            mad(&good[i], &clean[i]) < 0.5,
+            "frame {i} before the damage differs"
+        );
+    }
+    for k in 1..=10 {
+        let (g, c) = (&good[good.len() - k], &clean[clean.len() - k]);
+        assert!(mad(g, c) < 0.5, "frame -{k} after the damage differs");
+    }
+}

@@ -367,6 +367,124 @@ fn a_vanished_state_folder_is_a_named_error_and_logging_resumes_when_it_is_back(
     );
 }
 
+/// HTTP abuse beyond the client cap: 20 `/stream.mjpg` clients that connect and never read, 50
+/// that disconnect in the middle of a frame, and path-traversal attempts. Processing goes on (seq
+/// rises), every traversal gets a 4xx or a closed connection and never a file's bytes, and the
+/// descriptors return to their level before once the clients are gone.
+#[test]
+fn stalled_and_vanishing_stream_clients_and_traversal_leave_nothing_behind() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let (d, addr) = streaming_demo(&bus, tmp.path(), "demo?fps=20");
+    std::thread::sleep(Duration::from_millis(500));
+    let fds0 = open_fds(d.pid());
+    let seq0 = last_seq(&bus);
+    // 20 stalled clients in one Python process: 4 KB receive buffers, never read.
+    let mut stalled = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time\n\
+             ss=[]\n\
+             for i in range(20):\n\
+             \x20   s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n\
+             \x20   s.connect(('127.0.0.1', int(sys.argv[1])))\n\
+             \x20   s.sendall(b'GET /stream.mjpg HTTP/1.1\\r\\nHost: stalled\\r\\n\\r\\n'); ss.append(s)\n\
+             print('connected', flush=True); time.sleep(600)",
+        ])
+        .arg(addr.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let out = stalled.stdout.take().unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stalled = KillOnDrop(stalled);
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    // 50 clients that leave in the middle of a frame (the first part's header and some bytes).
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /stream.mjpg HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = vec![0u8; 3000];
+        let mut got = 0;
+        while got < buf.len() {
+            match s.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        assert!(got > 0, "a stream client got nothing");
+    }
+    // Path traversal, raw request lines (no client library normalises them).
+    for path in [
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2f..%2fetc%2fpasswd",
+        "//etc/passwd",
+        "/snapshot.jpg/../../Cargo.toml",
+        "/static/../../../Cargo.toml",
+        "/%00/etc/passwd",
+        "/events/..%5c..%5cCargo.toml",
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            all.is_empty() || (400..500).contains(&status),
+            "{path}: {}",
+            text.lines().next().unwrap_or("")
+        );
+        assert!(
+            !text.contains("root:") && !text.contains("[package]"),
+            "{path} served a file"
+        );
+    }
+    // With the 20 stalled clients still connected, frames go on being processed.
+    let mut seq1 = seq0;
+    ds::wait_for(
+        "seq rising with 20 stalled clients",
+        Duration::from_secs(30),
+        || {
+            seq1 = last_seq(&bus);
+            seq1 > seq0 + 40
+        },
+    );
+    let during = open_fds(d.pid());
+    drop(stalled);
+    let mut fds1 = 0;
+    ds::wait_for(
+        "descriptors back to their level",
+        Duration::from_secs(60),
+        || {
+            fds1 = open_fds(d.pid());
+            fds1 <= fds0 + 2
+        },
+    );
+    eprintln!("HTTP abuse: fds {fds0} before, {during} with 20 stalled clients, {fds1} after; seq {seq0} -> {seq1}");
+    assert_eq!(ds::state_of(&bus), 1);
+}
+
 /// Defects: connections that never finished their request headers were held forever, and a bare
 /// `\r\n\r\n` got no reply. Both are now closed (or answered 4xx) within the header timeout
 /// (10 s; the test allows 40), while a normal client is served meanwhile.
@@ -741,6 +859,234 @@ fn a_live_stream_lost_and_restored_20_times() {
     tx.wait().ok();
     assert!(fds1 <= fds0 + 1, "descriptors {fds0} -> {fds1}");
     assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
+}
+
+/// A file source deleted under the live daemon and restored, three times: each time `no_signal`
+/// once the file in hand has played out, then `streaming` again once the file is back (10 s
+/// deadlines with `retry_max_ms = 500`); the HTTP server and the bus name stay, descriptors and
+/// threads end where they started.
+#[test]
+fn a_file_source_deleted_and_restored() {
+    use crate::ffmpeg_src::{encode, phantom_frames};
+    let tmp = tempfile::tempdir().unwrap();
+    phantom_frames(&tmp.path().join("frames"), 30);
+    let keep = tmp.path().join("keep.mp4");
+    encode(
+        &tmp.path().join("frames"),
+        &keep,
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
+    );
+    let clip = tmp.path().join("clip.mp4");
+    let restore = || {
+        let part = tmp.path().join(".clip.mp4.part");
+        std::fs::copy(&keep, &part).unwrap();
+        std::fs::rename(&part, &clip).unwrap();
+    };
+    restore();
+    let bus = Bus::session();
+    let spec = format!("ffmpeg:{}", clip.display());
+    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", &spec]);
+    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500")
+        .env("POCUSD__SOURCE__NO_SIGNAL_MS", "500");
+    let d = Daemon::spawn(cmd, tmp.path());
+    let addr = crate::viewer::viewer_addr(&d);
+    ds::wait_for("streaming", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 1
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (fds0, threads0) = (open_fds(d.pid()), threads_of(d.pid()));
+    let mut recoveries = Vec::new();
+    for round in 0..3 {
+        std::fs::remove_file(&clip).unwrap();
+        ds::wait_for(
+            &format!("round {round}: no signal without the file"),
+            Duration::from_secs(10),
+            || ds::state_of(&bus) == 2,
+        );
+        let text = ds::get(&bus, "StateText");
+        assert!(
+            text.contains("clip.mp4"),
+            "round {round}: StateText names the file: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        restore();
+        let t = Instant::now();
+        ds::wait_for(
+            &format!("round {round}: streaming again"),
+            Duration::from_secs(10),
+            || ds::state_of(&bus) == 1,
+        );
+        recoveries.push(t.elapsed().as_millis());
+        assert_eq!(crate::viewer::http(addr, "GET", "/healthz", "").0, 200);
+        assert!(ds::name_has_owner(&bus), "round {round}: the bus name went");
+    }
+    eprintln!("file source restored: streaming again after, ms: {recoveries:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (fds1, threads1) = (open_fds(d.pid()), threads_of(d.pid()));
+    assert!(fds1 <= fds0 + 1, "descriptors {fds0} -> {fds1}");
+    assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
+}
+
+/// A capture card missing at start: the daemon starts anyway, says `no_signal` naming the device,
+/// keeps its bus name and HTTP server, retries without leaking descriptors or threads, and stops
+/// cleanly.
+#[cfg(feature = "v4l")]
+#[test]
+fn a_missing_capture_card_at_start_is_no_signal_not_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::session();
+    let mut cmd = ds::daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("state"),
+        &["--source", "v4l2:/dev/video97"],
+    );
+    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500")
+        .env("POCUSD__SOURCE__NO_SIGNAL_MS", "500");
+    let mut d = Daemon::spawn(cmd, tmp.path());
+    let addr = crate::viewer::viewer_addr(&d);
+    ds::wait_for("no signal", Duration::from_secs(60), || {
+        ds::state_of(&bus) == 2
+    });
+    let text = ds::get(&bus, "StateText");
+    assert!(
+        text.contains("/dev/video97"),
+        "StateText names the device: {text}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (fds0, threads0) = (open_fds(d.pid()), threads_of(d.pid()));
+    std::thread::sleep(Duration::from_secs(4));
+    let (fds1, threads1) = (open_fds(d.pid()), threads_of(d.pid()));
+    assert!(
+        fds1 <= fds0,
+        "descriptors grew while retrying: {fds0} -> {fds1}"
+    );
+    assert!(
+        threads1 <= threads0,
+        "threads grew while retrying: {threads0} -> {threads1}"
+    );
+    assert_eq!(crate::viewer::http(addr, "GET", "/healthz", "").0, 200);
+    assert_eq!(ds::state_of(&bus), 2);
+    let st = d.stop();
+    assert!(st.success(), "{}", d.log());
+}
+
+/// Random bytes, flipped bytes and truncated packets inside a live UDP MPEG-TS stream (the test
+/// is the sender: the clip's own packets, about 1 in 50 damaged, plus random datagrams between).
+/// The daemon goes on measuring, counts what the decoder refused or concealed in
+/// `pocusd_frames_corrupt_total`, never panics, and its memory stays bounded.
+#[test]
+fn random_bytes_and_truncated_packets_in_a_live_stream() {
+    use crate::ffmpeg_src::{encode, phantom_frames};
+    let tmp = tempfile::tempdir().unwrap();
+    phantom_frames(&tmp.path().join("frames"), 60);
+    let clip = tmp.path().join("clip.ts");
+    encode(
+        &tmp.path().join("frames"),
+        &clip,
+        &[
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts",
+        ],
+    );
+    let ts = std::fs::read(&clip).unwrap();
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let bus = Bus::session();
+    let spec = format!("ffmpeg:udp://127.0.0.1:{port}?stall_ms=1000");
+    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", &spec]);
+    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500");
+    let d = Daemon::spawn(cmd, tmp.path());
+    let addr = crate::viewer::viewer_addr(&d);
+    // The clip is 2 s; its 1316-byte datagrams paced to play in real time, round after round.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let chunks: Vec<&[u8]> = ts.chunks(1316).collect();
+    let gap = Duration::from_secs_f64(2.0 / chunks.len() as f64);
+    let mut rng = pocusd::synth::SplitMix64::new(13);
+    let mut send_round = |damage: bool, sent: &mut [u64; 4]| {
+        for c in &chunks {
+            let mut p = c.to_vec();
+            if damage {
+                match rng.next_u64() % 100 {
+                    0 => {
+                        // Flipped bytes inside the packet.
+                        for _ in 0..8 {
+                            let i = (rng.next_u64() as usize) % p.len();
+                            p[i] ^= (rng.next_u64() & 0xFF) as u8 | 1;
+                        }
+                        sent[1] += 1;
+                    }
+                    1 => {
+                        // Truncated.
+                        let n = 1 + (rng.next_u64() as usize) % (p.len() - 1);
+                        p.truncate(n);
+                        sent[2] += 1;
+                    }
+                    2 => {
+                        // A random datagram before the real one.
+                        let n = 1 + (rng.next_u64() as usize) % 1316;
+                        let junk: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+                        let _ = sock.send_to(&junk, ("127.0.0.1", port));
+                        sent[3] += 1;
+                    }
+                    _ => {}
+                }
+            }
+            let _ = sock.send_to(&p, ("127.0.0.1", port));
+            sent[0] += 1;
+            std::thread::sleep(gap);
+        }
+    };
+    let mut sent = [0u64; 4];
+    let mut clean = [0u64; 4];
+    for _ in 0..30 {
+        send_round(false, &mut clean);
+        if ds::state_of(&bus) == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        ds::state_of(&bus),
+        1,
+        "never streamed the clean stream: {}",
+        d.log()
+    );
+    send_round(false, &mut clean);
+    let rss0 = rss_kb(d.pid());
+    let seq0 = last_seq(&bus);
+    for _ in 0..5 {
+        send_round(true, &mut sent);
+    }
+    let seq1 = last_seq(&bus);
+    let metrics = String::from_utf8(crate::viewer::http(addr, "GET", "/metrics", "").2).unwrap();
+    let corrupt = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pocusd_frames_corrupt_total "))
+        .expect("pocusd_frames_corrupt_total in /metrics")
+        .trim()
+        .parse::<f64>()
+        .unwrap();
+    // The stream is clean again: measuring goes on.
+    send_round(false, &mut clean);
+    send_round(false, &mut clean);
+    let seq2 = last_seq(&bus);
+    let rss1 = rss_kb(d.pid());
+    eprintln!(
+        "damaged stream: {} datagrams ({} with flipped bytes, {} truncated, {} random ones between): seq {seq0} -> {seq1} over 10 s of damage, {seq2} after 4 s clean; {corrupt} frames counted corrupt; RSS {rss0} -> {rss1} kB",
+        sent[0], sent[1], sent[2], sent[3]
+    );
+    assert!(
+        seq1 > seq0 + 20,
+        "measuring stopped in the damaged stream: {seq0} -> {seq1}"
+    );
+    assert!(
+        seq2 > seq1 + 30,
+        "measuring did not go on after it: {seq1} -> {seq2}"
+    );
+    assert!(corrupt > 0.0, "nothing counted corrupt in a damaged stream");
+    assert!(rss1 < rss0 + 64 * 1024, "RSS {rss0} -> {rss1} kB");
+    assert!(!d.log().contains("panicked"), "{}", d.log());
 }
 
 fn rss_kb(pid: i32) -> u64 {
