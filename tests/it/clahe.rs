@@ -301,6 +301,19 @@ proptest! {
         }
     }
 
+    /// Any size, including more tiles than pixels and lines of one pixel: the output has the
+    /// input's size, and a flat image stays flat (one level in, one level out).
+    #[test]
+    fn any_size_and_tile_count_gives_a_same_size_output(w in 1usize..700, h in 1usize..500, tx in 1usize..65, ty in 1usize..65, level in any::<u8>(), clip in -1.0f64..40.0) {
+        let img = GrayImage::from_vec(w, h, vec![level; w * h]).unwrap();
+        let mut clahe = Clahe::new(ClaheParams::new(clip, tx, ty).unwrap());
+        let mut out = GrayImage::default();
+        clahe.apply(img.view().unwrap(), &mut out);
+        prop_assert_eq!((out.width(), out.height()), (w, h));
+        let first = out.as_slice()[0];
+        prop_assert!(out.as_slice().iter().all(|&v| v == first), "a flat {}x{} image came out uneven", w, h);
+    }
+
     /// The threaded path computes exactly what the single-threaded one does.
     #[test]
     fn threads_do_not_change_the_output(w in 1usize..300, h in 1usize..400, seed in any::<u64>(), clip in -1.0f64..40.0, tx in 1usize..17, ty in 1usize..17) {
