@@ -788,7 +788,7 @@ fn soak_5000_frames_grows_no_descriptors_or_threads() {
     assert!(v["mjpeg_client_frames"].as_u64().unwrap() > 0, "{v}");
 }
 
-#[cfg(feature = "ffmpeg")]
+#[cfg(any(feature = "ffmpeg", feature = "v4l"))]
 fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|rd| rd.count())
@@ -865,6 +865,7 @@ fn a_live_stream_lost_and_restored_20_times() {
 /// once the file in hand has played out, then `streaming` again once the file is back (10 s
 /// deadlines with `retry_max_ms = 500`); the HTTP server and the bus name stay, descriptors and
 /// threads end where they started.
+#[cfg(feature = "ffmpeg")]
 #[test]
 fn a_file_source_deleted_and_restored() {
     use crate::ffmpeg_src::{encode, phantom_frames};
@@ -975,6 +976,7 @@ fn a_missing_capture_card_at_start_is_no_signal_not_a_failure() {
 /// is the sender: the clip's own packets, about 1 in 50 damaged, plus random datagrams between).
 /// The daemon goes on measuring, counts what the decoder refused or concealed in
 /// `pocusd_frames_corrupt_total`, never panics, and its memory stays bounded.
+#[cfg(feature = "ffmpeg")]
 #[test]
 fn random_bytes_and_truncated_packets_in_a_live_stream() {
     use crate::ffmpeg_src::{encode, phantom_frames};
