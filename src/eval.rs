@@ -112,7 +112,50 @@ pub struct EvalReport {
     pub thickness_within_10pct: Option<f64>,
     pub circumference_mae_px: Option<f64>,
     pub circumference_mae_mm: Option<f64>,
+    /// Region task: the signed circumference error by tercile of reference size (smallest third
+    /// first), in mm when the CSV gives the scale, else in pixels. A size bias shows up here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub circumference_bias_by_size: Vec<SizeBias>,
     pub per_image: Vec<ImageScore>,
+}
+
+/// The signed error of one size tercile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeBias {
+    pub images: usize,
+    /// The tercile's reference sizes (mm with a CSV, else px).
+    pub reference_min: f64,
+    pub reference_max: f64,
+    pub unit: &'static str,
+    /// Mean of (predicted - reference), in `unit`.
+    pub signed_mean: f64,
+    /// Mean of (predicted - reference) / reference.
+    pub signed_mean_rel: f64,
+}
+
+/// Splits (predicted, reference) pairs into terciles of reference size and gives each one's
+/// signed mean error; empty under 3 pairs.
+pub fn bias_by_size(pairs: &[(f64, f64)], unit: &'static str) -> Vec<SizeBias> {
+    if pairs.len() < 3 {
+        return Vec::new();
+    }
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let n = sorted.len();
+    (0..3)
+        .map(|t| {
+            let part = &sorted[t * n / 3..(t + 1) * n / 3];
+            let k = part.len() as f64;
+            SizeBias {
+                images: part.len(),
+                reference_min: part[0].1,
+                reference_max: part[part.len() - 1].1,
+                unit,
+                signed_mean: part.iter().map(|(p, r)| p - r).sum::<f64>() / k,
+                signed_mean_rel: part.iter().map(|(p, r)| (p - r) / r).sum::<f64>() / k,
+            }
+        })
+        .collect()
 }
 
 /// Dice and IoU of two 0/non-0 masks (a pixel is set above 127); both empty count as agreement.
@@ -243,6 +286,7 @@ pub fn evaluate(
     let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut c_pairs_px, mut c_pairs_mm) = (Vec::new(), Vec::new());
     let mut per_image = Vec::new();
     let mut pred_prob = Vec::new();
     let mut ref_prob = Vec::new();
@@ -319,10 +363,12 @@ pub fn evaluate(
                 );
                 if let (Some(p), Some(r)) = (p, r) {
                     c_abs_px.push((p - r).abs());
+                    c_pairs_px.push((p, r));
                 }
                 let mm = match (p, csv.get(&name)) {
                     (Some(p), Some(&(px_mm, hc_mm))) => {
                         c_abs_mm.push((p * px_mm - hc_mm).abs());
+                        c_pairs_mm.push((p * px_mm, hc_mm));
                         Some((p * px_mm, hc_mm))
                     }
                     _ => None,
@@ -368,6 +414,11 @@ pub fn evaluate(
             .then(|| th_rel.iter().filter(|&&r| r <= 0.10).count() as f64 / th_rel.len() as f64),
         circumference_mae_px: mean(&c_abs_px),
         circumference_mae_mm: mean(&c_abs_mm),
+        circumference_bias_by_size: if c_pairs_mm.is_empty() {
+            bias_by_size(&c_pairs_px, "px")
+        } else {
+            bias_by_size(&c_pairs_mm, "mm")
+        },
         per_image,
     })
 }
@@ -375,6 +426,21 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_terciles_show_a_bias_that_grows_with_size() {
+        // Predictions 2 % too large: each tercile's relative bias is +2 %, the absolute one grows.
+        let pairs: Vec<(f64, f64)> = (1..=9).map(|r| (r as f64 * 1.02, r as f64)).collect();
+        let b = bias_by_size(&pairs, "mm");
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.iter().map(|t| t.images).sum::<usize>(), 9);
+        for t in &b {
+            assert!((t.signed_mean_rel - 0.02).abs() < 1e-12, "{t:?}");
+        }
+        assert!(b[0].signed_mean < b[1].signed_mean && b[1].signed_mean < b[2].signed_mean);
+        assert_eq!((b[0].reference_min, b[2].reference_max), (1.0, 9.0));
+        assert!(bias_by_size(&pairs[..2], "mm").is_empty());
+    }
 
     #[test]
     fn dice_and_iou() {

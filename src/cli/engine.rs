@@ -202,5 +202,18 @@ pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
     ] {
         println!("{k:<28} {}", f(v));
     }
+    for (i, b) in report.circumference_bias_by_size.iter().enumerate() {
+        println!(
+            "circumference bias, size {}/3  {:+.2} {} ({:+.2} %) over {} images, reference {:.1} to {:.1} {}",
+            i + 1,
+            b.signed_mean,
+            b.unit,
+            100.0 * b.signed_mean_rel,
+            b.images,
+            b.reference_min,
+            b.reference_max,
+            b.unit
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Group-out validation: how a training recipe does on a scanner it has never seen. The images of a
+# data folder are grouped by image size (a proxy for the scanner and its screen layout: in
+# ../shared/data/dl_track 512x512, 660x556 and 800x652 hold 188, 175 and 75 images); for each
+# group, `pocusd train` learns on all the other groups and `pocusd eval` scores the group left
+# out with the run's last checkpoint (no checkpoint is chosen on the held-out group). Prints one
+# row per group and the means; writes OUT/groupout.json.
+#   scripts/groupout.sh [--data DIR] [--out DIR] [--epochs N] [--min-group N] [-- TRAIN ARGS...]
+# Defaults: --data ${POCUSD_DATA:-../shared/data}/dl_track, --out ~/.cache/pocusd/groupout,
+# --epochs 10, groups under --min-group 20 images join no split. TRAIN ARGS go to `pocusd train`
+# (the recipe: --width, --depth, --input, --loss, --task ...; default task aponeurosis). Each run
+# is resumable: run the script again with the same --out and it continues where it stopped.
+# The split folders hold symbolic links to the data, never copies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${POCUSD_DATA:-../shared/data}/dl_track
+OUT=${XDG_CACHE_HOME:-$HOME/.cache}/pocusd/groupout
+EPOCHS=10
+MIN_GROUP=20
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) DATA=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    --epochs) EPOCHS=${2:?}; shift 2 ;;
+    --min-group) MIN_GROUP=${2:?}; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    *) echo "groupout.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+TRAIN_ARGS=("$@")
+case " ${TRAIN_ARGS[*]:-} " in *" --task "*) ;; *) TRAIN_ARGS+=(--task aponeurosis) ;; esac
+[ -d "$DATA/images" ] && [ -d "$DATA/masks" ] \
+  || { echo "groupout.sh: $DATA has no images/ and masks/ (set --data or POCUSD_DATA)" >&2; exit 1; }
+BIN=${POCUSD_BIN:-target/release/pocusd}
+[ -x "$BIN" ] || cargo build --release --locked
+DATA=$(cd "$DATA" && pwd)
+mkdir -p "$OUT"
+
+# Group names by PNG/JPEG size: "WxH NAME" lines (stdlib only).
+python3 - "$DATA" >"$OUT/groups.txt" <<'EOF'
+import os, struct, sys
+root = sys.argv[1]
+masks = set(os.listdir(os.path.join(root, "masks")))
+for name in sorted(os.listdir(os.path.join(root, "images"))):
+    if name not in masks:
+        continue
+    with open(os.path.join(root, "images", name), "rb") as f:
+        head = f.read(64 * 1024)
+    size = None
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        size = struct.unpack(">II", head[16:24])
+    elif head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                break
+            marker, length = head[i + 1], struct.unpack(">H", head[i + 2:i + 4])[0]
+            if marker in (0xC0, 0xC1, 0xC2):
+                h, w = struct.unpack(">HH", head[i + 5:i + 9])
+                size = (w, h)
+                break
+            i += 2 + length
+    if size:
+        print(f"{size[0]}x{size[1]} {name}")
+EOF
+mapfile -t GROUPS < <(awk '{print $1}' "$OUT/groups.txt" | sort | uniq -c | sort -rn \
+  | awk -v m="$MIN_GROUP" '$1 >= m {print $2}')
+echo "groupout: $(wc -l <"$OUT/groups.txt") pairs in $DATA; groups of >= $MIN_GROUP images:"
+for g in "${GROUPS[@]}"; do echo "  $g: $(awk -v g="$g" '$1 == g' "$OUT/groups.txt" | wc -l) images"; done
+[ ${#GROUPS[@]} -ge 2 ] || { echo "groupout.sh: fewer than two groups; nothing to leave out" >&2; exit 1; }
+
+link_split() { # $1 split dir, $2 group left out
+  local dir=$1 out=$2
+  rm -rf "$dir"
+  mkdir -p "$dir/train/images" "$dir/train/masks" "$dir/val/images" "$dir/val/masks"
+  while read -r size name; do
+    local to=train
+    [ "$size" = "$out" ] && to=val
+    # Groups under the minimum join neither side.
+    printf '%s\n' "${GROUPS[@]}" | grep -qx "$size" || continue
+    ln -s "$DATA/images/$name" "$dir/$to/images/$name"
+    ln -s "$DATA/masks/$name" "$dir/$to/masks/$name"
+  done <"$OUT/groups.txt"
+}
+
+echo "[" >"$OUT/groupout.json.part"
+first=1
+for g in "${GROUPS[@]}"; do
+  split="$OUT/split-$g" run="$OUT/run-$g"
+  [ -d "$split/val/images" ] || link_split "$split" "$g"
+  if [ ! -f "$run/model.onnx" ]; then
+    if [ -f "$run/metrics.csv" ]; then
+      echo "groupout: $g: resuming $run"
+      "$BIN" train --resume "$run"
+    else
+      rm -rf "$run"
+      echo "groupout: $g: training on the other groups ($(ls "$split/train/images" | wc -l) images, $EPOCHS epochs)"
+      "$BIN" train --data "$split/train" --val "$split/val" --out "$run" --epochs "$EPOCHS" \
+        "${TRAIN_ARGS[@]}"
+    fi
+    "$BIN" export --run "$run" --checkpoint last --out "$run/model.onnx.part"
+    mv "$run/model.onnx.part" "$run/model.onnx"
+  fi
+  "$BIN" eval --model "$run/model.onnx" --data "$split/val" --json >"$run/eval.json"
+  [ $first = 1 ] || echo "," >>"$OUT/groupout.json.part"
+  first=0
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("images","failed","dice","thickness_rel_err_median","thickness_within_10pct")}}))' \
+    "$run/eval.json" "$g" >>"$OUT/groupout.json.part"
+done
+echo "]" >>"$OUT/groupout.json.part"
+mv "$OUT/groupout.json.part" "$OUT/groupout.json"
+
+python3 - "$OUT/groupout.json" "$EPOCHS" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print(f"\ngroup-out ({sys.argv[2]} epochs, last checkpoint), each group scored by a model that never saw it:")
+print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'median err':>10} {'within 10%':>10} {'no thickness':>12}")
+pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
+for r in rows:
+    print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {pct(r['thickness_rel_err_median']):>10} {pct(r['thickness_within_10pct']):>10} {r['failed']:>12}")
+n = sum(r["images"] for r in rows)
+mean = sum(r["dice"] for r in rows) / len(rows)
+weighted = sum(r["dice"] * r["images"] for r in rows) / n
+print(f"mean Dice over groups {mean:.3f}; over images {weighted:.3f} ({n} images)")
+EOF
