@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Inference speed: tract (pocusd bench infer) against onnxruntime (pinned by scripts/setup.sh) on
-# the same ONNX file at 1 and 2 threads. Without MODEL, a U-Net of the default architecture
-# (4 levels, base 16, 128x128, ConvTranspose upsampling) with random weights is written and used,
-# plus its Resize-upsampling twin for comparison.
+# the same ONNX file at 1 and 2 threads, with the ratio. Without MODEL: every shipped model in
+# models/, and a U-Net of the default architecture (4 levels, base 16, 128x128, ConvTranspose
+# upsampling) with random weights plus its Resize-upsampling twin for comparison.
 # Usage: scripts/bench-infer.sh [MODEL.onnx ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
   "$BIN" unet --out "$tmp/unet-transpose.onnx" --upsample transpose >/dev/null
   "$BIN" unet --out "$tmp/unet-resize.onnx" --upsample resize >/dev/null
-  models=("$tmp/unet-transpose.onnx" "$tmp/unet-resize.onnx")
+  models=(models/*.onnx "$tmp/unet-transpose.onnx" "$tmp/unet-resize.onnx")
 fi
 printf '%-28s %8s %12s %12s %8s\n' model threads tract_ms ort_ms ratio
 for m in "${models[@]}"; do
