@@ -46,9 +46,11 @@ impl Analyzer {
         post: PostprocessConfig,
         style: OverlayStyle,
     ) -> Self {
+        let mut post = Postprocessor::new(model.spec().task, post);
+        post.set_contour_offset_px(model.spec().contour_offset_px);
         Self {
             pre: Preprocessor::new(model.spec(), roi, tracking, clahe_threads),
-            post: Postprocessor::new(model.spec().task, post),
+            post,
             overlay: Overlay::new(),
             style,
             last_ms: [0.0; 3],

@@ -256,9 +256,12 @@ pub fn evaluate(
         post_cfg,
         OverlayStyle::default(),
     );
+    // Reference masks and predictions follow the same mask convention (the model's).
     let mut reference = Postprocessor::new(task, post_cfg);
+    reference.set_contour_offset_px(model.spec().contour_offset_px);
     // The task used for measuring predictions may differ from the model's (--task).
     let mut measure_pred = Postprocessor::new(task, post_cfg);
+    measure_pred.set_contour_offset_px(model.spec().contour_offset_px);
     let csv = match &opts.mm_csv {
         Some(p) => read_mm_csv(p)?,
         None => HashMap::new(),

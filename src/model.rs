@@ -167,6 +167,11 @@ pub struct ModelSpec {
     pub clahe: Option<ClaheParams>,
     /// The region of interest the model was trained on (`pocusd.roi`; `Full` without the key).
     pub roi: RoiPolicy,
+    /// How far the training masks' boundary lies outside the structure's clinical outline, in
+    /// image pixels (`pocusd.contour_offset_px`, 0 without the key): the fitted ellipse's
+    /// semi-axes are reduced by it before the circumference (HC18's masks lie ~0.92 px outside
+    /// the ellipses of its CSV).
+    pub contour_offset_px: f64,
     pub output: OutputKind,
     /// Output channels (1 for sigmoid/logits).
     pub output_channels: usize,
@@ -414,6 +419,15 @@ impl ModelSpec {
             None => RoiPolicy::Full,
             Some(v) => RoiPolicy::parse(v).ok_or_else(|| bad("roi", v, "auto or full"))?,
         };
+        let contour_offset_px = match meta("contour_offset_px") {
+            None => 0.0,
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && x.abs() <= 10.0)
+                .ok_or_else(|| bad("contour_offset_px", v, "a number of pixels from -10 to 10"))?,
+        };
         let classes = match meta("classes") {
             Some(v) => v.split(',').map(|c| c.trim().to_string()).collect(),
             None if output_channels == 1 => vec!["background".into(), task.as_str().into()],
@@ -444,6 +458,7 @@ impl ModelSpec {
             normalisation,
             clahe,
             roi,
+            contour_offset_px,
             output,
             output_channels,
             classes,
@@ -492,6 +507,9 @@ impl ModelSpec {
             },
         );
         put("roi", self.roi.as_str().into());
+        if self.contour_offset_px != 0.0 {
+            put("contour_offset_px", self.contour_offset_px.to_string());
+        }
         put("output", self.output.as_str().into());
         put("classes", self.classes.join(","));
         if let Some(v) = &self.trained_on {
@@ -598,6 +616,7 @@ mod tests {
         );
         s.clahe = None;
         s.task = Task::Region;
+        s.contour_offset_px = 0.92;
         let mut f2 = f.clone();
         f2.metadata = s.to_metadata();
         let back = ModelSpec::from_graph(&f2, &SpecOverrides::default()).unwrap();
@@ -605,9 +624,16 @@ mod tests {
             back,
             ModelSpec {
                 from_metadata: true,
-                ..s
+                ..s.clone()
             }
         );
+        // A contour offset that is not a small number of pixels is refused by name.
+        for bad in ["wide", "NaN", "11", "-1e9"] {
+            f2.metadata
+                .insert("pocusd.contour_offset_px".into(), bad.into());
+            let e = ModelSpec::from_graph(&f2, &SpecOverrides::default()).unwrap_err();
+            assert!(e.to_string().contains("contour_offset_px"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -295,6 +295,7 @@ pub fn fixture_spec(
         normalisation: Normalisation::Unit,
         clahe: None,
         roi: crate::model::RoiPolicy::Full,
+        contour_offset_px: 0.0,
         output,
         output_channels,
         classes: vec!["background".into(), task.as_str().into()],

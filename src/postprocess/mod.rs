@@ -177,6 +177,9 @@ pub struct Postprocessor {
     mask: Vec<u8>,
     roi: Rect,
     labeller: Labeller,
+    /// Image pixels by which the masks' boundary lies outside the clinical outline (the model's
+    /// `contour_offset_px`); the fitted ellipse shrinks by it.
+    contour_offset_px: f64,
     /// Points the ellipse is fitted to.
     fit_points: Vec<(f64, f64)>,
     contour: Vec<(usize, usize)>,
@@ -208,6 +211,7 @@ impl Postprocessor {
             mask: Vec::new(),
             roi: Rect::default(),
             labeller: Labeller::default(),
+            contour_offset_px: 0.0,
             fit_points: Vec::new(),
             contour: Vec::new(),
             edge_sup: Vec::new(),
@@ -222,6 +226,11 @@ impl Postprocessor {
             ema: None,
             analysis: Analysis::default(),
         }
+    }
+
+    /// Sets the masks' boundary convention (the model's `contour_offset_px`, image pixels).
+    pub fn set_contour_offset_px(&mut self, px: f64) {
+        self.contour_offset_px = if px.is_finite() { px } else { 0.0 };
     }
 
     /// Changes settings that may change live (threshold, gates, smoothing, calibration).
@@ -538,10 +547,13 @@ impl Postprocessor {
                 .iter()
                 .map(|&(x, y)| (x as f64 + 0.5, y as f64 + 0.5)),
         );
-        let Some(e) = fit_ellipse(&self.fit_points) else {
+        let Some(mut e) = fit_ellipse(&self.fit_points) else {
             a.flag = Some(Flag::NoStructure);
             return;
         };
+        let off = self.contour_offset_px;
+        e.a = (e.a - off).max(0.0);
+        e.b = (e.b - off).max(0.0);
         let m = &mut a.measurements;
         m.area_px = Some(c.area as f64);
         m.perimeter_px = Some(geometry::contour_length(&self.contour, 1.0, 1.0));
@@ -558,8 +570,9 @@ impl Postprocessor {
             for p in self.fit_points.iter_mut() {
                 *p = (p.0 * sx, p.1 * sy);
             }
-            m.circumference_mm =
-                fit_ellipse(&self.fit_points).map(|e| ellipse_circumference(e.a, e.b));
+            let off_mm = off * (sx * sy).sqrt();
+            m.circumference_mm = fit_ellipse(&self.fit_points)
+                .map(|e| ellipse_circumference((e.a - off_mm).max(0.0), (e.b - off_mm).max(0.0)));
         }
         a.annotation = Some(Annotation::Ellipse(e));
     }

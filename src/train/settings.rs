@@ -62,6 +62,10 @@ pub struct TrainSettings {
     pub augment: AugmentConfig,
     /// CLAHE before the model (from `[preprocess]`), written into the model's metadata.
     pub clahe: Option<ClaheParams>,
+    /// The masks' boundary convention (`pocusd.contour_offset_px`), carried over from the
+    /// `--init` model or run so a fine-tuned model measures like the one it started from.
+    #[serde(default)]
+    pub contour_offset_px: f64,
 }
 
 fn int(key: &str, v: u64, lo: u64, hi: u64) -> Result<usize, ConfigError> {
@@ -98,6 +102,25 @@ fn init_roi_policy(init: &std::path::Path) -> Option<RoiPolicy> {
             .and_then(|(_, v)| RoiPolicy::parse(v))
             .unwrap_or(RoiPolicy::Full),
     )
+}
+
+/// The contour offset of an `--init` run folder or ONNX file (0 when it has none or cannot be read).
+fn init_contour_offset(init: &std::path::Path) -> f64 {
+    if init.is_dir() {
+        return super::trainer::RunInfo::load(init)
+            .map(|i| i.settings.contour_offset_px)
+            .unwrap_or(0.0);
+    }
+    std::fs::read(init)
+        .ok()
+        .and_then(|b| crate::infer::onnx_file::metadata(&b).ok())
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k == "pocusd.contour_offset_px")
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        })
+        .filter(|x| x.is_finite())
+        .unwrap_or(0.0)
 }
 
 fn path(s: &str) -> Option<PathBuf> {
@@ -240,6 +263,7 @@ impl TrainSettings {
             preview_images: int("train.preview_images", t.preview_images, 1, 16)?,
             augment,
             clahe,
+            contour_offset_px: path(&t.init).map_or(0.0, |p| init_contour_offset(&p)),
         })
     }
 

@@ -193,6 +193,7 @@ pub fn spec_for(
         } else {
             RoiPolicy::Full
         },
+        contour_offset_px: s.contour_offset_px,
         output: if s.arch.classes > 1 {
             OutputKind::Softmax
         } else {

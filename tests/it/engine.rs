@@ -87,6 +87,65 @@ fn circumference_from_phantom_masks_within_half_a_percent() {
     }
 }
 
+/// A model's `contour_offset_px` shrinks the fitted ellipse's semi-axes by that many pixels, in
+/// px and (scaled) in mm: a 1.5 px offset takes about 2 pi 1.5 px off the circumference; the
+/// metadata key round-trips and a bad value is refused by name.
+#[test]
+fn the_contour_offset_shrinks_the_ellipse() {
+    let cfg = PhantomConfig {
+        width: 800,
+        height: 540,
+        task: Task::Region,
+        furniture: false,
+        seed: 3,
+    };
+    let s = synth::sample(cfg, 0);
+    let p = mask_probability(&s.mask);
+    let pc = PostprocessConfig {
+        calibration: Calibration::MmPerPx { x: 0.2, y: 0.2 },
+        ..Default::default()
+    };
+    let mut post = Postprocessor::new(Task::Region, pc);
+    let plain = post
+        .process_full(&p, Rect::full(800, 540))
+        .clone()
+        .measurements;
+    post.set_contour_offset_px(1.5);
+    let shrunk = post
+        .process_full(&p, Rect::full(800, 540))
+        .clone()
+        .measurements;
+    let d_px = plain.circumference_px.unwrap() - shrunk.circumference_px.unwrap();
+    let d_mm = plain.circumference_mm.unwrap() - shrunk.circumference_mm.unwrap();
+    let want = 2.0 * std::f64::consts::PI * 1.5;
+    assert!((d_px - want).abs() < 0.05 * want, "{d_px} px, want {want}");
+    assert!((d_mm - 0.2 * want).abs() < 0.05 * 0.2 * want, "{d_mm} mm");
+    assert!(
+        (plain.ellipse_semi_major_px.unwrap() - shrunk.ellipse_semi_major_px.unwrap() - 1.5).abs()
+            < 1e-9
+    );
+    // The key in metadata.
+    let mut spec =
+        onnx_build::fixture_spec(Task::Region, 64, 64, 1, Layout::Nchw, OutputKind::Sigmoid);
+    spec.contour_offset_px = 0.92;
+    let meta = spec.to_metadata();
+    assert_eq!(
+        meta.get("pocusd.contour_offset_px").map(String::as_str),
+        Some("0.92")
+    );
+    let bytes = onnx_build::brightness_model(&spec, 5, 0.5, 10.0, true, Breakage::None);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.onnx");
+    std::fs::write(&f, &bytes).unwrap();
+    let m = LoadedModel::load(&f, &SpecOverrides::default()).unwrap();
+    assert_eq!(m.spec().contour_offset_px, 0.92);
+    spec.contour_offset_px = 0.0;
+    assert!(
+        !spec.to_metadata().contains_key("pocusd.contour_offset_px"),
+        "written only when set"
+    );
+}
+
 #[test]
 fn calibration_gives_mm_and_goes_stale_when_the_roi_changes() {
     let cfg = PhantomConfig {
