@@ -65,11 +65,11 @@ for name in sorted(os.listdir(os.path.join(root, "images"))):
     if size:
         print(f"{size[0]}x{size[1]} {name}")
 EOF
-mapfile -t GROUPS < <(awk '{print $1}' "$OUT/groups.txt" | sort | uniq -c | sort -rn \
+mapfile -t SIZE_GROUPS < <(awk '{print $1}' "$OUT/groups.txt" | sort | uniq -c | sort -rn \
   | awk -v m="$MIN_GROUP" '$1 >= m {print $2}')
 echo "groupout: $(wc -l <"$OUT/groups.txt") pairs in $DATA; groups of >= $MIN_GROUP images:"
-for g in "${GROUPS[@]}"; do echo "  $g: $(awk -v g="$g" '$1 == g' "$OUT/groups.txt" | wc -l) images"; done
-[ ${#GROUPS[@]} -ge 2 ] || { echo "groupout.sh: fewer than two groups; nothing to leave out" >&2; exit 1; }
+for g in "${SIZE_GROUPS[@]}"; do echo "  $g: $(awk -v g="$g" '$1 == g' "$OUT/groups.txt" | wc -l) images"; done
+[ ${#SIZE_GROUPS[@]} -ge 2 ] || { echo "groupout.sh: fewer than two groups; nothing to leave out" >&2; exit 1; }
 
 link_split() { # $1 split dir, $2 group left out
   local dir=$1 out=$2
@@ -79,7 +79,7 @@ link_split() { # $1 split dir, $2 group left out
     local to=train
     [ "$size" = "$out" ] && to=val
     # Groups under the minimum join neither side.
-    printf '%s\n' "${GROUPS[@]}" | grep -qx "$size" || continue
+    printf '%s\n' "${SIZE_GROUPS[@]}" | grep -qx "$size" || continue
     ln -s "$DATA/images/$name" "$dir/$to/images/$name"
     ln -s "$DATA/masks/$name" "$dir/$to/masks/$name"
   done <"$OUT/groups.txt"
@@ -87,7 +87,7 @@ link_split() { # $1 split dir, $2 group left out
 
 echo "[" >"$OUT/groupout.json.part"
 first=1
-for g in "${GROUPS[@]}"; do
+for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g"
   [ -d "$split/val/images" ] || link_split "$split" "$g"
   if [ ! -f "$run/model.onnx" ]; then
