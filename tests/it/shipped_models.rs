@@ -98,4 +98,11 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
         "{}",
         v["circumference_mae_mm"]
     );
+    // No size bias beyond 1 % in any tercile of head size (issue 14).
+    let terciles = v["circumference_bias_by_size"].as_array().unwrap();
+    assert_eq!(terciles.len(), 3);
+    for t in terciles {
+        let rel = t["signed_mean_rel"].as_f64().unwrap();
+        assert!(rel.abs() <= 0.01, "size bias {t}");
+    }
 }
