@@ -132,12 +132,16 @@ wait_active() { # $1: deadline in seconds; $2: a MainPID that must have changed 
 wait_active 90 || { in_root journalctl -b -u pocusd --no-pager | tail -30; fail "pocusd.service not active (running) 90 s after boot"; }
 PID1=$(prop MainPID)
 say "pocusd.service active (running), MainPID $PID1, status: \"$(prop StatusText)\""
+# Waits until the unit's status text contains $1, or fails after $2 seconds saying $3.
+wait_status() {
+  local end=$(( $(date +%s) + $2 ))
+  until prop StatusText | grep -q "$1"; do
+    [ "$(date +%s)" -lt "$end" ] || fail "$3 (status: $(prop StatusText))"
+    sleep 0.3
+  done
+}
 # Wait for frames: the status text says streaming once measurements flow.
-end=$(( $(date +%s) + 60 ))
-until prop StatusText | grep -q streaming; do
-  [ "$(date +%s)" -lt "$end" ] || fail "no 'streaming' status text within 60 s (status: $(prop StatusText))"
-  sleep 0.5
-done
+wait_status streaming 60 "no 'streaming' status text within 60 s"
 say "streaming: \"$(prop StatusText)\""
 
 # 2. The system-bus policy.
@@ -152,18 +156,10 @@ state=$(as checkuser gdbus call "${DEST[@]}" --method org.freedesktop.DBus.Prope
 say "unprivileged read of State allowed: $state"
 as checkop gdbus call "${DEST[@]}" --method org.pocusd.Daemon1.Pause true >/dev/null \
   || fail "the operator was refused Pause(true)"
-end=$(( $(date +%s) + 20 ))
-until prop StatusText | grep -q paused; do
-  [ "$(date +%s)" -lt "$end" ] || fail "Pause(true) by the operator did not pause (status: $(prop StatusText))"
-  sleep 0.3
-done
+wait_status paused 20 "Pause(true) by the operator did not pause"
 as checkop gdbus call "${DEST[@]}" --method org.pocusd.Daemon1.Pause false >/dev/null \
   || fail "the operator was refused Pause(false)"
-end=$(( $(date +%s) + 20 ))
-until prop StatusText | grep -q streaming; do
-  [ "$(date +%s)" -lt "$end" ] || fail "Pause(false) by the operator did not resume (status: $(prop StatusText))"
-  sleep 0.3
-done
+wait_status streaming 20 "Pause(false) by the operator did not resume"
 say "operator Pause(true)/Pause(false) allowed (status went \"paused\" and back to \"streaming\")"
 status_err=$(as checkuser /usr/bin/pocusd status 2>&1 >/dev/null || true)
 if echo "$status_err" | grep -qi 'insecure memory'; then fail "pocusd status printed: $status_err"; fi

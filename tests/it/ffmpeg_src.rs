@@ -32,6 +32,20 @@ pub(crate) fn phantom_frames(dir: &Path, n: usize) -> Vec<GrayImage> {
         .collect()
 }
 
+/// `n` phantom frames under `dir/frames`, encoded with H.264 (keyframe every `gop`) into
+/// `dir/name`; the extension picks the container (`.ts` is MPEG-TS).
+pub(crate) fn phantom_clip(dir: &Path, name: &str, n: usize, gop: u32) -> PathBuf {
+    phantom_frames(&dir.join("frames"), n);
+    let out = dir.join(name);
+    let gop = gop.to_string();
+    let mut args = vec!["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", gop.as_str()];
+    if name.ends_with(".ts") {
+        args.extend(["-f", "mpegts"]);
+    }
+    encode(&dir.join("frames"), &out, &args);
+    out
+}
+
 pub(crate) fn encode(frames_dir: &Path, out: &Path, codec_args: &[&str]) {
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-framerate", "30", "-i"])
@@ -222,13 +236,7 @@ pub(crate) fn sender(file: &Path, port: u16) -> Child {
 #[test]
 fn live_udp_stream_survives_its_sender_restarting() {
     let tmp = tempfile::tempdir().unwrap();
-    phantom_frames(&tmp.path().join("frames"), 60);
-    let ts: PathBuf = tmp.path().join("a.mp4");
-    encode(
-        &tmp.path().join("frames"),
-        &ts,
-        &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
-    );
+    let ts = phantom_clip(tmp.path(), "a.mp4", 60, 10);
     let port = 20000 + (std::process::id() % 20000) as u16;
     let spec = SourceSpec::parse(&format!("ffmpeg:udp://127.0.0.1:{port}?stall_ms=400")).unwrap();
     let mut src = Reconnecting::new(
@@ -353,15 +361,7 @@ fn live_udp_stream_survives_its_sender_restarting() {
 #[test]
 fn a_file_with_a_broken_frame_in_the_middle() {
     let tmp = tempfile::tempdir().unwrap();
-    phantom_frames(&tmp.path().join("frames"), 60);
-    let ts = tmp.path().join("a.ts");
-    encode(
-        &tmp.path().join("frames"),
-        &ts,
-        &[
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts",
-        ],
-    );
+    let ts = phantom_clip(tmp.path(), "a.ts", 60, 15);
     let (clean, err) = read_all(&format!("ffmpeg:{}?realtime=0", ts.display()));
     assert!(
         err.is_none() && clean.len() == 60,

@@ -18,6 +18,25 @@ fn streaming_demo(bus: &Bus, dir: &std::path::Path, spec: &str) -> (Daemon, std:
 }
 
 /// The measurement log's lines (all days).
+#[cfg(any(feature = "ffmpeg", feature = "v4l"))]
+/// A daemon on `spec` that retries its source quickly (`retry_max_ms` 500, and `no_signal_ms`
+/// 500 unless `no_signal_ms` is None), with its viewer address.
+fn quick_retry_daemon(
+    bus: &Bus,
+    dir: &std::path::Path,
+    spec: &str,
+    no_signal_ms: Option<u32>,
+) -> (Daemon, std::net::SocketAddr) {
+    let mut cmd = ds::daemon_cmd(bus, true, &dir.join("state"), &["--source", spec]);
+    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500");
+    if let Some(ms) = no_signal_ms {
+        cmd.env("POCUSD__SOURCE__NO_SIGNAL_MS", ms.to_string());
+    }
+    let d = Daemon::spawn(cmd, dir);
+    let addr = crate::viewer::viewer_addr(&d);
+    (d, addr)
+}
+
 fn log_lines(state: &std::path::Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(state.join("log"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
@@ -803,23 +822,13 @@ fn threads_of(pid: i32) -> usize {
 #[cfg(feature = "ffmpeg")]
 #[test]
 fn a_live_stream_lost_and_restored_20_times() {
-    use crate::ffmpeg_src::{encode, phantom_frames, sender};
+    use crate::ffmpeg_src::{phantom_clip, sender};
     let tmp = tempfile::tempdir().unwrap();
-    phantom_frames(&tmp.path().join("frames"), 30);
-    let clip = tmp.path().join("clip.mp4");
-    encode(
-        &tmp.path().join("frames"),
-        &clip,
-        &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
-    );
+    let clip = phantom_clip(tmp.path(), "clip.mp4", 30, 10);
     let port = 21000 + (std::process::id() % 20000) as u16;
     let bus = Bus::session();
     let spec = format!("ffmpeg:udp://127.0.0.1:{port}?stall_ms=500");
-    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", &spec]);
-    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500")
-        .env("POCUSD__SOURCE__NO_SIGNAL_MS", "500");
-    let d = Daemon::spawn(cmd, tmp.path());
-    let addr = crate::viewer::viewer_addr(&d);
+    let (d, addr) = quick_retry_daemon(&bus, tmp.path(), &spec, Some(500));
     let mut tx = sender(&clip, port);
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
@@ -868,15 +877,8 @@ fn a_live_stream_lost_and_restored_20_times() {
 #[cfg(feature = "ffmpeg")]
 #[test]
 fn a_file_source_deleted_and_restored() {
-    use crate::ffmpeg_src::{encode, phantom_frames};
     let tmp = tempfile::tempdir().unwrap();
-    phantom_frames(&tmp.path().join("frames"), 30);
-    let keep = tmp.path().join("keep.mp4");
-    encode(
-        &tmp.path().join("frames"),
-        &keep,
-        &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"],
-    );
+    let keep = crate::ffmpeg_src::phantom_clip(tmp.path(), "keep.mp4", 30, 10);
     let clip = tmp.path().join("clip.mp4");
     let restore = || {
         let part = tmp.path().join(".clip.mp4.part");
@@ -886,11 +888,7 @@ fn a_file_source_deleted_and_restored() {
     restore();
     let bus = Bus::session();
     let spec = format!("ffmpeg:{}", clip.display());
-    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", &spec]);
-    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500")
-        .env("POCUSD__SOURCE__NO_SIGNAL_MS", "500");
-    let d = Daemon::spawn(cmd, tmp.path());
-    let addr = crate::viewer::viewer_addr(&d);
+    let (d, addr) = quick_retry_daemon(&bus, tmp.path(), &spec, Some(500));
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
     });
@@ -949,16 +947,7 @@ fn a_file_source_deleted_and_restored() {
 fn a_missing_capture_card_at_start_is_no_signal_not_a_failure() {
     let tmp = tempfile::tempdir().unwrap();
     let bus = Bus::session();
-    let mut cmd = ds::daemon_cmd(
-        &bus,
-        true,
-        &tmp.path().join("state"),
-        &["--source", "v4l2:/dev/video97"],
-    );
-    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500")
-        .env("POCUSD__SOURCE__NO_SIGNAL_MS", "500");
-    let mut d = Daemon::spawn(cmd, tmp.path());
-    let addr = crate::viewer::viewer_addr(&d);
+    let (mut d, addr) = quick_retry_daemon(&bus, tmp.path(), "v4l2:/dev/video97", Some(500));
     ds::wait_for("no signal", Duration::from_secs(60), || {
         ds::state_of(&bus) == 2
     });
@@ -992,17 +981,8 @@ fn a_missing_capture_card_at_start_is_no_signal_not_a_failure() {
 #[cfg(feature = "ffmpeg")]
 #[test]
 fn random_bytes_and_truncated_packets_in_a_live_stream() {
-    use crate::ffmpeg_src::{encode, phantom_frames};
     let tmp = tempfile::tempdir().unwrap();
-    phantom_frames(&tmp.path().join("frames"), 60);
-    let clip = tmp.path().join("clip.ts");
-    encode(
-        &tmp.path().join("frames"),
-        &clip,
-        &[
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts",
-        ],
-    );
+    let clip = crate::ffmpeg_src::phantom_clip(tmp.path(), "clip.ts", 60, 15);
     let ts = std::fs::read(&clip).unwrap();
     let port = {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1010,10 +990,7 @@ fn random_bytes_and_truncated_packets_in_a_live_stream() {
     };
     let bus = Bus::session();
     let spec = format!("ffmpeg:udp://127.0.0.1:{port}?stall_ms=1000");
-    let mut cmd = ds::daemon_cmd(&bus, true, &tmp.path().join("state"), &["--source", &spec]);
-    cmd.env("POCUSD__SOURCE__RETRY_MAX_MS", "500");
-    let d = Daemon::spawn(cmd, tmp.path());
-    let addr = crate::viewer::viewer_addr(&d);
+    let (d, addr) = quick_retry_daemon(&bus, tmp.path(), &spec, None);
     // The clip is 2 s; its 1316-byte datagrams paced to play in real time, round after round.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let chunks: Vec<&[u8]> = ts.chunks(1316).collect();
