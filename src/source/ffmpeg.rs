@@ -178,6 +178,14 @@ impl Reader {
         }
     }
 
+    /// Reports a corrupt frame (skipped, counted by the consumer).
+    fn corrupt(&mut self, reason: String) {
+        let _ = self.tx.try_send(Err(SourceError::Corrupt {
+            spec: self.spec.clone(),
+            reason,
+        }));
+    }
+
     fn read_input(&mut self) -> Result<Ended, SourceError> {
         let spec = self.spec.clone();
         let open_err = |reason: String| SourceError::Open {
@@ -210,17 +218,7 @@ impl Reader {
         let time_base = f64::from(stream.time_base());
         let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| open_err(format!("codec parameters: {e}")))?;
-        // err_detect=+explode: a damaged packet fails at send_packet, in decode order, so the
-        // frames predicted from it (B-frames shown before it included) are skipped with it.
-        let dec = ctx.decoder();
-        let codec = ff::codec::decoder::find(dec.id())
-            .ok_or_else(|| open_err(format!("no decoder for {:?}", dec.id())))?;
-        let mut options = ff::Dictionary::new();
-        options.set("err_detect", "+crccheck+bitstream+buffer+explode");
-        let mut decoder = dec
-            .open_as_with(codec, options)
-            .and_then(|o| o.video())
-            .map_err(|e| open_err(format!("no decoder: {e}")))?;
+        let mut decoder = open_decoder(ctx).map_err(&open_err)?;
         let mut scaler: Option<(
             ff::software::scaling::Context,
             (ff::format::Pixel, u32, u32),
@@ -255,10 +253,7 @@ impl Reader {
                     }
                     if let Err(e) = decoder.send_packet(&packet) {
                         tainted = TAINT_FRAMES;
-                        let _ = self.tx.try_send(Err(SourceError::Corrupt {
-                            spec: self.spec.clone(),
-                            reason: e.to_string(),
-                        }));
+                        self.corrupt(e.to_string());
                         continue;
                     }
                 }
@@ -272,10 +267,7 @@ impl Reader {
                 }
                 Err(ff::Error::InvalidData) => {
                     tainted = TAINT_FRAMES;
-                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
-                        spec: self.spec.clone(),
-                        reason: "invalid data in stream".into(),
-                    }));
+                    self.corrupt("invalid data in stream".into());
                     continue;
                 }
                 Err(e) => {
@@ -302,19 +294,14 @@ impl Reader {
                 }
                 if decoded.is_corrupt() || decoded.has_decode_errors() {
                     tainted = TAINT_FRAMES;
-                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
-                        spec: self.spec.clone(),
-                        reason: "the decoder concealed errors in this frame (damaged packets)"
-                            .into(),
-                    }));
+                    self.corrupt(
+                        "the decoder concealed errors in this frame (damaged packets)".into(),
+                    );
                     continue;
                 }
                 if tainted > 0 {
                     tainted -= 1;
-                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
-                        spec: self.spec.clone(),
-                        reason: "predicted from a damaged frame (waiting for a keyframe)".into(),
-                    }));
+                    self.corrupt("predicted from a damaged frame (waiting for a keyframe)".into());
                     continue;
                 }
                 if scaler.as_ref().is_none_or(|(_, key)| *key != (fmt, w, h)) {
@@ -337,10 +324,7 @@ impl Reader {
                     continue;
                 };
                 if let Err(e) = sws.run(&decoded, &mut gray) {
-                    let _ = self.tx.try_send(Err(SourceError::Corrupt {
-                        spec: self.spec.clone(),
-                        reason: format!("conversion: {e}"),
-                    }));
+                    self.corrupt(format!("conversion: {e}"));
                     continue;
                 }
                 let image = copy_plane(&gray, w as usize, h as usize, &self.pool);
@@ -370,6 +354,20 @@ impl Reader {
         }
         Ok(Ended::Eof)
     }
+}
+
+/// Opens the video decoder with `err_detect=+crccheck+bitstream+buffer+explode`, so a damaged
+/// packet fails at send_packet, in decode order, and the frames predicted from it (B-frames
+/// shown before it included) are skipped with it.
+fn open_decoder(ctx: ff::codec::context::Context) -> Result<ff::decoder::Video, String> {
+    let dec = ctx.decoder();
+    let codec = ff::codec::decoder::find(dec.id())
+        .ok_or_else(|| format!("no decoder for {:?}", dec.id()))?;
+    let mut options = ff::Dictionary::new();
+    options.set("err_detect", "+crccheck+bitstream+buffer+explode");
+    dec.open_as_with(codec, options)
+        .and_then(|o| o.video())
+        .map_err(|e| format!("no decoder: {e}"))
 }
 
 /// Copies plane 0 of a GRAY8 frame into a packed image, honouring the line stride.
