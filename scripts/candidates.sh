@@ -11,6 +11,7 @@
 # worth it: scripts/groupout.sh with the same TRAIN ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/train-run.sh
 
 DATA=${POCUSD_DATA:-../shared/data}/dl_track
 OUT=${XDG_CACHE_HOME:-$HOME/.cache}/pocusd/candidates
@@ -40,30 +41,19 @@ for c in "${CANDS[@]}"; do
   read -r -a args <<<"${c#*=}"
   case " ${args[*]} " in *" --task "*) ;; *) args+=(--task aponeurosis) ;; esac
   run="$OUT/$name-e$EPOCHS"
-  if [ ! -f "$run/model.onnx" ]; then
-    if [ -f "$run/metrics.csv" ]; then
-      echo "candidates: $name: resuming $run"
-      "$BIN" train --resume "$run"
-    else
-      rm -rf "$run"
-      echo "candidates: $name: training ${args[*]} for $EPOCHS epochs"
-      "$BIN" train --data "$DATA" --out "$run" --epochs "$EPOCHS" "${args[@]}"
-    fi
-    "$BIN" export --run "$run" --checkpoint last --out "$run/model.onnx.part"
-    mv "$run/model.onnx.part" "$run/model.onnx"
-  fi
-  "$BIN" eval --model "$run/model.onnx" --data "$DATA" --val-fraction 0.15 --json >"$run/eval.json"
-  t1=$("$BIN" bench infer --model "$run/model.onnx" --threads 1 --iters 100 --json)
-  t2=$("$BIN" bench infer --model "$run/model.onnx" --threads 2 --iters 100 --json)
-  o1=$("$PY" scripts/ort_run.py bench "$run/model.onnx" --threads 1 --iters 100)
-  o2=$("$PY" scripts/ort_run.py bench "$run/model.onnx" --threads 2 --iters 100)
+  train_and_export "$BIN" "$run" "candidates: $name" --data "$DATA" --epochs "$EPOCHS" "${args[@]}"
+  "$BIN" eval --model "$run/last.onnx" --data "$DATA" --val-fraction 0.15 --json >"$run/eval.json"
+  t1=$("$BIN" bench infer --model "$run/last.onnx" --threads 1 --iters 100 --json)
+  t2=$("$BIN" bench infer --model "$run/last.onnx" --threads 2 --iters 100 --json)
+  o1=$("$PY" scripts/ort_run.py bench "$run/last.onnx" --threads 1 --iters 100)
+  o2=$("$PY" scripts/ort_run.py bench "$run/last.onnx" --threads 2 --iters 100)
   "$PY" - "$name" "${c#*=}" "$run" "$t1" "$t2" "$o1" "$o2" >>"$ROWS" <<'EOF'
 import json, sys
 import onnx
 from onnx import numpy_helper
 name, args, run = sys.argv[1:4]
 t1, t2, o1, o2 = (json.loads(a)["median_ms"] for a in sys.argv[4:8])
-m = onnx.load(f"{run}/model.onnx")
+m = onnx.load(f"{run}/last.onnx")
 params = sum(numpy_helper.to_array(t).size for t in m.graph.initializer)
 meta = {p.key: p.value for p in m.metadata_props}
 ev = json.load(open(f"{run}/eval.json"))

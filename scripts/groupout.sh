@@ -13,6 +13,7 @@
 # The split folders hold symbolic links to the data, never copies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/train-run.sh
 
 DATA=${POCUSD_DATA:-../shared/data}/dl_track
 OUT=${XDG_CACHE_HOME:-$HOME/.cache}/pocusd/groupout
@@ -90,20 +91,9 @@ first=1
 for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g"
   [ -d "$split/val/images" ] || link_split "$split" "$g"
-  if [ ! -f "$run/model.onnx" ]; then
-    if [ -f "$run/metrics.csv" ]; then
-      echo "groupout: $g: resuming $run"
-      "$BIN" train --resume "$run"
-    else
-      rm -rf "$run"
-      echo "groupout: $g: training on the other groups ($(ls "$split/train/images" | wc -l) images, $EPOCHS epochs)"
-      "$BIN" train --data "$split/train" --val "$split/val" --out "$run" --epochs "$EPOCHS" \
-        "${TRAIN_ARGS[@]}"
-    fi
-    "$BIN" export --run "$run" --checkpoint last --out "$run/model.onnx.part"
-    mv "$run/model.onnx.part" "$run/model.onnx"
-  fi
-  "$BIN" eval --model "$run/model.onnx" --data "$split/val" --json >"$run/eval.json"
+  train_and_export "$BIN" "$run" "groupout: $g left out ($(ls "$split/train/images" | wc -l) training images)" \
+    --data "$split/train" --val "$split/val" --epochs "$EPOCHS" "${TRAIN_ARGS[@]}"
+  "$BIN" eval --model "$run/last.onnx" --data "$split/val" --json >"$run/eval.json"
   [ $first = 1 ] || echo "," >>"$OUT/groupout.json.part"
   first=0
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("images","failed","dice","thickness_rel_err_median","thickness_within_10pct")}}))' \
