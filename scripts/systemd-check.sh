@@ -30,7 +30,7 @@ fail() { say "FAILED: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || { echo "systemd-check: needs root (systemd-nspawn, debootstrap)" >&2; exit 1; }
 need=()
-for p in systemd-container debootstrap bc; do
+for p in systemd-container debootstrap bc procps binutils util-linux; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
