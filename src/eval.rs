@@ -133,6 +133,11 @@ pub struct SizeBias {
     pub signed_mean_rel: f64,
 }
 
+/// |predicted - reference| of each pair.
+fn abs_errors(pairs: &[(f64, f64)]) -> Vec<f64> {
+    pairs.iter().map(|(p, r)| (p - r).abs()).collect()
+}
+
 /// Splits (predicted, reference) pairs into terciles of reference size and gives each one's
 /// signed mean error; empty under 3 pairs.
 pub fn bias_by_size(pairs: &[(f64, f64)], unit: &'static str) -> Vec<SizeBias> {
@@ -287,8 +292,8 @@ pub fn evaluate(
         ));
     }
     let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
-    let (mut th_abs, mut th_rel, mut c_abs_px, mut c_abs_mm) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut th_abs, mut th_rel) = (Vec::new(), Vec::new());
+    // Circumference (predicted, reference) pairs, in px and, with the CSV, in mm.
     let (mut c_pairs_px, mut c_pairs_mm) = (Vec::new(), Vec::new());
     let mut per_image = Vec::new();
     let mut pred_prob = Vec::new();
@@ -365,12 +370,10 @@ pub fn evaluate(
                     ra.measurements.circumference_px,
                 );
                 if let (Some(p), Some(r)) = (p, r) {
-                    c_abs_px.push((p - r).abs());
                     c_pairs_px.push((p, r));
                 }
                 let mm = match (p, csv.get(&name)) {
                     (Some(p), Some(&(px_mm, hc_mm))) => {
-                        c_abs_mm.push((p * px_mm - hc_mm).abs());
                         c_pairs_mm.push((p * px_mm, hc_mm));
                         Some((p * px_mm, hc_mm))
                     }
@@ -415,8 +418,8 @@ pub fn evaluate(
             .then(|| crate::postprocess::median(&mut rel_sorted)),
         thickness_within_10pct: (!th_rel.is_empty())
             .then(|| th_rel.iter().filter(|&&r| r <= 0.10).count() as f64 / th_rel.len() as f64),
-        circumference_mae_px: mean(&c_abs_px),
-        circumference_mae_mm: mean(&c_abs_mm),
+        circumference_mae_px: mean(&abs_errors(&c_pairs_px)),
+        circumference_mae_mm: mean(&abs_errors(&c_pairs_mm)),
         circumference_bias_by_size: if c_pairs_mm.is_empty() {
             bias_by_size(&c_pairs_px, "px")
         } else {

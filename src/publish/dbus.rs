@@ -241,8 +241,13 @@ pub fn method_in_signatures(xml: &str) -> HashMap<String, String> {
         let len = tag[at..].find('"')?;
         Some(tag[at..at + len].to_string())
     };
+    let mut text = xml.to_string();
+    while let Some(a) = text.find("<!--") {
+        let b = text[a..].find("-->").map_or(text.len(), |e| a + e + 3);
+        text.replace_range(a..b, "");
+    }
     let mut out = HashMap::new();
-    let mut rest = xml;
+    let mut rest = text.as_str();
     while let Some(at) = rest.find("<method ") {
         rest = &rest[at..];
         let end = rest
@@ -392,5 +397,35 @@ impl zbus::object_server::Interface for Strict {
 
     fn introspect_to_writer(&self, writer: &mut dyn std::fmt::Write, level: usize) {
         self.inner.introspect_to_writer(writer, level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_signatures_of_the_committed_interface() {
+        let m = method_in_signatures(INTERFACE_XML);
+        let mut got: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("LoadModel", "s"),
+                ("Pause", "b"),
+                ("Reload", ""),
+                ("SetThreshold", "d"),
+                ("Snapshot", "")
+            ]
+        );
+        let m = method_in_signatures(
+            "<!-- <method name=\"Old\"/> --><method name=\"A\"><arg type=\"s\" direction=\"in\"/><arg type=\"u\" direction=\"out\"/><arg type=\"b\"/></method>",
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m["A"], "sb");
+        assert!(
+            same_signature("(sb)", "sb") && same_signature("s", "s") && !same_signature("(s)", "")
+        );
     }
 }

@@ -83,44 +83,38 @@ fn prob(key: &str, v: f64) -> Result<f64, ConfigError> {
     range(key, v, 0.0, 1.0, "0 to 1")
 }
 
-/// The region-of-interest policy of an `--init` run folder or ONNX file, when it can be read
-/// (a file that cannot is reported once, by the run that tries to load its weights).
-fn init_roi_policy(init: &std::path::Path) -> Option<RoiPolicy> {
+/// What a model started from (`--init`, a run folder or an ONNX file) passes on: its
+/// region-of-interest policy and its masks' contour offset. `None` when it cannot be read (the
+/// run that tries to load its weights reports that, once).
+struct InitContract {
+    roi: RoiPolicy,
+    contour_offset_px: f64,
+}
+
+fn init_contract(init: &std::path::Path) -> Option<InitContract> {
     if init.is_dir() {
-        let info = super::trainer::RunInfo::load(init).ok()?;
-        return Some(if info.settings.roi_auto {
-            RoiPolicy::Auto
-        } else {
-            RoiPolicy::Full
+        let s = super::trainer::RunInfo::load(init).ok()?.settings;
+        return Some(InitContract {
+            roi: if s.roi_auto {
+                RoiPolicy::Auto
+            } else {
+                RoiPolicy::Full
+            },
+            contour_offset_px: s.contour_offset_px,
         });
     }
     let bytes = std::fs::read(init).ok()?;
     let meta = crate::infer::onnx_file::metadata(&bytes).ok()?;
-    Some(
-        meta.iter()
-            .find(|(k, _)| k == "pocusd.roi")
-            .and_then(|(_, v)| RoiPolicy::parse(v))
+    let get = |key: &str| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    Some(InitContract {
+        roi: get("pocusd.roi")
+            .and_then(RoiPolicy::parse)
             .unwrap_or(RoiPolicy::Full),
-    )
-}
-
-/// The contour offset of an `--init` run folder or ONNX file (0 when it has none or cannot be read).
-fn init_contour_offset(init: &std::path::Path) -> f64 {
-    if init.is_dir() {
-        return super::trainer::RunInfo::load(init)
-            .map(|i| i.settings.contour_offset_px)
-            .unwrap_or(0.0);
-    }
-    std::fs::read(init)
-        .ok()
-        .and_then(|b| crate::infer::onnx_file::metadata(&b).ok())
-        .and_then(|m| {
-            m.iter()
-                .find(|(k, _)| k == "pocusd.contour_offset_px")
-                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-        })
-        .filter(|x| x.is_finite())
-        .unwrap_or(0.0)
+        contour_offset_px: get("pocusd.contour_offset_px")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|x| x.is_finite())
+            .unwrap_or(0.0),
+    })
 }
 
 fn path(s: &str) -> Option<PathBuf> {
@@ -130,6 +124,8 @@ fn path(s: &str) -> Option<PathBuf> {
 impl TrainSettings {
     /// Validates `t` (keys named `train.<key>` in errors); `clahe` comes from `[preprocess]`.
     pub fn from_section(t: &TrainSection, clahe: Option<ClaheParams>) -> Result<Self, ConfigError> {
+        // Without an --init (or one that cannot be read): auto ROI, no contour offset.
+        let init = path(&t.init).and_then(|p| init_contract(&p));
         let task = match t.task.as_str() {
             "aponeurosis" => Task::Aponeurosis,
             "region" => Task::Region,
@@ -254,7 +250,7 @@ impl TrainSettings {
                 "auto" => true,
                 "none" => false,
                 // "model": the policy of the model or run we start from, else auto.
-                _ => path(&t.init).is_none_or(|p| init_roi_policy(&p) != Some(RoiPolicy::Full)),
+                _ => init.as_ref().is_none_or(|c| c.roi != RoiPolicy::Full),
             },
             backend,
             init: path(&t.init),
@@ -263,7 +259,7 @@ impl TrainSettings {
             preview_images: int("train.preview_images", t.preview_images, 1, 16)?,
             augment,
             clahe,
-            contour_offset_px: path(&t.init).map_or(0.0, |p| init_contour_offset(&p)),
+            contour_offset_px: init.as_ref().map_or(0.0, |c| c.contour_offset_px),
         })
     }
 

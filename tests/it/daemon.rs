@@ -688,14 +688,10 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
         })
     };
     let xml = std::fs::read_to_string(repo().join("systemd/org.pocusd.Daemon1.xml")).unwrap();
-    let methods: Vec<String> = interface_shape(&xml)
-        .iter()
-        .filter(|m| m.starts_with("method "))
-        .filter_map(|m| {
-            let i = m.find("name=\"")? + 6;
-            Some(m[i..i + m[i..].find('"')?].to_string())
-        })
+    let mut methods: Vec<String> = pocusd::publish::dbus::method_in_signatures(&xml)
+        .into_keys()
         .collect();
+    methods.sort();
     assert!(methods.len() >= 5, "{methods:?}");
     for m in &methods {
         let (a, changes_state) = case(m).unwrap_or_else(|| {

@@ -807,6 +807,21 @@ fn soak_5000_frames_grows_no_descriptors_or_threads() {
     assert!(v["mjpeg_client_frames"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// Descriptors and threads of `pid`: the least of 8 samples over 2 s. A source that reopens
+/// (a file played out, a retry) can be caught with a reader thread starting beside the one
+/// ending; a leak raises every sample.
+#[cfg(any(feature = "ffmpeg", feature = "v4l"))]
+fn fd_thread_level(pid: i32) -> (usize, usize) {
+    (0..8)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            (open_fds(pid), threads_of(pid))
+        })
+        .fold((usize::MAX, usize::MAX), |a, b| {
+            (a.0.min(b.0), a.1.min(b.1))
+        })
+}
+
 #[cfg(any(feature = "ffmpeg", feature = "v4l"))]
 fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -833,8 +848,7 @@ fn a_live_stream_lost_and_restored_20_times() {
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let (fds0, threads0) = (open_fds(d.pid()), threads_of(d.pid()));
+    let (fds0, threads0) = fd_thread_level(d.pid());
     let mut rng = pocusd::synth::SplitMix64::new(20);
     let mut recoveries = Vec::new();
     for round in 0..20 {
@@ -862,8 +876,7 @@ fn a_live_stream_lost_and_restored_20_times() {
         );
     }
     eprintln!("recovery after the sender restarted, ms: {recoveries:?}");
-    std::thread::sleep(Duration::from_millis(1000));
-    let (fds1, threads1) = (open_fds(d.pid()), threads_of(d.pid()));
+    let (fds1, threads1) = fd_thread_level(d.pid());
     tx.kill().ok();
     tx.wait().ok();
     assert!(fds1 <= fds0 + 1, "descriptors {fds0} -> {fds1}");
@@ -892,21 +905,8 @@ fn a_file_source_deleted_and_restored() {
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
     });
-    // The file plays out every second and is reopened, so one sample can catch a reader thread
-    // starting beside the one ending: the least of several samples is the level (a leak raises
-    // every sample).
-    let level = |pid: i32| {
-        (0..8)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(250));
-                (open_fds(pid), threads_of(pid))
-            })
-            .fold((usize::MAX, usize::MAX), |a, b| {
-                (a.0.min(b.0), a.1.min(b.1))
-            })
-    };
     std::thread::sleep(Duration::from_millis(1500));
-    let (fds0, threads0) = level(d.pid());
+    let (fds0, threads0) = fd_thread_level(d.pid());
     let mut recoveries = Vec::new();
     for round in 0..3 {
         std::fs::remove_file(&clip).unwrap();
@@ -934,7 +934,7 @@ fn a_file_source_deleted_and_restored() {
     }
     eprintln!("file source restored: streaming again after, ms: {recoveries:?}");
     std::thread::sleep(Duration::from_millis(1500));
-    let (fds1, threads1) = level(d.pid());
+    let (fds1, threads1) = fd_thread_level(d.pid());
     assert!(fds1 <= fds0 + 1, "descriptors {fds0} -> {fds1}");
     assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
 }
@@ -956,10 +956,9 @@ fn a_missing_capture_card_at_start_is_no_signal_not_a_failure() {
         text.contains("/dev/video97"),
         "StateText names the device: {text}"
     );
+    let (fds0, threads0) = fd_thread_level(d.pid());
     std::thread::sleep(Duration::from_secs(2));
-    let (fds0, threads0) = (open_fds(d.pid()), threads_of(d.pid()));
-    std::thread::sleep(Duration::from_secs(4));
-    let (fds1, threads1) = (open_fds(d.pid()), threads_of(d.pid()));
+    let (fds1, threads1) = fd_thread_level(d.pid());
     assert!(
         fds1 <= fds0,
         "descriptors grew while retrying: {fds0} -> {fds1}"
