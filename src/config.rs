@@ -302,6 +302,12 @@ pub struct TrainSection {
     pub aug_brightness_contrast_p: f64,
     pub aug_brightness: f64,
     pub aug_contrast: f64,
+    pub aug_gamma_p: f64,
+    pub aug_gamma: f64,
+    pub aug_depth_gain_p: f64,
+    pub aug_depth_gain: f64,
+    pub aug_lowres_p: f64,
+    pub aug_lowres: f64,
 }
 
 /// Validated model settings.

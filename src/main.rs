@@ -14,6 +14,9 @@ use pocusd::version_string;
 
 mod cli;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cli::bench::BenchCommand;
 use cli::data::{CaptureArgs, SourcesArgs};
 use cli::engine::{EvalArgs, InferArgs};

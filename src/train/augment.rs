@@ -1,7 +1,9 @@
 //! Seeded augmentation of one training pair at model resolution. Geometry (flips, rotation,
 //! scaling, elastic deformation) is one inverse map applied with the same bilinear sampling to the
 //! image and to the mask (the mask re-thresholded at 0.5), so the two stay aligned by construction;
-//! photometry (brightness, contrast, gaussian blur, gaussian noise) touches the image only. Each
+//! photometry (brightness, contrast, gamma, a depth-gain gradient, lower resolution, gaussian blur,
+//! gaussian noise) touches the image only: the last four imitate what differs between scanners
+//! (gain curve, time-gain compensation, lateral resolution). Each
 //! operation has a probability and a strength; the chosen numbers are in `config/default.toml`
 //! (`[train]` `aug_*`). Must not depend on burn or files.
 
@@ -34,6 +36,23 @@ pub struct AugmentConfig {
     pub brightness: f64,
     /// Largest relative contrast change (0.15: 0.85x to 1.15x).
     pub contrast: f64,
+    /// Gamma curve `v^g`, `ln g` uniform in `-gamma..gamma` (0.4: g from 0.67 to 1.49).
+    #[serde(default)]
+    pub gamma_p: f64,
+    #[serde(default)]
+    pub gamma: f64,
+    /// Depth-gain gradient: the image times `exp(a * (y / (h - 1) - 0.5))`, `a` uniform in
+    /// `-depth_gain..depth_gain` (deep rows brighter or darker, like a different TGC setting).
+    #[serde(default)]
+    pub depth_gain_p: f64,
+    #[serde(default)]
+    pub depth_gain: f64,
+    /// Lower resolution: box-averaged down by a factor uniform in `1..lowres`, then bilinearly
+    /// back up (a coarser scanner or a smaller screen grab).
+    #[serde(default)]
+    pub lowres_p: f64,
+    #[serde(default)]
+    pub lowres: f64,
 }
 
 impl AugmentConfig {
@@ -55,6 +74,12 @@ impl AugmentConfig {
             brightness_contrast_p: 0.0,
             brightness: 0.0,
             contrast: 0.0,
+            gamma_p: 0.0,
+            gamma: 0.0,
+            depth_gain_p: 0.0,
+            depth_gain: 0.0,
+            lowres_p: 0.0,
+            lowres: 1.0,
         }
     }
 
@@ -76,6 +101,12 @@ impl AugmentConfig {
             brightness_contrast_p: 0.5,
             brightness: 0.1,
             contrast: 0.15,
+            gamma_p: 0.0,
+            gamma: 0.4,
+            depth_gain_p: 0.0,
+            depth_gain: 0.6,
+            lowres_p: 0.0,
+            lowres: 2.0,
         }
     }
 }
@@ -115,6 +146,16 @@ fn sample(src: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
     };
     let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx;
     let bottom = at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// Bilinear sample of a point inside the image (edges repeated).
+fn sample_clamped(src: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+    let bottom = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
     top * (1.0 - fy) + bottom * fy
 }
 
@@ -231,6 +272,26 @@ impl Augmenter {
                 *v = ((*v - mean) * k + mean + b).clamp(0.0, 1.0);
             }
         }
+        if hit(rng, c.gamma_p) {
+            let g = uniform(rng, -c.gamma, c.gamma).exp() as f32;
+            for v in image.iter_mut() {
+                *v = v.max(0.0).powf(g);
+            }
+        }
+        if hit(rng, c.depth_gain_p) {
+            let a = uniform(rng, -c.depth_gain, c.depth_gain);
+            for (y, row) in image.chunks_mut(w.max(1)).enumerate() {
+                let t = y as f64 / (h.max(2) - 1) as f64 - 0.5;
+                let k = (a * t).exp() as f32;
+                for v in row.iter_mut() {
+                    *v = (*v * k).clamp(0.0, 1.0);
+                }
+            }
+        }
+        if hit(rng, c.lowres_p) && c.lowres > 1.0 {
+            let f = uniform(rng, 1.0, c.lowres);
+            self.lower_resolution(image, w, h, f);
+        }
         if hit(rng, c.blur_p) {
             let sigma = uniform(rng, 0.3, c.blur_sigma.max(0.3));
             self.blur(image, w, h, sigma);
@@ -239,6 +300,39 @@ impl Augmenter {
             let sigma = uniform(rng, 0.0, c.noise_sigma);
             for v in image.iter_mut() {
                 *v = (*v + (normal(rng) * sigma) as f32).clamp(0.0, 1.0);
+            }
+        }
+    }
+
+    /// Box-averages `image` down to `w / factor` x `h / factor` and samples it back up
+    /// bilinearly (pixel centres aligned), in place.
+    fn lower_resolution(&mut self, image: &mut [f32], w: usize, h: usize, factor: f64) {
+        let (sw, sh) = (
+            ((w as f64 / factor).round() as usize).clamp(1, w),
+            ((h as f64 / factor).round() as usize).clamp(1, h),
+        );
+        if sw == w && sh == h {
+            return;
+        }
+        self.scratch.clear();
+        self.scratch.resize(sw * sh, 0.0);
+        for sy in 0..sh {
+            let (y0, y1) = (sy * h / sh, ((sy + 1) * h / sh).max(sy * h / sh + 1));
+            for sx in 0..sw {
+                let (x0, x1) = (sx * w / sw, ((sx + 1) * w / sw).max(sx * w / sw + 1));
+                let mut acc = 0.0;
+                for y in y0..y1 {
+                    acc += image[y * w + x0..y * w + x1].iter().sum::<f32>();
+                }
+                self.scratch[sy * sw + sx] = acc / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+        }
+        let (kx, ky) = (sw as f32 / w as f32, sh as f32 / h as f32);
+        for y in 0..h {
+            let syf = ((y as f32 + 0.5) * ky - 0.5).clamp(0.0, (sh - 1) as f32);
+            for x in 0..w {
+                let sxf = ((x as f32 + 0.5) * kx - 0.5).clamp(0.0, (sw - 1) as f32);
+                image[y * w + x] = sample_clamped(&self.scratch, sw, sh, sxf, syf);
             }
         }
     }
@@ -329,5 +423,50 @@ mod tests {
         let (mut a, mut m) = (base.clone(), mask.clone());
         Augmenter::new(AugmentConfig::none()).apply(&mut a, &mut m, w, h, &mut SplitMix64::new(1));
         assert_eq!((a, m), (base, mask));
+    }
+
+    /// The scanner-like photometry: each changes the image, never the mask, keeps values in
+    /// 0..1, and does what it says (gamma keeps 0 and 1, the gradient brightens or darkens one end
+    /// more than the other, lower resolution keeps the mean and smooths a checkerboard).
+    #[test]
+    fn scanner_photometry() {
+        let (w, h) = (40, 30);
+        let base: Vec<f32> = (0..w * h).map(|i| ((i % w + i / w) % 2) as f32 * 0.5 + 0.25).collect();
+        let mask: Vec<f32> = (0..w * h).map(|i| ((i / w) > 10) as u8 as f32).collect();
+        let only = |f: &dyn Fn(&mut AugmentConfig)| {
+            let mut c = AugmentConfig::none();
+            f(&mut c);
+            c
+        };
+        let cases = [
+            only(&|c| { c.gamma_p = 1.0; c.gamma = 0.5; }),
+            only(&|c| { c.depth_gain_p = 1.0; c.depth_gain = 0.8; }),
+            only(&|c| { c.lowres_p = 1.0; c.lowres = 3.0; }),
+        ];
+        for (k, cfg) in cases.iter().enumerate() {
+            let mut changed = 0;
+            for seed in 0..10 {
+                let (mut a, mut m) = (base.clone(), mask.clone());
+                Augmenter::new(*cfg).apply(&mut a, &mut m, w, h, &mut SplitMix64::new(seed));
+                assert_eq!(m, mask, "case {k}: the mask moved");
+                assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "case {k}: out of range");
+                changed += (a != base) as usize;
+                if k == 2 && a != base {
+                    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+                    assert!((mean(&a) - mean(&base)).abs() < 0.02, "lowres moved the mean");
+                    let spread = |v: &[f32]| v.iter().map(|x| (x - 0.5).abs()).sum::<f32>();
+                    assert!(spread(&a) < 0.8 * spread(&base), "lowres did not smooth");
+                }
+                if k == 1 && a != base {
+                    let row_mean = |y: usize| a[y * w..(y + 1) * w].iter().sum::<f32>() / w as f32;
+                    assert!((row_mean(0) - row_mean(h - 1)).abs() > 0.01, "no gradient");
+                }
+            }
+            assert!(changed >= 8, "case {k}: {changed} of 10 seeds changed the image");
+        }
+        let mut g = vec![0.0f32, 1.0];
+        let mut gm = vec![0.0f32, 0.0];
+        Augmenter::new(cases[0]).apply(&mut g, &mut gm, 2, 1, &mut SplitMix64::new(3));
+        assert_eq!(g, vec![0.0, 1.0], "gamma keeps black and white");
     }
 }

@@ -224,6 +224,12 @@ impl TrainSettings {
                 "0 to 0.5",
             )?,
             contrast: range("train.aug_contrast", t.aug_contrast, 0.0, 0.5, "0 to 0.5")?,
+            gamma_p: prob("train.aug_gamma_p", t.aug_gamma_p)?,
+            gamma: range("train.aug_gamma", t.aug_gamma, 0.0, 1.0, "0 to 1")?,
+            depth_gain_p: prob("train.aug_depth_gain_p", t.aug_depth_gain_p)?,
+            depth_gain: range("train.aug_depth_gain", t.aug_depth_gain, 0.0, 2.0, "0 to 2")?,
+            lowres_p: prob("train.aug_lowres_p", t.aug_lowres_p)?,
+            lowres: range("train.aug_lowres", t.aug_lowres, 1.0, 4.0, "1 to 4")?,
         };
         Ok(Self {
             data: t.data.iter().filter_map(|d| path(d)).collect(),
