@@ -75,6 +75,8 @@ pub struct LoadedModel {
     path: PathBuf,
     plan: Plan,
     state: TypedSimpleState,
+    /// The input tensor, reused for every frame (the plan drops its reference after each run).
+    input: Arc<Tensor>,
     /// The output as the model wrote it (layout and channels of the model).
     raw: Vec<f32>,
     /// Foreground probability per model pixel (input height x width).
@@ -140,12 +142,14 @@ impl LoadedModel {
             .into_runnable()
             .map_err(tract_err)?;
         let state = SimpleState::new(&plan).map_err(tract_err)?;
+        let input = Arc::new(Tensor::zero::<f32>(&spec.input_shape()).map_err(tract_err)?);
         let mut loaded = LoadedModel {
             spec,
             sha256: sha256_hex(bytes),
             path: p(),
             plan,
             state,
+            input,
             raw: Vec::new(),
             probability: Vec::new(),
         };
@@ -189,12 +193,32 @@ impl LoadedModel {
     }
 
     fn run_raw(&mut self, input: &[f32]) -> Result<(), InferError> {
-        let shape = self.spec.input_shape();
-        let tensor =
-            Tensor::from_shape(&shape, input).map_err(|e| InferError::Run(format!("{e:#}")))?;
+        let run_err = |e: TractError| InferError::Run(format!("{e:#}"));
+        let expected = self.input.len();
+        if input.len() != expected {
+            return Err(InferError::Run(format!(
+                "the input has {} values, the model takes {expected}",
+                input.len()
+            )));
+        }
+        // No allocation per frame: the kept tensor is written in place when nothing else holds it
+        // (always, once the previous run has returned); a fresh one only if something does.
+        match Arc::get_mut(&mut self.input) {
+            Some(t) => t
+                .try_as_plain_ram_mut()
+                .map_err(run_err)?
+                .as_slice_mut::<f32>()
+                .map_err(run_err)?
+                .copy_from_slice(input),
+            None => {
+                let shape = self.spec.input_shape();
+                self.input = Arc::new(Tensor::from_shape(&shape, input).map_err(run_err)?);
+            }
+        }
+        let tensor = TValue::from_const(Arc::clone(&self.input));
         let outputs = self
             .state
-            .run(tvec!(tensor.into()))
+            .run(tvec!(tensor))
             .map_err(|e| InferError::Run(format!("{e:#}")))?;
         let out = outputs
             .first()
@@ -380,5 +404,42 @@ impl Engine {
     /// The running model, to run frames.
     pub fn model_mut(&mut self) -> &mut LoadedModel {
         &mut self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::onnx_build::{self, Breakage};
+    use crate::model::{Layout, OutputKind, Task};
+
+    /// Frame after frame the one input tensor is reused (the same allocation), and each run sees
+    /// its own input, not the previous one's.
+    #[test]
+    fn the_input_tensor_is_reused_and_each_run_sees_its_own_input() {
+        let spec =
+            onnx_build::fixture_spec(Task::Region, 32, 24, 1, Layout::Nchw, OutputKind::Sigmoid);
+        let bytes = onnx_build::brightness_model(&spec, 3, 0.5, 10.0, true, Breakage::None);
+        let mut m = LoadedModel::from_bytes(&bytes, Path::new("t.onnx"), &SpecOverrides::default())
+            .unwrap();
+        let first = Arc::as_ptr(&m.input);
+        let dark = vec![0.0f32; 32 * 24];
+        let bright = vec![1.0f32; 32 * 24];
+        for k in 0..4 {
+            let (input, high) = if k % 2 == 0 {
+                (&dark, false)
+            } else {
+                (&bright, true)
+            };
+            let p = m.run(input).unwrap();
+            let mean = p.iter().sum::<f32>() / p.len() as f32;
+            assert_eq!(mean > 0.5, high, "run {k}: mean probability {mean}");
+            assert_eq!(
+                Arc::as_ptr(&m.input),
+                first,
+                "run {k} allocated a new input"
+            );
+        }
+        assert!(m.run(&dark[..10]).is_err(), "a short input is refused");
     }
 }

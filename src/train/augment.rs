@@ -431,7 +431,9 @@ mod tests {
     #[test]
     fn scanner_photometry() {
         let (w, h) = (40, 30);
-        let base: Vec<f32> = (0..w * h).map(|i| ((i % w + i / w) % 2) as f32 * 0.5 + 0.25).collect();
+        let base: Vec<f32> = (0..w * h)
+            .map(|i| ((i % w + i / w) % 2) as f32 * 0.5 + 0.25)
+            .collect();
         let mask: Vec<f32> = (0..w * h).map(|i| ((i / w) > 10) as u8 as f32).collect();
         let only = |f: &dyn Fn(&mut AugmentConfig)| {
             let mut c = AugmentConfig::none();
@@ -439,9 +441,18 @@ mod tests {
             c
         };
         let cases = [
-            only(&|c| { c.gamma_p = 1.0; c.gamma = 0.5; }),
-            only(&|c| { c.depth_gain_p = 1.0; c.depth_gain = 0.8; }),
-            only(&|c| { c.lowres_p = 1.0; c.lowres = 3.0; }),
+            only(&|c| {
+                c.gamma_p = 1.0;
+                c.gamma = 0.5;
+            }),
+            only(&|c| {
+                c.depth_gain_p = 1.0;
+                c.depth_gain = 0.8;
+            }),
+            only(&|c| {
+                c.lowres_p = 1.0;
+                c.lowres = 3.0;
+            }),
         ];
         for (k, cfg) in cases.iter().enumerate() {
             let mut changed = 0;
@@ -449,11 +460,17 @@ mod tests {
                 let (mut a, mut m) = (base.clone(), mask.clone());
                 Augmenter::new(*cfg).apply(&mut a, &mut m, w, h, &mut SplitMix64::new(seed));
                 assert_eq!(m, mask, "case {k}: the mask moved");
-                assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "case {k}: out of range");
+                assert!(
+                    a.iter().all(|v| (0.0..=1.0).contains(v)),
+                    "case {k}: out of range"
+                );
                 changed += (a != base) as usize;
                 if k == 2 && a != base {
                     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-                    assert!((mean(&a) - mean(&base)).abs() < 0.02, "lowres moved the mean");
+                    assert!(
+                        (mean(&a) - mean(&base)).abs() < 0.02,
+                        "lowres moved the mean"
+                    );
                     let spread = |v: &[f32]| v.iter().map(|x| (x - 0.5).abs()).sum::<f32>();
                     assert!(spread(&a) < 0.8 * spread(&base), "lowres did not smooth");
                 }
@@ -462,7 +479,10 @@ mod tests {
                     assert!((row_mean(0) - row_mean(h - 1)).abs() > 0.01, "no gradient");
                 }
             }
-            assert!(changed >= 8, "case {k}: {changed} of 10 seeds changed the image");
+            assert!(
+                changed >= 8,
+                "case {k}: {changed} of 10 seeds changed the image"
+            );
         }
         let mut g = vec![0.0f32, 1.0];
         let mut gm = vec![0.0f32, 0.0];
