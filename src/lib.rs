@@ -24,6 +24,7 @@ pub mod stats;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod versions;
 
 /// The version string `pocusd --version` prints: crate version and the git commit it was built from.
 pub fn version_string() -> &'static str {
