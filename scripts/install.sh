@@ -25,7 +25,6 @@ R=${ROOT:-}
 # destination : source : mode
 FILES=(
   "/usr/bin/pocusd::0755"
-  "/usr/lib/pocusd/pocusd-nightly-train:scripts/pocusd-nightly-train:0755"
   "/usr/share/pocusd/models/aponeurosis.onnx:models/aponeurosis.onnx:0644"
   "/usr/share/pocusd/models/fetal-head.onnx:models/fetal-head.onnx:0644"
   "/usr/share/pocusd/models/README.md:models/README.md:0644"

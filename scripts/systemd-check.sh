@@ -189,6 +189,13 @@ say "systemctl stop: exit 0 in $(printf '%.2f' "$(echo "$t1 - $t0" | bc)") s, Re
 # 5. The nightly timer, the security scores, the journal.
 in_root systemctl list-timers --all --no-pager | grep -q pocusd-train.timer || fail "pocusd-train.timer is not listed"
 say "timer: $(in_root systemctl list-timers --all --no-pager | grep pocusd-train.timer | sed 's/  */ /g')"
+# The training unit runs `pocusd loop nightly` under its sandbox: with no accepted labels it
+# records why in the history and exits 0.
+in_root rm -f /var/lib/pocusd/models/history.jsonl
+in_root systemctl start pocusd-train.service || fail "pocusd-train.service failed: $(in_root journalctl -u pocusd-train --no-pager -q | tail -5)"
+grep -q 'too few site images' "$ROOT/var/lib/pocusd/models/history.jsonl" 2>/dev/null \
+  || fail "pocusd-train.service left no 'too few site images' record in /var/lib/pocusd/models/history.jsonl"
+say "pocusd-train.service: exit 0, history: $(tail -n 1 "$ROOT/var/lib/pocusd/models/history.jsonl" | cut -c1-160)"
 for u in pocusd.service pocusd-train.service; do
   score=$(in_root systemd-analyze security --no-pager "$u" 2>/dev/null \
     | awk -F: '/Overall exposure level/ { split($2, w, " "); print w[1] }')

@@ -169,6 +169,58 @@ pub struct StorageSection {
     pub max_mb: u64,
 }
 
+/// The `[loop]` section as written (`pocusd loop nightly`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoopSection {
+    pub site_data: String,
+    pub base_data: String,
+    pub test_data: String,
+    pub test_mm_csv: String,
+    pub models_dir: String,
+    pub epochs: u64,
+    pub lr: f64,
+    pub loss: String,
+    pub site_weight: f64,
+    pub min_site_images: u64,
+    pub site_val_fraction: f64,
+    pub max_dice_drop: f64,
+}
+
+/// Validated `[loop]` settings; folders left empty are `None` (their defaults live under the
+/// state folder, resolved by the caller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopConfig {
+    pub site_data: Option<PathBuf>,
+    pub base_data: Option<PathBuf>,
+    pub test_data: Option<PathBuf>,
+    pub test_mm_csv: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    pub epochs: u64,
+    pub lr: f64,
+    pub loss: String,
+    pub site_weight: f64,
+    pub min_site_images: u64,
+    pub site_val_fraction: f64,
+    pub max_dice_drop: f64,
+}
+
+impl LoopConfig {
+    /// `models_dir`, else `STATE/models`.
+    pub fn models_dir(&self, state: &Path) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| state.join("models"))
+    }
+
+    /// `site_data`, else `STATE/labelled`.
+    pub fn site_data(&self, state: &Path) -> PathBuf {
+        self.site_data
+            .clone()
+            .unwrap_or_else(|| state.join("labelled"))
+    }
+}
+
 /// The `[http]` section as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -253,6 +305,8 @@ pub struct RawConfig {
     pub source: SourceSection,
     pub dbus: DbusSection,
     pub storage: StorageSection,
+    #[serde(rename = "loop")]
+    pub loop_: LoopSection,
     pub http: HttpSection,
     pub output: OutputSection,
     pub train: TrainSection,
@@ -339,6 +393,7 @@ pub struct Config {
     pub source: SourceConfig,
     pub dbus: DbusConfig,
     pub storage: StorageConfig,
+    pub loop_: LoopConfig,
     pub http: HttpConfig,
     pub output_ffmpeg: Option<FfmpegOutputConfig>,
     /// The merged values as written, for printing.
@@ -466,6 +521,7 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let source = validate_source(&raw.source)?;
     let dbus = validate_dbus(&raw.dbus)?;
     let storage = validate_storage(&raw.storage)?;
+    let loop_ = validate_loop(&raw.loop_)?;
     let http = validate_http(&raw.http)?;
     let output_ffmpeg = validate_output(&raw.output.ffmpeg)?;
     Ok(Config {
@@ -476,6 +532,7 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
         source,
         dbus,
         storage,
+        loop_,
         http,
         output_ffmpeg,
         raw,
@@ -855,6 +912,42 @@ fn validate_storage(s: &StorageSection) -> Result<StorageConfig, ConfigError> {
         dir: (!s.dir.trim().is_empty()).then(|| PathBuf::from(s.dir.trim())),
         max_days: int("storage.max_days", s.max_days, 1, 36_500)?,
         max_mb: int("storage.max_mb", s.max_mb, 1, 10_000_000)?,
+    })
+}
+
+fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
+    let path = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
+    let float = |key: &str, v: f64, lo: f64, hi: f64| {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::OutOfRange {
+                key: key.into(),
+                value: v.to_string(),
+                allowed: format!("{lo} to {hi}"),
+            })
+        }
+    };
+    if !["tversky", "dice-bce"].contains(&l.loss.as_str()) {
+        return Err(ConfigError::OutOfRange {
+            key: "loop.loss".into(),
+            value: l.loss.clone(),
+            allowed: "tversky or dice-bce".into(),
+        });
+    }
+    Ok(LoopConfig {
+        site_data: path(&l.site_data),
+        base_data: path(&l.base_data),
+        test_data: path(&l.test_data),
+        test_mm_csv: path(&l.test_mm_csv),
+        models_dir: path(&l.models_dir),
+        epochs: int_range("loop.epochs", l.epochs, 1, 1000)?,
+        lr: float("loop.lr", l.lr, 1e-7, 1.0)?,
+        loss: l.loss.clone(),
+        site_weight: float("loop.site_weight", l.site_weight, 1.0, 100.0)?,
+        min_site_images: int_range("loop.min_site_images", l.min_site_images, 1, 100_000)?,
+        site_val_fraction: float("loop.site_val_fraction", l.site_val_fraction, 0.05, 0.5)?,
+        max_dice_drop: float("loop.max_dice_drop", l.max_dice_drop, 0.0, 1.0)?,
     })
 }
 

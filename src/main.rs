@@ -77,9 +77,13 @@ enum Command {
     Eval(EvalArgs),
     /// Write a U-Net of the default architecture with random weights (for benchmarks and tests).
     Unet(UnetArgs),
-    /// Inspect and maintain model files.
+    /// Inspect and maintain model files; list the cart's model versions and roll back.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The cart's learning loop: `pocusd loop nightly` fine-tunes on accepted labels, promotes if better.
+    #[cfg(feature = "train")]
+    #[command(subcommand)]
+    Loop(cli::nightly::LoopCommand),
     /// List V4L2 capture devices with their formats, sizes and frame rates.
     Sources(SourcesArgs),
     /// Save frames from a source as PNG (after the region-of-interest crop), to build a dataset.
@@ -192,6 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => cli::engine::cmd_infer(&cfg, args),
         Command::Eval(args) => cli::engine::cmd_eval(&cfg, args),
         Command::Models(cmd) => cli::models::cmd_models(&cfg, cmd),
+        #[cfg(feature = "train")]
+        Command::Loop(cmd) => cli::nightly::cmd_loop(&cfg, cmd),
         Command::Capture(args) => cli::data::cmd_capture(&cfg, args),
         Command::Sources(args) => cli::data::cmd_sources(args),
         Command::Bench(cmd) => {

@@ -9,6 +9,8 @@ pub mod engine;
 pub mod image;
 pub mod models;
 #[cfg(feature = "train")]
+pub mod nightly;
+#[cfg(feature = "train")]
 pub mod train;
 
 use std::num::NonZeroUsize;

@@ -1,7 +1,10 @@
 //! `pocusd models meta`: show or rewrite an ONNX model's `pocusd.*` metadata without touching its
 //! graph or weights (the bytes of both are copied), e.g. to give a model trained before a key
 //! existed its region-of-interest policy: `pocusd models meta M.onnx --set pocusd.roi=auto`.
-//! The result must still load as a model, or nothing is written.
+//! The result must still load as a model, or nothing is written. `pocusd models list` and
+//! `pocusd models rollback`: the cart's model versions (`[loop] models_dir`, see
+//! `pocusd::versions`); a rollback is carried out by the running daemon (`RollbackModel` on
+//! D-Bus, operators only), or with `--offline` on the files when no daemon runs.
 
 use std::path::PathBuf;
 
@@ -15,6 +18,30 @@ use pocusd::infer::{self, onnx_file, LoadedModel};
 pub enum ModelsCommand {
     /// Print a model's metadata, or rewrite it (--set/--unset) keeping graph and weights byte for byte.
     Meta(MetaArgs),
+    /// List the cart's model versions (models_dir/history.jsonl) with their scores; * marks the current one.
+    List(ListArgs),
+    /// Make an earlier model version current (default: the one the current version replaced).
+    Rollback(RollbackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print one JSON object: {"models_dir":..,"current":N|null,"versions":[..]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The version to return to (see `pocusd models list`); default: the previous one.
+    version: Option<u32>,
+    /// Ask the daemon on the session bus (one started with --session-bus).
+    #[arg(long)]
+    session_bus: bool,
+    /// No daemon is running: rewrite current.onnx and the history directly (needs write access
+    /// to models_dir); the daemon starts on it next time.
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Args, Debug)]
@@ -57,7 +84,88 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 pub fn cmd_models(cfg: &Config, cmd: &ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::Meta(a) => cmd_meta(cfg, a),
+        ModelsCommand::List(a) => cmd_list(cfg, a),
+        ModelsCommand::Rollback(a) => cmd_rollback(cfg, a),
     }
+}
+
+fn store_of(cfg: &Config) -> pocusd::versions::Store {
+    let state = pocusd::daemon::store::resolve_state_dir(&cfg.storage);
+    pocusd::versions::Store::new(cfg.loop_.models_dir(&state))
+}
+
+fn cmd_list(cfg: &Config, a: &ListArgs) -> anyhow::Result<()> {
+    let store = store_of(cfg);
+    let versions = store.versions()?;
+    let current = versions.iter().find(|v| v.current).map(|v| v.version);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "models_dir": store.dir(),
+                "current": current,
+                "versions": versions,
+            })
+        );
+        return Ok(());
+    }
+    if versions.is_empty() {
+        println!(
+            "no model versions in {} yet (`pocusd loop nightly` makes them)",
+            store.dir().display()
+        );
+        return Ok(());
+    }
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "  {:>7}  {:<8}  {:<24}  {:<8}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "version", "sha256", "time", "kind", "site dice", "site err", "test dice", "test err"
+    );
+    for v in &versions {
+        let site = v.scores.and_then(|s| s.site);
+        let test = v.scores.and_then(|s| s.test);
+        println!(
+            "{} {:>7}  {:<8}  {:<24}  {:<8}  {:>9}  {:>9}  {:>9}  {:>9}",
+            if v.current { "*" } else { " " },
+            v.version,
+            &v.sha256[..8.min(v.sha256.len())],
+            v.time.get(..19).unwrap_or(&v.time),
+            format!("{:?}", v.kind).to_lowercase(),
+            f(site.and_then(|s| s.dice)),
+            f(site.and_then(|s| s.error)),
+            f(test.and_then(|s| s.dice)),
+            f(test.and_then(|s| s.error)),
+        );
+    }
+    Ok(())
+}
+
+fn cmd_rollback(cfg: &Config, a: &RollbackArgs) -> anyhow::Result<()> {
+    if a.offline {
+        let store = store_of(cfg);
+        let v = store.rollback_target(a.version)?;
+        // The file must still be a model this build runs.
+        LoadedModel::load(&v.model, &cfg.model.overrides)?;
+        store.rollback(
+            &v,
+            &format!(
+                "rollback to version {} (pocusd models rollback --offline)",
+                v.version
+            ),
+        )?;
+        println!(
+            "version {} is current ({}); the daemon starts on it next time",
+            v.version,
+            store.current_path().display()
+        );
+        return Ok(());
+    }
+    let session = a.session_bus || cfg.dbus.bus == pocusd::config::Bus::Session;
+    let arg = a.version.map_or(-1, |v| v as i32);
+    let now = pocusd::daemon::status::with_daemon(session, |p| Box::pin(p.rollback_model(arg)))
+        .map_err(|e| e.context("rollback not done (with no daemon running, use --offline)"))?;
+    println!("version {now} is current and running");
+    Ok(())
 }
 
 fn cmd_meta(cfg: &Config, a: &MetaArgs) -> anyhow::Result<()> {

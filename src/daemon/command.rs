@@ -26,6 +26,8 @@ pub enum Command {
     Pause(bool, oneshot::Sender<Result<(), Error>>),
     Snapshot(oneshot::Sender<Result<String, Error>>),
     Reload(oneshot::Sender<Result<(), Error>>),
+    /// Roll back to a model version (`None`: the previous one); answers the version now current.
+    RollbackModel(Option<u32>, oneshot::Sender<Result<u32, Error>>),
 }
 
 /// Sends a command to the supervisor and waits for its answer (D-Bus methods and the viewer's

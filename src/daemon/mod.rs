@@ -108,12 +108,21 @@ pub fn load_config(opts: &RunOptions) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// The model to use: the flag, then `[model] path`, then the shipped default.
+/// The model to use: the flag, then the cart's current version (`models_dir/current.onnx`,
+/// written by `pocusd loop nightly` and `pocusd models rollback`) when it exists, then `[model]
+/// path`, then the shipped default.
 pub fn resolve_model(cfg: &Config, flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag
-        .map(Path::to_path_buf)
-        .or_else(|| cfg.model.path.clone())
-    {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    let current = cfg
+        .loop_
+        .models_dir(&store::resolve_state_dir(&cfg.storage))
+        .join(crate::versions::CURRENT);
+    if current.is_file() {
+        return Ok(current);
+    }
+    if let Some(p) = cfg.model.path.clone() {
         return Ok(p);
     }
     let candidates = default_model_candidates("aponeurosis.onnx");
@@ -958,6 +967,13 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                         let _ = reply.send(r);
                     }
                     Command::Reload(reply) => { let _ = reply.send(sup.reload()); }
+                    Command::RollbackModel(target, reply) => {
+                        let r = rollback_command(&mut sup, target).await;
+                        if let (Err(DbusError::ModelRejected(m)), Some(emitter)) = (&r, &emitter) {
+                            let _ = Daemon1::fault(emitter, "model_rejected", m).await;
+                        }
+                        let _ = reply.send(r);
+                    }
                     Command::Snapshot(reply) => { let r = sup.snapshot().await; let _ = reply.send(r); }
                     Command::LoadModel(path, reply) => {
                         let r = load_model_command(&mut sup, path).await;
@@ -1095,30 +1111,75 @@ async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), D
     if !path.is_file() {
         return Err(DbusError::NotFound(format!("no model file at {shown}")));
     }
+    let model = load_for_swap(sup, &path).await?;
+    swap_model(sup, model, &path)
+}
+
+/// Loads and checks a model off the async thread; a refusal keeps the running model.
+async fn load_for_swap(sup: &Supervisor, path: &Path) -> Result<LoadedModel, DbusError> {
     let cfg = sup.cfg.clone();
-    let p = path.clone();
+    let p = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || load_checked(&p, &cfg))
         .await
         .map_err(|e| DbusError::Io(format!("model loading task failed: {e}")))?;
-    match loaded {
-        Ok(model) => {
-            let vals = model_values(&model, sup.cfg.source.roi);
-            sup.roi_warning = warn_roi(&model, sup.cfg.source.roi);
-            sup.control
-                .send(Control::Model(Box::new(model)))
-                .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;
-            // The live threshold survives a model swap.
-            let _ = sup.set_threshold(f64::from(sup.threshold));
-            sup.model = vals;
-            eprintln!("pocusd: model {} loaded", path.display());
-            Ok(())
-        }
-        Err(e) => {
-            let msg = format!("{e:#}; the running model is kept");
-            eprintln!("pocusd: LoadModel refused: {msg}");
-            Err(DbusError::ModelRejected(msg))
-        }
+    loaded.map_err(|e| {
+        let msg = format!("{e:#}; the running model is kept");
+        eprintln!("pocusd: model {} refused: {msg}", path.display());
+        DbusError::ModelRejected(msg)
+    })
+}
+
+/// Hands a checked model to the processing thread.
+fn swap_model(sup: &mut Supervisor, model: LoadedModel, path: &Path) -> Result<(), DbusError> {
+    let vals = model_values(&model, sup.cfg.source.roi);
+    sup.roi_warning = warn_roi(&model, sup.cfg.source.roi);
+    sup.control
+        .send(Control::Model(Box::new(model)))
+        .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;
+    // The live threshold survives a model swap.
+    let _ = sup.set_threshold(f64::from(sup.threshold));
+    sup.model = vals;
+    eprintln!("pocusd: model {} loaded", path.display());
+    Ok(())
+}
+
+/// `RollbackModel`: the version is loaded and checked first; only then are `current.onnx` and
+/// the history rewritten and the model switched, so a refused file changes nothing.
+async fn rollback_command(sup: &mut Supervisor, target: Option<u32>) -> Result<u32, DbusError> {
+    use crate::versions::{Store, VersionError};
+    let store = Store::new(sup.cfg.loop_.models_dir(&sup.state_dir));
+    let verr = |e: VersionError| match e {
+        VersionError::NoSuchVersion(_) => DbusError::NotFound(e.to_string()),
+        VersionError::Refused(m) => DbusError::InvalidArgument(m),
+        other => DbusError::Io(other.to_string()),
+    };
+    let v = store.rollback_target(target).map_err(verr)?;
+    let model = load_for_swap(sup, &v.model).await?;
+    if model.sha256() != v.sha256 {
+        return Err(DbusError::ModelRejected(format!(
+            "{} no longer has the sha256 recorded for version {}; the running model is kept",
+            v.model.display(),
+            v.version
+        )));
     }
+    let from = store
+        .current_record()
+        .ok()
+        .flatten()
+        .and_then(|r| r.version)
+        .map_or("no version".to_string(), |c| format!("version {c}"));
+    store
+        .rollback(
+            &v,
+            &format!(
+                "rollback from {from} to version {} (RollbackModel)",
+                v.version
+            ),
+        )
+        .map_err(verr)?;
+    swap_model(sup, model, &v.model)?;
+    eprintln!("pocusd: rolled back to model version {}", v.version);
+    Ok(v.version)
 }
 
 async fn emit_changes(

@@ -211,6 +211,13 @@ impl Daemon1 {
     async fn reload(&self) -> Result<(), Error> {
         self.ask(Command::Reload).await
     }
+
+    /// Makes an earlier model version current (negative: the one the current version replaced).
+    #[zbus(out_args("current"))]
+    async fn rollback_model(&self, version: i32) -> Result<u32, Error> {
+        let target = u32::try_from(version).ok();
+        self.ask(|tx| Command::RollbackModel(target, tx)).await
+    }
 }
 
 /// What the daemon serves at [`OBJECT_PATH`]: [`Daemon1`] held to the committed contract where
@@ -415,6 +422,7 @@ mod tests {
                 ("LoadModel", "s"),
                 ("Pause", "b"),
                 ("Reload", ""),
+                ("RollbackModel", "i"),
                 ("SetThreshold", "d"),
                 ("Snapshot", "")
             ]

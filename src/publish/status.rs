@@ -52,6 +52,46 @@ pub trait Daemon1 {
     fn pause(&self, paused: bool) -> zbus::Result<()>;
     fn snapshot(&self) -> zbus::Result<String>;
     fn reload(&self) -> zbus::Result<()>;
+    fn rollback_model(&self, version: i32) -> zbus::Result<u32>;
+}
+
+/// Connects to the daemon on the session or system bus and runs one call (the clients of
+/// `pocusd loop nightly` and `pocusd models rollback`).
+pub fn with_daemon<T>(
+    session: bool,
+    call: impl for<'a> FnOnce(
+        &'a Daemon1Proxy<'a>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = zbus::Result<T>> + 'a>,
+    >,
+) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let (builder, what) = if session {
+            (zbus::connection::Builder::session(), "session")
+        } else {
+            (zbus::connection::Builder::system(), "system")
+        };
+        let conn = builder
+            .build()
+            .await
+            .with_context(|| format!("cannot connect to the {what} bus"))?;
+        let proxy = Daemon1Proxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        call(&proxy).await.map_err(|e| match e {
+            zbus::Error::MethodError(name, Some(msg), _) => {
+                anyhow::anyhow!("the daemon refused: {msg} ({name})")
+            }
+            other => {
+                anyhow::anyhow!("no answer from pocusd on the {what} bus ({other}); is it running?")
+            }
+        })
+    })
 }
 
 /// An `a{sv}` value as JSON.

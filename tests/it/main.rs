@@ -12,6 +12,8 @@ mod engine;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg_src;
 mod infer_cli;
+#[cfg(feature = "train")]
+mod nightly;
 mod properties;
 mod reliability;
 mod roi;

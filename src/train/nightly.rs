@@ -1,0 +1,578 @@
+//! `pocusd loop nightly`: one turn of the cart's learning loop. Splits the site's accepted labels
+//! into training and site-validation by a stable hash of the name, fine-tunes the current model
+//! (base data plus site training images, the site ones repeated `site_weight` times), scores the
+//! candidate and the current model on the same site-validation images and the locked test set
+//! with `eval`'s metrics, and promotes the candidate only if it is better on the site and no worse
+//! on the test set. Every run, promoted or not, ends with a record in `history.jsonl` and a
+//! `report.json` in its run folder; an interrupted run (no `report.json`) is resumed by the next
+//! one. Nothing in `models_dir` changes before the decision. Asking a running daemon to take the
+//! new model is the caller's (a callback), so this module does not depend on D-Bus or the daemon.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::settings::TrainSettings;
+use super::trainer::{self, Progress};
+use crate::config::{LoopConfig, TrainSection};
+use crate::eval::{self, EvalOptions, TaskScore};
+use crate::infer::LoadedModel;
+use crate::model::{SpecOverrides, Task};
+use crate::postprocess::PostprocessConfig;
+use crate::preprocess::clahe::ClaheParams;
+use crate::preprocess::roi::RoiChoice;
+use crate::versions::{self, DataCounts, Kind, Record, Score, Scores, Store};
+
+#[derive(Debug, Error)]
+pub enum NightlyError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Versions(#[from] versions::VersionError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything a run needs, resolved by the caller.
+pub struct NightlyInputs<'a> {
+    pub cfg: &'a LoopConfig,
+    /// The state folder (runs go to `STATE/runs`).
+    pub state: &'a Path,
+    /// The `[train]` section: everything the loop does not set itself (batch, augmentation, ...).
+    pub train: &'a TrainSection,
+    pub clahe: Option<ClaheParams>,
+    /// The model to fine-tune when `models_dir` has no current version yet.
+    pub fallback_model: &'a Path,
+    pub post: PostprocessConfig,
+    pub clahe_threads: std::num::NonZeroUsize,
+}
+
+/// What `pocusd loop nightly --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct NightlyOutcome {
+    pub promoted: bool,
+    pub reason: String,
+    pub version: Option<u32>,
+    pub model: Option<PathBuf>,
+    pub site_images: usize,
+    pub current: Option<Scores>,
+    pub candidate: Option<Scores>,
+    /// The run folder, when a run took place.
+    pub run: Option<PathBuf>,
+}
+
+/// Image names of a dataset folder that have a mask of the same name.
+fn labelled_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir.join("images")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.to_ascii_lowercase().ends_with(".png"))
+        .filter(|n| dir.join("masks").join(n).is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NightlyError {
+    let path = path.to_path_buf();
+    move |source| NightlyError::Io { what, path, source }
+}
+
+/// Links `src/{images,masks}/name` as `dst/{images,masks}/prefix+name`.
+fn link_pair(src: &Path, name: &str, dst: &Path, prefix: &str) -> Result<(), NightlyError> {
+    for sub in ["images", "masks"] {
+        let from = std::fs::canonicalize(src.join(sub).join(name))
+            .map_err(io("cannot resolve", &src.join(sub).join(name)))?;
+        let to = dst.join(sub).join(format!("{prefix}{name}"));
+        std::os::unix::fs::symlink(&from, &to).map_err(io("cannot link", &to))?;
+    }
+    Ok(())
+}
+
+/// Builds `run/data/{train,site-val}` (symbolic links, made under a temporary name and renamed,
+/// so an interrupted build leaves nothing half made). Returns the counts.
+fn build_split(
+    run: &Path,
+    site: &Path,
+    base: Option<&Path>,
+    cfg: &LoopConfig,
+) -> Result<DataCounts, NightlyError> {
+    let data = run.join("data");
+    let tmp = run.join(".data.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    for d in ["train", "site-val"] {
+        for sub in ["images", "masks"] {
+            let p = tmp.join(d).join(sub);
+            std::fs::create_dir_all(&p).map_err(io("cannot create", &p))?;
+        }
+    }
+    let names = labelled_names(site);
+    let mut counts = DataCounts {
+        site_images: names.len(),
+        ..Default::default()
+    };
+    let repeats = if base.is_some() {
+        cfg.site_weight.round().max(1.0) as usize
+    } else {
+        1
+    };
+    for n in &names {
+        if versions::in_validation(n, cfg.site_val_fraction) {
+            link_pair(site, n, &tmp.join("site-val"), "")?;
+            counts.site_val += 1;
+        } else {
+            for r in 0..repeats {
+                link_pair(site, n, &tmp.join("train"), &format!("site{r}-"))?;
+            }
+            counts.site_train += 1;
+        }
+    }
+    if let Some(base) = base {
+        let names = labelled_names(base);
+        if names.is_empty() {
+            return Err(NightlyError::Invalid(format!(
+                "[loop] base_data {} has no image/mask pairs (it needs images/ and masks/ with the same names)",
+                base.display()
+            )));
+        }
+        for n in &names {
+            link_pair(base, n, &tmp.join("train"), "base-")?;
+        }
+        counts.base_images = names.len();
+    }
+    std::fs::rename(&tmp, &data).map_err(io("cannot rename", &tmp))?;
+    Ok(counts)
+}
+
+/// An unfinished run (made, no `report.json`) to resume, the newest first.
+fn unfinished_run(runs: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(runs)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("nightly-"))
+                && p.join("data").is_dir()
+                && !p.join("report.json").exists()
+        })
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+/// Scores a model on a folder with `eval`'s metrics: Dice, and the error of the model's task
+/// (median relative thickness error; mean relative circumference error against the reference
+/// masks, with the mm error when a CSV of pixel sizes is given).
+pub fn score(
+    model: &Path,
+    data: &Path,
+    mm_csv: Option<&Path>,
+    post: PostprocessConfig,
+    clahe_threads: std::num::NonZeroUsize,
+) -> Result<Score, NightlyError> {
+    let mut m = LoadedModel::load(model, &SpecOverrides::default())
+        .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
+    let opts = EvalOptions {
+        data: data.to_path_buf(),
+        task: None,
+        mm_csv: mm_csv.map(Path::to_path_buf),
+        validation: None,
+        roi: RoiChoice::default(),
+        clahe_threads,
+        post,
+    };
+    let report = eval::evaluate(&mut m, &opts, &mut |_| {})
+        .map_err(|e| NightlyError::Invalid(format!("scoring {}: {e}", model.display())))?;
+    let error = match m.spec().task {
+        Task::Aponeurosis => report.thickness_rel_err_median,
+        Task::Region => {
+            let rel: Vec<f64> = report
+                .per_image
+                .iter()
+                .filter_map(|s| match s.task {
+                    TaskScore::Region {
+                        circumference_px: Some(c),
+                        reference_circumference_px: Some(r),
+                        ..
+                    } if r > 0.0 => Some((c - r).abs() / r),
+                    _ => None,
+                })
+                .collect();
+            (!rel.is_empty()).then(|| rel.iter().sum::<f64>() / rel.len() as f64)
+        }
+    };
+    Ok(Score {
+        dice: report.dice,
+        error,
+        images: report.images,
+        error_mm: report.circumference_mae_mm,
+    })
+}
+
+/// Whether the candidate may replace the current model, and why (or why not).
+pub fn decide(current: &Scores, candidate: &Scores, max_dice_drop: f64) -> (bool, String) {
+    let f = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.4}"));
+    let (Some(cs), Some(ns)) = (current.site, candidate.site) else {
+        return (false, "no site-validation score".into());
+    };
+    match (cs.dice, ns.dice) {
+        (_, None) => return (false, "the candidate has no site-validation Dice".into()),
+        (Some(c), Some(n)) if n <= c => {
+            return (
+                false,
+                format!(
+                    "site-validation Dice {} is not above the current model's {}",
+                    f(Some(n)),
+                    f(Some(c))
+                ),
+            )
+        }
+        _ => {}
+    }
+    if let (Some(ct), Some(nt)) = (current.test, candidate.test) {
+        match (ct.dice, nt.dice) {
+            (Some(c), Some(n)) if n < c - max_dice_drop => {
+                return (
+                    false,
+                    format!(
+                        "test Dice {} is more than {max_dice_drop} below the current model's {}",
+                        f(Some(n)),
+                        f(Some(c))
+                    ),
+                )
+            }
+            (Some(_), None) => return (false, "the candidate has no test Dice".into()),
+            _ => {}
+        }
+        match (ct.error, nt.error) {
+            (Some(c), Some(n)) if n > c => {
+                return (
+                    false,
+                    format!(
+                        "test error {} is higher than the current model's {}",
+                        f(Some(n)),
+                        f(Some(c))
+                    ),
+                )
+            }
+            (Some(_), None) => return (false, "the candidate has no test error".into()),
+            _ => {}
+        }
+    }
+    (
+        true,
+        format!(
+            "site-validation Dice {} above {}{}",
+            f(ns.dice),
+            f(cs.dice),
+            match (current.test, candidate.test) {
+                (Some(ct), Some(nt)) => format!(
+                    "; test Dice {} against {}, error {} against {}",
+                    f(nt.dice),
+                    f(ct.dice),
+                    f(nt.error),
+                    f(ct.error)
+                ),
+                _ => String::new(),
+            }
+        ),
+    )
+}
+
+fn write_report(run: &Path, outcome: &NightlyOutcome) -> Result<(), NightlyError> {
+    let text =
+        serde_json::to_string_pretty(outcome).map_err(|e| NightlyError::Invalid(e.to_string()))?;
+    crate::files::write_atomic(&run.join("report.json"), text.as_bytes())
+        .map_err(|e| NightlyError::Invalid(e.to_string()))
+}
+
+/// One nightly run. `load_model` is asked to hand a promoted model to a running daemon; its
+/// error is reported in the outcome's reason, not as a failure (the files are the truth, and
+/// the daemon loads `current.onnx` at its next start).
+pub fn run(
+    inp: &NightlyInputs,
+    progress: &mut dyn Progress,
+    load_model: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> Result<NightlyOutcome, NightlyError> {
+    let cfg = inp.cfg;
+    let store = Store::new(cfg.models_dir(inp.state));
+    let site = cfg.site_data(inp.state);
+    let site_images = labelled_names(&site).len();
+    let record_only =
+        |reason: String, run: Option<PathBuf>| -> Result<NightlyOutcome, NightlyError> {
+            let mut r = Record::new(Kind::Nightly, false, reason.clone());
+            r.parent = store.current_record()?.and_then(|r| r.version);
+            r.data.site_images = site_images;
+            r.run = run.clone();
+            store.append(&r)?;
+            Ok(NightlyOutcome {
+                promoted: false,
+                reason,
+                version: None,
+                model: None,
+                site_images,
+                current: None,
+                candidate: None,
+                run,
+            })
+        };
+    let runs = inp.state.join("runs");
+    let resumed = unfinished_run(&runs);
+    if resumed.is_none() && (site_images as u64) < cfg.min_site_images {
+        return record_only(
+            format!(
+                "too few site images: {site_images} accepted labels in {}, [loop] min_site_images is {}",
+                site.display(),
+                cfg.min_site_images
+            ),
+            None,
+        );
+    }
+    // The model to start from: the current version, else the configured or shipped one (then
+    // imported as version 0, so a rollback can return to it).
+    store.repair_current()?;
+    let current_rec = store.current_record()?;
+    let current_model = match &current_rec {
+        Some(r) => r.model.clone().ok_or_else(|| {
+            NightlyError::Invalid("the current history record names no model file".into())
+        })?,
+        None => {
+            let bytes = std::fs::read(inp.fallback_model)
+                .map_err(io("cannot read the model", inp.fallback_model))?;
+            let (file, sha) = store.install(0, &bytes)?;
+            let mut r = Record::new(
+                Kind::Base,
+                true,
+                format!(
+                    "the model the cart ran before its first promotion: {}",
+                    inp.fallback_model.display()
+                ),
+            );
+            r.version = Some(0);
+            r.sha256 = Some(sha);
+            r.model = Some(file.clone());
+            store.append(&r)?;
+            progress.log(&format!(
+                "imported {} as model version 0",
+                inp.fallback_model.display()
+            ));
+            file
+        }
+    };
+    let parent = store.current_record()?.and_then(|r| r.version);
+
+    let (run, counts) = match resumed {
+        Some(run) => {
+            progress.log(&format!("resuming the unfinished run {}", run.display()));
+            let counts = read_counts(&run).unwrap_or_default();
+            (run, counts)
+        }
+        None => {
+            let stamp = crate::clock::rfc3339_us(crate::clock::realtime_us())
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(15)
+                .collect::<String>();
+            let run = runs.join(format!("nightly-{stamp}Z"));
+            std::fs::create_dir_all(&run).map_err(io("cannot create", &run))?;
+            let counts = build_split(&run, &site, cfg.base_data.as_deref(), cfg)?;
+            let text = serde_json::to_string(&counts).unwrap_or_default();
+            crate::files::write_atomic(&run.join("counts.json"), text.as_bytes())
+                .map_err(|e| NightlyError::Invalid(e.to_string()))?;
+            (run, counts)
+        }
+    };
+    let mut counts = counts;
+    if counts.site_val == 0 || counts.site_train == 0 {
+        let outcome = record_only(
+            format!(
+                "the {} site images split into {} for training and {} for site validation; both need at least one (add labels or change [loop] site_val_fraction)",
+                counts.site_images, counts.site_train, counts.site_val
+            ),
+            Some(run.clone()),
+        )?;
+        write_report(&run, &outcome)?;
+        return Ok(outcome);
+    }
+
+    // Fine-tune.
+    let spec = LoadedModel::load(&current_model, &SpecOverrides::default())
+        .map_err(|e| NightlyError::Invalid(format!("the current model: {e}")))?
+        .spec()
+        .clone();
+    let bytes = std::fs::read(&current_model).map_err(io("cannot read", &current_model))?;
+    let arch = super::export::onnx_arch(
+        &current_model.display().to_string(),
+        &super::export::onnx_initializers(&current_model.display().to_string(), &bytes)
+            .map_err(|e| NightlyError::Invalid(e.to_string()))?,
+    )
+    .map_err(|e| NightlyError::Invalid(e.to_string()))?;
+    let mut t = inp.train.clone();
+    t.data = vec![run.join("data/train").display().to_string()];
+    t.val = run.join("data/site-val").display().to_string();
+    t.out = run.join("train").display().to_string();
+    t.task = spec.task.as_str().into();
+    t.input = format!("{}x{}", spec.input_width, spec.input_height);
+    t.width = arch.base_width as u64;
+    t.depth = arch.depth as u64;
+    t.head = if arch.classes >= 2 {
+        "softmax"
+    } else {
+        "sigmoid"
+    }
+    .into();
+    t.init = current_model.display().to_string();
+    t.epochs = cfg.epochs;
+    t.lr = cfg.lr;
+    t.loss = cfg.loss.clone();
+    t.roi = "model".into();
+    t.preview_augment = 0;
+    let settings = TrainSettings::from_section(&t, inp.clahe)
+        .map_err(|e| NightlyError::Invalid(format!("training settings: {e}")))?;
+    // A finished training (killed while scoring) is kept; one with a completed epoch resumes;
+    // one without starts over.
+    let train_dir = run.join("train");
+    let finished = train_dir.join("model.onnx");
+    let trained = if finished.is_file() {
+        Ok(finished)
+    } else {
+        let resume = train_dir.join("checkpoints/last.json").is_file();
+        if !resume && train_dir.exists() {
+            std::fs::remove_dir_all(&train_dir).map_err(io("cannot remove", &train_dir))?;
+        }
+        trainer::train(&settings, resume, None, progress).map(|o| o.model)
+    };
+    let candidate_model = match trained {
+        Ok(m) => m,
+        Err(e) => {
+            let outcome = record_only(
+                format!("training failed: {e}; the current model stays"),
+                Some(run.clone()),
+            )?;
+            write_report(&run, &outcome)?;
+            return Ok(outcome);
+        }
+    };
+
+    // Score both on the same images.
+    let site_val = run.join("data/site-val");
+    let score_all = |m: &Path| -> Result<Scores, NightlyError> {
+        let site = score(m, &site_val, None, inp.post, inp.clahe_threads)?;
+        let test = match &cfg.test_data {
+            Some(d) => Some(score(
+                m,
+                d,
+                cfg.test_mm_csv.as_deref(),
+                inp.post,
+                inp.clahe_threads,
+            )?),
+            None => None,
+        };
+        Ok(Scores {
+            site: Some(site),
+            test,
+        })
+    };
+    let current = score_all(&current_model)?;
+    let candidate = score_all(&candidate_model)?;
+    counts.test_images = current.test.map_or(0, |t| t.images);
+    let (promote, mut reason) = decide(&current, &candidate, cfg.max_dice_drop);
+    let cand_bytes =
+        std::fs::read(&candidate_model).map_err(io("cannot read", &candidate_model))?;
+    let mut r = Record::new(Kind::Nightly, promote, reason.clone());
+    r.parent = parent;
+    r.data = counts;
+    r.current = Some(current);
+    r.candidate = Some(candidate);
+    r.run = Some(run.clone());
+    r.sha256 = Some(versions::sha256_hex(&cand_bytes));
+    let mut outcome = NightlyOutcome {
+        promoted: promote,
+        reason: reason.clone(),
+        version: None,
+        model: None,
+        site_images: counts.site_images,
+        current: Some(current),
+        candidate: Some(candidate),
+        run: Some(run.clone()),
+    };
+    if promote {
+        let version = store.next_version()?;
+        let (file, _) = store.install(version, &cand_bytes)?;
+        if let Err(e) = load_model(&file) {
+            reason = format!("{reason}; the running daemon did not take it now ({e}); it loads it at its next start");
+        }
+        r.version = Some(version);
+        r.model = Some(file.clone());
+        r.reason = reason.clone();
+        outcome.version = Some(version);
+        outcome.model = Some(file);
+        outcome.reason = reason;
+    }
+    store.append(&r)?;
+    write_report(&run, &outcome)?;
+    Ok(outcome)
+}
+
+fn read_counts(run: &Path) -> Option<DataCounts> {
+    let text = std::fs::read_to_string(run.join("counts.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(dice: f64, error: f64) -> Option<Score> {
+        Some(Score {
+            dice: Some(dice),
+            error: Some(error),
+            images: 5,
+            error_mm: None,
+        })
+    }
+
+    #[test]
+    fn the_promotion_rule() {
+        let cur = Scores {
+            site: s(0.70, 0.05),
+            test: s(0.80, 0.02),
+        };
+        let good = Scores {
+            site: s(0.75, 0.04),
+            test: s(0.797, 0.02),
+        };
+        assert!(decide(&cur, &good, 0.005).0);
+        let same_site = Scores {
+            site: s(0.70, 0.01),
+            ..good
+        };
+        let (ok, why) = decide(&cur, &same_site, 0.005);
+        assert!(!ok && why.contains("site-validation Dice"), "{why}");
+        let test_drop = Scores {
+            test: s(0.79, 0.02),
+            ..good
+        };
+        let (ok, why) = decide(&cur, &test_drop, 0.005);
+        assert!(!ok && why.contains("test Dice"), "{why}");
+        let test_err = Scores {
+            test: s(0.80, 0.021),
+            ..good
+        };
+        let (ok, why) = decide(&cur, &test_err, 0.005);
+        assert!(!ok && why.contains("test error"), "{why}");
+        // Without a test set the site decides.
+        let (a, b) = (Scores { test: None, ..cur }, Scores { test: None, ..good });
+        assert!(decide(&a, &b, 0.005).0);
+    }
+}
