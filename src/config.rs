@@ -185,6 +185,7 @@ pub struct LoopSection {
     pub min_site_images: u64,
     pub site_val_fraction: f64,
     pub max_dice_drop: f64,
+    pub site_max_mb: u64,
 }
 
 /// Validated `[loop]` settings; folders left empty are `None` (their defaults live under the
@@ -203,6 +204,8 @@ pub struct LoopConfig {
     pub min_site_images: u64,
     pub site_val_fraction: f64,
     pub max_dice_drop: f64,
+    /// Cap of the site data folder; over it the oldest accepted labels are dropped.
+    pub site_max_mb: u64,
 }
 
 impl LoopConfig {
@@ -948,6 +951,7 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
         min_site_images: int_range("loop.min_site_images", l.min_site_images, 1, 100_000)?,
         site_val_fraction: float("loop.site_val_fraction", l.site_val_fraction, 0.05, 0.5)?,
         max_dice_drop: float("loop.max_dice_drop", l.max_dice_drop, 0.0, 1.0)?,
+        site_max_mb: int_range("loop.site_max_mb", l.site_max_mb, 1, 10_000_000)?,
     })
 }
 

@@ -54,11 +54,13 @@ pub fn read_gray(path: &Path) -> Result<GrayImage, ImageIoError> {
 }
 
 /// Why in-memory bytes could not become a gray image.
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum DecodeError {
     /// Not a decodable PNG/JPEG.
+    #[error("not a decodable PNG or JPEG: {0}")]
     Decode(String),
     /// Decoded to zero pixels.
+    #[error("the image is {0}x{1} pixels (empty)")]
     Empty(u32, u32),
 }
 

@@ -10,6 +10,7 @@
 pub mod command;
 pub mod notify;
 pub mod pipeline;
+pub mod review;
 pub mod store;
 
 #[cfg(feature = "ffmpeg")]
@@ -275,9 +276,76 @@ struct Supervisor {
     jpeg_counters: Arc<publish::EncoderCounters>,
     /// This run's identity beside every `seq` (see `publish::measurement::new_start_id`).
     start_id: Arc<str>,
+    /// The newest history record of `models_dir` (the `Training` property).
+    training: Values,
+    /// The history file's (mtime, length) when last read.
+    training_stamp: Option<(std::time::SystemTime, u64)>,
+    /// A nightly run not promoted, to be reported once as `Fault("training", ..)`.
+    training_fault: Option<String>,
 }
 
 impl Supervisor {
+    /// Re-reads the newest `history.jsonl` record when the file changed (a stat per tick).
+    fn poll_training(&mut self) {
+        let store = crate::versions::Store::new(self.cfg.loop_.models_dir(&self.state_dir));
+        let stamp = std::fs::metadata(store.history_path())
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if stamp == self.training_stamp {
+            return;
+        }
+        self.training_stamp = stamp;
+        let last = match store.history() {
+            Ok(h) => h.last().cloned(),
+            Err(e) => {
+                self.training = Values::from([("reason".to_string(), Val::S(e.to_string()))]);
+                return;
+            }
+        };
+        let current = store
+            .current_record()
+            .ok()
+            .flatten()
+            .and_then(|r| r.version);
+        let Some(r) = last else {
+            self.training = Values::new();
+            return;
+        };
+        let mut v = Values::new();
+        v.insert("time".into(), Val::S(r.time.clone()));
+        v.insert(
+            "kind".into(),
+            Val::S(format!("{:?}", r.kind).to_lowercase()),
+        );
+        v.insert("promoted".into(), Val::B(r.promoted));
+        v.insert("reason".into(), Val::S(r.reason.clone()));
+        if let Some(x) = r.version {
+            v.insert("version".into(), Val::U(u64::from(x)));
+        }
+        if let Some(x) = current {
+            v.insert("current_version".into(), Val::U(u64::from(x)));
+        }
+        if r.kind == crate::versions::Kind::Nightly && !r.promoted {
+            self.training_fault =
+                Some(format!("last night's model was not promoted: {}", r.reason));
+        }
+        self.training = v;
+    }
+
+    /// The viewer's banner text for a nightly run that was not promoted.
+    fn training_warning(&self) -> Option<String> {
+        match (
+            self.training.get("kind"),
+            self.training.get("promoted"),
+            self.training.get("reason"),
+        ) {
+            (Some(Val::S(k)), Some(Val::B(false)), Some(Val::S(r))) if k == "nightly" => {
+                Some(format!("last night's model was not promoted: {r}"))
+            }
+            _ => None,
+        }
+    }
+
     /// Totals now, for observers.
     fn counts(&self) -> Counts {
         Counts {
@@ -321,6 +389,7 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let (state, state_text) = self.state(&cap);
+        self.poll_training();
         let p = Props {
             state,
             state_text,
@@ -332,6 +401,7 @@ impl Supervisor {
             corrupt_frames: cap.counters.decode_errors,
             calibrated: self.calibrated,
             last_measurement: self.last_measurement.clone(),
+            training: self.training.clone(),
         };
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
         self.publish_http(&p);
@@ -384,6 +454,7 @@ impl Supervisor {
                 "calibrated": p.calibrated,
                 "roi": p.model.get("roi_applied").and_then(Val::as_str),
                 "roi_warning": self.roi_warning,
+                "training_warning": self.training_warning(),
             })
             .to_string(),
         );
@@ -457,6 +528,9 @@ impl Supervisor {
         let mut out = Vec::new();
         if let Some(e) = self.log.take_error() {
             out.push(("log".into(), e));
+        }
+        if let Some(m) = self.training_fault.take() {
+            out.push(("training".into(), m));
         }
         let errs = self.shared.process_errors.load(Ordering::Relaxed);
         if errs > self.fault_seen.0 {
@@ -864,6 +938,11 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                 token: sup_token(&cfg),
                 clients: Arc::new(tokio::sync::Semaphore::new(cfg.http.max_clients)),
                 max_clients: cfg.http.max_clients,
+                review: Arc::new(review::Review {
+                    snapshots: state_dir.join("snapshots"),
+                    site: cfg.loop_.site_data(&state_dir),
+                    site_max_bytes: cfg.loop_.site_max_mb * 1024 * 1024,
+                }),
             });
             Some(tokio::spawn(async move {
                 http::serve(l, app).await;
@@ -903,6 +982,9 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         roi_warning,
         jpeg_counters: encoder_counters.clone(),
         start_id: Arc::from(crate::publish::measurement::new_start_id()),
+        training: Values::new(),
+        training_stamp: None,
+        training_fault: None,
     };
     let first = sup.refresh_props();
     sup.emitted = first.clone();
@@ -974,7 +1056,13 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                         }
                         let _ = reply.send(r);
                     }
-                    Command::Snapshot(reply) => { let r = sup.snapshot().await; let _ = reply.send(r); }
+                    Command::Snapshot(reply) => {
+                        let r = sup.snapshot().await;
+                        if let (Err(DbusError::Io(m)), Some(emitter)) = (&r, &emitter) {
+                            let _ = Daemon1::fault(emitter, "snapshot", m).await;
+                        }
+                        let _ = reply.send(r);
+                    }
                     Command::LoadModel(path, reply) => {
                         let r = load_model_command(&mut sup, path).await;
                         if let (Err(DbusError::ModelRejected(m)), Some(emitter)) = (&r, &emitter) {
@@ -1210,6 +1298,7 @@ async fn emit_changes(
         corrupt_frames => corrupt_frames_changed,
         calibrated => calibrated_changed,
         last_measurement => last_measurement_changed,
+        training => training_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

@@ -100,6 +100,8 @@ pub struct Props {
     pub corrupt_frames: u64,
     pub calibrated: bool,
     pub last_measurement: Values,
+    /// The newest record of `models_dir/history.jsonl` (empty without one).
+    pub training: Values,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -177,6 +179,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn last_measurement(&self) -> HashMap<String, OwnedVariant> {
         to_dict(&self.props().last_measurement)
+    }
+
+    #[zbus(property)]
+    fn training(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().training)
     }
 
     #[zbus(signal)]
@@ -257,13 +264,15 @@ pub fn method_in_signatures(xml: &str) -> HashMap<String, String> {
     let mut rest = text.as_str();
     while let Some(at) = rest.find("<method ") {
         rest = &rest[at..];
-        let end = rest
-            .find("</method>")
-            .or_else(|| rest.find("/>"))
-            .unwrap_or(rest.len());
+        let head_end = rest.find('>').unwrap_or(rest.len());
+        // A self-closing `<method name="X"/>` has no arguments; otherwise up to its `</method>`.
+        let end = if rest[..head_end].ends_with('/') {
+            head_end
+        } else {
+            rest.find("</method>").unwrap_or(rest.len())
+        };
         let body = &rest[..end];
-        let head_end = body.find('>').unwrap_or(body.len());
-        if let Some(name) = attr(&body[..head_end], "name") {
+        if let Some(name) = attr(&rest[..head_end], "name") {
             let mut sig = String::new();
             for arg in body.split("<arg ").skip(1) {
                 let tag = &arg[..arg.find('>').unwrap_or(arg.len())];
@@ -273,7 +282,7 @@ pub fn method_in_signatures(xml: &str) -> HashMap<String, String> {
             }
             out.insert(name, sig);
         }
-        rest = &rest[end..];
+        rest = &rest[end.max(1)..];
     }
     out
 }
@@ -427,6 +436,11 @@ mod tests {
                 ("Snapshot", "")
             ]
         );
+        // A self-closing method followed by one with arguments keeps none of them.
+        let m = method_in_signatures(
+            "<method name=\"R\"/><method name=\"S\"><arg type=\"i\" direction=\"in\"/></method>",
+        );
+        assert_eq!((m["R"].as_str(), m["S"].as_str()), ("", "i"));
         let m = method_in_signatures(
             "<!-- <method name=\"Old\"/> --><method name=\"A\"><arg type=\"s\" direction=\"in\"/><arg type=\"u\" direction=\"out\"/><arg type=\"b\"/></method>",
         );

@@ -25,6 +25,8 @@ use crate::daemon::command::{ask, Command, Error as DbusError};
 
 /// The viewer page (no external URLs: it works with no network).
 pub const VIEWER_HTML: &str = include_str!("viewer.html");
+/// The labelling page (`/review`), self-contained like the viewer.
+pub const REVIEW_HTML: &str = include_str!("review.html");
 
 const BOUNDARY: &str = "pocusdframe";
 
@@ -89,6 +91,8 @@ pub struct HttpState {
     /// One permit per streaming client (`http.max_clients`); held until the client leaves.
     pub clients: Arc<tokio::sync::Semaphore>,
     pub max_clients: usize,
+    /// The review queue (snapshots) and the site data folder accepted labels go to.
+    pub review: Arc<crate::daemon::review::Review>,
 }
 
 /// A streaming client's permit, or the 503 that refuses one more.
@@ -117,6 +121,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/pause", post(api_pause))
         .route("/api/snapshot", post(api_snapshot))
+        .route("/review", get(review_page))
+        .route("/api/review", get(api_review_list))
+        .route(
+            "/api/review/{id}/{file}",
+            get(api_review_file).post(api_review_decide),
+        )
         .with_state(state)
 }
 
@@ -437,6 +447,106 @@ async fn api_snapshot(
     match ask(&s.commands, Command::Snapshot).await {
         Ok(path) => axum_json(&serde_json::json!({ "path": path })).into_response(),
         Err(e) => dbus_error_response(e),
+    }
+}
+
+async fn review_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        REVIEW_HTML,
+    )
+}
+
+fn review_error(e: crate::daemon::review::ReviewError) -> Response {
+    use crate::daemon::review::ReviewError as E;
+    let code = match &e {
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::BadRequest(_) => StatusCode::BAD_REQUEST,
+        E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        code,
+        axum_json(&serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn api_review_list(axum::extract::State(s): axum::extract::State<HttpState>) -> Response {
+    let r = s.review.clone();
+    match tokio::task::spawn_blocking(move || r.list()).await {
+        Ok(items) => axum_json(&serde_json::json!({ "snapshots": items })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `GET /api/review/ID/frame.png` and `/mask.png`: the snapshot's own files.
+async fn api_review_file(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    axum::extract::Path((id, file)): axum::extract::Path<(String, String)>,
+) -> Response {
+    if !matches!(file.as_str(), "frame.png" | "mask.png" | "overlay.png") {
+        return (
+            StatusCode::NOT_FOUND,
+            "frame.png, mask.png or overlay.png\n",
+        )
+            .into_response();
+    }
+    let r = s.review.clone();
+    match tokio::task::spawn_blocking(move || r.file(&id, &file)).await {
+        Ok(Ok(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => review_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /api/review/ID/accept` (body: the corrected mask as image/png, the frame's size) and
+/// `POST /api/review/ID/reject`; both follow the viewer's token rule.
+async fn api_review_decide(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    let r = s.review.clone();
+    let done = match action.as_str() {
+        "accept" => {
+            tokio::task::spawn_blocking(move || {
+                r.accept(&id, &body)
+                    .map(|name| serde_json::json!({ "accepted": name }))
+            })
+            .await
+        }
+        "reject" => {
+            tokio::task::spawn_blocking(move || {
+                r.reject(&id)
+                    .map(|()| serde_json::json!({ "rejected": id }))
+            })
+            .await
+        }
+        _ => return (
+            StatusCode::NOT_FOUND,
+            "POST /api/review/ID/accept (body: the mask as image/png) or /api/review/ID/reject\n",
+        )
+            .into_response(),
+    };
+    match done {
+        Ok(Ok(v)) => axum_json(&v).into_response(),
+        Ok(Err(e)) => review_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

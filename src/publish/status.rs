@@ -36,6 +36,8 @@ pub trait Daemon1 {
     fn calibrated(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn last_measurement(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn training(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
 
     #[zbus(signal)]
     fn measurement(
@@ -142,6 +144,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "corrupt_frames": p.corrupt_frames().await?,
         "calibrated": p.calibrated().await?,
         "last_measurement": dict_json(&p.last_measurement().await?),
+        "training": dict_json(&p.training().await?),
     }))
 }
 
@@ -226,6 +229,19 @@ pub fn human(v: &serde_json::Value) -> String {
             )
         } else {
             format!("        ROI: {applied} (the model's policy)\n")
+        };
+    }
+    let t = &v["training"];
+    if let Some(reason) = t["reason"].as_str() {
+        let when = t["time"]
+            .as_str()
+            .map(|x| x.get(..16).unwrap_or(x))
+            .unwrap_or("?");
+        s += &match (t["kind"].as_str(), t["promoted"].as_bool()) {
+            (Some("nightly"), Some(false)) => {
+                format!("   Training: {when}: last night's model was not promoted: {reason}\n")
+            }
+            _ => format!("   Training: {when}: {reason}\n"),
         };
     }
     let l = &v["latency_ms"];

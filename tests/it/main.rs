@@ -16,6 +16,7 @@ mod infer_cli;
 mod nightly;
 mod properties;
 mod reliability;
+mod review;
 mod roi;
 mod roi_contract;
 mod shipped_models;

@@ -222,6 +222,26 @@ fn nightly_promotes_a_better_model_refuses_a_worse_one_and_rollback_restores_the
         "{}",
         ds::get(&bus, "Model")
     );
+    // The refused run is visible: the Training property, `pocusd status`, one Fault("training").
+    let t = ds::get(&bus, "Training");
+    assert!(
+        t.contains("'promoted': <false>") && t.contains("'kind': <'nightly'>"),
+        "{t}"
+    );
+    let (_, text) = ds::status(&bus, false);
+    assert!(
+        text.contains("last night's model was not promoted:"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.log()
+            .matches("fault training: last night's model was not promoted")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
     let o = ds::call(&bus, "RollbackModel", &["--", "-1"]);
     assert!(o.status.success(), "RollbackModel: {}", common::stderr(&o));
     assert_eq!(common::stdout(&o).trim(), "(uint32 0,)");
@@ -231,6 +251,11 @@ fn nightly_promotes_a_better_model_refuses_a_worse_one_and_rollback_restores_the
         || ds::get(&bus, "Model").contains(&base_sha),
     );
     assert_eq!(sha256(&state.join("models/current.onnx")), base_sha);
+    ds::wait_for(
+        "the Training property to show the rollback",
+        Duration::from_secs(10),
+        || ds::get(&bus, "Training").contains("'kind': <'rollback'>"),
+    );
     let last = history(&state).last().unwrap().clone();
     assert_eq!(
         (last["kind"].as_str(), last["version"].as_u64()),
