@@ -186,6 +186,8 @@ pub struct LoopSection {
     pub site_val_fraction: f64,
     pub max_dice_drop: f64,
     pub site_max_mb: u64,
+    pub auto_queue: bool,
+    pub auto_queue_per_hour: u64,
 }
 
 /// Validated `[loop]` settings; folders left empty are `None` (their defaults live under the
@@ -206,6 +208,10 @@ pub struct LoopConfig {
     pub max_dice_drop: f64,
     /// Cap of the site data folder; over it the oldest accepted labels are dropped.
     pub site_max_mb: u64,
+    /// Snapshot frames the quality gate flags (no structure, one band, low confidence) by itself.
+    pub auto_queue: bool,
+    /// At most this many automatic snapshots an hour (spaced by 3600 / N seconds).
+    pub auto_queue_per_hour: u64,
 }
 
 impl LoopConfig {
@@ -952,6 +958,8 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
         site_val_fraction: float("loop.site_val_fraction", l.site_val_fraction, 0.05, 0.5)?,
         max_dice_drop: float("loop.max_dice_drop", l.max_dice_drop, 0.0, 1.0)?,
         site_max_mb: int_range("loop.site_max_mb", l.site_max_mb, 1, 10_000_000)?,
+        auto_queue: l.auto_queue,
+        auto_queue_per_hour: int_range("loop.auto_queue_per_hour", l.auto_queue_per_hour, 1, 3600)?,
     })
 }
 

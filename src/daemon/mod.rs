@@ -282,6 +282,8 @@ struct Supervisor {
     training_stamp: Option<(std::time::SystemTime, u64)>,
     /// A nightly run not promoted, to be reported once as `Fault("training", ..)`.
     training_fault: Option<String>,
+    /// When the last automatic review snapshot was taken (`[loop] auto_queue`).
+    last_auto_queue: Option<Instant>,
 }
 
 impl Supervisor {
@@ -330,6 +332,25 @@ impl Supervisor {
                 Some(format!("last night's model was not promoted: {}", r.reason));
         }
         self.training = v;
+    }
+
+    /// Whether this result should be queued for review by itself: `[loop] auto_queue` on, a
+    /// quality flag (not `uncalibrated`), and the hourly budget's spacing passed. Returns the flag.
+    fn auto_queue_due(&mut self, r: &Processed) -> Option<&'static str> {
+        use crate::postprocess::Flag;
+        if !self.cfg.loop_.auto_queue {
+            return None;
+        }
+        let flag = match r.analysis.flag? {
+            Flag::Uncalibrated => return None,
+            f => f.as_str(),
+        };
+        let spacing = Duration::from_secs_f64(3600.0 / self.cfg.loop_.auto_queue_per_hour as f64);
+        if self.last_auto_queue.is_some_and(|t| t.elapsed() < spacing) {
+            return None;
+        }
+        self.last_auto_queue = Some(Instant::now());
+        Some(flag)
     }
 
     /// The viewer's banner text for a nightly run that was not promoted.
@@ -985,6 +1006,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         training: Values::new(),
         training_stamp: None,
         training_fault: None,
+        last_auto_queue: None,
     };
     let first = sup.refresh_props();
     sup.emitted = first.clone();
@@ -1028,6 +1050,16 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         tokio::select! {
             _ = shared.results.notified() => {
                 while let Some(r) = shared.results.take() {
+                    if let Some(flag) = sup.auto_queue_due(&r) {
+                        match sup.snapshot().await {
+                            Ok(path) => {
+                                let note = serde_json::json!({ "queued_by": "auto_queue", "flag": flag });
+                                let _ = crate::files::write_atomic(&Path::new(&path).join("queued.json"), note.to_string().as_bytes());
+                                eprintln!("pocusd: frame flagged {flag} queued for review: {path}");
+                            }
+                            Err(e) => eprintln!("pocusd: auto_queue snapshot failed: {e}"),
+                        }
+                    }
                     if let (Some((seq, ts, values)), Some(emitter)) = (sup.on_result(r), &emitter) {
                         if let Err(e) = Daemon1::measurement(emitter, seq, ts, dbus::to_dict(&values)).await {
                             eprintln!("pocusd: cannot emit Measurement: {e}");

@@ -37,6 +37,8 @@ pub struct Item {
     pub measurement: Option<(String, f64)>,
     /// `queued`, `accepted` or `rejected`.
     pub status: String,
+    /// `auto_queue` for a frame the quality gate queued by itself, else `snapshot`.
+    pub queued_by: String,
     pub width: Option<u64>,
     pub height: Option<u64>,
 }
@@ -118,6 +120,11 @@ impl Review {
                     model_sha256: s("model_sha256"),
                     measurement,
                     status,
+                    queued_by: if d.join("queued.json").is_file() {
+                        "auto_queue".into()
+                    } else {
+                        "snapshot".into()
+                    },
                     width: m["width"].as_u64(),
                     height: m["height"].as_u64(),
                 })

@@ -57,6 +57,34 @@ pub trait Daemon1 {
     fn rollback_model(&self, version: i32) -> zbus::Result<u32>;
 }
 
+/// A proxy of the daemon on the session or system bus; returns the bus's name for messages.
+async fn connect(session: bool) -> anyhow::Result<(zbus::Connection, &'static str)> {
+    let (builder, what) = if session {
+        (zbus::connection::Builder::session(), "session")
+    } else {
+        (zbus::connection::Builder::system(), "system")
+    };
+    let conn = builder
+        .build()
+        .await
+        .with_context(|| format!("cannot connect to the {what} bus"))?;
+    Ok((conn, what))
+}
+
+async fn proxy(conn: &zbus::Connection) -> anyhow::Result<Daemon1Proxy<'_>> {
+    Ok(Daemon1Proxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Connects to the daemon on the session or system bus and runs one call (the clients of
 /// `pocusd loop nightly` and `pocusd models rollback`).
 pub fn with_daemon<T>(
@@ -67,24 +95,9 @@ pub fn with_daemon<T>(
         Box<dyn std::future::Future<Output = zbus::Result<T>> + 'a>,
     >,
 ) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let (builder, what) = if session {
-            (zbus::connection::Builder::session(), "session")
-        } else {
-            (zbus::connection::Builder::system(), "system")
-        };
-        let conn = builder
-            .build()
-            .await
-            .with_context(|| format!("cannot connect to the {what} bus"))?;
-        let proxy = Daemon1Proxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await?;
+    runtime()?.block_on(async {
+        let (conn, what) = connect(session).await?;
+        let proxy = proxy(&conn).await?;
         call(&proxy).await.map_err(|e| match e {
             zbus::Error::MethodError(name, Some(msg), _) => {
                 anyhow::anyhow!("the daemon refused: {msg} ({name})")
@@ -150,24 +163,9 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
 
 /// Prints the status; `session` picks the session bus.
 pub fn print_status(session: bool, json: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let (builder, what) = if session {
-            (zbus::connection::Builder::session(), "session")
-        } else {
-            (zbus::connection::Builder::system(), "system")
-        };
-        let conn = builder
-            .build()
-            .await
-            .with_context(|| format!("cannot connect to the {what} bus"))?;
-        let proxy = Daemon1Proxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await?;
+    runtime()?.block_on(async {
+        let (conn, what) = connect(session).await?;
+        let proxy = proxy(&conn).await?;
         let v = read_all(&proxy).await.with_context(|| {
             format!(
                 "pocusd is not running on the {what} bus (no answer from {}){}",

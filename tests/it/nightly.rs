@@ -68,8 +68,9 @@ fn setup(dir: &Path, epochs: u64) -> (PathBuf, PathBuf) {
     (cfg, model)
 }
 
-fn nightly(cfg: &Path) -> serde_json::Value {
-    let o = common::pocusd()
+/// `pocusd loop nightly --json` with no daemon to tell.
+fn nightly_output(cfg: &Path) -> std::process::Output {
+    common::pocusd()
         .args([
             "--config",
             cfg.to_str().unwrap(),
@@ -80,7 +81,11 @@ fn nightly(cfg: &Path) -> serde_json::Value {
         ])
         .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn nightly(cfg: &Path) -> serde_json::Value {
+    let o = nightly_output(cfg);
     assert!(o.status.success(), "loop nightly: {}", common::stderr(&o));
     serde_json::from_str(&common::stdout(&o))
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", common::stdout(&o)))
@@ -354,18 +359,7 @@ fn a_nightly_run_killed_mid_epoch_changes_nothing_and_the_next_run_resumes_it() 
         "only the base import before the kill"
     );
     // The next run resumes the unfinished one.
-    let o = common::pocusd()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "loop",
-            "nightly",
-            "--json",
-            "--session-bus",
-        ])
-        .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
-        .output()
-        .unwrap();
+    let o = nightly_output(&cfg);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(
         common::stderr(&o).contains("resuming the unfinished run"),

@@ -200,3 +200,49 @@ fn review_actions_follow_the_viewer_token_rule() {
     assert_eq!(code, 200);
     assert!(d.stop().success(), "{}", d.log());
 }
+
+#[test]
+fn flagged_frames_are_queued_by_themselves_within_the_hourly_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = ds::Bus::session();
+    // The aponeurosis model on the fetal-head phantom: the quality gate flags every frame.
+    let state = dir.path().join("state");
+    let mut cmd = ds::daemon_cmd(&bus, true, &state, &["--source", "demo?fps=20&task=region"]);
+    cmd.env("POCUSD__LOOP__AUTO_QUEUE", "true")
+        .env("POCUSD__LOOP__AUTO_QUEUE_PER_HOUR", "3600");
+    let mut d = ds::Daemon::spawn(cmd, dir.path());
+    let addr = viewer_addr(&d);
+    let count = || {
+        std::fs::read_dir(state.join("snapshots"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("queued.json").is_file())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    ds::wait_for("three automatic snapshots", Duration::from_secs(60), || {
+        count() >= 3
+    });
+    let t0 = std::time::Instant::now();
+    let n0 = count();
+    std::thread::sleep(Duration::from_secs(3));
+    let (n1, secs) = (count(), t0.elapsed().as_secs_f64());
+    // At most one a second (3600 an hour), however many frames are flagged (20 a second).
+    assert!(
+        n1 - n0 <= secs.ceil() as usize + 1,
+        "{} snapshots in {secs:.1} s",
+        n1 - n0
+    );
+    let (_, _, body) = http(addr, "GET", "/api/review", "");
+    let l: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let first = &l["snapshots"][0];
+    assert_eq!(first["queued_by"], "auto_queue", "{l}");
+    assert!(
+        ["no_structure", "one_band", "low_confidence"]
+            .contains(&first["flag"].as_str().unwrap_or("")),
+        "{l}"
+    );
+    assert!(d.stop().success(), "{}", d.log());
+    assert!(d.log().contains("queued for review"), "{}", d.log());
+}
