@@ -684,6 +684,7 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
             "Snapshot" => (v(&[]), true),
             "Reload" => (v(&[]), true),
             "LoadModel" => (v(&[model.to_str().unwrap()]), true),
+            "RollbackModel" => (v(&["--", "-1"]), true),
             _ => return None,
         })
     };
@@ -722,6 +723,13 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
     assert!(
         o.status.success() && common::stdout(&o).contains(&snap_dir),
         "operator Snapshot: {}",
+        common::stderr(&o)
+    );
+    // An operator reaches RollbackModel (the daemon answers; with no versions it refuses).
+    let o = method("pocusdtest-op", "RollbackModel", &["--", "-1"]);
+    assert!(
+        common::stderr(&o).contains("no model version is current yet"),
+        "operator RollbackModel: {}",
         common::stderr(&o)
     );
     let o = method("pocusdtest-op", "Pause", &["true"]);
