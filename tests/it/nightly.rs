@@ -28,27 +28,8 @@ fn setup(dir: &Path, epochs: u64) -> (PathBuf, PathBuf) {
         ],
     );
     let base_run = dir.join("base-run");
-    let o = common::run(&[
-        "train",
-        "--data",
-        site.to_str().unwrap(),
-        "--out",
-        base_run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--input",
-        "64x64",
-        "--depth",
-        "3",
-        "--width",
-        "8",
-        "--roi",
-        "none",
-        "--threads",
-        "1",
-    ]);
+    let (site_s, run_s) = (site.to_str().unwrap(), base_run.to_str().unwrap());
+    let o = common::run(&crate::train::small_args(site_s, run_s, "1"));
     assert!(o.status.success(), "train: {}", common::stderr(&o));
     let model = base_run.join("model.onnx");
     let cfg = dir.join("pocusd.toml");
@@ -69,19 +50,22 @@ fn setup(dir: &Path, epochs: u64) -> (PathBuf, PathBuf) {
 }
 
 /// `pocusd loop nightly --json` with no daemon to tell.
+fn nightly_cmd(cfg: &Path) -> std::process::Command {
+    let mut c = common::pocusd();
+    c.args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "loop",
+        "nightly",
+        "--json",
+        "--session-bus",
+    ])
+    .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent");
+    c
+}
+
 fn nightly_output(cfg: &Path) -> std::process::Output {
-    common::pocusd()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "loop",
-            "nightly",
-            "--json",
-            "--session-bus",
-        ])
-        .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
-        .output()
-        .unwrap()
+    nightly_cmd(cfg).output().unwrap()
 }
 
 fn nightly(cfg: &Path) -> serde_json::Value {
@@ -310,16 +294,7 @@ fn a_nightly_run_killed_mid_epoch_changes_nothing_and_the_next_run_resumes_it() 
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = setup(dir.path(), 12);
     let state = dir.path().join("state");
-    let mut child = common::pocusd()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "loop",
-            "nightly",
-            "--json",
-            "--session-bus",
-        ])
-        .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
+    let mut child = nightly_cmd(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -38,7 +38,7 @@ fn no_augment_config(dir: &Path) -> PathBuf {
     p
 }
 
-fn small_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+pub(crate) fn small_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--data",
