@@ -661,7 +661,10 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn snapshot(&mut self) -> Result<String, DbusError> {
+    /// Saves a snapshot; `auto_flag`: taken by `[loop] auto_queue` for this quality flag (a
+    /// `queued.json` inside the folder before it appears, so the review list never sees it
+    /// without).
+    async fn snapshot(&mut self, auto_flag: Option<&'static str>) -> Result<String, DbusError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.control
             .send(Control::Snapshot(tx))
@@ -726,6 +729,11 @@ impl Supervisor {
                     serde_json::to_string_pretty(&record.snapshot()).map_err(|e| e.to_string())?;
                 crate::files::write_atomic(&tmp.join("measurement.json"), text.as_bytes())
                     .map_err(|e| e.to_string())?;
+                if let Some(flag) = auto_flag {
+                    let note = serde_json::json!({ "queued_by": "auto_queue", "flag": flag });
+                    crate::files::write_atomic(&tmp.join("queued.json"), note.to_string().as_bytes())
+                        .map_err(|e| e.to_string())?;
+                }
                 std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())
             })();
             if let Err(e) = written {
@@ -1051,12 +1059,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
             _ = shared.results.notified() => {
                 while let Some(r) = shared.results.take() {
                     if let Some(flag) = sup.auto_queue_due(&r) {
-                        match sup.snapshot().await {
-                            Ok(path) => {
-                                let note = serde_json::json!({ "queued_by": "auto_queue", "flag": flag });
-                                let _ = crate::files::write_atomic(&Path::new(&path).join("queued.json"), note.to_string().as_bytes());
-                                eprintln!("pocusd: frame flagged {flag} queued for review: {path}");
-                            }
+                        match sup.snapshot(Some(flag)).await {
+                            Ok(path) => eprintln!("pocusd: frame flagged {flag} queued for review: {path}"),
                             Err(e) => eprintln!("pocusd: auto_queue snapshot failed: {e}"),
                         }
                     }
@@ -1089,7 +1093,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                         let _ = reply.send(r);
                     }
                     Command::Snapshot(reply) => {
-                        let r = sup.snapshot().await;
+                        let r = sup.snapshot(None).await;
                         if let (Err(DbusError::Io(m)), Some(emitter)) = (&r, &emitter) {
                             let _ = Daemon1::fault(emitter, "snapshot", m).await;
                         }
