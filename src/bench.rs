@@ -158,6 +158,7 @@ pub fn postprocess(
         task: model.spec().task,
         furniture: false,
         seed: 1,
+        ..Default::default()
     };
     let frames: Vec<GrayImage> = (0..8).map(|i| synth::sample(phantom, i).image).collect();
     let roi = Rect::full(fw, fh);

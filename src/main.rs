@@ -63,6 +63,8 @@ enum Command {
     Status(StatusArgs),
     /// Equalise an image with CLAHE (OpenCV createCLAHE semantics).
     Clahe(ClaheArgs),
+    /// Find the scanner's ruler beside the image in screen grabs and give mm per pixel.
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// Train a U-Net on labelled images (burn, CPU); the run folder can be resumed and exported.
     #[cfg(feature = "train")]
     Train(cli::train::TrainArgs),
@@ -187,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match &cli.command {
         Command::Clahe(args) => cli::image::cmd_clahe(&cfg, args),
+        Command::Calibrate(args) => cli::calibrate::cmd_calibrate(args),
         Command::Synth(args) => cli::image::cmd_synth(args),
         Command::Unet(args) => cli::image::cmd_unet(args),
         #[cfg(feature = "train")]

@@ -137,6 +137,9 @@ pub struct PhantomConfig {
     /// Draw the scanner's screen around the image.
     pub furniture: bool,
     pub seed: u64,
+    /// The depth the image shows, mm (its height; square pixels): the physical scale of the
+    /// furniture's ruler (ticks every 5 mm, longer every 10 mm).
+    pub depth_mm: f64,
 }
 
 impl Default for PhantomConfig {
@@ -147,6 +150,7 @@ impl Default for PhantomConfig {
             task: Task::Aponeurosis,
             furniture: false,
             seed: 1,
+            depth_mm: 40.0,
         }
     }
 }
@@ -243,6 +247,11 @@ impl Phantom {
     /// The settings.
     pub fn config(&self) -> &PhantomConfig {
         &self.cfg
+    }
+
+    /// The phantom's physical scale: `depth_mm` over the image's height in pixels.
+    pub fn mm_per_px(&self) -> f64 {
+        self.cfg.depth_mm / self.image_rect().h.max(1) as f64
     }
 
     /// Where the ultrasound image sits in the frame.
@@ -523,12 +532,6 @@ impl Phantom {
         fill(r.x.saturating_sub(b), r.y + r.h, r.w + 2 * b, b, 70);
         fill(r.x.saturating_sub(b), r.y, b, r.h, 70);
         fill(r.x + r.w, r.y, b, r.h, 70);
-        // Depth scale: ticks every tenth of the image height, right of the image.
-        let sx = r.x + r.w + b + 4;
-        for i in 0..=10 {
-            let ty = r.y + i * r.h.saturating_sub(1) / 10;
-            fill(sx, ty, if i % 5 == 0 { 10 } else { 6 }, 2, 220);
-        }
         // Title text: blocky glyph-like marks in a row, top left; a logo top right.
         let mut rng = SplitMix64::new(self.cfg.seed ^ 0x7E47);
         let th = (fh / 40).max(3);
@@ -552,6 +555,33 @@ impl Phantom {
                 th,
                 120,
             );
+        }
+        // Depth scale right of the image, like a scanner's: a tick every 5 mm of depth from the
+        // image's top edge, the ones at whole centimetres longer; 2 px thick, anti-aliased so its
+        // centre lies exactly at the depth it marks.
+        let sx = r.x + r.w + b + 4;
+        let px_per_mm = r.h as f64 / self.cfg.depth_mm.max(1e-6);
+        let mut k = 0usize;
+        loop {
+            let c = r.y as f64 + k as f64 * 5.0 * px_per_mm;
+            if c > (r.y + r.h) as f64 + 0.5 || k > 10_000 {
+                break;
+            }
+            let len = if k % 2 == 0 { 10 } else { 6 };
+            let (lo, hi) = (
+                (c - 1.5).floor().max(0.0) as usize,
+                ((c + 1.5).ceil() as usize).min(fh),
+            );
+            for y in lo..hi {
+                let cov = crate::preprocess::ruler::tick_coverage(y, c, 2.0);
+                if cov > 0.0 {
+                    let v = (18.0 + (220.0 - 18.0) * cov).round() as u8;
+                    for x in sx..(sx + len).min(fw) {
+                        px[y * fw + x] = px[y * fw + x].max(v);
+                    }
+                }
+            }
+            k += 1;
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct SynthArgs {
     /// Draw the scanner's screen furniture around the image.
     #[arg(long)]
     furniture: bool,
+    /// The depth the image shows in mm (the scale of the furniture's ruler: a tick every 5 mm).
+    #[arg(long, default_value_t = 40.0)]
+    depth_mm: f64,
     /// Print one JSON object instead of a summary line.
     #[arg(long)]
     json: bool,
@@ -145,7 +148,11 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
     for dir in [&images, &masks] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    if !(5.0..=400.0).contains(&args.depth_mm) {
+        anyhow::bail!("--depth-mm {}: allowed 5 to 400", args.depth_mm);
+    }
     let cfg = PhantomConfig {
+        depth_mm: args.depth_mm,
         width: args.width as usize,
         height: args.height as usize,
         task: args.task,

@@ -4,6 +4,7 @@
 //! Part of the binary; the work itself lives in the library.
 
 pub mod bench;
+pub mod calibrate;
 pub mod data;
 pub mod engine;
 pub mod image;

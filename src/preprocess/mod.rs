@@ -7,6 +7,7 @@
 pub mod clahe;
 pub mod resize;
 pub mod roi;
+pub mod ruler;
 
 use std::num::NonZeroUsize;
 

@@ -1,5 +1,6 @@
 //! The demo source: the synthetic phantom as a moving sequence, paced at `fps`, knowing its
-//! ground truth. Options: `seed`, `fps` (0: unpaced), `width`, `height`, `task`, `furniture`.
+//! ground truth. Options: `seed`, `fps` (0: unpaced), `width`, `height`, `task`, `furniture`,
+//! `depth_mm` (the physical depth of the image, the scale of the furniture's ruler; default 40).
 
 use std::time::Duration;
 
@@ -24,7 +25,15 @@ pub struct DemoSource {
 impl DemoSource {
     /// The phantom and frame rate `spec`'s options ask for, or the option that is wrong.
     pub fn settings(spec: &SourceSpec) -> Result<(PhantomConfig, f64), SourceError> {
-        spec.only(&["seed", "fps", "width", "height", "task", "furniture"])?;
+        spec.only(&[
+            "seed",
+            "fps",
+            "width",
+            "height",
+            "task",
+            "furniture",
+            "depth_mm",
+        ])?;
         let task = match spec.options.get("task").map(String::as_str) {
             None | Some("aponeurosis") => Task::Aponeurosis,
             Some("region") => Task::Region,
@@ -41,12 +50,13 @@ impl DemoSource {
             task,
             furniture: spec.num("furniture", 0u8, 0, 1)? == 1,
             seed: spec.num("seed", 1u64, 0, u64::MAX)?,
+            depth_mm: spec.num("depth_mm", 40.0f64, 5.0, 400.0)?,
         };
         let fps = spec.num("fps", 30.0f64, 0.0, 1000.0)?;
         Ok((cfg, fps))
     }
 
-    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1]`.
+    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1&depth_mm=40]`.
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
         let (cfg, fps) = Self::settings(spec)?;
         let phantom = Phantom::new(cfg);

@@ -74,6 +74,7 @@ fn generated_images() -> Vec<(String, GrayImage)> {
     for (i, (w, h, furniture)) in sizes.into_iter().enumerate() {
         for task in [Task::Aponeurosis, Task::Region] {
             let cfg = PhantomConfig {
+                depth_mm: 40.0,
                 width: w,
                 height: h,
                 task,

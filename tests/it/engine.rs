@@ -28,6 +28,7 @@ fn thickness_from_phantom_masks_within_one_pixel() {
     for i in 0..40u64 {
         let furniture = i % 2 == 0;
         let cfg = PhantomConfig {
+            depth_mm: 40.0,
             width: 640,
             height: 480,
             task: Task::Aponeurosis,
@@ -67,6 +68,7 @@ fn thickness_from_phantom_masks_within_one_pixel() {
 fn circumference_from_phantom_masks_within_half_a_percent() {
     for i in 0..20u64 {
         let cfg = PhantomConfig {
+            depth_mm: 40.0,
             width: 800,
             height: 540,
             task: Task::Region,
@@ -93,6 +95,7 @@ fn circumference_from_phantom_masks_within_half_a_percent() {
 #[test]
 fn the_contour_offset_shrinks_the_ellipse() {
     let cfg = PhantomConfig {
+        depth_mm: 40.0,
         width: 800,
         height: 540,
         task: Task::Region,
@@ -262,6 +265,7 @@ fn load(bytes: &[u8]) -> Result<LoadedModel, InferError> {
 /// Runs a phantom frame through preprocess + model + postprocess.
 fn measure(model: &mut LoadedModel, seed: u64) -> (f64, f64) {
     let cfg = PhantomConfig {
+        depth_mm: 40.0,
         width: 640,
         height: 480,
         task: Task::Aponeurosis,

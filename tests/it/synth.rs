@@ -32,6 +32,7 @@ fn runs(mask: &GrayImage, x: usize) -> Vec<(usize, usize)> {
 fn aponeurosis_truth_matches_the_mask() {
     for (i, furniture) in [(0u64, false), (1, true), (2, false), (3, true)] {
         let cfg = PhantomConfig {
+            depth_mm: 40.0,
             width: 640,
             height: 480,
             task: Task::Aponeurosis,
@@ -60,6 +61,7 @@ fn aponeurosis_truth_matches_the_mask() {
 fn region_truth_matches_the_mask() {
     for i in 0..4 {
         let cfg = PhantomConfig {
+            depth_mm: 40.0,
             width: 800,
             height: 540,
             task: Task::Region,
