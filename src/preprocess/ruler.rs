@@ -246,14 +246,7 @@ impl RulerDetector {
         } else {
             (strip.w, strip.h)
         };
-        let at = |t: usize, u: usize| -> u8 {
-            let (x, y) = if vertical {
-                (strip.x + u, strip.y + t)
-            } else {
-                (strip.x + t, strip.y + u)
-            };
-            frame.row(y)[x]
-        };
+        let at = |t: usize, u: usize| strip_px(frame, strip, vertical, t, u);
         let lines = [(centre - 0.5).floor(), (centre - 0.5).ceil()];
         let mut best = 0;
         // The level of each cross line: its median along the strip (as in `ticks`), cached.
@@ -297,14 +290,7 @@ impl RulerDetector {
         band: (usize, usize),
     ) -> Vec<Tick> {
         let along = if vertical { strip.h } else { strip.w };
-        let at = |t: usize, u: usize| -> u8 {
-            let (x, y) = if vertical {
-                (strip.x + u, strip.y + t)
-            } else {
-                (strip.x + t, strip.y + u)
-            };
-            frame.row(y)[x]
-        };
+        let at = |t: usize, u: usize| strip_px(frame, strip, vertical, t, u);
         self.profile.clear();
         self.profile.resize(along, 0.0);
         self.lengths.clear();
@@ -364,6 +350,16 @@ impl RulerDetector {
         }
         out
     }
+}
+
+/// The pixel at `t` along and `u` across a strip (`vertical`: the strip runs down the frame).
+fn strip_px(frame: &GrayView<'_>, strip: Rect, vertical: bool, t: usize, u: usize) -> u8 {
+    let (x, y) = if vertical {
+        (strip.x + u, strip.y + t)
+    } else {
+        (strip.x + t, strip.y + u)
+    };
+    frame.row(y)[x]
 }
 
 fn worse_of(a: RulerError, b: RulerError) -> RulerError {
