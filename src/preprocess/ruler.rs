@@ -72,6 +72,10 @@ impl Default for RulerConfig {
     }
 }
 
+/// Fewest ticks a comb must have of the positions between its first and last (the rest may be
+/// hidden by markers or labels).
+const MIN_FILL: f64 = 0.6;
+
 /// Closest tick spacing considered, pixels (finer combs are image texture or dotted lines).
 const MIN_SPACING_PX: f64 = 6.0;
 
@@ -444,6 +448,14 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
             if members.len() < 2 {
                 continue;
             }
+            // A ruler has most of its ticks: a comb with more gaps than ticks is a coincidence
+            // of unrelated marks at some fraction of their real spacing.
+            let (kmin, kmax) = members
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(a, b), &(_, k)| (a.min(k), b.max(k)));
+            if (members.len() as f64) < MIN_FILL * (kmax - kmin + 1) as f64 {
+                continue;
+            }
             let rms = (members
                 .iter()
                 .map(|&(i, k)| (ticks[i].centre - (a + k as f64 * d)).powi(2))
@@ -489,9 +501,15 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
             .filter(|&&(i, _)| ticks[i].length as f64 > cut)
             .map(|&(_, k)| k)
             .collect();
-        if majors.len() >= 2 {
+        // At least three long ticks, on a period, and every tick on that period long and every
+        // other short: one long mark (a focus marker, the zero) is not a major scale.
+        if majors.len() >= 3 {
             let g = majors.windows(2).fold(0i64, |g, w| gcd(g, w[1] - w[0]));
-            if g >= 2 && g <= 10 {
+            let on = |k: i64| (k - majors[0]).rem_euclid(g.max(1)) == 0;
+            let consistent = members
+                .iter()
+                .all(|&(i, k)| on(k) == (ticks[i].length as f64 > cut));
+            if (2..=10).contains(&g) && consistent {
                 major_every = g as usize;
             }
         }
