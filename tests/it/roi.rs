@@ -155,3 +155,55 @@ fn capture_crops_to_the_detected_image_and_tracks_layout_changes() {
         common::stderr(&o)
     );
 }
+
+/// Issue 16's ruler on the real grabs, through `pocusd calibrate` as a user runs it: the
+/// 512x512 group has no room for a ruler (the image fills the grab) and gets none; every
+/// 660x556 grab gets its depth ruler with one spacing for the whole scanner group (the ticks
+/// 77.4 px apart); no grab gets a scale that differs from its group's.
+#[test]
+fn the_ruler_on_dl_track_is_found_per_scanner_and_constant_within_it() {
+    let Some(root) = common::real_data_for("ruler on dl_track", &["dl_track"]) else {
+        return;
+    };
+    let o = common::run(&[
+        "calibrate",
+        "--json",
+        root.join("dl_track").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mut by_size: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
+    for line in common::stdout(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(size) = v["size"].as_str() else {
+            continue;
+        };
+        let e = by_size.entry(size.to_string()).or_default();
+        e.0 += 1;
+        if let Some(s) = v["ruler"]["tick_spacing_px"].as_f64() {
+            e.1.push(s);
+        }
+    }
+    let (n512, f512) = &by_size["512x512"];
+    assert!(
+        *n512 > 100 && f512.is_empty(),
+        "512x512: {} of {n512} with a ruler",
+        f512.len()
+    );
+    let (n660, f660) = &by_size["660x556"];
+    assert_eq!(f660.len(), *n660, "660x556: a ruler in every grab");
+    let (lo, hi) = f660
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(
+        (lo - 77.4).abs() < 0.5 && hi - lo < 0.01 * lo,
+        "660x556 spacing {lo:.2} to {hi:.2} px"
+    );
+    eprintln!(
+        "ruler: {}",
+        by_size
+            .iter()
+            .map(|(k, (n, f))| format!("{k} {} of {n}", f.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
