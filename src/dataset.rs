@@ -137,7 +137,8 @@ pub fn load(
     Ok((samples, report))
 }
 
-fn has_image_ext(name: &str) -> bool {
+/// Whether a file name is a PNG or JPEG by its extension (any case).
+pub fn has_image_ext(name: &str) -> bool {
     Path::new(name)
         .extension()
         .and_then(|x| x.to_str())

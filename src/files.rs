@@ -1,12 +1,22 @@
 //! Whole-or-absent files: [`write_atomic`] writes through a temporary sibling, flushes it to disk
 //! and renames it over the target, so a reader (the daemon loading a model, a resumed training
 //! run, a script reading a JSON report) sees the old file or the new one, never half of one. The
-//! crate's one home for that rule. Depends on std only.
+//! crate's one home for that rule, and for [`sha256_hex`], the identity of a file's bytes (models
+//! are named by it everywhere). Depends on std and sha2 only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A write that did not happen; the target is untouched.
 #[derive(Debug, Error)]

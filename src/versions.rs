@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// The history file's name in `models_dir`.
@@ -89,6 +88,17 @@ pub enum Kind {
     Rollback,
 }
 
+impl Kind {
+    /// The name written in the history (and shown by `models list` and the `Training` property).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Base => "base",
+            Kind::Nightly => "nightly",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
 /// One line of `history.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -158,13 +168,7 @@ pub struct Store {
     dir: PathBuf,
 }
 
-/// sha256 of a byte string, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::files::sha256_hex;
 
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {

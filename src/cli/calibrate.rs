@@ -39,9 +39,8 @@ fn images_of(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+            p.file_name()
+                .is_some_and(|n| pocusd::dataset::has_image_ext(&n.to_string_lossy()))
         })
         .collect();
     v.sort();

@@ -130,7 +130,7 @@ fn cmd_list(cfg: &Config, a: &ListArgs) -> anyhow::Result<()> {
             v.version,
             &v.sha256[..8.min(v.sha256.len())],
             v.time.get(..19).unwrap_or(&v.time),
-            format!("{:?}", v.kind).to_lowercase(),
+            v.kind.as_str(),
             f(site.and_then(|s| s.dice)),
             f(site.and_then(|s| s.error)),
             f(test.and_then(|s| s.dice)),

@@ -315,10 +315,7 @@ impl Supervisor {
         };
         let mut v = Values::new();
         v.insert("time".into(), Val::S(r.time.clone()));
-        v.insert(
-            "kind".into(),
-            Val::S(format!("{:?}", r.kind).to_lowercase()),
-        );
+        v.insert("kind".into(), Val::S(r.kind.as_str().into()));
         v.insert("promoted".into(), Val::B(r.promoted));
         v.insert("reason".into(), Val::S(r.reason.clone()));
         if let Some(x) = r.version {

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -58,13 +57,7 @@ pub fn set_threads(threads: usize) {
     }
 }
 
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::files::sha256_hex;
 
 type Plan = Arc<TypedRunnableModel>;
 

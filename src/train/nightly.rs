@@ -75,7 +75,7 @@ fn labelled_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.to_ascii_lowercase().ends_with(".png"))
+        .filter(|n| crate::dataset::has_image_ext(n))
         .filter(|n| dir.join("masks").join(n).is_file())
         .collect();
     v.sort();
@@ -174,14 +174,12 @@ fn unfinished_run(runs: &Path) -> Option<PathBuf> {
 /// (median relative thickness error; mean relative circumference error against the reference
 /// masks, with the mm error when a CSV of pixel sizes is given).
 pub fn score(
-    model: &Path,
+    m: &mut LoadedModel,
     data: &Path,
     mm_csv: Option<&Path>,
     post: PostprocessConfig,
     clahe_threads: std::num::NonZeroUsize,
 ) -> Result<Score, NightlyError> {
-    let mut m = LoadedModel::load(model, &SpecOverrides::default())
-        .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
     let opts = EvalOptions {
         data: data.to_path_buf(),
         task: None,
@@ -191,8 +189,8 @@ pub fn score(
         clahe_threads,
         post,
     };
-    let report = eval::evaluate(&mut m, &opts, &mut |_| {})
-        .map_err(|e| NightlyError::Invalid(format!("scoring {}: {e}", model.display())))?;
+    let report = eval::evaluate(m, &opts, &mut |_| {})
+        .map_err(|e| NightlyError::Invalid(format!("scoring {}: {e}", m.path().display())))?;
     let error = match m.spec().task {
         Task::Aponeurosis => report.thickness_rel_err_median,
         Task::Region => {
@@ -406,10 +404,13 @@ pub fn run(
     }
 
     // Fine-tune.
-    let spec = LoadedModel::load(&current_model, &SpecOverrides::default())
-        .map_err(|e| NightlyError::Invalid(format!("the current model: {e}")))?
-        .spec()
-        .clone();
+    let load = |p: &Path| {
+        LoadedModel::load(p, &SpecOverrides::default())
+            .map_err(|e| NightlyError::Invalid(format!("{e}")))
+    };
+    // Loaded once: its contract sets the fine-tuning, then it is scored.
+    let mut current_loaded = load(&current_model)?;
+    let spec = current_loaded.spec().clone();
     let bytes = std::fs::read(&current_model).map_err(io("cannot read", &current_model))?;
     let arch = super::export::onnx_arch(
         &current_model.display().to_string(),
@@ -466,7 +467,8 @@ pub fn run(
 
     // Score both on the same images.
     let site_val = run.join("data/site-val");
-    let score_all = |m: &Path| -> Result<Scores, NightlyError> {
+    // Both models on the same images, each loaded once.
+    let score_all = |m: &mut LoadedModel| -> Result<Scores, NightlyError> {
         let site = score(m, &site_val, None, inp.post, inp.clahe_threads)?;
         let test = match &cfg.test_data {
             Some(d) => Some(score(
@@ -483,8 +485,8 @@ pub fn run(
             test,
         })
     };
-    let current = score_all(&current_model)?;
-    let candidate = score_all(&candidate_model)?;
+    let current = score_all(&mut current_loaded)?;
+    let candidate = score_all(&mut load(&candidate_model)?)?;
     counts.test_images = current.test.map_or(0, |t| t.images);
     let (promote, mut reason) = decide(&current, &candidate, cfg.max_dice_drop);
     let cand_bytes =
