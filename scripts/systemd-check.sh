@@ -13,6 +13,8 @@
 # Environment: POCUSD_NSPAWN_ROOT (the cached root; default ~/.cache/pocusd/nspawn-bookworm).
 # Prints each step with its time; exits non-zero on the first failed check.
 set -euo pipefail
+# Pipelines into grep never use grep -q: with pipefail, grep quitting at the first match can
+# kill the writer with SIGPIPE and fail the pipeline although the line was there.
 cd "$(dirname "$0")/.."
 
 BINARY=""
@@ -31,7 +33,7 @@ fail() { say "FAILED: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "systemd-check: needs root (systemd-nspawn, debootstrap)" >&2; exit 1; }
 need=()
 for p in systemd-container debootstrap bc procps binutils util-linux; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "systemd-check: installing apt packages: ${need[*]}"
@@ -135,7 +137,7 @@ say "pocusd.service active (running), MainPID $PID1, status: \"$(prop StatusText
 # Waits until the unit's status text contains $1, or fails after $2 seconds saying $3.
 wait_status() {
   local end=$(( $(date +%s) + $2 ))
-  until prop StatusText | grep -q "$1"; do
+  until prop StatusText | grep "$1" >/dev/null; do
     [ "$(date +%s)" -lt "$end" ] || fail "$3 (status: $(prop StatusText))"
     sleep 0.3
   done
@@ -149,7 +151,7 @@ DEST=(--system --dest org.pocusd.Daemon1 --object-path /org/pocusd/Daemon1)
 as() { local u=$1; shift; in_root runuser -u "$u" -- "$@"; }
 out=$(as checkuser gdbus call "${DEST[@]}" --method org.pocusd.Daemon1.Pause true 2>&1) \
   && fail "an unprivileged user was allowed to call Pause: $out"
-echo "$out" | grep -q AccessDenied || fail "the unprivileged call failed for another reason: $out"
+echo "$out" | grep AccessDenied >/dev/null || fail "the unprivileged call failed for another reason: $out"
 say "unprivileged Pause(true) refused: $(echo "$out" | grep -o 'org.freedesktop.DBus.Error.AccessDenied' | head -1)"
 state=$(as checkuser gdbus call "${DEST[@]}" --method org.freedesktop.DBus.Properties.Get org.pocusd.Daemon1 State 2>&1) \
   || fail "an unprivileged user could not read State: $state"
@@ -162,7 +164,7 @@ as checkop gdbus call "${DEST[@]}" --method org.pocusd.Daemon1.Pause false >/dev
 wait_status streaming 20 "Pause(false) by the operator did not resume"
 say "operator Pause(true)/Pause(false) allowed (status went \"paused\" and back to \"streaming\")"
 status_err=$(as checkuser /usr/bin/pocusd status 2>&1 >/dev/null || true)
-if echo "$status_err" | grep -qi 'insecure memory'; then fail "pocusd status printed: $status_err"; fi
+if echo "$status_err" | grep -i 'insecure memory' >/dev/null; then fail "pocusd status printed: $status_err"; fi
 say "pocusd status as a plain user: $(as checkuser /usr/bin/pocusd status 2>/dev/null | head -1)"
 
 # 3. The watchdog: a stopped main process is killed and the unit restarts.
@@ -174,7 +176,7 @@ wait_active 90 "$PID1" || { in_root journalctl -b -u pocusd --no-pager | tail -3
 t_back=$(date +%s.%N)
 restarts1=$(prop NRestarts)
 [ "$restarts1" -gt "$restarts0" ] || fail "NRestarts did not grow ($restarts0 -> $restarts1)"
-in_root journalctl -b -u pocusd --no-pager | grep -q -i 'watchdog timeout' \
+in_root journalctl -b -u pocusd --no-pager | grep -i 'watchdog timeout' >/dev/null \
   || fail "the journal does not say the watchdog fired"
 say "watchdog killed $PID1 and the unit restarted as MainPID $(prop MainPID) after $(printf '%.1f' "$(echo "$t_back - $t_stop" | bc)") s (NRestarts $restarts0 -> $restarts1)"
 
@@ -187,7 +189,7 @@ t1=$(date +%s.%N)
 say "systemctl stop: exit 0 in $(printf '%.2f' "$(echo "$t1 - $t0" | bc)") s, Result=success, ExecMainStatus=0"
 
 # 5. The nightly timer, the security scores, the journal.
-in_root systemctl list-timers --all --no-pager | grep -q pocusd-train.timer || fail "pocusd-train.timer is not listed"
+in_root systemctl list-timers --all --no-pager | grep pocusd-train.timer >/dev/null || fail "pocusd-train.timer is not listed"
 say "timer: $(in_root systemctl list-timers --all --no-pager | grep pocusd-train.timer | sed 's/  */ /g')"
 # The training unit runs `pocusd loop nightly` under its sandbox: with no accepted labels it
 # records why in the history and exits 0.
@@ -202,14 +204,14 @@ for u in pocusd.service pocusd-train.service; do
   say "systemd-analyze security $u: ${score:-?} (target <= 2.0)"
   awk -v s="${score:-99}" 'BEGIN { exit !(s <= 2.0) }' || fail "$u scores ${score:-?}"
 done
-if in_root journalctl -b -u pocusd --no-pager | grep -qi 'insecure memory'; then
+if in_root journalctl -b -u pocusd --no-pager | grep -i 'insecure memory' >/dev/null; then
   fail "the service's journal says 'using insecure memory'"
 fi
 say "journal of pocusd.service: $(in_root journalctl -b -u pocusd --no-pager -q | wc -l) lines, no 'insecure memory'"
 # The check can see the warning: with no lockable memory it comes back.
 out=$(in_root systemd-run --wait --pipe -q -p User=pocusd -p LimitMEMLOCK=0 /usr/bin/pocusd --version 2>&1 || true)
-echo "$out" | grep -qi 'insecure memory' || fail "with LimitMEMLOCK=0 the libgcrypt warning did not appear: $out"
+echo "$out" | grep -i 'insecure memory' >/dev/null || fail "with LimitMEMLOCK=0 the libgcrypt warning did not appear: $out"
 out=$(in_root systemd-run --wait --pipe -q -p User=pocusd -p LimitMEMLOCK=64K /usr/bin/pocusd --version 2>&1 || true)
-echo "$out" | grep -qi 'insecure memory' && fail "with LimitMEMLOCK=64K the libgcrypt warning appeared: $out"
+echo "$out" | grep -i 'insecure memory' >/dev/null && fail "with LimitMEMLOCK=64K the libgcrypt warning appeared: $out"
 say "libgcrypt's warning: present with LimitMEMLOCK=0, absent with the units' LimitMEMLOCK=64K"
 say "all checks passed"
