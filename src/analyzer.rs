@@ -11,7 +11,8 @@ use thiserror::Error;
 use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::infer::{InferError, LoadedModel};
 use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
-use crate::postprocess::{Analysis, PostprocessConfig, Postprocessor};
+use crate::postprocess::{Analysis, Calibration, PostprocessConfig, Postprocessor};
+use crate::preprocess::calibration::Calibrator;
 use crate::preprocess::roi::{RoiMode, Tracking};
 use crate::preprocess::Preprocessor;
 
@@ -31,6 +32,9 @@ pub struct Analyzer {
     post: Postprocessor,
     overlay: Overlay,
     style: OverlayStyle,
+    /// Ruler calibration (`[calibration] mode = "ruler"`).
+    calibrator: Option<Calibrator>,
+    per_image: bool,
     /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
     pub last_ms: [f64; 3],
 }
@@ -46,6 +50,8 @@ impl Analyzer {
         post: PostprocessConfig,
         style: OverlayStyle,
     ) -> Self {
+        let per_image = tracking == Tracking::PerImage;
+        let calibrator = post.ruler.map(|r| Calibrator::new(r, per_image));
         let mut post = Postprocessor::new(model.spec().task, post);
         post.set_contour_offset_px(model.spec().contour_offset_px);
         Self {
@@ -53,8 +59,23 @@ impl Analyzer {
             post,
             overlay: Overlay::new(),
             style,
+            calibrator,
+            per_image,
             last_ms: [0.0; 3],
         }
+    }
+
+    /// Changes the postprocessing settings live (threshold, gates, smoothing, calibration).
+    pub fn set_postprocess(&mut self, cfg: PostprocessConfig) {
+        if cfg.ruler != self.post.config().ruler {
+            self.calibrator = cfg.ruler.map(|r| Calibrator::new(r, self.per_image));
+        }
+        self.post.set_config(cfg);
+    }
+
+    /// The ruler calibrator, in ruler mode.
+    pub fn calibrator(&self) -> Option<&Calibrator> {
+        self.calibrator.as_ref()
     }
 
     /// Preprocess (region of interest included), run and postprocess one frame.
@@ -70,6 +91,14 @@ impl Analyzer {
         let probability = model.run(input)?;
         let roi = self.pre.roi();
         let t2 = std::time::Instant::now();
+        // The ruler is read unless a manual calibration wins anyway.
+        let ruler = match &mut self.calibrator {
+            Some(c) if self.post.config().calibration == Calibration::None => {
+                Some(c.update(frame, self.pre.layout_changes()))
+            }
+            _ => None,
+        };
+        self.post.set_ruler(ruler);
         self.post.process(probability, w, h, roi);
         let t3 = std::time::Instant::now();
         self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];

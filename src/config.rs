@@ -16,6 +16,7 @@ use crate::model::Task;
 use crate::model::{parse_layout, parse_output_kind, Normalisation, SpecOverrides};
 use crate::postprocess::overlay::OverlayStyle;
 use crate::postprocess::{Calibration, PostprocessConfig, Smoothing};
+use crate::preprocess::calibration::RulerSettings;
 use crate::preprocess::ClaheParams;
 
 /// The embedded defaults, documented key by key.
@@ -125,6 +126,9 @@ pub struct PostprocessSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrationSection {
+    pub mode: String,
+    pub ruler_spacing_mm: f64,
+    pub ruler_check_frames: u64,
     pub mm_per_px_x: f64,
     pub mm_per_px_y: f64,
     pub depth_mm: f64,
@@ -634,7 +638,11 @@ fn validate_model(m: &ModelSection, pre: &PreprocessConfig) -> Result<ModelConfi
             allowed: "1 to 64".into(),
         });
     }
-    choice("model.task", &m.task, &["auto", "aponeurosis", "region"])?;
+    choice(
+        "model.task",
+        &m.task,
+        &["auto", "aponeurosis", "region", "fascicle"],
+    )?;
     choice("model.layout", &m.layout, &["auto", "NCHW", "NHWC"])?;
     choice(
         "model.output",
@@ -657,11 +665,7 @@ fn validate_model(m: &ModelSection, pre: &PreprocessConfig) -> Result<ModelConfi
         "a positive number",
     )?;
     let overrides = SpecOverrides {
-        task: match m.task.as_str() {
-            "aponeurosis" => Some(Task::Aponeurosis),
-            "region" => Some(Task::Region),
-            _ => None,
-        },
+        task: Task::parse(&m.task),
         layout: parse_layout(&m.layout),
         output: parse_output_kind(&m.output),
         normalisation: Some(match m.normalize.as_str() {
@@ -782,6 +786,29 @@ fn validate_postprocess(
             allowed: "0 when mm_per_px_x/y are set (give one calibration, not two)".into(),
         });
     }
+    choice("calibration.mode", &c.mode, &["ruler", "manual"])?;
+    let ruler = if c.mode == "ruler" {
+        let spacing_mm = range(
+            "calibration.ruler_spacing_mm",
+            c.ruler_spacing_mm,
+            0.1,
+            100.0,
+            "0.1 to 100 (mm between labelled ticks)",
+        )?;
+        if !(1..=100_000).contains(&c.ruler_check_frames) {
+            return Err(ConfigError::OutOfRange {
+                key: "calibration.ruler_check_frames".into(),
+                value: c.ruler_check_frames.to_string(),
+                allowed: "1 to 100000".into(),
+            });
+        }
+        Some(RulerSettings {
+            spacing_mm,
+            check_frames: c.ruler_check_frames,
+        })
+    } else {
+        None
+    };
     let calibration = if x > 0.0 {
         Calibration::MmPerPx { x, y }
     } else if depth > 0.0 {
@@ -797,6 +824,7 @@ fn validate_postprocess(
             min_area_fraction: min_area,
             smoothing,
             calibration,
+            ruler,
         },
         OverlayStyle {
             colour,

@@ -38,6 +38,8 @@ pub enum EvalError {
     NothingScored { images: PathBuf, masks: PathBuf },
     #[error("{0}")]
     Csv(String),
+    #[error("--apo-model {0}")]
+    ApoModel(String),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
 }
@@ -58,6 +60,9 @@ pub struct EvalOptions {
     pub clahe_threads: NonZeroUsize,
     /// Postprocessing settings (calibration and smoothing are switched off for scoring).
     pub post: PostprocessConfig,
+    /// Fascicle task: the aponeurosis model that finds the aponeuroses the fascicles are extended
+    /// to (then pennation angle and fascicle length are scored too).
+    pub apo_model: Option<PathBuf>,
 }
 
 /// The task-specific numbers of one image.
@@ -75,6 +80,28 @@ pub enum TaskScore {
         circumference_mm: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reference_hc_mm: Option<f64>,
+    },
+    Fascicle {
+        /// Dominant orientation of the predicted and of the reference fragments, degrees.
+        orientation_deg: Option<f64>,
+        reference_orientation_deg: Option<f64>,
+        orientation_err_deg: Option<f64>,
+        /// Of the reference fragment pixels, the fraction within 3 px of a predicted fragment.
+        fragment_recall: Option<f64>,
+        /// With an aponeurosis model: from the predicted and from the reference fragments.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pennation_angle_deg: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference_pennation_angle_deg: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fascicle_length_px: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference_fascicle_length_px: Option<f64>,
+        /// Phantom data (truth.csv beside images/): the analytic truth.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truth_pennation_angle_deg: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truth_fascicle_length_px: Option<f64>,
     },
 }
 
@@ -116,7 +143,88 @@ pub struct EvalReport {
     /// first), in mm when the CSV gives the scale, else in pixels. A size bias shows up here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub circumference_bias_by_size: Vec<SizeBias>,
+    /// Fascicle task: median over images of the dominant orientation's error, degrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orientation_err_deg_median: Option<f64>,
+    /// Fascicle task: reference fragment pixels within 3 px of a predicted fragment, pooled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fragment_recall: Option<f64>,
+    /// Fascicle task with an aponeurosis model: median |predicted - reference| pennation angle
+    /// (degrees) and relative fascicle length error, against the reference fragments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pennation_err_deg_median: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_length_rel_err_median: Option<f64>,
+    /// The same against the phantom's analytic truth (truth.csv).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truth_pennation_err_deg_median: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truth_fascicle_length_rel_err_median: Option<f64>,
     pub per_image: Vec<ImageScore>,
+}
+
+/// Fraction of `reference`'s foreground pixels within `radius` px (Euclidean) of a foreground
+/// pixel of `predicted` (both `w` x `h`, nonzero = foreground); with the counts (within, total).
+pub fn recall_within(
+    predicted: &[u8],
+    reference: &[u8],
+    w: usize,
+    h: usize,
+    radius: usize,
+) -> (usize, usize) {
+    let r = radius as i64;
+    let (mut hit, mut total) = (0usize, 0usize);
+    for y in 0..h {
+        for x in 0..w {
+            if reference[y * w + x] == 0 {
+                continue;
+            }
+            total += 1;
+            let found = (-r..=r).any(|dy| {
+                (-r..=r).any(|dx| {
+                    let (xx, yy) = (x as i64 + dx, y as i64 + dy);
+                    dx * dx + dy * dy <= r * r
+                        && xx >= 0
+                        && yy >= 0
+                        && (xx as usize) < w
+                        && (yy as usize) < h
+                        && predicted[yy as usize * w + xx as usize] != 0
+                })
+            });
+            hit += found as usize;
+        }
+    }
+    (hit, total)
+}
+
+/// A phantom dataset's truth.csv: filename -> (pennation angle degrees, fascicle length px).
+fn read_truth_csv(path: &Path) -> HashMap<String, (f64, f64)> {
+    let mut map = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return map;
+    };
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return map;
+    };
+    let cols: Vec<&str> = header.split(',').collect();
+    let (Some(ip), Some(il)) = (
+        cols.iter().position(|c| *c == "pennation_angle_deg"),
+        cols.iter().position(|c| *c == "fascicle_length_px"),
+    ) else {
+        return map;
+    };
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if let (Some(n), Some(p), Some(l)) = (
+            f.first(),
+            f.get(ip).and_then(|v| v.parse::<f64>().ok()),
+            f.get(il).and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            map.insert(n.to_string(), (p, l));
+        }
+    }
+    map
 }
 
 /// The signed error of one size tercile.
@@ -212,6 +320,11 @@ pub fn read_mm_csv(path: &Path) -> Result<HashMap<String, (f64, f64)>, EvalError
     Ok(map)
 }
 
+fn med(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    (!v.is_empty()).then(|| crate::postprocess::median(&mut v))
+}
+
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
@@ -271,6 +384,34 @@ pub fn evaluate(
         Some(p) => read_mm_csv(p)?,
         None => HashMap::new(),
     };
+    // Fascicle task: the aponeurosis model's stages, and the phantom's truth when there is one.
+    let mut apo = match &opts.apo_model {
+        Some(p) if task == Task::Fascicle => {
+            let m = LoadedModel::load(p, &crate::model::SpecOverrides::default())
+                .map_err(|e| EvalError::ApoModel(format!("{}: {e}", p.display())))?;
+            if m.spec().task != Task::Aponeurosis {
+                return Err(EvalError::ApoModel(format!(
+                    "{} is a {} model, not an aponeurosis model",
+                    p.display(),
+                    m.spec().task.as_str()
+                )));
+            }
+            let a = Analyzer::new(
+                &m,
+                opts.roi.resolve(m.spec().roi).mode,
+                Tracking::PerImage,
+                opts.clahe_threads,
+                post_cfg,
+                OverlayStyle::default(),
+            );
+            Some((m, a))
+        }
+        _ => None,
+    };
+    let truth = read_truth_csv(&opts.data.join("truth.csv"));
+    let (mut orient_err, mut recall_hits, mut recall_total) = (Vec::new(), 0usize, 0usize);
+    let (mut penn_err, mut len_rel, mut t_penn_err, mut t_len_rel) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let images_dir = opts.data.join("images");
     let masks_dir = opts.data.join("masks");
     let mut names = list_images(&images_dir)?;
@@ -341,9 +482,33 @@ pub fn evaluate(
         };
         as_prob(pred_mask.as_slice(), &mut pred_prob);
         as_prob(refmask.as_slice(), &mut ref_prob);
+        if let Some((m, a)) = apo.as_mut() {
+            // The aponeuroses on the same image, moved from the aponeurosis model's region of
+            // interest into image coordinates.
+            let lines = img
+                .view()
+                .ok()
+                .and_then(|v| a.analyse(m, v).ok().map(|_| ()))
+                .and_then(|_| {
+                    let r = a.roi();
+                    a.postprocessor().aponeuroses().map(|l| {
+                        let shift = |(c, b): (f64, f64)| (c - b * r.x as f64 + r.y as f64, b);
+                        crate::postprocess::fascicle::ApoLines {
+                            superficial: shift(l.superficial),
+                            deep: shift(l.deep),
+                        }
+                    })
+                });
+            measure_pred.set_aponeuroses(lines);
+            reference.set_aponeuroses(lines);
+        }
         let pa = measure_pred.process_full(&pred_prob, full).clone();
         let ra = reference.process_full(&ref_prob, full).clone();
-        let lacks = matches!(pa.flag, Some(Flag::NoStructure) | Some(Flag::OneBand));
+        // A fascicle prediction without aponeuroses still has its fragments.
+        let lacks = match task {
+            Task::Fascicle => pa.flag == Some(Flag::NoStructure),
+            _ => matches!(pa.flag, Some(Flag::NoStructure) | Some(Flag::OneBand)),
+        };
         let (d, j) = if lacks {
             (0.0, 0.0)
         } else {
@@ -362,6 +527,58 @@ pub fn evaluate(
                 TaskScore::Aponeurosis {
                     thickness_px: p,
                     reference_thickness_px: r,
+                }
+            }
+            Task::Fascicle => {
+                let (p, r) = (
+                    pa.measurements.fascicle_orientation_deg,
+                    ra.measurements.fascicle_orientation_deg,
+                );
+                let err = p
+                    .zip(r)
+                    .map(|(p, r)| crate::postprocess::fascicle::axial_difference_deg(p, r));
+                orient_err.extend(err);
+                let (hit, total) = recall_within(
+                    pred_mask.as_slice(),
+                    refmask.as_slice(),
+                    img.width(),
+                    img.height(),
+                    3,
+                );
+                recall_hits += hit;
+                recall_total += total;
+                let (pp, rp) = (
+                    pa.measurements.pennation_angle_deg,
+                    ra.measurements.pennation_angle_deg,
+                );
+                let (pl, rl) = (
+                    pa.measurements.fascicle_length_px,
+                    ra.measurements.fascicle_length_px,
+                );
+                if let (Some(p), Some(r)) = (pp, rp) {
+                    penn_err.push((p - r).abs());
+                }
+                if let (Some(p), Some(r)) = (pl, rl) {
+                    len_rel.push((p - r).abs() / r);
+                }
+                let t = truth.get(&name).copied();
+                if let (Some(p), Some((tp, _))) = (pp, t) {
+                    t_penn_err.push((p - tp).abs());
+                }
+                if let (Some(p), Some((_, tl))) = (pl, t) {
+                    t_len_rel.push((p - tl).abs() / tl);
+                }
+                TaskScore::Fascicle {
+                    orientation_deg: p,
+                    reference_orientation_deg: r,
+                    orientation_err_deg: err,
+                    fragment_recall: (total > 0).then(|| hit as f64 / total as f64),
+                    pennation_angle_deg: pp,
+                    reference_pennation_angle_deg: rp,
+                    fascicle_length_px: pl,
+                    reference_fascicle_length_px: rl,
+                    truth_pennation_angle_deg: t.map(|t| t.0),
+                    truth_fascicle_length_px: t.map(|t| t.1),
                 }
             }
             Task::Region => {
@@ -425,6 +642,12 @@ pub fn evaluate(
         } else {
             bias_by_size(&c_pairs_mm, "mm")
         },
+        orientation_err_deg_median: med(&orient_err),
+        fragment_recall: (recall_total > 0).then(|| recall_hits as f64 / recall_total as f64),
+        pennation_err_deg_median: med(&penn_err),
+        fascicle_length_rel_err_median: med(&len_rel),
+        truth_pennation_err_deg_median: med(&t_penn_err),
+        truth_fascicle_length_rel_err_median: med(&t_len_rel),
         per_image,
     })
 }

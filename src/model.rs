@@ -111,6 +111,9 @@ pub enum Task {
     Aponeurosis,
     /// A filled ellipse (fetal head); measured: area and circumference.
     Region,
+    /// Thin fascicle fragments in a muscle belly; measured (with the aponeuroses of the same
+    /// frame): fascicle length and pennation angle.
+    Fascicle,
 }
 
 impl Task {
@@ -119,7 +122,21 @@ impl Task {
         match self {
             Task::Aponeurosis => "aponeurosis",
             Task::Region => "region",
+            Task::Fascicle => "fascicle",
         }
+    }
+
+    /// Every task, in the order they are listed to users.
+    pub const ALL: [Task; 3] = [Task::Aponeurosis, Task::Region, Task::Fascicle];
+
+    /// The task named `s` (its [`Task::as_str`] spelling).
+    pub fn parse(s: &str) -> Option<Task> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The allowed names, for error messages: "aponeurosis, region or fascicle".
+    pub fn allowed() -> &'static str {
+        "aponeurosis, region or fascicle"
     }
 }
 
@@ -370,9 +387,10 @@ impl ModelSpec {
         }
 
         let task = match meta("task") {
-            Some("aponeurosis") => Task::Aponeurosis,
-            Some("region") => Task::Region,
-            Some(v) => return Err(bad("task", v, "aponeurosis or region")),
+            Some(v) => match Task::parse(v) {
+                Some(t) => t,
+                None => return Err(bad("task", v, Task::allowed())),
+            },
             None => overrides.task.unwrap_or(Task::Aponeurosis),
         };
         if let Some(v) = meta("channels") {

@@ -57,6 +57,8 @@ fn mix64(mut z: u64) -> u64 {
 pub struct Geometry {
     /// Where the ultrasound image sits in the frame (the whole frame without furniture).
     pub image: Rect,
+    /// The physical scale: the configured depth over the image's height.
+    pub mm_per_px: f64,
     /// Aponeurosis task: y of the superficial band's centre line at the image's centre column.
     pub superficial_y_px: f64,
     /// Aponeurosis task: perpendicular thickness of the superficial band.
@@ -92,24 +94,40 @@ pub struct Truth {
     pub circumference_px: Option<f64>,
     /// Ellipse area, pi * a * b (region task).
     pub area_px: Option<f64>,
+    /// Angle between the fascicles and the deep aponeurosis, degrees (aponeurosis and fascicle
+    /// tasks).
+    pub pennation_angle_deg: Option<f64>,
+    /// Length of a fascicle between the aponeuroses' inner edges: the thickness over the sine of
+    /// the pennation angle (aponeurosis and fascicle tasks).
+    pub fascicle_length_px: Option<f64>,
+    /// The same in millimetres, at the phantom's scale (`depth_mm` over the image height).
+    pub thickness_mm: Option<f64>,
+    pub fascicle_length_mm: Option<f64>,
+    pub circumference_mm: Option<f64>,
 }
 
 impl Geometry {
     /// Truth computed from the parameters.
     pub fn truth(&self, task: Task) -> Truth {
         match task {
-            Task::Aponeurosis => {
+            Task::Aponeurosis | Task::Fascicle => {
                 let cos = self.band_angle_deg.to_radians().cos();
                 // Both bands share the slope, so the perpendicular gap between their centre lines
                 // is the vertical gap times cos(angle); remove the half-bands to get inner edges.
                 let gap = (self.deep_y_px - self.superficial_y_px) * cos;
+                let thickness = gap - self.superficial_band_px / 2.0 - self.deep_band_px / 2.0;
+                // Fascicles are straight lines at `pennation_deg` to both (parallel) bands.
+                let length = thickness / self.pennation_deg.to_radians().sin();
                 Truth {
-                    thickness_px: Some(
-                        gap - self.superficial_band_px / 2.0 - self.deep_band_px / 2.0,
-                    ),
+                    thickness_px: Some(thickness),
                     band_angle_deg: Some(self.band_angle_deg),
                     circumference_px: None,
                     area_px: None,
+                    pennation_angle_deg: Some(self.pennation_deg),
+                    fascicle_length_px: Some(length),
+                    thickness_mm: Some(thickness * self.mm_per_px),
+                    fascicle_length_mm: Some(length * self.mm_per_px),
+                    circumference_mm: None,
                 }
             }
             Task::Region => Truth {
@@ -117,6 +135,13 @@ impl Geometry {
                 band_angle_deg: None,
                 circumference_px: Some(ellipse_circumference(self.semi_a_px, self.semi_b_px)),
                 area_px: Some(PI * self.semi_a_px * self.semi_b_px),
+                pennation_angle_deg: None,
+                fascicle_length_px: None,
+                thickness_mm: None,
+                fascicle_length_mm: None,
+                circumference_mm: Some(
+                    ellipse_circumference(self.semi_a_px, self.semi_b_px) * self.mm_per_px,
+                ),
             },
         }
     }
@@ -151,6 +176,56 @@ impl Default for PhantomConfig {
             furniture: false,
             seed: 1,
             depth_mm: 40.0,
+        }
+    }
+}
+
+/// The fascicle task's mask: fragments of the bright fascicle lines the muscle belly is drawn
+/// with (their centre lines, 2 px wide), kept 2 px clear of both aponeuroses, in pieces
+/// `fragment_px` long of which about a third are drawn, like hand-traced fragments.
+struct FascicleLines<'a> {
+    g: &'a Geometry,
+    /// Image centre column (the bands' pivot).
+    cx: f64,
+    /// Perpendicular distance between neighbouring fascicle lines.
+    period_px: f64,
+    fragment_px: f64,
+    seed: u64,
+}
+
+impl FascicleLines<'_> {
+    /// Half the width of a drawn fragment.
+    const HALF_WIDTH_PX: f64 = 1.0;
+    /// Clearance from the aponeuroses' inner edges.
+    const CLEAR_PX: f64 = 2.0;
+
+    fn mask_row(&self, x_first: f64, y: f64, mrow: &mut [u8]) {
+        let g = self.g;
+        let band = g.band_angle_deg.to_radians();
+        let (tan, cos) = (band.tan(), band.cos());
+        let fasc = (g.band_angle_deg + g.pennation_deg).to_radians();
+        let (fs, fc) = fasc.sin_cos();
+        for (xi, m) in mrow.iter_mut().enumerate() {
+            let x = x_first + xi as f64;
+            let d1 = (y - (g.superficial_y_px + tan * (x - self.cx))) * cos;
+            let d2 = (y - (g.deep_y_px + tan * (x - self.cx))) * cos;
+            if d1 <= g.superficial_band_px / 2.0 + Self::CLEAR_PX
+                || d2 >= -(g.deep_band_px / 2.0 + Self::CLEAR_PX)
+            {
+                continue;
+            }
+            // The same coordinate the texture's stripes use: lines at whole periods.
+            let u = (-x * fs + y * fc) / self.period_px + 4096.0;
+            let k = u.round();
+            if (u - k).abs() * self.period_px > Self::HALF_WIDTH_PX {
+                continue;
+            }
+            let along = (x * fc + y * fs) / self.fragment_px;
+            let key = (k as i64 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (along.floor() as i64 as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+            if mix64(self.seed ^ key) % 3 == 0 {
+                *m = 255;
+            }
         }
     }
 }
@@ -308,6 +383,7 @@ impl Phantom {
         let a = w.min(h * 1.3) * rng.range(0.28, 0.36);
         Geometry {
             image: r,
+            mm_per_px: self.mm_per_px(),
             superficial_y_px: superficial_y,
             superficial_band_px: (h * rng.range(0.018, 0.032)).max(2.0),
             deep_y_px: deep_y,
@@ -375,7 +451,12 @@ impl Phantom {
             let mrow = &mut mk[fy * fw + r.x..fy * fw + r.x + r.w];
             let echo = &mut self.echo;
             match self.cfg.task {
-                Task::Aponeurosis => {
+                Task::Aponeurosis | Task::Fascicle => {
+                    let bands_mask: u8 = if self.cfg.task == Task::Aponeurosis {
+                        255
+                    } else {
+                        0
+                    };
                     // Band distances are linear in x along a row: start and step.
                     let d1_0 = (y - (g.superficial_y_px + tan * (x_first - cx))) * cos;
                     let d2_0 = (y - (g.deep_y_px + tan * (x_first - cx))) * cos;
@@ -397,7 +478,7 @@ impl Phantom {
                     for ((e, m), &deep) in echo.iter_mut().zip(mrow.iter_mut()).zip(&self.deep_cols)
                     {
                         *e = if d1.abs() <= half_sup || d2.abs() <= half_deep {
-                            *m = 255;
+                            *m = bands_mask;
                             1.6
                         } else if d1 < 0.0 {
                             // Subcutaneous layer: fat, moderately echoic with a few septa.
@@ -413,6 +494,16 @@ impl Phantom {
                         d2 += dd;
                         septa += septa_step;
                         fasc_u += fasc_step;
+                    }
+                    if self.cfg.task == Task::Fascicle {
+                        let f = FascicleLines {
+                            g: &g,
+                            cx,
+                            period_px: fascicle_period_px,
+                            fragment_px: (r.h as f64 * 0.1).max(8.0),
+                            seed: self.cfg.seed,
+                        };
+                        f.mask_row(x_first, y, mrow);
                     }
                 }
                 Task::Region => {

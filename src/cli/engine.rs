@@ -53,6 +53,11 @@ pub struct EvalArgs {
     /// Number of validation blocks (with --val-fraction). Default: [train] val_blocks.
     #[arg(long, value_name = "N")]
     val_blocks: Option<usize>,
+    /// Fascicle task: the aponeurosis model whose aponeuroses the fascicles are extended to;
+    /// pennation angle and fascicle length are then scored too (default: the shipped one, when
+    /// it is there).
+    #[arg(long, value_name = "FILE.onnx")]
+    apo_model: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -62,6 +67,7 @@ fn headline(task: Task, m: &serde_json::Value) -> Option<String> {
     let (mm, px) = match task {
         Task::Aponeurosis => ("thickness_mm", "thickness_px"),
         Task::Region => ("circumference_mm", "circumference_px"),
+        Task::Fascicle => ("fascicle_length_mm", "fascicle_length_px"),
     };
     m[mm]
         .as_f64()
@@ -132,6 +138,7 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
         let name = match task {
             Task::Aponeurosis => "thickness",
             Task::Region => "circumference",
+            Task::Fascicle => "fascicle length",
         };
         println!(
             "{:<40} {:>14} {:>10} {:>16}",
@@ -171,6 +178,16 @@ pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
         roi: cfg.source.roi,
         clahe_threads: clahe_threads(cfg),
         post: cfg.postprocess,
+        apo_model: args.apo_model.clone().or_else(|| {
+            // Fascicle models are scored with the shipped aponeurosis model when present.
+            (args.task.unwrap_or(model.spec().task) == Task::Fascicle)
+                .then(|| {
+                    pocusd::analyzer::default_model_candidates("aponeurosis.onnx")
+                        .into_iter()
+                        .find(|p| p.is_file())
+                })
+                .flatten()
+        }),
     };
     let report = eval::evaluate(&mut model, &opts, &mut |line| eprintln!("pocusd: {line}"))?;
     if args.json {
@@ -199,6 +216,24 @@ pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
         ("thickness_within_10pct", report.thickness_within_10pct),
         ("circumference_mae_px", report.circumference_mae_px),
         ("circumference_mae_mm", report.circumference_mae_mm),
+        (
+            "orientation_err_deg_median",
+            report.orientation_err_deg_median,
+        ),
+        ("fragment_recall", report.fragment_recall),
+        ("pennation_err_deg_median", report.pennation_err_deg_median),
+        (
+            "fascicle_length_rel_err_median",
+            report.fascicle_length_rel_err_median,
+        ),
+        (
+            "truth_pennation_err_deg_median",
+            report.truth_pennation_err_deg_median,
+        ),
+        (
+            "truth_fascicle_length_rel_err_median",
+            report.truth_fascicle_length_rel_err_median,
+        ),
     ] {
         println!("{k:<28} {}", f(v));
     }

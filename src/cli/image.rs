@@ -161,9 +161,10 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
     };
     let mut csv = String::from(
         "filename,task,seed,width,height,thickness_px,band_angle_deg,circumference_px,area_px,\
-         image_x,image_y,image_w,image_h\n",
+         image_x,image_y,image_w,image_h,pennation_angle_deg,fascicle_length_px,mm_per_px\n",
     );
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+    let mm_per_px = synth::Phantom::new(cfg).mm_per_px();
     for i in 0..args.count {
         let s = synth::sample(cfg, i as u64);
         let name = format!("synth_{i:05}.png");
@@ -171,7 +172,7 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
         imageio::write_gray(&masks.join(&name), &s.mask)?;
         let r = s.geometry.image;
         csv.push_str(&format!(
-            "{name},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{name},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{mm_per_px:.6}\n",
             args.task.as_str(),
             args.seed,
             cfg.width,
@@ -183,7 +184,9 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
             r.x,
             r.y,
             r.w,
-            r.h
+            r.h,
+            fmt(s.truth.pennation_angle_deg),
+            fmt(s.truth.fascicle_length_px),
         ));
     }
     write_atomic(&args.out.join("truth.csv"), csv.as_bytes())?;

@@ -191,6 +191,28 @@ fn warn_roi(model: &LoadedModel, roi: RoiChoice) -> Option<String> {
     Some(w)
 }
 
+/// The `Calibration` property before the first frame.
+fn initial_calibration(cfg: &Config) -> Values {
+    let kind = match (cfg.postprocess.calibration, cfg.postprocess.ruler) {
+        (Calibration::None, None) => "none",
+        (Calibration::None, Some(_)) => "ruler",
+        _ => "manual",
+    };
+    let mut v = Values::from([("kind".to_string(), Val::S(kind.into()))]);
+    if kind != "manual" {
+        v.insert("kind".into(), Val::S("none".into()));
+        v.insert(
+            "reason".into(),
+            Val::S(if kind == "ruler" {
+                "no frame processed yet: the ruler is read on the first frame".into()
+            } else {
+                crate::preprocess::calibration::Withheld::NotSet.to_string()
+            }),
+        );
+    }
+    v
+}
+
 /// The published record of a processed frame.
 fn measurement(p: &Processed, calibration: Calibration, start_id: &Arc<str>) -> Measurement {
     Measurement {
@@ -204,8 +226,9 @@ fn measurement(p: &Processed, calibration: Calibration, start_id: &Arc<str>) -> 
         confidence: p.analysis.confidence,
         flag: p.analysis.flag,
         model_sha256: p.model_sha256.clone(),
-        truth: p.truth.clone(),
-        calibration,
+        truth: p.truth,
+        calibration: p.analysis.calibration,
+        manual: calibration,
         start_id: start_id.clone(),
     }
 }
@@ -262,6 +285,9 @@ struct Supervisor {
     last_published: Option<Instant>,
     last_measurement: Values,
     calibrated: bool,
+    /// The calibration of the last processed frame, and its dictionary.
+    calibration_info: Option<crate::preprocess::calibration::CalibrationInfo>,
+    calibration: Values,
     log: store::MeasurementLog,
     state_dir: PathBuf,
     notifier: notify::Notifier,
@@ -418,6 +444,7 @@ impl Supervisor {
             dropped_frames: self.shared.frames.dropped() + self.shared.results.dropped(),
             corrupt_frames: cap.counters.decode_errors,
             calibrated: self.calibrated,
+            calibration: self.calibration.clone(),
             last_measurement: self.last_measurement.clone(),
             training: self.training.clone(),
         };
@@ -470,6 +497,7 @@ impl Supervisor {
                 "dropped_frames": p.dropped_frames,
                 "corrupt_frames": p.corrupt_frames,
                 "calibrated": p.calibrated,
+                "calibration": &p.calibration,
                 "roi": p.model.get("roi_applied").and_then(Val::as_str),
                 "roi_warning": self.roi_warning,
                 "training_warning": self.training_warning(),
@@ -509,6 +537,11 @@ impl Supervisor {
         }
         self.fps.tick(Instant::now());
         self.calibrated = r.analysis.calibrated;
+        if self.calibration_info != Some(r.analysis.calibration) {
+            self.calibration_info = Some(r.analysis.calibration);
+            self.calibration =
+                crate::publish::measurement::calibration_values(&r.analysis.calibration);
+        }
         if let Some(o) = &self.opts.observer {
             o.processed(&r, now_us, self.counts());
         }
@@ -980,6 +1013,8 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     let mut sup = Supervisor {
         threshold: cfg.postprocess.threshold,
         calibrated: !matches!(cfg.postprocess.calibration, Calibration::None),
+        calibration_info: None,
+        calibration: initial_calibration(&cfg),
         log: store::MeasurementLog::start(store::LogSettings {
             root: state_dir.clone(),
             max_days: cfg.storage.max_days,
@@ -1330,6 +1365,7 @@ async fn emit_changes(
         dropped_frames => dropped_frames_changed,
         corrupt_frames => corrupt_frames_changed,
         calibrated => calibrated_changed,
+        calibration => calibration_changed,
         last_measurement => last_measurement_changed,
         training => training_changed,
     );

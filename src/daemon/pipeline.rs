@@ -272,7 +272,7 @@ pub fn process_loop(
                 }
                 Control::Postprocess(p) => {
                     post = p;
-                    analyzer.postprocessor().set_config(p);
+                    analyzer.set_postprocess(p);
                 }
                 Control::Style(s) => {
                     style = s;

@@ -41,6 +41,18 @@ impl Component {
         (angle.to_degrees(), (l1 / l2).sqrt())
     }
 
+    /// Length along the principal axis: a uniform thin segment of length L has variance L^2/12
+    /// along it.
+    pub fn principal_length(&self) -> f64 {
+        let n = self.area.max(1) as f64;
+        let (mx, my) = (self.sum_x / n, self.sum_y / n);
+        let cxx = self.sum_xx / n - mx * mx + 1.0 / 12.0;
+        let cyy = self.sum_yy / n - my * my + 1.0 / 12.0;
+        let cxy = self.sum_xy / n - mx * my;
+        let disc = ((cxx - cyy).powi(2) / 4.0 + cxy * cxy).sqrt();
+        (12.0 * ((cxx + cyy) / 2.0 + disc)).sqrt()
+    }
+
     /// Bounding-box width and height.
     pub fn bbox_size(&self) -> (usize, usize) {
         (self.x1 - self.x0 + 1, self.y1 - self.y0 + 1)

@@ -8,6 +8,7 @@
 //! ellipse with Ramanujan's circumference. Millimetres only when calibrated (never guessed),
 //! confidence and a quality flag, optional temporal smoothing. Must not depend on tract, zbus or tokio.
 
+pub mod fascicle;
 pub mod geometry;
 pub mod overlay;
 
@@ -17,8 +18,10 @@ use serde::Serialize;
 
 use crate::frame::Rect;
 use crate::model::Task;
+use crate::preprocess::calibration::{CalibrationInfo, CalibrationKind, RulerSettings, Withheld};
 use crate::preprocess::{F32Plane, Resizer};
 use crate::synth::ellipse_circumference;
+use fascicle::{ApoLines, FascicleLine, FascicleStage};
 use geometry::{fit_ellipse, trace_contour, Component, Ellipse, Labeller};
 
 /// Why a result is not a confident number.
@@ -80,7 +83,10 @@ pub struct PostprocessConfig {
     /// Components smaller than this fraction of the region of interest are ignored.
     pub min_area_fraction: f64,
     pub smoothing: Smoothing,
+    /// The manual calibration; when given it wins over the ruler.
     pub calibration: Calibration,
+    /// Ruler calibration (`[calibration] mode = "ruler"`); `None` in manual mode.
+    pub ruler: Option<RulerSettings>,
 }
 
 impl Default for PostprocessConfig {
@@ -92,6 +98,7 @@ impl Default for PostprocessConfig {
             min_area_fraction: 0.002,
             smoothing: Smoothing::Off,
             calibration: Calibration::None,
+            ruler: None,
         }
     }
 }
@@ -140,6 +147,67 @@ pub struct Measurements {
     pub perimeter_mm: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circumference_mm: Option<f64>,
+    /// Fascicles (a fascicle model's keys): median length between the aponeuroses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_length_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_length_mm: Option<f64>,
+    /// Interquartile range of the fascicle lengths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_length_spread_px: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_length_spread_mm: Option<f64>,
+    /// Median angle between the fascicles and the deep aponeurosis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pennation_angle_deg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pennation_angle_spread_deg: Option<f64>,
+    /// Fascicles measured (fragments that agree with the dominant orientation and meet both
+    /// aponeuroses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_count: Option<u64>,
+    /// The fragments' dominant orientation, degrees from the image's x axis (y down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_orientation_deg: Option<f64>,
+}
+
+impl Measurements {
+    /// Copies in every key `other` has (an extra model's keys joining the primary's).
+    pub fn merge(&mut self, other: &Measurements) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            thickness_px,
+            thickness_centre_px,
+            thickness_min_px,
+            thickness_max_px,
+            band_angle_deg,
+            thickness_mm,
+            thickness_centre_mm,
+            thickness_min_mm,
+            thickness_max_mm,
+            area_px,
+            perimeter_px,
+            circumference_px,
+            ellipse_centre_x_px,
+            ellipse_centre_y_px,
+            ellipse_semi_major_px,
+            ellipse_semi_minor_px,
+            ellipse_angle_deg,
+            area_mm2,
+            perimeter_mm,
+            circumference_mm,
+            fascicle_length_px,
+            fascicle_length_mm,
+            fascicle_length_spread_px,
+            fascicle_length_spread_mm,
+            pennation_angle_deg,
+            pennation_angle_spread_deg,
+            fascicle_count,
+            fascicle_orientation_deg
+        );
+    }
 }
 
 /// Where a measurement was taken, for drawing (frame coordinates).
@@ -162,7 +230,11 @@ pub struct Analysis {
     pub uncertain_fraction: f64,
     pub flag: Option<Flag>,
     pub calibrated: bool,
+    /// Where the scale came from (and why there is none).
+    pub calibration: CalibrationInfo,
     pub annotation: Option<Annotation>,
+    /// Fascicle task: the measured fascicles, frame coordinates.
+    pub fascicles: Vec<FascicleLine>,
 }
 
 /// The postprocessing stage. Owns every buffer; reuse one per stream.
@@ -195,9 +267,55 @@ pub struct Postprocessor {
     gaps: Vec<f64>,
     /// The region of interest calibration was valid for (first seen); a different one is stale.
     calibration_roi: Option<Rect>,
-    history: VecDeque<f64>,
-    ema: Option<f64>,
+    /// Smoothing of the headline number, the fascicle length and the pennation angle.
+    smoothers: [Smoother; 3],
+    /// Aponeurosis task: the inner edges of the last frame's bands.
+    apo_lines: Option<ApoLines>,
+    /// Fascicle task: the aponeuroses of the frame being analysed (from the aponeurosis model).
+    apo_input: Option<ApoLines>,
+    fascicles: FascicleStage,
+    /// The ruler's calibration for the frame being analysed (see [`Postprocessor::set_ruler`]).
+    ruler: Option<CalibrationInfo>,
     analysis: Analysis,
+}
+
+/// Temporal smoothing of one number.
+#[derive(Debug, Clone, Default)]
+struct Smoother {
+    history: VecDeque<f64>,
+    scratch: Vec<f64>,
+    ema: Option<f64>,
+}
+
+impl Smoother {
+    fn reset(&mut self) {
+        self.history.clear();
+        self.ema = None;
+    }
+
+    /// The smoothed value after `v`.
+    fn push(&mut self, smoothing: Smoothing, v: f64) -> f64 {
+        match smoothing {
+            Smoothing::Off => v,
+            Smoothing::Median(n) => {
+                self.history.push_back(v);
+                while self.history.len() > n.max(1) {
+                    self.history.pop_front();
+                }
+                self.scratch.clear();
+                self.scratch.extend(self.history.iter().copied());
+                median(&mut self.scratch)
+            }
+            Smoothing::Ema(alpha) => {
+                let s = match self.ema {
+                    Some(prev) => alpha * v + (1.0 - alpha) * prev,
+                    None => v,
+                };
+                self.ema = Some(s);
+                s
+            }
+        }
+    }
 }
 
 impl Postprocessor {
@@ -222,8 +340,11 @@ impl Postprocessor {
             bands: Vec::new(),
             gaps: Vec::new(),
             calibration_roi: None,
-            history: VecDeque::new(),
-            ema: None,
+            smoothers: Default::default(),
+            apo_lines: None,
+            apo_input: None,
+            fascicles: FascicleStage::default(),
+            ruler: None,
             analysis: Analysis::default(),
         }
     }
@@ -239,8 +360,9 @@ impl Postprocessor {
             self.calibration_roi = None;
         }
         if cfg.smoothing != self.cfg.smoothing {
-            self.history.clear();
-            self.ema = None;
+            for s in &mut self.smoothers {
+                s.reset();
+            }
         }
         self.cfg = cfg;
     }
@@ -304,6 +426,29 @@ impl Postprocessor {
         &self.analysis
     }
 
+    /// The ruler's calibration for the next frame (the analyser's [`crate::preprocess::calibration::Calibrator`]);
+    /// used unless a manual calibration is configured.
+    pub fn set_ruler(&mut self, info: Option<CalibrationInfo>) {
+        self.ruler = info;
+    }
+
+    /// The task this stage measures.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// Aponeurosis task: the inner edges of the last frame's two bands (region-of-interest
+    /// pixels), `None` when two bands were not found.
+    pub fn aponeuroses(&self) -> Option<ApoLines> {
+        self.apo_lines
+    }
+
+    /// Fascicle task: the aponeuroses the next frame's fascicles are extended to (from the
+    /// aponeurosis model on the same frame, same region of interest).
+    pub fn set_aponeuroses(&mut self, lines: Option<ApoLines>) {
+        self.apo_input = lines;
+    }
+
     fn analyse(&mut self, roi: Rect) {
         self.roi = roi;
         let (w, h) = (roi.w, roi.h);
@@ -341,29 +486,54 @@ impl Postprocessor {
         self.labeller.label(&self.mask, w, h);
         let min_area = ((w * h) as f64 * self.cfg.min_area_fraction).max(8.0) as usize;
 
-        // Calibration: valid for the region of interest it was first used with.
-        let scale = match self.cfg.calibration {
+        // A manual calibration wins; it is valid for the region of interest it was first used
+        // with. Otherwise the ruler's, when there is one.
+        let manual = match self.cfg.calibration {
             Calibration::None => None,
             Calibration::MmPerPx { x, y } => Some((x, y)),
             Calibration::DepthMm(d) => Some((d / h as f64, d / h as f64)),
         };
-        let scale = scale.filter(|_| match self.calibration_roi {
-            None => {
-                self.calibration_roi = Some(roi);
-                true
+        let calibration = match manual {
+            Some(xy) => {
+                let fresh = match self.calibration_roi {
+                    None => {
+                        self.calibration_roi = Some(roi);
+                        true
+                    }
+                    Some(r) => r == roi,
+                };
+                if fresh {
+                    CalibrationInfo {
+                        kind: CalibrationKind::Manual,
+                        mm_per_px: Some(xy),
+                        ..Default::default()
+                    }
+                } else {
+                    CalibrationInfo {
+                        withheld: Some(Withheld::LayoutChanged),
+                        ..Default::default()
+                    }
+                }
             }
-            Some(r) => r == roi,
-        });
+            None => self.ruler.unwrap_or(CalibrationInfo {
+                withheld: Some(Withheld::NotSet),
+                ..Default::default()
+            }),
+        };
+        let scale = calibration.mm_per_px;
 
         let mut a = Analysis {
             confidence,
             uncertain_fraction,
             calibrated: scale.is_some(),
+            calibration,
             ..Default::default()
         };
+        self.apo_lines = None;
         match self.task {
             Task::Aponeurosis => self.aponeurosis(&mut a, min_area, scale),
             Task::Region => self.region(&mut a, min_area, scale),
+            Task::Fascicle => self.fascicle(&mut a, scale),
         }
         if a.flag.is_none()
             && (confidence < self.cfg.min_confidence
@@ -387,6 +557,11 @@ impl Postprocessor {
                 ..e
             }),
         });
+        for f in a.fascicles.iter_mut() {
+            let (dx, dy) = (roi.x as f64, roi.y as f64);
+            f.from = (f.from.0 + dx, f.from.1 + dy);
+            f.to = (f.to.0 + dx, f.to.1 + dy);
+        }
         if let Some(x) = a.measurements.ellipse_centre_x_px.as_mut() {
             *x += roi.x as f64;
         }
@@ -469,8 +644,12 @@ impl Postprocessor {
             return;
         }
         let (xs, sup_edge, deep_edge) = (&self.xs, &self.sup_edge_y, &self.deep_edge_y);
-        let (_, slope_sup) = fit_line(xs, sup_edge);
-        let (_, slope_deep) = fit_line(xs, deep_edge);
+        let (a_sup, slope_sup) = fit_line(xs, sup_edge);
+        let (a_deep, slope_deep) = fit_line(xs, deep_edge);
+        self.apo_lines = Some(ApoLines {
+            superficial: (a_sup, slope_sup),
+            deep: (a_deep, slope_deep),
+        });
         let slope = (slope_sup + slope_deep) / 2.0;
         let cos = 1.0 / (1.0 + slope * slope).sqrt();
         // Central half of the overlap.
@@ -525,6 +704,31 @@ impl Postprocessor {
         });
     }
 
+    fn fascicle(&mut self, a: &mut Analysis, scale: Option<(f64, f64)>) {
+        let Some(r) =
+            self.fascicles
+                .measure(&self.labeller.components, self.apo_input, scale, self.roi.w)
+        else {
+            a.flag = Some(Flag::NoStructure);
+            return;
+        };
+        let m = &mut a.measurements;
+        m.fascicle_orientation_deg = Some(r.orientation_deg);
+        m.fascicle_count = Some(r.count as u64);
+        m.fascicle_length_px = r.length_px;
+        m.fascicle_length_spread_px = r.length_spread_px;
+        m.fascicle_length_mm = r.length_mm;
+        m.fascicle_length_spread_mm = r.length_spread_mm;
+        m.pennation_angle_deg = r.pennation_deg;
+        m.pennation_angle_spread_deg = r.pennation_spread_deg;
+        a.fascicles.clear();
+        a.fascicles.extend_from_slice(&self.fascicles.lines);
+        if r.count == 0 {
+            // Fragments, but no aponeuroses to extend them to (or none between them).
+            a.flag = Some(Flag::OneBand);
+        }
+    }
+
     fn region(&mut self, a: &mut Analysis, min_area: usize, scale: Option<(f64, f64)>) {
         let (w, h) = (self.roi.w, self.roi.h);
         let Some(c) = self
@@ -577,45 +781,37 @@ impl Postprocessor {
         a.annotation = Some(Annotation::Ellipse(e));
     }
 
-    /// Smooths the headline number (thickness or circumference, px and mm alike by the same factor).
+    /// Smooths the headline number (thickness or circumference, px and mm alike by the same
+    /// factor), the fascicle length and the pennation angle.
     fn smooth(&mut self, a: &mut Analysis) {
-        let key = match self.task {
-            Task::Aponeurosis => a.measurements.thickness_px,
-            Task::Region => a.measurements.circumference_px,
-        };
-        let Some(v) = key else { return };
-        let smoothed = match self.cfg.smoothing {
-            Smoothing::Off => return,
-            Smoothing::Median(n) => {
-                self.history.push_back(v);
-                while self.history.len() > n.max(1) {
-                    self.history.pop_front();
-                }
-                self.gaps.clear();
-                self.gaps.extend(self.history.iter().copied());
-                median(&mut self.gaps)
-            }
-            Smoothing::Ema(alpha) => {
-                let s = match self.ema {
-                    Some(prev) => alpha * v + (1.0 - alpha) * prev,
-                    None => v,
-                };
-                self.ema = Some(s);
-                s
-            }
-        };
-        let f = if v != 0.0 { smoothed / v } else { 1.0 };
+        let smoothing = self.cfg.smoothing;
+        if smoothing == Smoothing::Off {
+            return;
+        }
         let m = &mut a.measurements;
-        for x in [
-            &mut m.thickness_px,
-            &mut m.thickness_mm,
-            &mut m.circumference_px,
-            &mut m.circumference_mm,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *x *= f;
+        let headline = match self.task {
+            Task::Aponeurosis => m.thickness_px,
+            Task::Region => m.circumference_px,
+            Task::Fascicle => None,
+        };
+        let scale = |f: f64, xs: [&mut Option<f64>; 2]| {
+            for x in xs.into_iter().flatten() {
+                *x *= f;
+            }
+        };
+        if let Some(v) = headline {
+            let s = self.smoothers[0].push(smoothing, v);
+            let f = if v != 0.0 { s / v } else { 1.0 };
+            scale(f, [&mut m.thickness_px, &mut m.thickness_mm]);
+            scale(f, [&mut m.circumference_px, &mut m.circumference_mm]);
+        }
+        if let Some(v) = m.fascicle_length_px {
+            let s = self.smoothers[1].push(smoothing, v);
+            let f = if v != 0.0 { s / v } else { 1.0 };
+            scale(f, [&mut m.fascicle_length_px, &mut m.fascicle_length_mm]);
+        }
+        if let Some(v) = m.pennation_angle_deg {
+            m.pennation_angle_deg = Some(self.smoothers[2].push(smoothing, v));
         }
     }
 }

@@ -193,6 +193,7 @@ impl Overlay {
                 (None, Some(px)) => Some(format!("circumference {px:.1} px")),
                 _ => None,
             },
+            Task::Fascicle => None,
         };
         let top = if analysis.flag.is_some() {
             size * 1.6

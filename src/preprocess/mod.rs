@@ -4,6 +4,7 @@
 //! the model's layout, replicating gray into 3 channels when asked. Serving and training share this
 //! code so the model sees the same pixels at night and live. Must not depend on tract, burn or tokio.
 
+pub mod calibration;
 pub mod clahe;
 pub mod resize;
 pub mod roi;

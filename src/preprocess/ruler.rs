@@ -39,7 +39,7 @@ pub struct RulerFit {
 }
 
 /// Why no ruler was accepted.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum RulerError {
     #[error("no ruler beside the image: the largest comb of evenly spaced ticks had {found} (at least {min} needed)")]
     TooFewTicks { found: usize, min: usize },

@@ -99,6 +99,8 @@ pub struct Props {
     /// Frames skipped because the source delivered them broken.
     pub corrupt_frames: u64,
     pub calibrated: bool,
+    /// Where the scale comes from (see `publish::measurement::calibration_values`).
+    pub calibration: Values,
     pub last_measurement: Values,
     /// The newest record of `models_dir/history.jsonl` (empty without one).
     pub training: Values,
@@ -174,6 +176,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn calibrated(&self) -> bool {
         self.props().calibrated
+    }
+
+    #[zbus(property)]
+    fn calibration(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().calibration)
     }
 
     #[zbus(property)]

@@ -14,6 +14,7 @@ use crate::clock::rfc3339_us;
 use crate::frame::Rect;
 use crate::model::Task;
 use crate::postprocess::{Calibration, Flag, Measurements};
+use crate::preprocess::calibration::{CalibrationInfo, CalibrationKind};
 use crate::synth::Truth;
 
 /// One value of an `a{sv}` map, kept in plain Rust so it can also go to JSON.
@@ -60,8 +61,10 @@ pub struct Measurement {
     /// The demo phantom's analytic truth for the frame (published beside, never instead of, the
     /// measurement).
     pub truth: Option<Truth>,
-    /// The calibration in force.
-    pub calibration: Calibration,
+    /// The calibration of the frame (its kind, scale, ruler fit or why there is none).
+    pub calibration: CalibrationInfo,
+    /// The configured manual calibration (what kind `manual` means).
+    pub manual: Calibration,
     /// Identifies this run of the daemon: `seq` is unique and increasing within one `start_id`,
     /// so a client tells a restart from a reconnect.
     pub start_id: Arc<str>,
@@ -72,15 +75,78 @@ pub fn new_start_id() -> String {
     format!("{:x}-{:x}", crate::clock::realtime_us(), std::process::id())
 }
 
-/// The calibration as JSON (`kind` plus its parameters).
-pub fn calibration_json(c: &Calibration) -> serde_json::Value {
-    match c {
-        Calibration::None => serde_json::json!({"kind": "none"}),
-        Calibration::MmPerPx { x, y } => {
+/// The calibration as JSON (the log's and a snapshot's `calibration` object): `kind` `ruler`
+/// with `mm_per_px`, `ticks`, `residual_px` and the rest of the fit; a manual calibration as
+/// configured (`mm_per_px` with `mm_per_px_x`/`_y`, or `depth_mm`); `none` with the `reason`.
+pub fn calibration_json(c: &CalibrationInfo, manual: &Calibration) -> serde_json::Value {
+    match (c.kind, manual) {
+        (CalibrationKind::Ruler, _) => match (c.ruler, c.mm_per_px) {
+            (Some(f), Some((x, _))) => serde_json::json!({
+                "kind": "ruler",
+                "mm_per_px": x,
+                "ticks": f.ticks,
+                "residual_px": f.residual_px,
+                "tick_spacing_px": f.tick_spacing_px,
+                "major_every": f.major_every,
+                "extent_px": f.extent_px,
+                "side": f.side,
+            }),
+            _ => serde_json::json!({"kind": "none"}),
+        },
+        (CalibrationKind::Manual, Calibration::MmPerPx { x, y }) => {
             serde_json::json!({"kind": "mm_per_px", "mm_per_px_x": x, "mm_per_px_y": y})
         }
-        Calibration::DepthMm(d) => serde_json::json!({"kind": "depth_mm", "depth_mm": d}),
+        (CalibrationKind::Manual, Calibration::DepthMm(d)) => {
+            let mut v = serde_json::json!({"kind": "depth_mm", "depth_mm": d});
+            if let Some((x, y)) = c.mm_per_px {
+                v["mm_per_px_x"] = x.into();
+                v["mm_per_px_y"] = y.into();
+            }
+            v
+        }
+        _ => {
+            let mut v = serde_json::json!({"kind": "none"});
+            if let Some(w) = &c.withheld {
+                v["reason"] = w.to_string().into();
+            }
+            v
+        }
     }
+}
+
+/// The calibration as a flat dictionary (the D-Bus `Calibration` property, the status event's
+/// `calibration`): `kind` (`ruler`, `manual`, `none`), `mm_per_px` (and `mm_per_px_y` when
+/// different), for the ruler `ticks`, `residual_px`, `tick_spacing_px`, `major_every`, `side`,
+/// and `reason` when millimetres are withheld.
+pub fn calibration_values(c: &CalibrationInfo) -> Values {
+    let mut v = Values::new();
+    v.insert("kind".into(), Val::S(c.kind.as_str().into()));
+    if let Some((x, y)) = c.mm_per_px {
+        v.insert("mm_per_px".into(), Val::F(x));
+        if y != x {
+            v.insert("mm_per_px_y".into(), Val::F(y));
+        }
+    }
+    if let Some(f) = c.ruler {
+        // The last ruler reading also when withheld (what was seen).
+        v.insert("ticks".into(), Val::U(f.ticks as u64));
+        v.insert("residual_px".into(), Val::F(f.residual_px));
+        v.insert("tick_spacing_px".into(), Val::F(f.tick_spacing_px));
+        v.insert("major_every".into(), Val::U(f.major_every as u64));
+        v.insert(
+            "side".into(),
+            Val::S(
+                serde_json::to_value(f.side)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+        );
+    }
+    if let Some(w) = &c.withheld {
+        v.insert("reason".into(), Val::S(w.to_string()));
+    }
+    v
 }
 
 impl Measurement {
@@ -91,7 +157,9 @@ impl Measurement {
         let mut v = Values::new();
         if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&self.measurements) {
             for (k, x) in m {
-                if let Some(f) = x.as_f64() {
+                if let Some(u) = x.as_u64().filter(|_| k.ends_with("_count")) {
+                    v.insert(k, Val::U(u));
+                } else if let Some(f) = x.as_f64() {
                     v.insert(k, Val::F(f));
                 }
             }
@@ -102,12 +170,29 @@ impl Measurement {
             Val::S(self.flag.map(|f| f.as_str()).unwrap_or("").into()),
         );
         v.insert("model_sha256".into(), Val::S(self.model_sha256.to_string()));
-        if let Some(t) = &self.truth {
-            if let Some(x) = t.thickness_px {
-                v.insert("phantom_thickness_px".into(), Val::F(x));
+        let c = &self.calibration;
+        v.insert("calibration_kind".into(), Val::S(c.kind.as_str().into()));
+        if let Some((x, y)) = c.mm_per_px {
+            v.insert("mm_per_px".into(), Val::F(x));
+            if y != x {
+                v.insert("mm_per_px_y".into(), Val::F(y));
             }
-            if let Some(x) = t.circumference_px {
-                v.insert("phantom_circumference_px".into(), Val::F(x));
+        }
+        if let Some(w) = &c.withheld {
+            v.insert("calibration_reason".into(), Val::S(w.to_string()));
+        }
+        if let Some(t) = &self.truth {
+            for (k, x) in [
+                ("phantom_thickness_px", t.thickness_px),
+                ("phantom_thickness_mm", t.thickness_mm),
+                ("phantom_circumference_px", t.circumference_px),
+                ("phantom_pennation_angle_deg", t.pennation_angle_deg),
+                ("phantom_fascicle_length_px", t.fascicle_length_px),
+                ("phantom_fascicle_length_mm", t.fascicle_length_mm),
+            ] {
+                if let Some(x) = x {
+                    v.insert(k.into(), Val::F(x));
+                }
             }
         }
         v
@@ -132,7 +217,7 @@ impl Measurement {
             "values": self.values(),
             "flag": self.flag.map(|f| f.as_str()),
             "model_sha256": &*self.model_sha256,
-            "calibration": calibration_json(&self.calibration),
+            "calibration": calibration_json(&self.calibration, &self.manual),
         })
     }
 
@@ -163,7 +248,7 @@ impl Measurement {
             "measurements": self.measurements,
             "flag": self.flag.map(|f| f.as_str()),
             "model_sha256": &*self.model_sha256,
-            "calibration": calibration_json(&self.calibration),
+            "calibration": calibration_json(&self.calibration, &self.manual),
         })
     }
 }
@@ -188,7 +273,8 @@ mod tests {
             flag: Some(Flag::Uncalibrated),
             model_sha256: Arc::from("abc"),
             truth: None,
-            calibration: Calibration::None,
+            calibration: CalibrationInfo::default(),
+            manual: Calibration::None,
             start_id: Arc::from("s1"),
         }
     }

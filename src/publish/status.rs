@@ -35,6 +35,8 @@ pub trait Daemon1 {
     #[zbus(property)]
     fn calibrated(&self) -> zbus::Result<bool>;
     #[zbus(property)]
+    fn calibration(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
     fn last_measurement(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
     fn training(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
@@ -156,6 +158,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "dropped_frames": p.dropped_frames().await?,
         "corrupt_frames": p.corrupt_frames().await?,
         "calibrated": p.calibrated().await?,
+        "calibration": dict_json(&p.calibration().await?),
         "last_measurement": dict_json(&p.last_measurement().await?),
         "training": dict_json(&p.training().await?),
     }))
@@ -281,13 +284,24 @@ pub fn human(v: &serde_json::Value) -> String {
         }
         _ => s += "       Last: no measurement yet\n",
     }
-    s += &format!(
-        " Calibrated: {}\n",
-        if v["calibrated"].as_bool().unwrap_or(false) {
-            "yes"
-        } else {
-            "no (numbers in pixels)"
-        }
-    );
+    let c = &v["calibration"];
+    let scale = num(c, "mm_per_px").map(|x| format!("{x:.5} mm/px"));
+    s += &match (c["kind"].as_str(), scale) {
+        (Some("ruler"), Some(scale)) => format!(
+            " Calibrated: yes, from the ruler: {scale} ({} ticks, residual {:.2} px)\n",
+            c["ticks"],
+            num(c, "residual_px").unwrap_or(0.0)
+        ),
+        (Some("manual"), Some(scale)) => format!(" Calibrated: yes, manual: {scale}\n"),
+        (Some("manual"), None) => " Calibrated: yes, manual\n".to_string(),
+        _ if v["calibrated"].as_bool().unwrap_or(false) => " Calibrated: yes\n".to_string(),
+        _ => format!(
+            " Calibrated: no (numbers in pixels){}\n",
+            c["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+    };
     s
 }

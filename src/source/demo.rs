@@ -35,14 +35,11 @@ impl DemoSource {
             "depth_mm",
         ])?;
         let task = match spec.options.get("task").map(String::as_str) {
-            None | Some("aponeurosis") => Task::Aponeurosis,
-            Some("region") => Task::Region,
-            Some(t) => {
-                return Err(SourceError::BadSpec {
-                    spec: spec.raw.clone(),
-                    reason: format!("task={t}: allowed aponeurosis or region"),
-                })
-            }
+            None => Task::Aponeurosis,
+            Some(t) => Task::parse(t).ok_or_else(|| SourceError::BadSpec {
+                spec: spec.raw.clone(),
+                reason: format!("task={t}: allowed {}", Task::allowed()),
+            })?,
         };
         let cfg = PhantomConfig {
             width: spec.num("width", 640usize, 64, 4096)?,

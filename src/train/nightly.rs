@@ -188,11 +188,14 @@ pub fn score(
         roi: RoiChoice::default(),
         clahe_threads,
         post,
+        apo_model: None,
     };
     let report = eval::evaluate(m, &opts, &mut |_| {})
         .map_err(|e| NightlyError::Invalid(format!("scoring {}: {e}", m.path().display())))?;
     let error = match m.spec().task {
         Task::Aponeurosis => report.thickness_rel_err_median,
+        // No reference length without aponeuroses: the orientation error, in degrees.
+        Task::Fascicle => report.orientation_err_deg_median,
         Task::Region => {
             let rel: Vec<f64> = report
                 .per_image

@@ -126,13 +126,9 @@ impl TrainSettings {
     pub fn from_section(t: &TrainSection, clahe: Option<ClaheParams>) -> Result<Self, ConfigError> {
         // Without an --init (or one that cannot be read): auto ROI, no contour offset.
         let init = path(&t.init).and_then(|p| init_contract(&p));
-        let task = match t.task.as_str() {
-            "aponeurosis" => Task::Aponeurosis,
-            "region" => Task::Region,
-            other => {
-                choice("train.task", other, &["aponeurosis", "region"])?;
-                unreachable!()
-            }
+        let Some(task) = Task::parse(&t.task) else {
+            choice("train.task", &t.task, &Task::ALL.map(|t| t.as_str()))?;
+            unreachable!()
         };
         let depth = int("train.depth", t.depth, 1, 6)?;
         let (input_width, input_height) =

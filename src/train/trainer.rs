@@ -208,6 +208,10 @@ pub fn spec_for(
     }
 }
 
+/// Fascicle task: the fraction of a model pixel a fragment must cover to count as fragment (a
+/// 1 px line through a pixel 3.6 image pixels wide covers about 0.28 of it).
+pub const FASCICLE_MASK_COVERAGE: f32 = 0.12;
+
 /// A training pair at model resolution: image 0..1, mask 0/1.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -231,9 +235,15 @@ pub fn prepare(samples: &[Sample], spec: &ModelSpec) -> Result<Vec<Prepared>, Tr
         let image = pre.process(view).map_err(bad)?.to_vec();
         let mview = s.mask.view().map_err(bad)?.crop(pre.roi()).map_err(bad)?;
         resizer.resize(&mview, w, h, &mut plane);
+        // Thin structures (fascicle fragments, 1 to 2 px wide in the image) would vanish at model
+        // resolution under a half-coverage rule: a model pixel a fragment crosses counts.
+        let cut = match spec.task {
+            Task::Fascicle => 255.0 * FASCICLE_MASK_COVERAGE,
+            _ => 127.5,
+        };
         let mask: Vec<f32> = plane
             .iter()
-            .map(|&v| if v >= 127.5 { 1.0 } else { 0.0 })
+            .map(|&v| if v >= cut { 1.0 } else { 0.0 })
             .collect();
         out.push(Prepared {
             name: s.name.clone(),

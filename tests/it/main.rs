@@ -9,6 +9,7 @@ mod daemon_support;
 #[cfg(feature = "train")]
 mod dataset;
 mod engine;
+mod fascicle;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg_src;
 mod infer_cli;
