@@ -1,7 +1,9 @@
 //! One frame from pixels to numbers and overlay: the preprocessing, postprocessing and overlay stages
-//! for one model, composed. `pocusd infer`, `eval` and the benchmarks use it, and the daemon's
-//! processing thread will. Holds no model itself (the caller owns the `LoadedModel`, so hot swap
-//! stays with the owner of state). No I/O.
+//! for one model, composed, plus any extra models (`[model] extra`, e.g. fascicles) that run on the
+//! same preprocessed frame (one preprocessing, one region of interest, one calibration) and whose
+//! keys join the primary's. `pocusd infer`, `eval`, the benchmarks and the daemon's processing
+//! thread use it. The primary model stays with the caller (so its hot swap stays with the owner of
+//! state); each extra model is owned here with its own engine and is swapped by role. No I/O.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,13 @@ use thiserror::Error;
 
 use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::infer::{InferError, LoadedModel};
+use crate::model::{ModelSpec, Task};
 use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, Calibration, PostprocessConfig, Postprocessor};
 use crate::preprocess::calibration::Calibrator;
 use crate::preprocess::roi::{RoiMode, Tracking};
 use crate::preprocess::Preprocessor;
+use crate::preprocess::{fill_tensor, Clahe, Resizer};
 
 /// Why a frame could not be analysed.
 #[derive(Debug, Error)]
@@ -23,6 +27,65 @@ pub enum AnalyzeError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Infer(#[from] InferError),
+}
+
+/// An extra model and its stages: it reads the primary's region of interest (enhanced with the
+/// primary's CLAHE when the parameters match, else with its own), resized to its own input.
+#[derive(Debug)]
+pub struct Extra {
+    /// The role (its task's name: `fascicle`).
+    pub role: String,
+    pub model: LoadedModel,
+    clahe: Option<Clahe>,
+    enhanced: GrayImage,
+    resizer: Resizer,
+    plane: Vec<f32>,
+    tensor: Vec<f32>,
+    post: Postprocessor,
+    /// Inference time of the last frame, ms.
+    pub last_infer_ms: f64,
+}
+
+impl Extra {
+    fn new(model: LoadedModel, primary: &ModelSpec, post: PostprocessConfig) -> Self {
+        let spec = model.spec().clone();
+        let clahe = if spec.clahe == primary.clahe {
+            None
+        } else {
+            spec.clahe.map(Clahe::new)
+        };
+        let mut post = Postprocessor::new(spec.task, post);
+        post.set_contour_offset_px(spec.contour_offset_px);
+        Self {
+            role: spec.task.as_str().to_string(),
+            model,
+            clahe,
+            enhanced: GrayImage::default(),
+            resizer: Resizer::new(),
+            plane: Vec::new(),
+            tensor: Vec::new(),
+            post,
+            last_infer_ms: 0.0,
+        }
+    }
+
+    /// The postprocessing stage (its mask, its last analysis).
+    pub fn postprocessor(&self) -> &Postprocessor {
+        &self.post
+    }
+}
+
+/// Why an extra model cannot join.
+#[derive(Debug, Error)]
+pub enum ExtraError {
+    #[error("an extra model needs its own role: {path} is a {task} model, like the primary model (load it with LoadModel instead)")]
+    SameAsPrimary { path: String, task: &'static str },
+    #[error("role {role:?} does not match {path}, a {task} model (the role is the model's task)")]
+    WrongRole {
+        role: String,
+        path: String,
+        task: &'static str,
+    },
 }
 
 /// The stages around a model.
@@ -35,6 +98,9 @@ pub struct Analyzer {
     /// Ruler calibration (`[calibration] mode = "ruler"`).
     calibrator: Option<Calibrator>,
     per_image: bool,
+    extras: Vec<Extra>,
+    /// The primary's analysis with the extras' keys merged in (only with extras).
+    merged: Analysis,
     /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
     pub last_ms: [f64; 3],
 }
@@ -61,8 +127,68 @@ impl Analyzer {
             style,
             calibrator,
             per_image,
+            extras: Vec::new(),
+            merged: Analysis::default(),
             last_ms: [0.0; 3],
         }
+    }
+
+    /// Adds an extra model, or replaces the one in its role (its task). `role`, when given, must
+    /// be that task; the primary's task cannot be an extra role.
+    pub fn set_extra(&mut self, role: Option<&str>, model: LoadedModel) -> Result<(), ExtraError> {
+        let task = model.spec().task;
+        let path = model.path().display().to_string();
+        if let Some(r) = role {
+            if r != task.as_str() {
+                return Err(ExtraError::WrongRole {
+                    role: r.to_string(),
+                    path,
+                    task: task.as_str(),
+                });
+            }
+        }
+        if task == self.pre.spec().task {
+            return Err(ExtraError::SameAsPrimary {
+                path,
+                task: task.as_str(),
+            });
+        }
+        let extra = Extra::new(model, self.pre.spec(), *self.post.config());
+        match self.extras.iter_mut().find(|e| e.role == extra.role) {
+            Some(e) => *e = extra,
+            None => self.extras.push(extra),
+        }
+        Ok(())
+    }
+
+    /// The extra models, in the order they were added.
+    pub fn extras(&self) -> &[Extra] {
+        &self.extras
+    }
+
+    /// Takes the extra models out (to move them to a new analyser on a primary swap).
+    pub fn take_extras(&mut self) -> Vec<Extra> {
+        std::mem::take(&mut self.extras)
+    }
+
+    /// Puts extra models taken from another analyser back, re-checked against this primary;
+    /// returns the ones refused with why.
+    pub fn put_extras(&mut self, extras: Vec<Extra>) -> Vec<(Extra, ExtraError)> {
+        let mut refused = Vec::new();
+        for e in extras {
+            if e.model.spec().task == self.pre.spec().task {
+                let err = ExtraError::SameAsPrimary {
+                    path: e.model.path().display().to_string(),
+                    task: e.model.spec().task.as_str(),
+                };
+                refused.push((e, err));
+                continue;
+            }
+            let mut fresh = Extra::new(e.model, self.pre.spec(), *self.post.config());
+            fresh.role = e.role;
+            self.extras.push(fresh);
+        }
+        refused
     }
 
     /// Changes the postprocessing settings live (threshold, gates, smoothing, calibration).
@@ -71,6 +197,9 @@ impl Analyzer {
             self.calibrator = cfg.ruler.map(|r| Calibrator::new(r, self.per_image));
         }
         self.post.set_config(cfg);
+        for e in &mut self.extras {
+            e.post.set_config(cfg);
+        }
     }
 
     /// The ruler calibrator, in ruler mode.
@@ -101,8 +230,62 @@ impl Analyzer {
         self.post.set_ruler(ruler);
         self.post.process(probability, w, h, roi);
         let t3 = std::time::Instant::now();
-        self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
-        Ok(self.post.analysis())
+        if self.extras.is_empty() {
+            self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
+            return Ok(self.post.analysis());
+        }
+        // The extras, on the same region of interest, calibration and (for fascicles) the
+        // primary's aponeuroses.
+        self.merged.clone_from(self.post.analysis());
+        let apo = self.post.aponeuroses();
+        let (mut infer_ms, mut post_ms) = (ms(t2 - t1), ms(t3 - t2));
+        for e in &mut self.extras {
+            let s0 = std::time::Instant::now();
+            let spec = e.model.spec();
+            let source = match &mut e.clahe {
+                Some(c) => {
+                    c.apply(frame.crop(roi)?, &mut e.enhanced);
+                    &e.enhanced
+                }
+                None => self.pre.enhanced(),
+            };
+            e.resizer.resize(
+                &source.view()?,
+                spec.input_width,
+                spec.input_height,
+                &mut e.plane,
+            );
+            fill_tensor(&e.plane, spec, &mut e.tensor);
+            let (ew, eh) = (spec.input_width, spec.input_height);
+            let s1 = std::time::Instant::now();
+            let prob = e.model.run(&e.tensor)?;
+            let s2 = std::time::Instant::now();
+            e.last_infer_ms = ms(s2 - s1);
+            let fascicle = e.post.task() == Task::Fascicle;
+            if fascicle {
+                e.post.set_aponeuroses(apo);
+            }
+            e.post.set_ruler(ruler);
+            let a = e.post.process(prob, ew, eh, roi);
+            self.merged.measurements.merge(&a.measurements);
+            if fascicle {
+                self.merged.fascicles.clone_from(&a.fascicles);
+            }
+            let s3 = std::time::Instant::now();
+            infer_ms += ms(s2 - s1);
+            post_ms += ms(s1 - s0) + ms(s3 - s2);
+        }
+        self.last_ms = [ms(t1 - t0), infer_ms, post_ms];
+        Ok(&self.merged)
+    }
+
+    /// The analysis of the last frame (the primary's, with the extras' keys).
+    pub fn analysis(&self) -> &Analysis {
+        if self.extras.is_empty() {
+            self.post.analysis()
+        } else {
+            &self.merged
+        }
     }
 
     /// Draws the overlay of the last analysed frame (which must be `frame`).
@@ -115,8 +298,12 @@ impl Analyzer {
             task: self.pre.spec().task,
             model_sha256,
         };
-        self.overlay
-            .render(&input, self.post.analysis(), &self.style)
+        let analysis = if self.extras.is_empty() {
+            self.post.analysis()
+        } else {
+            &self.merged
+        };
+        self.overlay.render(&input, analysis, &self.style)
     }
 
     /// Draws the overlay of the last analysed frame (which must be `frame`) and hands it out as

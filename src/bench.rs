@@ -265,6 +265,8 @@ pub struct PipelineOptions {
     /// Processed frames to measure after the warm-up second.
     pub frames: u64,
     pub model: Option<PathBuf>,
+    /// Extra models on the same frames.
+    pub extra_models: Vec<PathBuf>,
 }
 
 /// p50 and p99 of one stage, ms.
@@ -452,6 +454,7 @@ fn run_watched(
         config_file: opts.config_file.clone(),
         source: Some(source.to_string()),
         model: opts.model.clone(),
+        extra_models: opts.extra_models.clone(),
         frames: Some(frames),
         session_bus: true,
         no_dbus: bus.is_none(),

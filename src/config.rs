@@ -99,6 +99,7 @@ pub struct PreprocessSection {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub path: String,
+    pub extra: Vec<String>,
     pub threads: u32,
     pub task: String,
     pub layout: String,
@@ -382,6 +383,8 @@ pub struct TrainSection {
 pub struct ModelConfig {
     /// Explicit model file, if any.
     pub path: Option<PathBuf>,
+    /// Extra models run on the same preprocessed frame (`[model] extra`), by role = their task.
+    pub extra: Vec<PathBuf>,
     pub threads: usize,
     /// Applied to models without metadata.
     pub overrides: SpecOverrides,
@@ -678,8 +681,20 @@ fn validate_model(m: &ModelSection, pre: &PreprocessConfig) -> Result<ModelConfi
         clahe: Some(pre.clahe),
     };
     let path = (!m.path.trim().is_empty()).then(|| PathBuf::from(m.path.trim()));
+    let mut extra = Vec::new();
+    for (i, e) in m.extra.iter().enumerate() {
+        if e.trim().is_empty() {
+            return Err(ConfigError::OutOfRange {
+                key: format!("model.extra[{i}]"),
+                value: format!("{e:?}"),
+                allowed: "the path of an ONNX model file".into(),
+            });
+        }
+        extra.push(PathBuf::from(e.trim()));
+    }
     Ok(ModelConfig {
         path,
+        extra,
         threads: m.threads as usize,
         overrides,
     })

@@ -106,6 +106,10 @@ struct RunArgs {
     /// Stop cleanly after N processed frames.
     #[arg(long, value_name = "N")]
     frames: Option<u64>,
+    /// An extra model on the same frames (repeatable; replaces [model] extra), e.g.
+    /// models/fascicle.onnx beside the aponeurosis model.
+    #[arg(long, value_name = "FILE")]
+    extra_model: Vec<PathBuf>,
     /// Serve on the session bus instead of the system bus (as dbus.bus = "session").
     #[arg(long)]
     session_bus: bool,
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 roi: cli.roi.clone(),
                 model: args.model.clone(),
                 frames: args.frames,
+                extra_models: args.extra_model.clone(),
                 session_bus: args.session_bus,
                 ..Default::default()
             })

@@ -45,6 +45,9 @@ pub struct BenchPipelineArgs {
     /// Model (ONNX); default as `pocusd run`.
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
+    /// An extra model on the same frames (repeatable), as `pocusd run --extra-model`.
+    #[arg(long, value_name = "FILE")]
+    extra_model: Vec<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -215,6 +218,7 @@ pub fn cmd_bench(
                 fps: a.fps,
                 frames: a.frames,
                 model: a.model.clone(),
+                extra_models: a.extra_model.clone(),
             })?;
             if a.json {
                 return print_json(&r);
@@ -238,6 +242,7 @@ pub fn cmd_bench(
                 fps: 0.0,
                 frames: a.frames,
                 model: a.model.clone(),
+                extra_models: Vec::new(),
             })?;
             if a.json {
                 return print_json(&r);

@@ -22,6 +22,8 @@ pub enum Error {
 #[derive(Debug)]
 pub enum Command {
     LoadModel(PathBuf, oneshot::Sender<Result<(), Error>>),
+    /// An extra model for a role (its task).
+    LoadExtraModel(String, PathBuf, oneshot::Sender<Result<(), Error>>),
     SetThreshold(f64, oneshot::Sender<Result<(), Error>>),
     Pause(bool, oneshot::Sender<Result<(), Error>>),
     Snapshot(oneshot::Sender<Result<String, Error>>),

@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub roi: Option<String>,
     /// `--model FILE`.
     pub model: Option<PathBuf>,
+    /// `--extra-model FILE` (repeatable): replaces `[model] extra` when given.
+    pub extra_models: Vec<PathBuf>,
     /// `--frames N`: stop after N processed frames.
     pub frames: Option<u64>,
     /// `--session-bus`.
@@ -278,6 +280,8 @@ struct Supervisor {
     props: Arc<Mutex<Props>>,
     emitted: Props,
     model: Values,
+    /// The extra models' `Model` dictionaries by role.
+    extra_models: std::collections::BTreeMap<String, Values>,
     paused: bool,
     threshold: f32,
     latency: Latency,
@@ -439,6 +443,11 @@ impl Supervisor {
             state_text,
             source: self.cfg.source.spec.raw.clone(),
             model: self.model.clone(),
+            models: {
+                let mut m = self.extra_models.clone();
+                m.insert("primary".into(), self.model.clone());
+                m
+            },
             fps: (self.fps.per_second(Instant::now()) * 10.0).round() / 10.0,
             latency_ms: self.latency.values(),
             dropped_frames: self.shared.frames.dropped() + self.shared.results.dropped(),
@@ -790,11 +799,49 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     infer::set_threads(cfg.model.threads);
     let model_path = resolve_model(&cfg, opts.model.as_deref())?;
     let model = load_checked(&model_path, &cfg)?;
+    let extras = load_extras(&opts, &cfg, &model)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(opts, cfg, model))
+    runtime.block_on(serve(opts, cfg, model, extras))
+}
+
+/// The extra models (`--extra-model`, else `[model] extra`), each checked like the primary, one
+/// per task and none with the primary's task.
+fn load_extras(
+    opts: &RunOptions,
+    cfg: &Config,
+    primary: &LoadedModel,
+) -> anyhow::Result<Vec<LoadedModel>> {
+    let paths = if opts.extra_models.is_empty() {
+        &cfg.model.extra
+    } else {
+        &opts.extra_models
+    };
+    let mut out: Vec<LoadedModel> = Vec::new();
+    for p in paths {
+        let m = load_checked(p, cfg).context("an extra model ([model] extra, --extra-model)")?;
+        let task = m.spec().task;
+        if task == primary.spec().task {
+            anyhow::bail!(
+                "extra model {} is a {} model like the primary model {}: an extra model adds another task (e.g. fascicle beside aponeurosis)",
+                p.display(),
+                task.as_str(),
+                primary.path().display()
+            );
+        }
+        if let Some(o) = out.iter().find(|o| o.spec().task == task) {
+            anyhow::bail!(
+                "extra models {} and {} are both {} models: one extra model per task",
+                o.path().display(),
+                p.display(),
+                task.as_str()
+            );
+        }
+        out.push(m);
+    }
+    Ok(out)
 }
 
 async fn connect(
@@ -822,7 +869,12 @@ async fn connect(
         })
 }
 
-async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Result<()> {
+async fn serve(
+    opts: RunOptions,
+    cfg: Config,
+    model: LoadedModel,
+    extras: Vec<LoadedModel>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let bus = if opts.session_bus {
         Bus::Session
@@ -844,6 +896,15 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         std::time::SystemTime::now(),
     );
     let model_vals = model_values(&model, cfg.source.roi);
+    let extra_vals: std::collections::BTreeMap<String, Values> = extras
+        .iter()
+        .map(|m| {
+            (
+                m.spec().task.as_str().to_string(),
+                model_values(m, cfg.source.roi),
+            )
+        })
+        .collect();
     let roi_warning = warn_roi(&model, cfg.source.roi);
     let listener = if cfg.http.enabled {
         Some(
@@ -863,6 +924,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
     let threads = pipeline::start(
         &shared,
         model,
+        extras,
         CaptureSettings {
             spec: cfg.source.spec.clone(),
             retry: cfg.source.retry,
@@ -1027,6 +1089,7 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
         props,
         emitted: Props::default(),
         model: model_vals,
+        extra_models: extra_vals,
         paused: false,
         latency: Latency::new(),
         fps: Rate::new(Duration::from_secs(2)),
@@ -1128,6 +1191,13 @@ async fn serve(opts: RunOptions, cfg: Config, model: LoadedModel) -> anyhow::Res
                         let r = sup.snapshot(None).await;
                         if let (Err(DbusError::Io(m)), Some(emitter)) = (&r, &emitter) {
                             let _ = Daemon1::fault(emitter, "snapshot", m).await;
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Command::LoadExtraModel(role, path, reply) => {
+                        let r = load_extra_command(&mut sup, role, path).await;
+                        if let (Err(DbusError::ModelRejected(m)), Some(emitter)) = (&r, &emitter) {
+                            let _ = Daemon1::fault(emitter, "model_rejected", m).await;
                         }
                         let _ = reply.send(r);
                     }
@@ -1271,6 +1341,53 @@ async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), D
     swap_model(sup, model, &path)
 }
 
+/// `LoadExtraModel(role, path)`: the role is the model's task (not the primary's); the model in
+/// that role, if any, keeps running when the new one is refused.
+async fn load_extra_command(
+    sup: &mut Supervisor,
+    role: String,
+    path: PathBuf,
+) -> Result<(), DbusError> {
+    let shown = cut(&path.display().to_string());
+    let primary = sup
+        .model
+        .get("task")
+        .and_then(Val::as_str)
+        .unwrap_or("")
+        .to_string();
+    let Some(task) = crate::model::Task::parse(&role).filter(|t| t.as_str() != primary) else {
+        return Err(DbusError::InvalidArgument(format!(
+            "role {:?}: an extra model's role is its task, one of {} other than the primary model's ({primary})",
+            cut(&role),
+            crate::model::Task::allowed()
+        )));
+    };
+    if !path.is_absolute() {
+        return Err(DbusError::InvalidArgument(format!(
+            "model path {shown:?} is not absolute; pass the full path of an ONNX file"
+        )));
+    }
+    if !path.is_file() {
+        return Err(DbusError::NotFound(format!("no model file at {shown}")));
+    }
+    let model = load_for_swap(sup, &path).await?;
+    if model.spec().task != task {
+        let msg = format!(
+            "{shown} is a {} model, not a {role} model; the running {role} model (if any) is kept",
+            model.spec().task.as_str()
+        );
+        eprintln!("pocusd: extra model refused: {msg}");
+        return Err(DbusError::ModelRejected(msg));
+    }
+    let vals = model_values(&model, sup.cfg.source.roi);
+    sup.control
+        .send(Control::Extra(Box::new(model)))
+        .map_err(|_| DbusError::Io("the processing thread has stopped".into()))?;
+    sup.extra_models.insert(role.clone(), vals);
+    eprintln!("pocusd: extra model {} loaded as {role}", path.display());
+    Ok(())
+}
+
 /// Loads and checks a model off the async thread; a refusal keeps the running model.
 async fn load_for_swap(sup: &Supervisor, path: &Path) -> Result<LoadedModel, DbusError> {
     let cfg = sup.cfg.clone();
@@ -1360,6 +1477,7 @@ async fn emit_changes(
         state_text => state_text_changed,
         source => source_changed,
         model => model_changed,
+        models => models_changed,
         fps => fps_changed,
         latency_ms => latency_ms_changed,
         dropped_frames => dropped_frames_changed,

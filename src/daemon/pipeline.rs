@@ -94,6 +94,8 @@ pub struct SnapshotData {
 pub enum Control {
     /// A loaded and checked model replaces the current one.
     Model(Box<LoadedModel>),
+    /// A loaded and checked extra model joins, or replaces the one of its role (its task).
+    Extra(Box<LoadedModel>),
     Postprocess(PostprocessConfig),
     Style(OverlayStyle),
     Pause(bool),
@@ -234,6 +236,7 @@ fn realtime_us() -> i64 {
 pub fn process_loop(
     shared: Arc<Shared>,
     mut model: LoadedModel,
+    extras: Vec<LoadedModel>,
     settings: ProcessSettings,
     control: Receiver<Control>,
 ) {
@@ -247,6 +250,12 @@ pub fn process_loop(
         Analyzer::new(model, roi, tracking, settings.clahe_threads, post, style)
     };
     let mut analyzer = analyzer_for(&model, post, style);
+    for e in extras {
+        // Checked by the supervisor (one per task, not the primary's).
+        if let Err(err) = analyzer.set_extra(None, e) {
+            eprintln!("pocusd: extra model refused: {err}");
+        }
+    }
     let mut sha: Arc<str> = Arc::from(model.sha256());
     let mut paused = false;
     let mut last: Option<(Frame, Arc<Processed>)> = None;
@@ -265,9 +274,21 @@ pub fn process_loop(
                 Control::Model(m) => {
                     model = *m;
                     sha = Arc::from(model.sha256());
+                    let extras = analyzer.take_extras();
                     analyzer = analyzer_for(&model, post, style);
+                    for (e, err) in analyzer.put_extras(extras) {
+                        eprintln!(
+                            "pocusd: extra model {} dropped: {err}",
+                            e.model.path().display()
+                        );
+                    }
                     if let Some((f, _)) = last.take() {
                         f.recycle();
+                    }
+                }
+                Control::Extra(m) => {
+                    if let Err(err) = analyzer.set_extra(None, *m) {
+                        eprintln!("pocusd: extra model refused: {err}");
                     }
                 }
                 Control::Postprocess(p) => {
@@ -386,6 +407,7 @@ pub struct Threads {
 pub fn start(
     shared: &Arc<Shared>,
     model: LoadedModel,
+    extras: Vec<LoadedModel>,
     capture: CaptureSettings,
     process: ProcessSettings,
 ) -> std::io::Result<Threads> {
@@ -397,7 +419,7 @@ pub fn start(
     let s = shared.clone();
     let process = std::thread::Builder::new()
         .name("pocusd-process".into())
-        .spawn(move || process_loop(s, model, process, rx))?;
+        .spawn(move || process_loop(s, model, extras, process, rx))?;
     Ok(Threads {
         capture,
         process,

@@ -178,6 +178,11 @@ impl Overlay {
             }
             None => {}
         }
+        // Fascicles (an extra fascicle model): each from the superficial to the deep aponeurosis.
+        let cyan = [0, 220, 255];
+        for f in &analysis.fascicles {
+            draw_line(img, f.from, f.to, cyan, 1);
+        }
 
         // Numbers.
         let size = (fh as f32 / 20.0).clamp(12.0, 40.0);
@@ -219,6 +224,19 @@ impl Overlay {
         if let Some(h) = headline {
             self.draw_text_shadowed(6.0, y, size, &h, [255, 255, 255]);
             y += size * 1.15;
+        }
+        let fascicle = match (
+            m.fascicle_length_mm,
+            m.fascicle_length_px,
+            m.pennation_angle_deg,
+        ) {
+            (Some(mm), _, Some(a)) => Some(format!("fascicle {mm:.1} mm, pennation {a:.1} deg")),
+            (None, Some(px), Some(a)) => Some(format!("fascicle {px:.0} px, pennation {a:.1} deg")),
+            _ => None,
+        };
+        if let Some(t) = fascicle {
+            self.draw_text_shadowed(6.0, y, size * 0.8, &t, [200, 240, 255]);
+            y += size * 0.95;
         }
         let conf = format!("confidence {:.2}", analysis.confidence);
         self.draw_text_shadowed(6.0, y, size * 0.7, &conf, [220, 220, 220]);

@@ -93,6 +93,8 @@ pub struct Props {
     pub state_text: String,
     pub source: String,
     pub model: Values,
+    /// Role (`primary`, and each extra model's task) to the same dictionary as `model`.
+    pub models: std::collections::BTreeMap<String, Values>,
     pub fps: f64,
     pub latency_ms: Values,
     pub dropped_frames: u64,
@@ -154,6 +156,15 @@ impl Daemon1 {
     }
 
     #[zbus(property)]
+    fn models(&self) -> HashMap<String, HashMap<String, OwnedVariant>> {
+        self.props()
+            .models
+            .iter()
+            .map(|(k, v)| (k.clone(), to_dict(v)))
+            .collect()
+    }
+
+    #[zbus(property)]
     fn fps(&self) -> f64 {
         self.props().fps
     }
@@ -206,6 +217,11 @@ impl Daemon1 {
 
     async fn load_model(&self, path: String) -> Result<(), Error> {
         self.ask(|tx| Command::LoadModel(PathBuf::from(path), tx))
+            .await
+    }
+
+    async fn load_extra_model(&self, role: String, path: String) -> Result<(), Error> {
+        self.ask(|tx| Command::LoadExtraModel(role, PathBuf::from(path), tx))
             .await
     }
 

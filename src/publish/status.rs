@@ -25,6 +25,8 @@ pub trait Daemon1 {
     #[zbus(property)]
     fn model(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
+    fn models(&self) -> zbus::Result<HashMap<String, HashMap<String, OwnedVariant>>>;
+    #[zbus(property)]
     fn fps(&self) -> zbus::Result<f64>;
     #[zbus(property, name = "LatencyMs")]
     fn latency_ms(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
@@ -52,6 +54,7 @@ pub trait Daemon1 {
     fn fault(&self, code: String, message: String) -> zbus::Result<()>;
 
     fn load_model(&self, path: &str) -> zbus::Result<()>;
+    fn load_extra_model(&self, role: &str, path: &str) -> zbus::Result<()>;
     fn set_threshold(&self, probability: f64) -> zbus::Result<()>;
     fn pause(&self, paused: bool) -> zbus::Result<()>;
     fn snapshot(&self) -> zbus::Result<String>;
@@ -153,6 +156,13 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "state_text": p.state_text().await?,
         "source": p.source().await?,
         "model": dict_json(&p.model().await?),
+        "models": serde_json::Value::Object(
+            p.models()
+                .await?
+                .iter()
+                .map(|(k, d)| (k.clone(), dict_json(d)))
+                .collect(),
+        ),
         "fps": p.fps().await?,
         "latency_ms": dict_json(&p.latency_ms().await?),
         "dropped_frames": p.dropped_frames().await?,
@@ -222,6 +232,21 @@ pub fn human(v: &serde_json::Value) -> String {
             .map(|d| format!(", val Dice {d:.3}"))
             .unwrap_or_default()
     );
+    if let Some(models) = v["models"].as_object() {
+        for (role, e) in models.iter().filter(|(r, _)| r.as_str() != "primary") {
+            s += &format!(
+                "      Extra: {role}: {} (sha256 {}{})\n",
+                e["path"].as_str().unwrap_or("?"),
+                e["sha256"]
+                    .as_str()
+                    .map(|x| &x[..x.len().min(12)])
+                    .unwrap_or("?"),
+                num(e, "val_dice")
+                    .map(|d| format!(", val Dice {d:.3}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(applied) = m["roi_applied"].as_str() {
         let model_roi = m["roi"].as_str().unwrap_or("full");
         s += &if m["roi_override"].as_bool().unwrap_or(false) {
@@ -283,6 +308,16 @@ pub fn human(v: &serde_json::Value) -> String {
             );
         }
         _ => s += "       Last: no measurement yet\n",
+    }
+    if let Some(a) = num(lm, "pennation_angle_deg") {
+        let len = num(lm, "fascicle_length_mm")
+            .map(|x| format!("{x:.1} mm"))
+            .or_else(|| num(lm, "fascicle_length_px").map(|x| format!("{x:.0} px")))
+            .unwrap_or_else(|| "-".into());
+        s += &format!(
+            "  Fascicles: length {len}, pennation {a:.1} deg, {} measured\n",
+            lm["fascicle_count"]
+        );
     }
     let c = &v["calibration"];
     let scale = num(c, "mm_per_px").map(|x| format!("{x:.5} mm/px"));
