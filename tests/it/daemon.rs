@@ -685,6 +685,7 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
             "Reload" => (v(&[]), true),
             "LoadModel" => (v(&[model.to_str().unwrap()]), true),
             "RollbackModel" => (v(&["--", "-1"]), true),
+            "LoadExtraModel" => (v(&["fascicle", model.to_str().unwrap()]), true),
             _ => return None,
         })
     };
@@ -730,6 +731,18 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
     assert!(
         common::stderr(&o).contains("no model version is current yet"),
         "operator RollbackModel: {}",
+        common::stderr(&o)
+    );
+    // An operator reaches LoadExtraModel (the daemon answers: an aponeurosis model is no
+    // fascicle model).
+    let o = method(
+        "pocusdtest-op",
+        "LoadExtraModel",
+        &["fascicle", model.to_str().unwrap()],
+    );
+    assert!(
+        common::stderr(&o).contains("not a fascicle model"),
+        "operator LoadExtraModel: {}",
         common::stderr(&o)
     );
     let o = method("pocusdtest-op", "Pause", &["true"]);

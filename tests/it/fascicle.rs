@@ -118,3 +118,162 @@ fn fragments_without_aponeuroses_give_orientation_only_and_stray_fragments_are_d
         .clone();
     assert_eq!(r.flag, Some(Flag::NoStructure));
 }
+
+mod daemon {
+    use std::time::Duration;
+
+    use crate::common;
+    use crate::daemon_support::*;
+
+    fn unet(path: &std::path::Path, seed: &str) {
+        let o = common::run(&[
+            "unet",
+            "--out",
+            path.to_str().unwrap(),
+            "--input",
+            "64x64",
+            "--depth",
+            "3",
+            "--width",
+            "8",
+            "--task",
+            "fascicle",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    }
+
+    fn fascicle_sha(bus: &Bus) -> String {
+        let m = get(bus, "Models");
+        let at = m
+            .find("'fascicle'")
+            .unwrap_or_else(|| panic!("no fascicle role: {m}"));
+        let rest = &m[at..];
+        let s = rest.find("'sha256': <'").unwrap() + 12;
+        rest[s..s + 64].to_string()
+    }
+
+    #[test]
+    fn an_extra_model_runs_beside_the_primary_and_swaps_by_role() {
+        let bus = Bus::session();
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("fa.onnx"), tmp.path().join("fb.onnx"));
+        unet(&a, "1");
+        unet(&b, "2");
+        // An extra model of the primary's own task stops start-up with what to do.
+        let o = daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("s0"),
+            &[
+                "--source",
+                "demo?fps=10",
+                "--extra-model",
+                "models/aponeurosis.onnx",
+                "--frames",
+                "1",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            common::stderr(&o).contains("like the primary model"),
+            "{}",
+            common::stderr(&o)
+        );
+
+        let mut d = Daemon::spawn(
+            daemon_cmd(
+                &bus,
+                true,
+                &tmp.path().join("state"),
+                &[
+                    "--source",
+                    "demo?fps=15&furniture=1",
+                    "--extra-model",
+                    a.to_str().unwrap(),
+                ],
+            ),
+            tmp.path(),
+        );
+        wait_for("the daemon to stream", Duration::from_secs(60), || {
+            name_has_owner(&bus) && state_of(&bus) == 1
+        });
+        let models = get(&bus, "Models");
+        assert!(
+            models.contains("'primary'") && models.contains("'fascicle'"),
+            "{models}"
+        );
+        assert!(models.contains("'task': <'fascicle'>"), "{models}");
+        let sha_a = fascicle_sha(&bus);
+        // The primary is still the aponeurosis model and still measures in mm from the ruler.
+        wait_for("a measurement", Duration::from_secs(60), || {
+            get(&bus, "LastMeasurement").contains("'thickness_mm'")
+        });
+        assert!(get(&bus, "Model").contains("'task': <'aponeurosis'>"));
+
+        // Refusals keep the running extra model.
+        let corrupt = tmp.path().join("corrupt.onnx");
+        std::fs::write(&corrupt, b"not an onnx file").unwrap();
+        let o = call(
+            &bus,
+            "LoadExtraModel",
+            &["fascicle", corrupt.to_str().unwrap()],
+        );
+        assert!(!o.status.success());
+        assert!(
+            common::stderr(&o).contains("ModelRejected"),
+            "{}",
+            common::stderr(&o)
+        );
+        let o = call(
+            &bus,
+            "LoadExtraModel",
+            &["aponeurosis", b.to_str().unwrap()],
+        );
+        assert!(
+            common::stderr(&o).contains("InvalidArgument"),
+            "{}",
+            common::stderr(&o)
+        );
+        let o = call(&bus, "LoadExtraModel", &["region", b.to_str().unwrap()]);
+        assert!(
+            common::stderr(&o).contains("not a region model"),
+            "{}",
+            common::stderr(&o)
+        );
+        assert_eq!(fascicle_sha(&bus), sha_a);
+
+        // A good one replaces it in its role.
+        let o = call(&bus, "LoadExtraModel", &["fascicle", b.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        wait_for(
+            "the Models property to change",
+            Duration::from_secs(10),
+            || fascicle_sha(&bus) != sha_a,
+        );
+        let sha_b = fascicle_sha(&bus);
+        let (v, text) = status(&bus, true);
+        let v = v.unwrap();
+        assert_eq!(v["models"]["fascicle"]["sha256"], sha_b.as_str());
+        assert!(text.contains("\"fascicle\""));
+        let (_, text) = status(&bus, false);
+        assert!(text.contains("Extra: fascicle:"), "{text}");
+        // Frames keep flowing with both models.
+        let seq = |bus: &Bus| -> u64 {
+            let lm = get(bus, "LastMeasurement");
+            lm.split("'seq': <uint64 ")
+                .nth(1)
+                .and_then(|r| r.split('>').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let n0 = seq(&bus);
+        wait_for("more frames", Duration::from_secs(30), || {
+            seq(&bus) > n0 + 5
+        });
+        assert!(d.stop().success(), "{}", d.log());
+    }
+}

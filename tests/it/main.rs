@@ -1,5 +1,6 @@
 //! The one integration-test binary (one link on a 2-core machine). Modules by capability.
 
+mod calibration;
 mod card_formats;
 mod clahe;
 mod cli;
