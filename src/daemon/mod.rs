@@ -831,6 +831,14 @@ fn load_extras(
                 primary.path().display()
             );
         }
+        if m.spec().roi != primary.spec().roi {
+            eprintln!(
+                "pocusd: warning: extra model {} was trained with roi {} but runs on the primary model's region of interest (roi {})",
+                p.display(),
+                m.spec().roi.as_str(),
+                primary.spec().roi.as_str()
+            );
+        }
         if let Some(o) = out.iter().find(|o| o.spec().task == task) {
             anyhow::bail!(
                 "extra models {} and {} are both {} models: one extra model per task",

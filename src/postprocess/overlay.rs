@@ -179,9 +179,19 @@ impl Overlay {
             None => {}
         }
         // Fascicles (an extra fascicle model): each from the superficial to the deep aponeurosis.
+        // Clipped to the image region (a fascicle may meet an aponeurosis beyond it).
         let cyan = [0, 220, 255];
+        let r = input.roi;
+        let bounds = (
+            r.x as f64,
+            r.y as f64,
+            (r.x + r.w) as f64,
+            (r.y + r.h) as f64,
+        );
         for f in &analysis.fascicles {
-            draw_line(img, f.from, f.to, cyan, 1);
+            if let Some((a, b)) = clip_segment(f.from, f.to, bounds) {
+                draw_line(img, a, b, cyan, 1);
+            }
         }
 
         // Numbers.
@@ -257,6 +267,41 @@ impl Default for Overlay {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The part of segment `a`-`b` inside the box (x0, y0, x1, y1) (Liang-Barsky), if any.
+fn clip_segment(
+    a: (f64, f64),
+    b: (f64, f64),
+    (x0, y0, x1, y1): (f64, f64, f64, f64),
+) -> Option<((f64, f64), (f64, f64))> {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for (p, q) in [
+        (-dx, a.0 - x0),
+        (dx, x1 - a.0),
+        (-dy, a.1 - y0),
+        (dy, y1 - a.1),
+    ] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return None;
+            }
+        } else {
+            let t = q / p;
+            if p < 0.0 {
+                t0 = t0.max(t);
+            } else {
+                t1 = t1.min(t);
+            }
+        }
+    }
+    (t0 <= t1).then(|| {
+        (
+            (a.0 + t0 * dx, a.1 + t0 * dy),
+            (a.0 + t1 * dx, a.1 + t1 * dy),
+        )
+    })
 }
 
 fn fill_rect(img: &mut RgbImage, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
@@ -373,5 +418,24 @@ impl Overlay {
     fn draw_text_shadowed(&mut self, x: f32, y: f32, size: f32, text: &str, c: [u8; 3]) {
         self.draw_text(x + 1.5, y + 1.5, size, text, [0, 0, 0]);
         self.draw_text(x, y, size, text, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_clipped_to_the_box() {
+        let b = (0.0, 0.0, 10.0, 10.0);
+        assert_eq!(
+            clip_segment((-5.0, 5.0), (15.0, 5.0), b),
+            Some(((0.0, 5.0), (10.0, 5.0)))
+        );
+        assert_eq!(clip_segment((-5.0, -5.0), (-1.0, 20.0), b), None);
+        assert_eq!(
+            clip_segment((2.0, 2.0), (3.0, 3.0), b),
+            Some(((2.0, 2.0), (3.0, 3.0)))
+        );
     }
 }
