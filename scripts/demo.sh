@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The product's main job on its embedded demo source: set up, build, and run the daemon
-# (`pocusd run`) on the moving phantom with the shipped default model, on a private session bus,
+# (`pocusd run`) on the moving phantom, drawn inside a scanner's screen (furniture=1: the real path,
+# region of interest found automatically and millimetres read from the depth ruler), with the
+# shipped aponeurosis model and, beside it, the shipped fascicle model, on a private session bus,
 # with the live viewer at http://127.0.0.1:8080/ (override: POCUSD__HTTP__LISTEN), printing
 # `pocusd status` every few seconds. Ctrl-C stops it cleanly.
 # Usage: scripts/demo.sh [SECONDS]   (default: until Ctrl-C)
@@ -16,7 +18,9 @@ export POCUSD_DEMO_SECONDS="$SECONDS_TO_RUN"
 # A session bus of its own, so the demo needs neither root nor an installed policy
 # (an installed daemon serves the system bus: see systemd/README.md).
 exec dbus-run-session -- bash -c '
-  "$POCUSD_DEMO_BIN" run --session-bus --source "demo?fps=30" &
+  extra=()
+  [ -f models/fascicle.onnx ] && extra=(--extra-model models/fascicle.onnx)
+  "$POCUSD_DEMO_BIN" run --session-bus --source "demo?fps=30&furniture=1" "${extra[@]}" &
   pid=$!
   trap "kill -TERM $pid 2>/dev/null; wait $pid" INT TERM EXIT
   start=$(date +%s)

@@ -7,6 +7,9 @@
 # row per group and the means; writes OUT/groupout.json.
 #   scripts/groupout.sh [--data DIR] [--out DIR] [--epochs N] [--min-group N] [-- TRAIN ARGS...]
 # Defaults: --data ${POCUSD_DATA:-../shared/data}/dl_track, --out ~/.cache/pocusd/groupout,
+# (for fascicle models: --data ../shared/data/dl_track_fascicles -- --task fascicle ...; the
+# fascicle rows give the orientation error, fragment recall and, with the shipped aponeurosis
+# model, pennation and length errors against the reference fragments),
 # --epochs 10, groups under --min-group 20 images join no split. TRAIN ARGS go to `pocusd train`
 # (the recipe: --width, --depth, --input, --loss, --task ...; default task aponeurosis). Each run
 # is resumable: run the script again with the same --out and it continues where it stopped.
@@ -96,7 +99,7 @@ for g in "${SIZE_GROUPS[@]}"; do
   "$BIN" eval --model "$run/last.onnx" --data "$split/val" --json >"$run/eval.json"
   [ $first = 1 ] || echo "," >>"$OUT/groupout.json.part"
   first=0
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("images","failed","dice","thickness_rel_err_median","thickness_within_10pct")}}))' \
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("task","images","failed","dice","thickness_rel_err_median","thickness_within_10pct","orientation_err_deg_median","fragment_recall","pennation_err_deg_median","fascicle_length_rel_err_median")}}))' \
     "$run/eval.json" "$g" >>"$OUT/groupout.json.part"
 done
 echo "]" >>"$OUT/groupout.json.part"
@@ -106,10 +109,19 @@ python3 - "$OUT/groupout.json" "$EPOCHS" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))
 print(f"\ngroup-out ({sys.argv[2]} epochs, last checkpoint), each group scored by a model that never saw it:")
-print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'median err':>10} {'within 10%':>10} {'no thickness':>12}")
 pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
-for r in rows:
-    print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {pct(r['thickness_rel_err_median']):>10} {pct(r['thickness_within_10pct']):>10} {r['failed']:>12}")
+deg = lambda v: "-" if v is None else f"{v:.2f}"
+if rows and rows[0].get("task") == "fascicle":
+    print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'orient err':>10} {'recall':>7} {'pennation err':>13} {'length err':>10}")
+    for r in rows:
+        print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {deg(r['orientation_err_deg_median']):>10} {r['fragment_recall'] or 0:>7.3f} {deg(r['pennation_err_deg_median']):>13} {pct(r['fascicle_length_rel_err_median']):>10}")
+    o = [r["orientation_err_deg_median"] for r in rows if r["orientation_err_deg_median"] is not None]
+    if o:
+        print(f"mean orientation error over groups {sum(o) / len(o):.2f} deg")
+else:
+    print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'median err':>10} {'within 10%':>10} {'no thickness':>12}")
+    for r in rows:
+        print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {pct(r['thickness_rel_err_median']):>10} {pct(r['thickness_within_10pct']):>10} {r['failed']:>12}")
 n = sum(r["images"] for r in rows)
 mean = sum(r["dice"] for r in rows) / len(rows)
 weighted = sum(r["dice"] * r["images"] for r in rows) / n

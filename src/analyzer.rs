@@ -214,33 +214,10 @@ impl Analyzer {
         frame: GrayView<'_>,
     ) -> Result<&Analysis, AnalyzeError> {
         let t0 = std::time::Instant::now();
-        let input = self.pre.process(frame)?;
-        let t1 = std::time::Instant::now();
-        let (w, h) = (model.spec().input_width, model.spec().input_height);
-        let probability = model.run(input)?;
+        self.pre.process(frame)?;
         let roi = self.pre.roi();
-        let t2 = std::time::Instant::now();
-        // The ruler is read unless a manual calibration wins anyway.
-        let ruler = match &mut self.calibrator {
-            Some(c) if self.post.config().calibration == Calibration::None => {
-                Some(c.update(frame, self.pre.layout_changes()))
-            }
-            _ => None,
-        };
-        self.post.set_ruler(ruler);
-        self.post.process(probability, w, h, roi);
-        let t3 = std::time::Instant::now();
-        if self.extras.is_empty() {
-            self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
-            return Ok(self.post.analysis());
-        }
-        // The extras, on the same region of interest, calibration and (for fascicles) the
-        // primary's aponeuroses.
-        self.merged.clone_from(self.post.analysis());
-        let apo = self.post.aponeuroses();
-        let (mut infer_ms, mut post_ms) = (ms(t2 - t1), ms(t3 - t2));
+        // The extras' inputs, from the same region of interest.
         for e in &mut self.extras {
-            let s0 = std::time::Instant::now();
             let spec = e.model.spec();
             let source = match &mut e.clahe {
                 Some(c) => {
@@ -256,26 +233,78 @@ impl Analyzer {
                 &mut e.plane,
             );
             fill_tensor(&e.plane, spec, &mut e.tensor);
-            let (ew, eh) = (spec.input_width, spec.input_height);
-            let s1 = std::time::Instant::now();
-            let prob = e.model.run(&e.tensor)?;
-            let s2 = std::time::Instant::now();
-            e.last_infer_ms = ms(s2 - s1);
+        }
+        let t1 = std::time::Instant::now();
+        let input = self.pre.tensor();
+        if self.extras.is_empty() {
+            model.run(input)?;
+        } else {
+            // Each extra model on a thread of its own while the primary runs here: the frame
+            // takes the longest model's time, not the sum.
+            let extras = &mut self.extras;
+            let (primary, others) = std::thread::scope(|s| {
+                let handles: Vec<_> = extras
+                    .iter_mut()
+                    .map(|e| {
+                        s.spawn(move || {
+                            let t = std::time::Instant::now();
+                            let r = e.model.run(&e.tensor).map(|_| ());
+                            e.last_infer_ms = ms(t.elapsed());
+                            r
+                        })
+                    })
+                    .collect();
+                let primary = model.run(input).map(|_| ());
+                let others: Vec<Result<(), InferError>> = handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(InferError::Run("an extra model's thread panicked".into()))
+                        })
+                    })
+                    .collect();
+                (primary, others)
+            });
+            primary?;
+            for r in others {
+                r?;
+            }
+        }
+        let t2 = std::time::Instant::now();
+        // The ruler is read unless a manual calibration wins anyway.
+        let ruler = match &mut self.calibrator {
+            Some(c) if self.post.config().calibration == Calibration::None => {
+                Some(c.update(frame, self.pre.layout_changes()))
+            }
+            _ => None,
+        };
+        let (w, h) = (model.spec().input_width, model.spec().input_height);
+        self.post.set_ruler(ruler);
+        self.post.process(model.probability(), w, h, roi);
+        if self.extras.is_empty() {
+            let t3 = std::time::Instant::now();
+            self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
+            return Ok(self.post.analysis());
+        }
+        // The extras' numbers, on the same calibration and (for fascicles) the primary's
+        // aponeuroses.
+        self.merged.clone_from(self.post.analysis());
+        let apo = self.post.aponeuroses();
+        for e in &mut self.extras {
+            let (ew, eh) = (e.model.spec().input_width, e.model.spec().input_height);
             let fascicle = e.post.task() == Task::Fascicle;
             if fascicle {
                 e.post.set_aponeuroses(apo);
             }
             e.post.set_ruler(ruler);
-            let a = e.post.process(prob, ew, eh, roi);
+            let a = e.post.process(e.model.probability(), ew, eh, roi);
             self.merged.measurements.merge(&a.measurements);
             if fascicle {
                 self.merged.fascicles.clone_from(&a.fascicles);
             }
-            let s3 = std::time::Instant::now();
-            infer_ms += ms(s2 - s1);
-            post_ms += ms(s1 - s0) + ms(s3 - s2);
         }
-        self.last_ms = [ms(t1 - t0), infer_ms, post_ms];
+        let t3 = std::time::Instant::now();
+        self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
         Ok(&self.merged)
     }
 

@@ -240,6 +240,11 @@ impl LoadedModel {
         Ok(&self.probability)
     }
 
+    /// The foreground probability of the last [`LoadedModel::run`] (empty before the first).
+    pub fn probability(&self) -> &[f32] {
+        &self.probability
+    }
+
     /// What the model expects and produces.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec

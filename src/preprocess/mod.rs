@@ -89,6 +89,11 @@ impl Preprocessor {
         &self.enhanced
     }
 
+    /// The input tensor of the last frame (what [`Preprocessor::process`] returned).
+    pub fn tensor(&self) -> &[f32] {
+        &self.tensor
+    }
+
     /// The last frame at model resolution, grey levels 0..=255 (before normalisation).
     pub fn plane(&self) -> &[f32] {
         &self.plane
