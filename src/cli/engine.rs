@@ -120,6 +120,10 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
                 "uncertain_fraction": analysis.uncertain_fraction,
                 "flag": analysis.flag.map(|f| f.as_str()),
                 "roi": roi,
+                "calibration": pocusd::publish::measurement::calibration_json(
+                    &analysis.calibration,
+                    &cfg.postprocess.calibration,
+                ),
             });
             write_atomic(
                 &args.out.join(format!("{stem}.json")),

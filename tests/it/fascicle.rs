@@ -276,4 +276,59 @@ mod daemon {
         });
         assert!(d.stop().success(), "{}", d.log());
     }
+
+    /// The shipped aponeurosis and fascicle models live on the demo with furniture: every
+    /// measurement has the fascicle keys in mm (the ruler's scale), near the phantom's truth.
+    #[test]
+    fn the_shipped_models_measure_fascicles_on_the_demo_live() {
+        let bus = Bus::session();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Daemon::spawn(
+            daemon_cmd(
+                &bus,
+                true,
+                &tmp.path().join("state"),
+                &[
+                    "--source",
+                    "demo?fps=10&furniture=1&seed=5",
+                    "--extra-model",
+                    "models/fascicle.onnx",
+                ],
+            ),
+            tmp.path(),
+        );
+        wait_for("the daemon to stream", Duration::from_secs(60), || {
+            name_has_owner(&bus) && state_of(&bus) == 1
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut angle_err, mut len_err) = (Vec::new(), Vec::new());
+        wait_for("10 measurements", Duration::from_secs(90), || {
+            let (v, _) = status(&bus, true);
+            let lm = v.unwrap()["last_measurement"].clone();
+            if let Some(seq) = lm["seq"].as_u64() {
+                if seen.insert(seq) {
+                    let f = |k: &str| lm[k].as_f64().unwrap_or_else(|| panic!("{k}: {lm}"));
+                    assert!(lm["fascicle_count"].as_u64().unwrap() >= 3, "{lm}");
+                    angle_err
+                        .push((f("pennation_angle_deg") - f("phantom_pennation_angle_deg")).abs());
+                    len_err.push(
+                        (f("fascicle_length_mm") / f("phantom_fascicle_length_mm") - 1.0).abs(),
+                    );
+                }
+            }
+            seen.len() >= 10
+        });
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (a, l) = (med(&mut angle_err), med(&mut len_err));
+        eprintln!(
+            "live demo: median pennation error {a:.2} deg, median length error {:.1} %",
+            100.0 * l
+        );
+        assert!(a <= 1.5, "pennation {a}");
+        assert!(l <= 0.10, "length {l}");
+        assert!(d.stop().success(), "{}", d.log());
+    }
 }

@@ -106,3 +106,86 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
         assert!(rel.abs() <= 0.01, "size bias {t}");
     }
 }
+
+// The shipped fascicle model's recorded figures (models/README.md) less a margin.
+const FASC_ORIENT_ERR_DEG: f64 = 2.0;
+const FASC_RECALL: f64 = 0.85;
+
+/// The shipped fascicle model on the phantom (no real data needed): with the shipped aponeurosis
+/// model for the aponeuroses, pennation angle and fascicle length against the phantom's analytic
+/// truth (`truth.csv`, from its parameters).
+#[test]
+fn shipped_fascicle_model_measures_the_phantom_against_its_truth() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    common::synth_dataset(
+        &data,
+        &[
+            "--count",
+            "12",
+            "--task",
+            "fascicle",
+            "--furniture",
+            "--seed",
+            "3",
+        ],
+    );
+    let o = run(&[
+        "eval",
+        "--model",
+        root.join("models/fascicle.onnx").to_str().unwrap(),
+        "--apo-model",
+        root.join("models/aponeurosis.onnx").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    eprintln!(
+        "fascicle model on 12 phantom images: orientation error {:.2} deg, pennation vs truth {:.2} deg, length vs truth {:.2} %",
+        f("orientation_err_deg_median"),
+        f("truth_pennation_err_deg_median"),
+        100.0 * f("truth_fascicle_length_rel_err_median")
+    );
+    assert_eq!(v["task"], "fascicle");
+    assert!(f("truth_pennation_err_deg_median") <= 1.0);
+    assert!(f("truth_fascicle_length_rel_err_median") <= 0.05);
+    assert!(f("orientation_err_deg_median") <= FASC_ORIENT_ERR_DEG);
+}
+
+/// The shipped fascicle model on the dl_track_fascicles validation blocks it never trained on.
+#[test]
+fn shipped_fascicle_model_on_held_out_real_data() {
+    let Some(data) = common::real_data_for(
+        "shipped fascicle model on held-out real data",
+        &["dl_track_fascicles"],
+    ) else {
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let o = run(&[
+        "eval",
+        "--model",
+        root.join("models/fascicle.onnx").to_str().unwrap(),
+        "--data",
+        data.join("dl_track_fascicles").to_str().unwrap(),
+        "--val-fraction",
+        "0.15",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    eprintln!(
+        "fascicle model: orientation error {:.2} deg, fragment recall {:.3}, pennation vs reference {:.2} deg",
+        f("orientation_err_deg_median"),
+        f("fragment_recall"),
+        f("pennation_err_deg_median")
+    );
+    assert_eq!(v["images"].as_u64(), Some(38));
+    assert!(f("orientation_err_deg_median") <= FASC_ORIENT_ERR_DEG);
+    assert!(f("fragment_recall") >= FASC_RECALL);
+}
