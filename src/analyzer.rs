@@ -3,7 +3,10 @@
 //! same preprocessed frame (one preprocessing, one region of interest, one calibration) and whose
 //! keys join the primary's. `pocusd infer`, `eval`, the benchmarks and the daemon's processing
 //! thread use it. The primary model stays with the caller (so its hot swap stays with the owner of
-//! state); each extra model is owned here with its own engine and is swapped by role. No I/O.
+//! state); each extra model ([`extra`]) is owned here with its own engine, runs inline for still
+//! images and in a lane of its own along a stream, and is swapped by role. No I/O.
+
+pub mod extra;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -12,13 +15,12 @@ use thiserror::Error;
 
 use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::infer::{InferError, LoadedModel};
-use crate::model::{ModelSpec, Task};
 use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, Calibration, PostprocessConfig, Postprocessor};
 use crate::preprocess::calibration::Calibrator;
 use crate::preprocess::roi::{RoiMode, Tracking};
 use crate::preprocess::Preprocessor;
-use crate::preprocess::{fill_tensor, Clahe, Resizer};
+pub use extra::{Extra, ExtraError, Outcome};
 
 /// Why a frame could not be analysed.
 #[derive(Debug, Error)]
@@ -27,65 +29,6 @@ pub enum AnalyzeError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Infer(#[from] InferError),
-}
-
-/// An extra model and its stages: it reads the primary's region of interest (enhanced with the
-/// primary's CLAHE when the parameters match, else with its own), resized to its own input.
-#[derive(Debug)]
-pub struct Extra {
-    /// The role (its task's name: `fascicle`).
-    pub role: String,
-    pub model: LoadedModel,
-    clahe: Option<Clahe>,
-    enhanced: GrayImage,
-    resizer: Resizer,
-    plane: Vec<f32>,
-    tensor: Vec<f32>,
-    post: Postprocessor,
-    /// Inference time of the last frame, ms.
-    pub last_infer_ms: f64,
-}
-
-impl Extra {
-    fn new(model: LoadedModel, primary: &ModelSpec, post: PostprocessConfig) -> Self {
-        let spec = model.spec().clone();
-        let clahe = if spec.clahe == primary.clahe {
-            None
-        } else {
-            spec.clahe.map(Clahe::new)
-        };
-        let mut post = Postprocessor::new(spec.task, post);
-        post.set_contour_offset_px(spec.contour_offset_px);
-        Self {
-            role: spec.task.as_str().to_string(),
-            model,
-            clahe,
-            enhanced: GrayImage::default(),
-            resizer: Resizer::new(),
-            plane: Vec::new(),
-            tensor: Vec::new(),
-            post,
-            last_infer_ms: 0.0,
-        }
-    }
-
-    /// The postprocessing stage (its mask, its last analysis).
-    pub fn postprocessor(&self) -> &Postprocessor {
-        &self.post
-    }
-}
-
-/// Why an extra model cannot join.
-#[derive(Debug, Error)]
-pub enum ExtraError {
-    #[error("an extra model needs its own role: {path} is a {task} model, like the primary model (load it with LoadModel instead)")]
-    SameAsPrimary { path: String, task: &'static str },
-    #[error("role {role:?} does not match {path}, a {task} model (the role is the model's task)")]
-    WrongRole {
-        role: String,
-        path: String,
-        task: &'static str,
-    },
 }
 
 /// The stages around a model.
@@ -99,6 +42,8 @@ pub struct Analyzer {
     calibrator: Option<Calibrator>,
     per_image: bool,
     extras: Vec<Extra>,
+    /// Frames analysed (the extras' lanes tell their outcomes' age by it).
+    frames: u64,
     /// The primary's analysis with the extras' keys merged in (only with extras).
     merged: Analysis,
     /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
@@ -128,6 +73,7 @@ impl Analyzer {
             calibrator,
             per_image,
             extras: Vec::new(),
+            frames: 0,
             merged: Analysis::default(),
             last_ms: [0.0; 3],
         }
@@ -153,7 +99,7 @@ impl Analyzer {
                 task: task.as_str(),
             });
         }
-        let extra = Extra::new(model, self.pre.spec(), *self.post.config());
+        let extra = Extra::new(model, self.pre.spec(), *self.post.config(), !self.per_image);
         match self.extras.iter_mut().find(|e| e.role == extra.role) {
             Some(e) => *e = extra,
             None => self.extras.push(extra),
@@ -175,18 +121,17 @@ impl Analyzer {
     /// returns the ones refused with why.
     pub fn put_extras(&mut self, extras: Vec<Extra>) -> Vec<(Extra, ExtraError)> {
         let mut refused = Vec::new();
-        for e in extras {
-            if e.model.spec().task == self.pre.spec().task {
+        for mut e in extras {
+            if e.spec().task == self.pre.spec().task {
                 let err = ExtraError::SameAsPrimary {
-                    path: e.model.path().display().to_string(),
-                    task: e.model.spec().task.as_str(),
+                    path: e.path().display().to_string(),
+                    task: e.spec().task.as_str(),
                 };
                 refused.push((e, err));
                 continue;
             }
-            let mut fresh = Extra::new(e.model, self.pre.spec(), *self.post.config());
-            fresh.role = e.role;
-            self.extras.push(fresh);
+            e.follow(self.pre.spec());
+            self.extras.push(e);
         }
         refused
     }
@@ -198,7 +143,7 @@ impl Analyzer {
         }
         self.post.set_config(cfg);
         for e in &mut self.extras {
-            e.post.set_config(cfg);
+            e.set_postprocess(cfg);
         }
     }
 
@@ -214,62 +159,11 @@ impl Analyzer {
         frame: GrayView<'_>,
     ) -> Result<&Analysis, AnalyzeError> {
         let t0 = std::time::Instant::now();
-        self.pre.process(frame)?;
-        let roi = self.pre.roi();
-        // The extras' inputs, from the same region of interest.
-        for e in &mut self.extras {
-            let spec = e.model.spec();
-            let source = match &mut e.clahe {
-                Some(c) => {
-                    c.apply(frame.crop(roi)?, &mut e.enhanced);
-                    &e.enhanced
-                }
-                None => self.pre.enhanced(),
-            };
-            e.resizer.resize(
-                &source.view()?,
-                spec.input_width,
-                spec.input_height,
-                &mut e.plane,
-            );
-            fill_tensor(&e.plane, spec, &mut e.tensor);
-        }
+        let input = self.pre.process(frame)?;
         let t1 = std::time::Instant::now();
-        let input = self.pre.tensor();
-        if self.extras.is_empty() {
-            model.run(input)?;
-        } else {
-            // Each extra model on a thread of its own while the primary runs here: the frame
-            // takes the longest model's time, not the sum.
-            let extras = &mut self.extras;
-            let (primary, others) = std::thread::scope(|s| {
-                let handles: Vec<_> = extras
-                    .iter_mut()
-                    .map(|e| {
-                        s.spawn(move || {
-                            let t = std::time::Instant::now();
-                            let r = e.model.run(&e.tensor).map(|_| ());
-                            e.last_infer_ms = ms(t.elapsed());
-                            r
-                        })
-                    })
-                    .collect();
-                let primary = model.run(input).map(|_| ());
-                let others: Vec<Result<(), InferError>> = handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(InferError::Run("an extra model's thread panicked".into()))
-                        })
-                    })
-                    .collect();
-                (primary, others)
-            });
-            primary?;
-            for r in others {
-                r?;
-            }
-        }
+        let (w, h) = (model.spec().input_width, model.spec().input_height);
+        let probability = model.run(input)?;
+        let roi = self.pre.roi();
         let t2 = std::time::Instant::now();
         // The ruler is read unless a manual calibration wins anyway.
         let ruler = match &mut self.calibrator {
@@ -278,29 +172,29 @@ impl Analyzer {
             }
             _ => None,
         };
-        let (w, h) = (model.spec().input_width, model.spec().input_height);
         self.post.set_ruler(ruler);
-        self.post.process(model.probability(), w, h, roi);
+        self.post.process(probability, w, h, roi);
+        let frame_no = self.frames;
+        self.frames += 1;
         if self.extras.is_empty() {
             let t3 = std::time::Instant::now();
             self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
             return Ok(self.post.analysis());
         }
-        // The extras' numbers, on the same calibration and (for fascicles) the primary's
-        // aponeuroses.
+        // The extras: the same region of interest and calibration, and (for fascicles) the
+        // primary's aponeuroses of this frame. Along a stream each runs in its lane and the
+        // newest outcome it finished joins (`fascicle_lag_frames` says how many frames old).
         self.merged.clone_from(self.post.analysis());
         let apo = self.post.aponeuroses();
         for e in &mut self.extras {
-            let (ew, eh) = (e.model.spec().input_width, e.model.spec().input_height);
-            let fascicle = e.post.task() == Task::Fascicle;
-            if fascicle {
-                e.post.set_aponeuroses(apo);
-            }
-            e.post.set_ruler(ruler);
-            let a = e.post.process(e.model.probability(), ew, eh, roi);
-            self.merged.measurements.merge(&a.measurements);
-            if fascicle {
-                self.merged.fascicles.clone_from(&a.fascicles);
+            let fascicle = e.spec().task == crate::model::Task::Fascicle;
+            let out = e.submit(frame_no, frame, self.pre.enhanced(), roi, apo, ruler)?;
+            if let Some(o) = out {
+                self.merged.measurements.merge(&o.measurements);
+                if fascicle {
+                    self.merged.fascicles.clone_from(&o.fascicles);
+                    self.merged.measurements.fascicle_lag_frames = Some(frame_no - o.frame);
+                }
             }
         }
         let t3 = std::time::Instant::now();

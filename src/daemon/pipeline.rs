@@ -277,10 +277,7 @@ pub fn process_loop(
                     let extras = analyzer.take_extras();
                     analyzer = analyzer_for(&model, post, style);
                     for (e, err) in analyzer.put_extras(extras) {
-                        eprintln!(
-                            "pocusd: extra model {} dropped: {err}",
-                            e.model.path().display()
-                        );
+                        eprintln!("pocusd: extra model {} dropped: {err}", e.path().display());
                     }
                     if let Some((f, _)) = last.take() {
                         f.recycle();

@@ -169,6 +169,10 @@ pub struct Measurements {
     /// The fragments' dominant orientation, degrees from the image's x axis (y down).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fascicle_orientation_deg: Option<f64>,
+    /// Along a stream: how many frames older than this one the frame the fascicle numbers come
+    /// from is (the fascicle model runs in a lane of its own; 0 for still images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fascicle_lag_frames: Option<u64>,
 }
 
 impl Measurements {

@@ -157,7 +157,10 @@ impl Measurement {
         let mut v = Values::new();
         if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&self.measurements) {
             for (k, x) in m {
-                if let Some(u) = x.as_u64().filter(|_| k.ends_with("_count")) {
+                if let Some(u) = x
+                    .as_u64()
+                    .filter(|_| k.ends_with("_count") || k.ends_with("_frames"))
+                {
                     v.insert(k, Val::U(u));
                 } else if let Some(f) = x.as_f64() {
                     v.insert(k, Val::F(f));
