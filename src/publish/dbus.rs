@@ -451,6 +451,7 @@ mod tests {
         assert_eq!(
             got,
             [
+                ("LoadExtraModel", "ss"),
                 ("LoadModel", "s"),
                 ("Pause", "b"),
                 ("Reload", ""),
