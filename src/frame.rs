@@ -45,6 +45,15 @@ pub struct Rect {
 }
 
 impl Rect {
+    /// Whether an edge of `other` lies more than `tolerance_px` from the same edge of this one.
+    pub fn moved(&self, other: &Rect, tolerance_px: usize) -> bool {
+        let d = |a: usize, b: usize| a.abs_diff(b) > tolerance_px;
+        d(self.x, other.x)
+            || d(self.y, other.y)
+            || d(self.x + self.w, other.x + other.w)
+            || d(self.y + self.h, other.y + other.h)
+    }
+
     /// The whole of a `width` x `height` image.
     pub fn full(width: usize, height: usize) -> Self {
         Self {

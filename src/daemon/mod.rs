@@ -1335,7 +1335,8 @@ fn cut(s: &str) -> String {
     }
 }
 
-async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {
+/// A model path from a method call: absolute and an existing file.
+fn check_model_path(path: &Path) -> Result<(), DbusError> {
     let shown = cut(&path.display().to_string());
     if !path.is_absolute() {
         return Err(DbusError::InvalidArgument(format!(
@@ -1345,6 +1346,11 @@ async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), D
     if !path.is_file() {
         return Err(DbusError::NotFound(format!("no model file at {shown}")));
     }
+    Ok(())
+}
+
+async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {
+    check_model_path(&path)?;
     let model = load_for_swap(sup, &path).await?;
     swap_model(sup, model, &path)
 }
@@ -1370,14 +1376,7 @@ async fn load_extra_command(
             crate::model::Task::allowed()
         )));
     };
-    if !path.is_absolute() {
-        return Err(DbusError::InvalidArgument(format!(
-            "model path {shown:?} is not absolute; pass the full path of an ONNX file"
-        )));
-    }
-    if !path.is_file() {
-        return Err(DbusError::NotFound(format!("no model file at {shown}")));
-    }
+    check_model_path(&path)?;
     let model = load_for_swap(sup, &path).await?;
     if model.spec().task != task {
         let msg = format!(

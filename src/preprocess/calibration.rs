@@ -174,13 +174,7 @@ impl Calibrator {
     fn look(&mut self, frame: GrayView<'_>) {
         let t0 = std::time::Instant::now();
         let image = self.roi.detect(frame);
-        let moved = self.image.is_some_and(|r| {
-            let d = |a: usize, b: usize| a.abs_diff(b) > 4;
-            d(r.x, image.x)
-                || d(r.y, image.y)
-                || d(r.x + r.w, image.x + image.w)
-                || d(r.y + r.h, image.y + image.h)
-        });
+        let moved = self.image.is_some_and(|r| r.moved(&image, 4));
         if moved {
             self.in_force = None;
             self.candidate = None;

@@ -506,13 +506,7 @@ impl RoiTracker {
                     self.size = (w, h);
                     let found = self.detector.detect(frame);
                     let found = if fits(&found) { found } else { full };
-                    let moved = self.current.is_none_or(|c| {
-                        let d = |a: usize, b: usize| a.abs_diff(b) > 4;
-                        d(c.x, found.x)
-                            || d(c.y, found.y)
-                            || d(c.x + c.w, found.x + found.w)
-                            || d(c.y + c.h, found.y + found.h)
-                    });
+                    let moved = self.current.is_none_or(|c| c.moved(&found, 4));
                     if moved && self.current.is_some() {
                         self.changes += 1;
                     }

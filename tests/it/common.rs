@@ -114,7 +114,12 @@ pub fn own_cpu_seconds() -> f64 {
 
 /// A small random U-Net (64x64, depth 3, width 8) written by `pocusd unet` to `path`.
 pub fn small_unet(path: &std::path::Path) {
-    let o = run(&[
+    small_unet_with(path, &[]);
+}
+
+/// [`small_unet`] with more `pocusd unet` arguments (`--task fascicle`, `--seed 2`).
+pub fn small_unet_with(path: &std::path::Path, extra: &[&str]) {
+    let mut args = vec![
         "unet",
         "--out",
         path.to_str().expect("utf-8 temp path"),
@@ -124,7 +129,9 @@ pub fn small_unet(path: &std::path::Path) {
         "3",
         "--width",
         "8",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
     assert!(o.status.success(), "pocusd unet failed: {}", stderr(&o));
 }
 

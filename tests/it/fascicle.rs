@@ -126,22 +126,7 @@ mod daemon {
     use crate::daemon_support::*;
 
     fn unet(path: &std::path::Path, seed: &str) {
-        let o = common::run(&[
-            "unet",
-            "--out",
-            path.to_str().unwrap(),
-            "--input",
-            "64x64",
-            "--depth",
-            "3",
-            "--width",
-            "8",
-            "--task",
-            "fascicle",
-            "--seed",
-            seed,
-        ]);
-        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::small_unet_with(path, &["--task", "fascicle", "--seed", seed]);
     }
 
     fn fascicle_sha(bus: &Bus) -> String {
