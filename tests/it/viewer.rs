@@ -478,15 +478,18 @@ fn dom_with_numbers(url: &str) -> String {
     panic!("the page never showed a measurement");
 }
 
+/// The text of the element with `id` in the viewer's DOM.
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    let i = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[i..];
+    let gt = rest.find('>')?;
+    let end = rest[gt + 1..].find('<')?;
+    Some(rest[gt + 1..gt + 1 + end].to_string())
+}
+
 /// (seq, raw headline value, banner text) from the viewer's DOM.
 fn page_numbers(dom: &str) -> (Option<u64>, Option<f64>, String) {
-    let text_of = |id: &str| -> Option<String> {
-        let i = dom.find(&format!("id=\"{id}\""))?;
-        let rest = &dom[i..];
-        let gt = rest.find('>')?;
-        let end = rest[gt + 1..].find('<')?;
-        Some(rest[gt + 1..gt + 1 + end].to_string())
-    };
+    let text_of = |id: &str| text_of(dom, id);
     let raw = dom.find("data-raw=\"").and_then(|i| {
         let r = &dom[i + 10..];
         r[..r.find('"')?].parse().ok()
@@ -502,7 +505,22 @@ fn page_numbers(dom: &str) -> (Option<u64>, Option<f64>, String) {
 fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let d = ds::demo_daemon(&bus, tmp.path(), "demo?fps=15&seed=3");
+    // The README's demo: screen furniture (ruler calibration) and the fascicle model beside the
+    // aponeurosis model.
+    let d = Daemon::spawn(
+        ds::daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("state"),
+            &[
+                "--source",
+                "demo?fps=15&seed=3&furniture=1",
+                "--extra-model",
+                "models/fascicle.onnx",
+            ],
+        ),
+        tmp.path(),
+    );
     let addr = viewer_addr(&d);
     ds::wait_for("streaming", Duration::from_secs(60), || {
         ds::state_of(&bus) == 1
@@ -568,16 +586,30 @@ fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
     );
     let value = value.expect("a value on the page");
     assert!(
-        (value - field("thickness_px")).abs() < 1e-6,
+        (value - field("thickness_mm")).abs() < 1e-6,
         "page {value} vs D-Bus {}",
-        field("thickness_px")
+        field("thickness_mm")
     );
-    let truth = field("phantom_thickness_px");
+    let truth = field("phantom_thickness_mm");
     assert!(
         (value - truth).abs() / truth < 0.05,
-        "thickness {value:.1} px vs the phantom's {truth:.1} px"
+        "thickness {value:.2} mm vs the phantom's {truth:.2} mm"
     );
     assert!(banner.contains("PAUSED"), "banner: {banner:?}");
+    // Where the scale came from, and the fascicle numbers, as D-Bus has them.
+    let calib = text_of(&dom, "calib").unwrap_or_default();
+    assert_eq!(
+        calib,
+        format!("ruler, {:.4} mm/px", field("mm_per_px")),
+        "calibration row"
+    );
+    let fasc = text_of(&dom, "fasclen").unwrap_or_default();
+    assert!(
+        fasc.starts_with(&format!("{:.1} mm", field("fascicle_length_mm"))),
+        "fascicle row {fasc:?}"
+    );
+    let penn = text_of(&dom, "penn").unwrap_or_default();
+    assert_eq!(penn, format!("{:.1}°", field("pennation_angle_deg")));
 }
 
 /// An explicit region of interest that departs from the model's own policy is warned about once
