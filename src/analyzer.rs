@@ -44,6 +44,8 @@ pub struct Analyzer {
     extras: Vec<Extra>,
     /// Frames analysed (the extras' lanes tell their outcomes' age by it).
     frames: u64,
+    /// Lane jobs dropped by extra models since replaced (so the total never goes back).
+    dropped_before: u64,
     /// The primary's analysis with the extras' keys merged in (only with extras).
     merged: Analysis,
     /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
@@ -74,6 +76,7 @@ impl Analyzer {
             per_image,
             extras: Vec::new(),
             frames: 0,
+            dropped_before: 0,
             merged: Analysis::default(),
             last_ms: [0.0; 3],
         }
@@ -101,10 +104,18 @@ impl Analyzer {
         }
         let extra = Extra::new(model, self.pre.spec(), *self.post.config(), !self.per_image);
         match self.extras.iter_mut().find(|e| e.role == extra.role) {
-            Some(e) => *e = extra,
+            Some(e) => {
+                self.dropped_before += e.dropped();
+                *e = extra;
+            }
             None => self.extras.push(extra),
         }
         Ok(())
+    }
+
+    /// Jobs the extra models' lanes dropped because a newer frame arrived first, in total.
+    pub fn extra_dropped(&self) -> u64 {
+        self.dropped_before + self.extras.iter().map(Extra::dropped).sum::<u64>()
     }
 
     /// The extra models, in the order they were added.

@@ -557,6 +557,7 @@ impl Supervisor {
         {
             let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
             m.frames_total = self.shared.processed.load(Ordering::Relaxed);
+            m.extra_dropped_total = r.extra_dropped;
             let obs = stages.iter().copied().chain([end_to_end]);
             for ((_, h), x) in m.stages.iter_mut().zip(obs) {
                 h.observe_ms(x);

@@ -59,6 +59,8 @@ pub struct Processed {
     pub roi: Rect,
     /// The demo phantom's analytic truth for this frame.
     pub truth: Option<Truth>,
+    /// Frames the extra models' lanes dropped so far (a newer frame arrived first).
+    pub extra_dropped: u64,
 }
 
 impl Processed {
@@ -257,6 +259,8 @@ pub fn process_loop(
         }
     }
     let mut sha: Arc<str> = Arc::from(model.sha256());
+    // Lane drops of analysers replaced by a primary swap (their lanes move, their counts do not).
+    let mut extra_dropped_before = 0u64;
     let mut paused = false;
     let mut last: Option<(Frame, Arc<Processed>)> = None;
     // The previous overlay: once the encoders let go of it, its buffer draws the next one.
@@ -274,6 +278,7 @@ pub fn process_loop(
                 Control::Model(m) => {
                     model = *m;
                     sha = Arc::from(model.sha256());
+                    extra_dropped_before += analyzer.extra_dropped();
                     let extras = analyzer.take_extras();
                     analyzer = analyzer_for(&model, post, style);
                     for (e, err) in analyzer.put_extras(extras) {
@@ -374,6 +379,7 @@ pub fn process_loop(
                     height: frame.image.height(),
                     roi,
                     truth,
+                    extra_dropped: analyzer.extra_dropped() + extra_dropped_before,
                 };
                 shared.processed.fetch_add(1, Ordering::Relaxed);
                 let p = Arc::new(p);

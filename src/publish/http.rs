@@ -66,6 +66,8 @@ pub struct Metrics {
     pub dropped_total: u64,
     /// Frames the source delivered broken and that were skipped.
     pub corrupt_total: u64,
+    /// Frames an extra model's lane dropped (a newer frame arrived before it was free).
+    pub extra_dropped_total: u64,
     pub state: State,
     pub state_text: String,
     pub model_path: String,
@@ -302,6 +304,16 @@ pub fn metrics_text(m: &Metrics) -> String {
     );
     let _ = writeln!(t, "# TYPE pocusd_frames_corrupt_total counter");
     let _ = writeln!(t, "pocusd_frames_corrupt_total {}", m.corrupt_total);
+    let _ = writeln!(
+        t,
+        "# HELP pocusd_extra_jobs_dropped_total Frames an extra model (e.g. fascicles) skipped because a newer one arrived first."
+    );
+    let _ = writeln!(t, "# TYPE pocusd_extra_jobs_dropped_total counter");
+    let _ = writeln!(
+        t,
+        "pocusd_extra_jobs_dropped_total {}",
+        m.extra_dropped_total
+    );
     let _ = writeln!(t, "# HELP pocusd_stage_latency_seconds Time per pipeline stage; end_to_end is capture to publication.");
     let _ = writeln!(t, "# TYPE pocusd_stage_latency_seconds histogram");
     for (stage, h) in &m.stages {

@@ -259,6 +259,16 @@ mod daemon {
         wait_for("more frames", Duration::from_secs(30), || {
             seq(&bus) > n0 + 5
         });
+        // The lane's drops are a Prometheus counter.
+        let addr = crate::viewer::viewer_addr(&d);
+        let (st, _, body) = crate::viewer::http(addr, "GET", "/metrics", "");
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(st, 200);
+        let dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pocusd_extra_jobs_dropped_total "))
+            .unwrap_or_else(|| panic!("no lane counter in /metrics:\n{text}"));
+        assert!(dropped.trim().parse::<u64>().is_ok(), "{dropped}");
         assert!(d.stop().success(), "{}", d.log());
     }
 
