@@ -275,7 +275,11 @@ impl Extra {
         match &self.lane {
             Some(l) => {
                 l.jobs.put(job);
-                self.last = lock(&l.outcome).clone();
+                // Copied only when the lane finished a newer frame.
+                let newest = lock(&l.outcome);
+                if newest.as_ref().map(|o| o.frame) != self.last.as_ref().map(|o| o.frame) {
+                    self.last.clone_from(&newest);
+                }
             }
             None => {
                 self.last = Some(run(&self.work, &job));

@@ -195,24 +195,17 @@ fn warn_roi(model: &LoadedModel, roi: RoiChoice) -> Option<String> {
 
 /// The `Calibration` property before the first frame.
 fn initial_calibration(cfg: &Config) -> Values {
-    let kind = match (cfg.postprocess.calibration, cfg.postprocess.ruler) {
-        (Calibration::None, None) => "none",
-        (Calibration::None, Some(_)) => "ruler",
-        _ => "manual",
+    let reason = match (cfg.postprocess.calibration, cfg.postprocess.ruler) {
+        (Calibration::None, None) => crate::preprocess::calibration::Withheld::NotSet.to_string(),
+        (Calibration::None, Some(_)) => {
+            "no frame processed yet: the ruler is read on the first frame".into()
+        }
+        _ => return Values::from([("kind".to_string(), Val::S("manual".into()))]),
     };
-    let mut v = Values::from([("kind".to_string(), Val::S(kind.into()))]);
-    if kind != "manual" {
-        v.insert("kind".into(), Val::S("none".into()));
-        v.insert(
-            "reason".into(),
-            Val::S(if kind == "ruler" {
-                "no frame processed yet: the ruler is read on the first frame".into()
-            } else {
-                crate::preprocess::calibration::Withheld::NotSet.to_string()
-            }),
-        );
-    }
-    v
+    Values::from([
+        ("kind".to_string(), Val::S("none".into())),
+        ("reason".to_string(), Val::S(reason)),
+    ])
 }
 
 /// The published record of a processed frame.
@@ -288,7 +281,8 @@ struct Supervisor {
     fps: Rate,
     last_published: Option<Instant>,
     last_measurement: Values,
-    calibrated: bool,
+    /// Before the first frame: whether a manual calibration is configured.
+    calibrated_at_start: bool,
     /// The calibration of the last processed frame, and its dictionary.
     calibration_info: Option<crate::preprocess::calibration::CalibrationInfo>,
     calibration: Values,
@@ -452,7 +446,9 @@ impl Supervisor {
             latency_ms: self.latency.values(),
             dropped_frames: self.shared.frames.dropped() + self.shared.results.dropped(),
             corrupt_frames: cap.counters.decode_errors,
-            calibrated: self.calibrated,
+            calibrated: self
+                .calibration_info
+                .map_or(self.calibrated_at_start, |c| c.mm_per_px.is_some()),
             calibration: self.calibration.clone(),
             last_measurement: self.last_measurement.clone(),
             training: self.training.clone(),
@@ -545,7 +541,6 @@ impl Supervisor {
             w.push(x);
         }
         self.fps.tick(Instant::now());
-        self.calibrated = r.analysis.calibrated;
         if self.calibration_info != Some(r.analysis.calibration) {
             self.calibration_info = Some(r.analysis.calibration);
             self.calibration =
@@ -1083,7 +1078,7 @@ async fn serve(
 
     let mut sup = Supervisor {
         threshold: cfg.postprocess.threshold,
-        calibrated: !matches!(cfg.postprocess.calibration, Calibration::None),
+        calibrated_at_start: !matches!(cfg.postprocess.calibration, Calibration::None),
         calibration_info: None,
         calibration: initial_calibration(&cfg),
         log: store::MeasurementLog::start(store::LogSettings {

@@ -233,8 +233,7 @@ pub struct Analysis {
     /// Of the pixels with probability above 0.3, the fraction still below 0.7.
     pub uncertain_fraction: f64,
     pub flag: Option<Flag>,
-    pub calibrated: bool,
-    /// Where the scale came from (and why there is none).
+    /// Where the scale came from (and why there is none); calibrated when it has `mm_per_px`.
     pub calibration: CalibrationInfo,
     pub annotation: Option<Annotation>,
     /// Fascicle task: the measured fascicles, frame coordinates.
@@ -529,7 +528,6 @@ impl Postprocessor {
         let mut a = Analysis {
             confidence,
             uncertain_fraction,
-            calibrated: scale.is_some(),
             calibration,
             ..Default::default()
         };
