@@ -10,6 +10,7 @@ APT_PACKAGES=(
   ffmpeg dbus dbus-daemon dbus-bin dbus-system-bus-common libglib2.0-bin
   systemd util-linux passwd chromium
   python3 python3-venv
+  dicom3tools dcmtk orthanc
 )
 # Pinned reference versions: the comparison tests must never drift with PyPI.
 PY_PACKAGES=(
@@ -18,6 +19,8 @@ PY_PACKAGES=(
   "onnxruntime==1.31.1"
   "onnx==1.23.2"
   "tensorboard==2.21.0"
+  "pyigtl==0.3.4"
+  "crcmod==1.7"
 )
 
 missing=()

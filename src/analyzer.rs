@@ -267,6 +267,18 @@ impl Analyzer {
         img
     }
 
+    /// The last frame's region of interest (the postprocessor's) cropped from `frame`, and the
+    /// last mask over it as uint8 labels (1: the model's structure, 0: not), for OpenIGTLink.
+    /// `None` when the region does not fit `frame`.
+    pub fn roi_planes(&self, frame: &GrayView<'_>) -> Option<(GrayImage, GrayImage)> {
+        let r = self.post.roi();
+        let mut image = GrayImage::new(0, 0);
+        frame.crop(r).ok()?.copy_into(&mut image);
+        let labels: Vec<u8> = self.post.mask().iter().map(|&m| u8::from(m > 127)).collect();
+        let labels = GrayImage::from_vec(r.w, r.h, labels).ok()?;
+        Some((image, labels))
+    }
+
     /// The region of interest of the last frame.
     pub fn roi(&self) -> Rect {
         self.pre.roi()

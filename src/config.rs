@@ -258,6 +258,101 @@ pub struct HttpConfig {
     pub max_clients: usize,
 }
 
+/// The `[igtl]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IgtlSection {
+    pub enabled: bool,
+    pub listen: String,
+    pub max_fps: f64,
+    pub max_clients: u64,
+}
+
+/// Validated `[igtl]` settings: the OpenIGTLink server inside `pocusd run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IgtlConfig {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Most frames per second to each client; 0: every processed frame.
+    pub max_fps: f64,
+    /// Concurrent clients; one more is closed at once with a log line.
+    pub max_clients: usize,
+}
+
+/// The `[dicom]` section as written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSection {
+    pub store: String,
+    pub calling_aet: String,
+    pub spool_max_mb: u64,
+}
+
+/// A DICOM peer, `AET@HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DicomPeer {
+    /// The called application entity title (1 to 16 characters).
+    pub aet: String,
+    /// `HOST:PORT` as written (resolved when connecting).
+    pub addr: String,
+}
+
+impl DicomPeer {
+    /// Parses `AET@HOST:PORT`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (aet, addr) = s
+            .split_once('@')
+            .ok_or_else(|| format!("{s:?} has no '@': write the peer as AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242"))?;
+        check_aet(aet)?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{addr:?} has no port: write HOST:PORT, e.g. 127.0.0.1:4242"))?;
+        if host.is_empty() {
+            return Err(format!("{addr:?} has no host"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
+        }
+        Ok(Self {
+            aet: aet.to_string(),
+            addr: addr.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for DicomPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.aet, self.addr)
+    }
+}
+
+/// An application entity title: 1 to 16 characters of printable ASCII without a backslash, not
+/// all spaces (DICOM PS3.5, VR AE).
+pub fn check_aet(aet: &str) -> Result<(), String> {
+    if aet.trim().is_empty() || aet.len() > 16 {
+        return Err(format!("AE title {aet:?} must have 1 to 16 characters"));
+    }
+    if !aet.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return Err(format!(
+            "AE title {aet:?} may hold only printable ASCII without a backslash"
+        ));
+    }
+    Ok(())
+}
+
+/// Validated `[dicom]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomConfig {
+    /// Send each snapshot to this peer through the spool (`None`: snapshots are only written).
+    pub store: Option<DicomPeer>,
+    /// Our own AE title in associations.
+    pub calling_aet: String,
+    /// The spool's cap; over it the oldest waiting snapshot is dropped and logged.
+    pub spool_max_mb: u64,
+}
+
 /// The `[output]` section as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +417,8 @@ pub struct RawConfig {
     #[serde(rename = "loop")]
     pub loop_: LoopSection,
     pub http: HttpSection,
+    pub igtl: IgtlSection,
+    pub dicom: DicomSection,
     pub output: OutputSection,
     pub train: TrainSection,
 }
@@ -411,6 +508,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub loop_: LoopConfig,
     pub http: HttpConfig,
+    pub igtl: IgtlConfig,
+    pub dicom: DicomConfig,
     pub output_ffmpeg: Option<FfmpegOutputConfig>,
     /// The merged values as written, for printing.
     pub raw: RawConfig,
@@ -539,6 +638,8 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let storage = validate_storage(&raw.storage)?;
     let loop_ = validate_loop(&raw.loop_)?;
     let http = validate_http(&raw.http)?;
+    let igtl = validate_igtl(&raw.igtl)?;
+    let dicom = validate_dicom(&raw.dicom)?;
     let output_ffmpeg = validate_output(&raw.output.ffmpeg)?;
     Ok(Config {
         preprocess,
@@ -550,6 +651,8 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
         storage,
         loop_,
         http,
+        igtl,
+        dicom,
         output_ffmpeg,
         raw,
         layers,
@@ -955,6 +1058,50 @@ fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
         token,
         jpeg_quality,
         max_clients,
+    })
+}
+
+fn validate_igtl(s: &IgtlSection) -> Result<IgtlConfig, ConfigError> {
+    let listen: std::net::SocketAddr =
+        s.listen
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::OutOfRange {
+                key: "igtl.listen".into(),
+                value: format!("{:?}", s.listen),
+                allowed: "an address and port such as \"127.0.0.1:18944\"".into(),
+            })?;
+    let max_fps = range("igtl.max_fps", s.max_fps, 0.0, 1000.0, "0 to 1000 (0: every processed frame)")?;
+    let max_clients = int_range("igtl.max_clients", s.max_clients, 1, 64)? as usize;
+    Ok(IgtlConfig {
+        enabled: s.enabled,
+        listen,
+        max_fps,
+        max_clients,
+    })
+}
+
+fn validate_dicom(s: &DicomSection) -> Result<DicomConfig, ConfigError> {
+    let store = if s.store.trim().is_empty() {
+        None
+    } else {
+        Some(
+            DicomPeer::parse(&s.store).map_err(|reason| ConfigError::OutOfRange {
+                key: "dicom.store".into(),
+                value: format!("{:?}", s.store),
+                allowed: format!("AET@HOST:PORT, e.g. \"ORTHANC@127.0.0.1:4242\" ({reason})"),
+            })?,
+        )
+    };
+    check_aet(&s.calling_aet).map_err(|reason| ConfigError::OutOfRange {
+        key: "dicom.calling_aet".into(),
+        value: format!("{:?}", s.calling_aet),
+        allowed: reason,
+    })?;
+    Ok(DicomConfig {
+        store,
+        calling_aet: s.calling_aet.clone(),
+        spool_max_mb: int_range("dicom.spool_max_mb", s.spool_max_mb, 1, 10_000_000)?,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataset;
+pub mod dicom;
 pub mod eval;
 pub mod files;
 pub mod frame;

@@ -96,6 +96,9 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// DICOM: send snapshots to a PACS (`pocusd dicom send DIR --to AET@HOST:PORT`).
+    #[command(subcommand)]
+    Dicom(cli::dicom::DicomCommand),
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loop(cmd) => cli::nightly::cmd_loop(&cfg, cmd),
         Command::Capture(args) => cli::data::cmd_capture(&cfg, args),
         Command::Sources(args) => cli::data::cmd_sources(args),
+        Command::Dicom(cmd) => cli::dicom::cmd_dicom(&cfg, cmd),
         Command::Bench(cmd) => {
             cli::bench::cmd_bench(&cfg, cli.config.clone(), cli.source.as_deref(), cmd)
         }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod calibrate;
 pub mod data;
+pub mod dicom;
 pub mod engine;
 pub mod image;
 pub mod models;

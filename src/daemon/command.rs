@@ -28,6 +28,8 @@ pub enum Command {
     Pause(bool, oneshot::Sender<Result<(), Error>>),
     Snapshot(oneshot::Sender<Result<String, Error>>),
     Reload(oneshot::Sender<Result<(), Error>>),
+    /// Starts an exam: patient id, patient name, accession (empty: not given).
+    SetExam(String, String, String, oneshot::Sender<Result<(), Error>>),
     /// Roll back to a model version (`None`: the previous one); answers the version now current.
     RollbackModel(Option<u32>, oneshot::Sender<Result<u32, Error>>),
 }

@@ -8,6 +8,7 @@
 //! Must not depend on the training code or the command line.
 
 pub mod command;
+pub mod igtl;
 pub mod notify;
 pub mod pipeline;
 pub mod review;
@@ -300,6 +301,13 @@ struct Supervisor {
     jpeg_counters: Arc<publish::EncoderCounters>,
     /// This run's identity beside every `seq` (see `publish::measurement::new_start_id`).
     start_id: Arc<str>,
+    /// The OpenIGTLink server (`[igtl] enabled`).
+    igtl: Option<Arc<crate::publish::igtl::Server>>,
+    /// The exam snapshots belong to (`SetExam`; anonymous until then), shared with the snapshot
+    /// writer.
+    exam: Arc<Mutex<crate::dicom::Exam>>,
+    /// The DICOM spool (`[dicom] store`).
+    spool: Option<Arc<crate::dicom::spool::Spool>>,
     /// The newest history record of `models_dir` (the `Training` property).
     training: Values,
     /// The history file's (mtime, length) when last read.
@@ -452,6 +460,10 @@ impl Supervisor {
             calibration: self.calibration.clone(),
             last_measurement: self.last_measurement.clone(),
             training: self.training.clone(),
+            dicom_queue: self
+                .spool
+                .as_ref()
+                .map_or(0, |s| s.waiting().min(u32::MAX as u64) as u32),
         };
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
         self.publish_http(&p);
@@ -471,6 +483,12 @@ impl Supervisor {
         m.frames_total = self.shared.processed.load(Ordering::Relaxed);
         m.state = p.state;
         m.state_text = p.state_text.clone();
+        m.dicom_queue = self.spool.as_ref().map(|s| s.waiting());
+        m.igtl = self.igtl.as_ref().map(|s| http::IgtlMetrics {
+            clients: s.clients() as u64,
+            frames_sent: s.counters().frames_sent.load(Ordering::Relaxed),
+            frames_dropped: s.frames_dropped(),
+        });
         if let (Some(Val::S(path)), Some(Val::S(sha)), Some(Val::S(task))) = (
             p.model.get("path"),
             p.model.get("sha256"),
@@ -724,6 +742,7 @@ impl Supervisor {
             self.cfg.storage.max_mb,
             self.state_dir.clone(),
         );
+        let (exam, spool) = (self.exam.clone(), self.spool.clone());
         tokio::task::spawn_blocking(move || -> Result<String, DbusError> {
             let p = &data.processed;
             let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
@@ -764,6 +783,19 @@ impl Supervisor {
                     serde_json::to_string_pretty(&record.snapshot()).map_err(|e| e.to_string())?;
                 crate::files::write_atomic(&tmp.join("measurement.json"), text.as_bytes())
                     .map_err(|e| e.to_string())?;
+                {
+                    let mut exam = exam.lock().unwrap_or_else(|p| p.into_inner());
+                    crate::dicom::write_snapshot(
+                        &tmp,
+                        &mut exam,
+                        crate::dicom::SnapshotInput {
+                            frame: &data.frame,
+                            overlay: &data.overlay,
+                            record: &record,
+                        },
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
                 if let Some(flag) = auto_flag {
                     let note = serde_json::json!({ "queued_by": "auto_queue", "flag": flag });
                     crate::files::write_atomic(&tmp.join("queued.json"), note.to_string().as_bytes())
@@ -774,6 +806,14 @@ impl Supervisor {
             if let Err(e) = written {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(io(e));
+            }
+            if let Some(spool) = &spool {
+                if let Err(e) = spool.enqueue(&dir) {
+                    eprintln!(
+                        "pocusd: snapshot {} not queued for DICOM sending: {e} (send it by hand with `pocusd dicom send`)",
+                        dir.display()
+                    );
+                }
             }
             store::enforce_retention(
                 &state_dir,
@@ -787,6 +827,13 @@ impl Supervisor {
         .await
         .map_err(|e| DbusError::Io(format!("snapshot task failed: {e}")))?
     }
+}
+
+/// Stops the pipeline threads after a failed start.
+fn stop_pipeline(shared: &Arc<Shared>, threads: pipeline::Threads) {
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = threads.capture.join();
+    let _ = threads.process.join();
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or `--frames`; returns when the bus name is released.
@@ -946,6 +993,57 @@ async fn serve(
         },
     )
     .context("cannot start the pipeline threads")?;
+    let start_id: Arc<str> = Arc::from(crate::publish::measurement::new_start_id());
+    let spool = match &cfg.dicom.store {
+        Some(peer) => {
+            let dir = state_dir.join("dicom-spool");
+            match crate::dicom::spool::Spool::open(dir.clone(), cfg.dicom.spool_max_mb) {
+                Ok(spool) => {
+                    let (s, p, aet, stop) = (
+                        spool.clone(),
+                        peer.clone(),
+                        cfg.dicom.calling_aet.clone(),
+                        shared.stop.clone(),
+                    );
+                    std::thread::Builder::new()
+                        .name("pocusd-dicom".into())
+                        .spawn(move || s.run(p, aet, stop))
+                        .context("cannot start the DICOM sender thread")?;
+                    eprintln!(
+                        "pocusd: snapshots go to {peer} as {} (spool {}, {} waiting)",
+                        cfg.dicom.calling_aet,
+                        dir.display(),
+                        spool.waiting()
+                    );
+                    Some(spool)
+                }
+                Err(e) => {
+                    stop_pipeline(&shared, threads);
+                    return Err(anyhow::anyhow!(
+                        "cannot create the DICOM spool {}: {e}; check [storage] dir, or empty dicom.store",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let igtl_server = if cfg.igtl.enabled {
+        match igtl::start(
+            shared.clone(),
+            &cfg.igtl,
+            cfg.postprocess.calibration,
+            start_id.clone(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                stop_pipeline(&shared, threads);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     #[cfg(feature = "ffmpeg")]
     let record_counters = Arc::new(record::RecordCounters::default());
     #[cfg(feature = "ffmpeg")]
@@ -1109,7 +1207,12 @@ async fn serve(
         last_state_event: None,
         roi_warning,
         jpeg_counters: encoder_counters.clone(),
-        start_id: Arc::from(crate::publish::measurement::new_start_id()),
+        start_id,
+        igtl: igtl_server,
+        exam: Arc::new(Mutex::new(crate::dicom::Exam::anonymous(
+            crate::source::realtime_us(),
+        ))),
+        spool,
         training: Values::new(),
         training_stamp: None,
         training_fault: None,
@@ -1184,6 +1287,16 @@ async fn serve(
                         let _ = reply.send(r);
                     }
                     Command::Reload(reply) => { let _ = reply.send(sup.reload()); }
+                    Command::SetExam(id, name, accession, reply) => {
+                        let r = crate::dicom::Exam::new(&id, &name, &accession, crate::source::realtime_us())
+                            .map(|e| {
+                                eprintln!("pocusd: new exam (study {}){}", e.study_uid,
+                                    if e.patient_id.is_some() || e.patient_name.is_some() { "" } else { " without patient identity" });
+                                *sup.exam.lock().unwrap_or_else(|p| p.into_inner()) = e;
+                            })
+                            .map_err(|e| DbusError::InvalidArgument(e.to_string()));
+                        let _ = reply.send(r);
+                    }
                     Command::RollbackModel(target, reply) => {
                         let r = rollback_command(&mut sup, target).await;
                         if let (Err(DbusError::ModelRejected(m)), Some(emitter)) = (&r, &emitter) {
@@ -1489,6 +1602,7 @@ async fn emit_changes(
         calibration => calibration_changed,
         last_measurement => last_measurement_changed,
         training => training_changed,
+        dicom_queue => dicom_queue_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

@@ -83,6 +83,17 @@ impl Processed {
     }
 }
 
+/// One processed frame's pieces for the OpenIGTLink server (taken only while a client is
+/// connected).
+#[derive(Debug)]
+pub struct IgtlInput {
+    pub processed: Arc<Processed>,
+    /// The region of interest of the frame, grey.
+    pub image: GrayImage,
+    /// The mask over the same region, uint8 labels.
+    pub labels: GrayImage,
+}
+
 /// Everything a snapshot saves, taken from the processing thread's last frame.
 #[derive(Debug)]
 pub struct SnapshotData {
@@ -115,6 +126,10 @@ pub struct Shared {
     pub overlays: Arc<Slot<Arc<OverlayFrame>>>,
     /// Rendered overlays for the FFmpeg output (only when it is configured).
     pub recording: Arc<Slot<Arc<OverlayFrame>>>,
+    /// Frames for the OpenIGTLink server, filled only while `igtl_wanted`.
+    pub igtl: Slot<IgtlInput>,
+    /// Set by the OpenIGTLink thread while at least one client is connected.
+    pub igtl_wanted: AtomicBool,
     pub capture: Mutex<CaptureStatus>,
     /// Milliseconds since `started` at the processing loop's last tick.
     pub heartbeat_ms: AtomicU64,
@@ -136,6 +151,8 @@ impl Shared {
             results: Slot::new(),
             overlays: Arc::new(Slot::new()),
             recording: Arc::new(Slot::new()),
+            igtl: Slot::new(),
+            igtl_wanted: AtomicBool::new(false),
             capture: Mutex::new(CaptureStatus {
                 counters: crate::source::Health::new(HealthConfig::default())
                     .counters()
@@ -383,6 +400,16 @@ pub fn process_loop(
                 };
                 shared.processed.fetch_add(1, Ordering::Relaxed);
                 let p = Arc::new(p);
+                if shared.igtl_wanted.load(Ordering::Relaxed) {
+                    let planes = frame.image.view().ok().and_then(|v| analyzer.roi_planes(&v));
+                    if let Some((image, labels)) = planes {
+                        shared.igtl.put(IgtlInput {
+                            processed: p.clone(),
+                            image,
+                            labels,
+                        });
+                    }
+                }
                 shared.results.put(p.clone());
                 if let Some((old, _)) = last.replace((frame, p)) {
                     old.recycle();

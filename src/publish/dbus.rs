@@ -106,6 +106,8 @@ pub struct Props {
     pub last_measurement: Values,
     /// The newest record of `models_dir/history.jsonl` (empty without one).
     pub training: Values,
+    /// Snapshots waiting in the DICOM spool.
+    pub dicom_queue: u32,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -204,6 +206,11 @@ impl Daemon1 {
         to_dict(&self.props().training)
     }
 
+    #[zbus(property)]
+    fn dicom_queue(&self) -> u32 {
+        self.props().dicom_queue
+    }
+
     #[zbus(signal)]
     pub async fn measurement(
         emitter: &SignalEmitter<'_>,
@@ -236,6 +243,16 @@ impl Daemon1 {
     #[zbus(out_args("path"))]
     async fn snapshot(&self) -> Result<String, Error> {
         self.ask(Command::Snapshot).await
+    }
+
+    async fn set_exam(
+        &self,
+        patient_id: String,
+        patient_name: String,
+        accession: String,
+    ) -> Result<(), Error> {
+        self.ask(|tx| Command::SetExam(patient_id, patient_name, accession, tx))
+            .await
     }
 
     async fn reload(&self) -> Result<(), Error> {
@@ -456,6 +473,7 @@ mod tests {
                 ("Pause", "b"),
                 ("Reload", ""),
                 ("RollbackModel", "i"),
+                ("SetExam", "sss"),
                 ("SetThreshold", "d"),
                 ("Snapshot", "")
             ]

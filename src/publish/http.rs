@@ -68,6 +68,10 @@ pub struct Metrics {
     pub corrupt_total: u64,
     /// Frames an extra model's lane dropped (a newer frame arrived before it was free).
     pub extra_dropped_total: u64,
+    /// The OpenIGTLink server's counters (`None`: `[igtl]` off).
+    pub igtl: Option<IgtlMetrics>,
+    /// Snapshots waiting in the DICOM spool (`None`: no `[dicom] store`).
+    pub dicom_queue: Option<u64>,
     pub state: State,
     pub state_text: String,
     pub model_path: String,
@@ -80,6 +84,14 @@ pub struct Metrics {
     pub last_measurement_event: Option<Arc<str>>,
     /// The last status event (fps, latency, region of interest), also sent to a new client first.
     pub last_status_event: Option<Arc<str>>,
+}
+
+/// The OpenIGTLink server's figures for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IgtlMetrics {
+    pub clients: u64,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
 }
 
 /// Shared by the handlers.
@@ -314,6 +326,22 @@ pub fn metrics_text(m: &Metrics) -> String {
         "pocusd_extra_jobs_dropped_total {}",
         m.extra_dropped_total
     );
+    if let Some(g) = &m.igtl {
+        let _ = writeln!(t, "# HELP pocusd_igtl_clients OpenIGTLink clients connected.");
+        let _ = writeln!(t, "# TYPE pocusd_igtl_clients gauge");
+        let _ = writeln!(t, "pocusd_igtl_clients {}", g.clients);
+        let _ = writeln!(t, "# HELP pocusd_igtl_frames_sent_total Frames written to OpenIGTLink clients (once per client).");
+        let _ = writeln!(t, "# TYPE pocusd_igtl_frames_sent_total counter");
+        let _ = writeln!(t, "pocusd_igtl_frames_sent_total {}", g.frames_sent);
+        let _ = writeln!(t, "# HELP pocusd_igtl_frames_dropped_total Frames an OpenIGTLink client did not read before a newer one (latest wins).");
+        let _ = writeln!(t, "# TYPE pocusd_igtl_frames_dropped_total counter");
+        let _ = writeln!(t, "pocusd_igtl_frames_dropped_total {}", g.frames_dropped);
+    }
+    if let Some(q) = m.dicom_queue {
+        let _ = writeln!(t, "# HELP pocusd_dicom_queue Snapshots waiting in the DICOM spool.");
+        let _ = writeln!(t, "# TYPE pocusd_dicom_queue gauge");
+        let _ = writeln!(t, "pocusd_dicom_queue {q}");
+    }
     let _ = writeln!(t, "# HELP pocusd_stage_latency_seconds Time per pipeline stage; end_to_end is capture to publication.");
     let _ = writeln!(t, "# TYPE pocusd_stage_latency_seconds histogram");
     for (stage, h) in &m.stages {

@@ -1,7 +1,7 @@
 //! Everything that leaves the daemon: the one measurement record and its encoders
 //! ([`measurement`]: the D-Bus dictionary, the log line, the Server-Sent Event, a snapshot's
 //! `measurement.json`), the D-Bus object ([`dbus`]), the HTTP viewer with MJPEG, events and
-//! metrics ([`http`]), the JPEG encoder thread ([`jpeg`]), the FFmpeg output ([`ffmpeg_out`]) and
+//! metrics ([`http`]), the JPEG encoder thread ([`jpeg`]), the FFmpeg output ([`ffmpeg_out`]), the OpenIGTLink server ([`igtl`]) and
 //! the `pocusd status` client ([`status`]). Outputs own no daemon state: they read snapshots the
 //! supervisor publishes and send it [`crate::daemon::command::Command`]s. Must not depend on the
 //! pipeline's internals (preprocessing, inference) or on training.
@@ -10,6 +10,7 @@ pub mod dbus;
 #[cfg(feature = "ffmpeg")]
 pub mod ffmpeg_out;
 pub mod http;
+pub mod igtl;
 pub mod jpeg;
 pub mod measurement;
 pub mod status;

@@ -42,6 +42,8 @@ pub trait Daemon1 {
     fn last_measurement(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
     fn training(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn dicom_queue(&self) -> zbus::Result<u32>;
 
     #[zbus(signal)]
     fn measurement(
@@ -171,6 +173,8 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "calibration": dict_json(&p.calibration().await?),
         "last_measurement": dict_json(&p.last_measurement().await?),
         "training": dict_json(&p.training().await?),
+        // An older daemon without the property reads as 0.
+        "dicom_queue": p.dicom_queue().await.unwrap_or(0),
     }))
 }
 
@@ -338,5 +342,9 @@ pub fn human(v: &serde_json::Value) -> String {
                 .unwrap_or_default()
         ),
     };
+    s += &format!(
+        "      DICOM: {} snapshots waiting to be sent\n",
+        v["dicom_queue"].as_u64().unwrap_or(0)
+    );
     s
 }

@@ -686,6 +686,7 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
             "LoadModel" => (v(&[model.to_str().unwrap()]), true),
             "RollbackModel" => (v(&["--", "-1"]), true),
             "LoadExtraModel" => (v(&["fascicle", model.to_str().unwrap()]), true),
+            "SetExam" => (v(&["PID-1", "DOE^JANE", "ACC1"]), true),
             _ => return None,
         })
     };

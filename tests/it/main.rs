@@ -17,6 +17,7 @@ mod infer_cli;
 #[cfg(feature = "train")]
 mod nightly;
 mod properties;
+mod protocols;
 mod reliability;
 mod review;
 mod roi;
