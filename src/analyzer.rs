@@ -274,7 +274,12 @@ impl Analyzer {
         let r = self.post.roi();
         let mut image = GrayImage::new(0, 0);
         frame.crop(r).ok()?.copy_into(&mut image);
-        let labels: Vec<u8> = self.post.mask().iter().map(|&m| u8::from(m > 127)).collect();
+        let labels: Vec<u8> = self
+            .post
+            .mask()
+            .iter()
+            .map(|&m| u8::from(m > 127))
+            .collect();
         let labels = GrayImage::from_vec(r.w, r.h, labels).ok()?;
         Some((image, labels))
     }

@@ -301,9 +301,11 @@ impl DicomPeer {
     /// Parses `AET@HOST:PORT`; the error says what is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (aet, addr) = s
-            .split_once('@')
-            .ok_or_else(|| format!("{s:?} has no '@': write the peer as AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242"))?;
+        let (aet, addr) = s.split_once('@').ok_or_else(|| {
+            format!(
+                "{s:?} has no '@': write the peer as AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242"
+            )
+        })?;
         check_aet(aet)?;
         let (host, port) = addr
             .rsplit_once(':')
@@ -1071,7 +1073,13 @@ fn validate_igtl(s: &IgtlSection) -> Result<IgtlConfig, ConfigError> {
                 value: format!("{:?}", s.listen),
                 allowed: "an address and port such as \"127.0.0.1:18944\"".into(),
             })?;
-    let max_fps = range("igtl.max_fps", s.max_fps, 0.0, 1000.0, "0 to 1000 (0: every processed frame)")?;
+    let max_fps = range(
+        "igtl.max_fps",
+        s.max_fps,
+        0.0,
+        1000.0,
+        "0 to 1000 (0: every processed frame)",
+    )?;
     let max_clients = int_range("igtl.max_clients", s.max_clients, 1, 64)? as usize;
     Ok(IgtlConfig {
         enabled: s.enabled,

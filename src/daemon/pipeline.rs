@@ -401,7 +401,11 @@ pub fn process_loop(
                 shared.processed.fetch_add(1, Ordering::Relaxed);
                 let p = Arc::new(p);
                 if shared.igtl_wanted.load(Ordering::Relaxed) {
-                    let planes = frame.image.view().ok().and_then(|v| analyzer.roi_planes(&v));
+                    let planes = frame
+                        .image
+                        .view()
+                        .ok()
+                        .and_then(|v| analyzer.roi_planes(&v));
                     if let Some((image, labels)) = planes {
                         shared.igtl.put(IgtlInput {
                             processed: p.clone(),

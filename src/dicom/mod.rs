@@ -193,7 +193,12 @@ fn common(
         el(tags::STUDY_DATE, VR::DA, study_date.as_str()),
         el(tags::STUDY_TIME, VR::TM, study_time.as_str()),
         empty(tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        empty(tags::STUDY_ID, VR::SH),
+        // The study's start, UTC (SH, 14 characters): an id a DICOMDIR can list.
+        el(
+            tags::STUDY_ID,
+            VR::SH,
+            format!("{}{}", study_date, &study_time[..6]).as_str(),
+        ),
         match &exam.accession {
             Some(a) => el(tags::ACCESSION_NUMBER, VR::SH, a.as_str()),
             None => empty(tags::ACCESSION_NUMBER, VR::SH),
@@ -223,7 +228,13 @@ fn us_image(
 ) -> InMemDicomObject {
     let uid = new_uid();
     let mut o = InMemDicomObject::new_empty();
-    common(&mut o, exam, uids::ULTRASOUND_IMAGE_STORAGE, &uid, record.timestamp_us);
+    common(
+        &mut o,
+        exam,
+        uids::ULTRASOUND_IMAGE_STORAGE,
+        &uid,
+        record.timestamp_us,
+    );
     let (date, time) = da_tm(record.timestamp_us);
     let image_type = if derived {
         "DERIVED\\SECONDARY"
@@ -236,13 +247,26 @@ fn us_image(
     }
     for e in [
         el(tags::MODALITY, VR::CS, "US"),
-        el(tags::SERIES_INSTANCE_UID, VR::UI, exam.image_series_uid.as_str()),
-        el(tags::SERIES_NUMBER, VR::IS, series_number.to_string().as_str()),
+        el(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            exam.image_series_uid.as_str(),
+        ),
+        el(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            series_number.to_string().as_str(),
+        ),
         el(tags::SERIES_DESCRIPTION, VR::LO, "pocusd snapshots"),
+        // Type 2C for US: dciodvfy requires it; empty, as the side is not known to the daemon.
         empty(tags::LATERALITY, VR::CS),
         el(tags::INSTANCE_NUMBER, VR::IS, instance.to_string().as_str()),
         empty(tags::PATIENT_ORIENTATION, VR::CS),
-        el(tags::ACQUISITION_DATE_TIME, VR::DT, format!("{date}{time}").as_str()),
+        el(
+            tags::ACQUISITION_DATE_TIME,
+            VR::DT,
+            format!("{date}{time}").as_str(),
+        ),
         el(tags::IMAGE_TYPE, VR::CS, image_type),
         el(
             tags::IMAGE_COMMENTS,
@@ -253,7 +277,11 @@ fn us_image(
                 "pocusd snapshot: the frame as captured"
             },
         ),
-        el(tags::BURNED_IN_ANNOTATION, VR::CS, if derived { "YES" } else { "NO" }),
+        el(
+            tags::BURNED_IN_ANNOTATION,
+            VR::CS,
+            if derived { "YES" } else { "NO" },
+        ),
         el(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"),
         el(tags::SAMPLES_PER_PIXEL, VR::US, samples),
         el(
@@ -281,8 +309,16 @@ fn us_image(
             el(tags::REGION_FLAGS, VR::UL, 0u32),
             el(tags::REGION_LOCATION_MIN_X0, VR::UL, 0u32),
             el(tags::REGION_LOCATION_MIN_Y0, VR::UL, 0u32),
-            el(tags::REGION_LOCATION_MAX_X1, VR::UL, width.saturating_sub(1) as u32),
-            el(tags::REGION_LOCATION_MAX_Y1, VR::UL, height.saturating_sub(1) as u32),
+            el(
+                tags::REGION_LOCATION_MAX_X1,
+                VR::UL,
+                width.saturating_sub(1) as u32,
+            ),
+            el(
+                tags::REGION_LOCATION_MAX_Y1,
+                VR::UL,
+                height.saturating_sub(1) as u32,
+            ),
             el(tags::PHYSICAL_UNITS_X_DIRECTION, VR::US, 3u16),
             el(tags::PHYSICAL_UNITS_Y_DIRECTION, VR::US, 3u16),
             el(tags::PHYSICAL_DELTA_X, VR::FD, x_mm / 10.0),
@@ -311,7 +347,10 @@ fn text_item(relation: &str, name: (&str, &str), text: &str) -> InMemDicomObject
     InMemDicomObject::from_element_iter([
         el(tags::RELATIONSHIP_TYPE, VR::CS, relation),
         el(tags::VALUE_TYPE, VR::CS, "TEXT"),
-        seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code(name.0, SCHEME, name.1)]),
+        seq(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code(name.0, SCHEME, name.1)],
+        ),
         el(tags::TEXT_VALUE, VR::UT, text),
     ])
 }
@@ -353,17 +392,28 @@ fn short_code(key: &str) -> String {
     if key.len() <= 16 {
         return key.to_string();
     }
-    let h = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{}{:05x}", &key[..11], h & 0xfffff)
 }
 
 /// The Enhanced SR with the measurements, referencing the two images.
-fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &str)]) -> InMemDicomObject {
+fn report(
+    exam: &Exam,
+    instance: u32,
+    record: &Measurement,
+    images: &[(&str, &str)],
+) -> InMemDicomObject {
     let uid = new_uid();
     let mut o = InMemDicomObject::new_empty();
-    common(&mut o, exam, uids::ENHANCED_SR_STORAGE, &uid, record.timestamp_us);
+    common(
+        &mut o,
+        exam,
+        uids::ENHANCED_SR_STORAGE,
+        &uid,
+        record.timestamp_us,
+    );
     let mut content = Vec::new();
     let values = serde_json::to_value(&record.measurements).unwrap_or_default();
     if let Some(map) = values.as_object() {
@@ -375,7 +425,11 @@ fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &st
             }
         }
     }
-    content.push(text_item("CONTAINS", ("model_sha256", "Model sha256"), &record.model_sha256));
+    content.push(text_item(
+        "CONTAINS",
+        ("model_sha256", "Model sha256"),
+        &record.model_sha256,
+    ));
     let calibration =
         crate::publish::measurement::calibration_json(&record.calibration, &record.manual);
     content.push(text_item(
@@ -383,7 +437,11 @@ fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &st
         ("calibration", "Calibration"),
         &calibration.to_string(),
     ));
-    content.push(text_item("CONTAINS", ("task", "Task"), record.task.as_str()));
+    content.push(text_item(
+        "CONTAINS",
+        ("task", "Task"),
+        record.task.as_str(),
+    ));
     content.push(text_item(
         "CONTAINS",
         ("quality_flag", "Quality flag"),
@@ -412,7 +470,11 @@ fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &st
         seq(
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![InMemDicomObject::from_element_iter([
-                el(tags::SERIES_INSTANCE_UID, VR::UI, exam.image_series_uid.as_str()),
+                el(
+                    tags::SERIES_INSTANCE_UID,
+                    VR::UI,
+                    exam.image_series_uid.as_str(),
+                ),
                 seq(
                     tags::REFERENCED_SOP_SEQUENCE,
                     images
@@ -428,9 +490,26 @@ fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &st
             ])],
         ),
     ]);
+    // Our private coding scheme, declared (PS3.3 C.12.1.1.5).
+    o.put(seq(
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, SCHEME),
+            el(tags::CODING_SCHEME_NAME, VR::ST, "pocusd measurement keys"),
+            el(
+                tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+                VR::ST,
+                "the pocusd project",
+            ),
+        ])],
+    ));
     for e in [
         el(tags::MODALITY, VR::CS, "SR"),
-        el(tags::SERIES_INSTANCE_UID, VR::UI, exam.sr_series_uid.as_str()),
+        el(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            exam.sr_series_uid.as_str(),
+        ),
         el(tags::SERIES_NUMBER, VR::IS, "2"),
         el(tags::SERIES_DESCRIPTION, VR::LO, "pocusd measurements"),
         seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]),
@@ -438,7 +517,10 @@ fn report(exam: &Exam, instance: u32, record: &Measurement, images: &[(&str, &st
         el(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
         el(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
         seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
-        seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]),
+        seq(
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![evidence],
+        ),
         el(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
         seq(
             tags::CONCEPT_NAME_CODE_SEQUENCE,

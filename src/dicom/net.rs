@@ -9,7 +9,9 @@ use std::time::Duration;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
-use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dicom_transfer_syntax_registry::entries::{
+    EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+};
 use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 
@@ -29,7 +31,11 @@ pub enum SendError {
         sop_class: String,
     },
     #[error("{peer}: storing {file} failed with status 0x{status:04X}")]
-    Status { peer: String, file: String, status: u16 },
+    Status {
+        peer: String,
+        file: String,
+        status: u16,
+    },
     #[error("{peer}: {message}")]
     Protocol { peer: String, message: String },
 }
@@ -69,7 +75,10 @@ fn read_item(path: &Path) -> Result<Item, SendError> {
         .open_file(path)
         .map_err(|e| err(e.to_string()))?;
     let meta = obj.meta();
-    let sop_class = meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    let sop_class = meta
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
+        .to_string();
     let sop_instance = meta
         .media_storage_sop_instance_uid()
         .trim_end_matches('\0')
@@ -90,11 +99,19 @@ fn read_item(path: &Path) -> Result<Item, SendError> {
 
 fn command(sop_class: &str, sop_instance: &str, message_id: u16) -> Result<Vec<u8>, String> {
     let mut cmd = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(sop_class)),
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_class),
+        ),
         DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(0x0001u16)),
         DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
         DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0u16)),
-        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0u16)),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
         DataElement::new(
             tags::AFFECTED_SOP_INSTANCE_UID,
             VR::UI,
@@ -143,7 +160,10 @@ pub fn send_files(
     for c in &classes {
         options = options.with_presentation_context(
             *c,
-            vec![EXPLICIT_VR_LITTLE_ENDIAN.uid(), IMPLICIT_VR_LITTLE_ENDIAN.uid()],
+            vec![
+                EXPLICIT_VR_LITTLE_ENDIAN.uid(),
+                IMPLICIT_VR_LITTLE_ENDIAN.uid(),
+            ],
         );
     }
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&peer.addr)
@@ -181,7 +201,8 @@ pub fn send_files(
         } else {
             EXPLICIT_VR_LITTLE_ENDIAN.erased()
         };
-        if item.ts != EXPLICIT_VR_LITTLE_ENDIAN.uid() && item.ts != IMPLICIT_VR_LITTLE_ENDIAN.uid() {
+        if item.ts != EXPLICIT_VR_LITTLE_ENDIAN.uid() && item.ts != IMPLICIT_VR_LITTLE_ENDIAN.uid()
+        {
             return Err(SendError::Read {
                 path: item.path.clone(),
                 message: format!(
@@ -239,7 +260,10 @@ fn read_status(
 ) -> Result<u16, String> {
     let mut command = Vec::new();
     loop {
-        match assoc.receive().map_err(|e| format!("no C-STORE response: {e}"))? {
+        match assoc
+            .receive()
+            .map_err(|e| format!("no C-STORE response: {e}"))?
+        {
             Pdu::PData { data } => {
                 let mut done = false;
                 for v in data {
@@ -253,11 +277,16 @@ fn read_status(
                 }
             }
             Pdu::AbortRQ { source } => return Err(format!("the peer aborted ({source:?})")),
-            other => return Err(format!("unexpected {other:?} instead of a C-STORE response")),
+            other => {
+                return Err(format!(
+                    "unexpected {other:?} instead of a C-STORE response"
+                ))
+            }
         }
     }
-    let obj = InMemDicomObject::read_dataset_with_ts(&command[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| format!("unreadable C-STORE response: {e}"))?;
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(&command[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+            .map_err(|e| format!("unreadable C-STORE response: {e}"))?;
     obj.get(tags::STATUS)
         .and_then(|e| e.value().to_int::<u16>().ok())
         .ok_or_else(|| "the C-STORE response has no status".to_string())

@@ -70,8 +70,17 @@ fn dcm_files(entry: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     // image, overlay, sr: the report last, after what it references.
     v.sort_by_key(|p| {
-        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        (super::FILES.iter().position(|f| *f == n).unwrap_or(usize::MAX), n)
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (
+            super::FILES
+                .iter()
+                .position(|f| *f == n)
+                .unwrap_or(usize::MAX),
+            n,
+        )
     });
     v
 }
@@ -122,7 +131,10 @@ impl Spool {
 
     /// Why the last attempt failed (`None` after a success).
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Queues the `.dcm` files of `snapshot` (a snapshot folder) under its name.
@@ -198,7 +210,8 @@ impl Spool {
             match result {
                 Ok(stored) => {
                     let _ = std::fs::remove_dir_all(&entry);
-                    self.waiting.store(entries(&self.dir).len() as u64, Ordering::Relaxed);
+                    self.waiting
+                        .store(entries(&self.dir).len() as u64, Ordering::Relaxed);
                     self.sent.fetch_add(1, Ordering::Relaxed);
                     if self.last_error().is_some() {
                         eprintln!("pocusd: DICOM: {peer} reachable again; sending the spool");
@@ -238,7 +251,8 @@ impl Spool {
                     let _ = std::fs::create_dir_all(&failed);
                     let to = failed.join(entry.file_name().unwrap_or_default());
                     let _ = std::fs::rename(&entry, &to);
-                    self.waiting.store(entries(&self.dir).len() as u64, Ordering::Relaxed);
+                    self.waiting
+                        .store(entries(&self.dir).len() as u64, Ordering::Relaxed);
                     eprintln!(
                         "pocusd: DICOM: {e}; the snapshot is kept in {} and not retried",
                         to.display()

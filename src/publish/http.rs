@@ -327,7 +327,10 @@ pub fn metrics_text(m: &Metrics) -> String {
         m.extra_dropped_total
     );
     if let Some(g) = &m.igtl {
-        let _ = writeln!(t, "# HELP pocusd_igtl_clients OpenIGTLink clients connected.");
+        let _ = writeln!(
+            t,
+            "# HELP pocusd_igtl_clients OpenIGTLink clients connected."
+        );
         let _ = writeln!(t, "# TYPE pocusd_igtl_clients gauge");
         let _ = writeln!(t, "pocusd_igtl_clients {}", g.clients);
         let _ = writeln!(t, "# HELP pocusd_igtl_frames_sent_total Frames written to OpenIGTLink clients (once per client).");
@@ -338,7 +341,10 @@ pub fn metrics_text(m: &Metrics) -> String {
         let _ = writeln!(t, "pocusd_igtl_frames_dropped_total {}", g.frames_dropped);
     }
     if let Some(q) = m.dicom_queue {
-        let _ = writeln!(t, "# HELP pocusd_dicom_queue Snapshots waiting in the DICOM spool.");
+        let _ = writeln!(
+            t,
+            "# HELP pocusd_dicom_queue Snapshots waiting in the DICOM spool."
+        );
         let _ = writeln!(t, "# TYPE pocusd_dicom_queue gauge");
         let _ = writeln!(t, "pocusd_dicom_queue {q}");
     }

@@ -248,11 +248,40 @@ pub fn encode_frame(o: &Outgoing<'_>) -> Result<Vec<u8>, IgtlError> {
     let id = |k: u64| (o.seq.wrapping_mul(3).wrapping_add(k)) as u32;
     let mut out = Vec::new();
     let img = image_content(o.image.width, o.image.height, o.spacing_mm, o.image.pixels)?;
-    encode_message(&mut out, "IMAGE", DEVICE_IMAGE, o.timestamp_us, id(0), &meta, &img)?;
-    let lab = image_content(o.labels.width, o.labels.height, o.spacing_mm, o.labels.pixels)?;
-    encode_message(&mut out, "IMAGE", DEVICE_PREDICTION, o.timestamp_us, id(1), &meta, &lab)?;
+    encode_message(
+        &mut out,
+        "IMAGE",
+        DEVICE_IMAGE,
+        o.timestamp_us,
+        id(0),
+        &meta,
+        &img,
+    )?;
+    let lab = image_content(
+        o.labels.width,
+        o.labels.height,
+        o.spacing_mm,
+        o.labels.pixels,
+    )?;
+    encode_message(
+        &mut out,
+        "IMAGE",
+        DEVICE_PREDICTION,
+        o.timestamp_us,
+        id(1),
+        &meta,
+        &lab,
+    )?;
     let s = string_content(o.event)?;
-    encode_message(&mut out, "STRING", DEVICE_MEASUREMENT, o.timestamp_us, id(2), &meta, &s)?;
+    encode_message(
+        &mut out,
+        "STRING",
+        DEVICE_MEASUREMENT,
+        o.timestamp_us,
+        id(2),
+        &meta,
+        &s,
+    )?;
     Ok(out)
 }
 
@@ -501,8 +530,16 @@ mod tests {
     fn message_layout() {
         let content = string_content("{\"seq\":7}").unwrap();
         let mut out = Vec::new();
-        encode_message(&mut out, "STRING", "Measurement", 2_000_000, 9, &[("seq", "7")], &content)
-            .unwrap();
+        encode_message(
+            &mut out,
+            "STRING",
+            "Measurement",
+            2_000_000,
+            9,
+            &[("seq", "7")],
+            &content,
+        )
+        .unwrap();
         assert_eq!(&out[0..2], &2u16.to_be_bytes());
         assert_eq!(&out[2..8], b"STRING");
         assert_eq!(out[8], 0);
