@@ -1324,6 +1324,47 @@ mod tests {
     }
 
     #[test]
+    fn protocol_sections_validate() {
+        let (s, _t) = sources(None, &[]);
+        let c = load_from(&s).unwrap();
+        assert!(!c.igtl.enabled);
+        assert_eq!(c.igtl.listen.port(), 18944);
+        assert_eq!(c.dicom.store, None);
+        let (s, _t) = sources(
+            Some("[dicom]\nstore = \"ORTHANC@pacs.local:4242\"\n[igtl]\nmax_fps = 20.0\n"),
+            &[],
+        );
+        let c = load_from(&s).unwrap();
+        let peer = c.dicom.store.unwrap();
+        assert_eq!(
+            (peer.aet.as_str(), peer.addr.as_str()),
+            ("ORTHANC", "pacs.local:4242")
+        );
+        assert_eq!(c.igtl.max_fps, 20.0);
+        for (env, bad, key) in [
+            ("POCUSD__DICOM__STORE", "nope", "dicom.store"),
+            (
+                "POCUSD__DICOM__STORE",
+                "A_TITLE_LONGER_THAN_16@h:1",
+                "dicom.store",
+            ),
+            ("POCUSD__DICOM__STORE", "X@h:0", "dicom.store"),
+            ("POCUSD__IGTL__LISTEN", "nope", "igtl.listen"),
+            ("POCUSD__IGTL__MAX_FPS", "-1", "igtl.max_fps"),
+            (
+                "POCUSD__DICOM__CALLING_AET",
+                "A_TITLE_LONGER_THAN_16",
+                "dicom.calling_aet",
+            ),
+            ("POCUSD__DICOM__SPOOL_MAX_MB", "0", "dicom.spool_max_mb"),
+        ] {
+            let (s, _t) = sources(None, &[(env, bad)]);
+            let e = load_from(&s).unwrap_err().to_string();
+            assert!(e.contains(key), "{env}={bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let (s, _t) = sources(Some("[preprocess]\nclahe_clip = 3.0\n"), &[]);
         let e = load_from(&s).unwrap_err().to_string();

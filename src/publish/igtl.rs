@@ -560,6 +560,52 @@ mod tests {
         assert_eq!(&body[content_end + meta_header..], b"seq7");
     }
 
+    fn read_exact_or_eof(s: &mut TcpStream, n: usize) -> Option<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).ok()?;
+        Some(b)
+    }
+
+    #[test]
+    fn server_sends_to_each_client_refuses_one_too_many_and_forgets_leavers() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), 2, stop.clone()).unwrap();
+        let addr = server.local_addr();
+        let mut a = TcpStream::connect(addr).unwrap();
+        let b = TcpStream::connect(addr).unwrap();
+        let wait = |what: &str, f: &dyn Fn() -> bool| {
+            let t = std::time::Instant::now();
+            while !f() {
+                assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait("two clients", &|| server.clients() == 2);
+        // A third is closed at once.
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+        // Frames reach a reading client whole and in order; `b` never reads.
+        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        for k in 0..3u8 {
+            server.broadcast(Arc::from(vec![k; 1000]));
+            assert_eq!(read_exact_or_eof(&mut a, 1000).unwrap(), vec![k; 1000]);
+        }
+        // Big frames to a client that never reads: its socket fills, its frames are dropped and
+        // counted, the caller never blocks.
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            server.broadcast(Arc::from(vec![9u8; 1 << 20]));
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "broadcast blocked");
+        wait("drops counted", &|| server.frames_dropped() > 0);
+        drop(b);
+        drop(a);
+        wait("leavers forgotten", &|| server.clients() == 0);
+        stop.store(true, Ordering::Relaxed);
+    }
+
     #[test]
     fn image_geometry() {
         let px = vec![5u8; 4 * 3];
