@@ -15,6 +15,9 @@ cargo build --release --quiet
 export POCUSD_DEMO_BIN="$PWD/target/release/pocusd"
 export POCUSD__STORAGE__DIR=/tmp/pocusd-demo/state
 export POCUSD_DEMO_SECONDS="$SECONDS_TO_RUN"
+# The OpenIGTLink server on loopback, for 3D Slicer (OpenIGTLinkIF, client to 127.0.0.1:18944);
+# frames are cut for it only while a client is connected. POCUSD__IGTL__ENABLED=false turns it off.
+export POCUSD__IGTL__ENABLED="${POCUSD__IGTL__ENABLED:-true}"
 # A session bus of its own, so the demo needs neither root nor an installed policy
 # (an installed daemon serves the system bus: see systemd/README.md).
 exec dbus-run-session -- bash -c '
@@ -27,7 +30,7 @@ exec dbus-run-session -- bash -c '
   sleep 3
   while kill -0 "$pid" 2>/dev/null; do
     "$POCUSD_DEMO_BIN" status --session-bus || true
-    echo "(live viewer: http://${POCUSD__HTTP__LISTEN:-127.0.0.1:8080}/ ; measurement log: $POCUSD__STORAGE__DIR/log; Ctrl-C stops)"
+    echo "(live viewer: http://${POCUSD__HTTP__LISTEN:-127.0.0.1:8080}/ ; OpenIGTLink for 3D Slicer: ${POCUSD__IGTL__LISTEN:-127.0.0.1:18944} ; measurement log: $POCUSD__STORAGE__DIR/log; Ctrl-C stops)"
     sleep 5
     if [ "$POCUSD_DEMO_SECONDS" != 0 ] && [ $(( $(date +%s) - start )) -ge "$POCUSD_DEMO_SECONDS" ]; then
       break

@@ -1031,17 +1031,21 @@ fn validate_output(o: &OutputFfmpegSection) -> Result<Option<FfmpegOutputConfig>
     }))
 }
 
+/// A listening `address:port` key; the error shows `example`.
+fn parse_listen(key: &str, v: &str, example: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::OutOfRange {
+        key: key.into(),
+        value: format!("{v:?}"),
+        allowed: format!("an address and port such as {example}"),
+    })
+}
+
 fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
-    let listen: std::net::SocketAddr =
-        h.listen
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::OutOfRange {
-                key: "http.listen".into(),
-                value: format!("{:?}", h.listen),
-                allowed: "an address and port such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\""
-                    .into(),
-            })?;
+    let listen = parse_listen(
+        "http.listen",
+        &h.listen,
+        "\"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+    )?;
     let token = (!h.token.trim().is_empty()).then(|| h.token.trim().to_string());
     if h.enabled && !listen.ip().is_loopback() && token.is_none() {
         return Err(ConfigError::OutOfRange {
@@ -1064,15 +1068,7 @@ fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
 }
 
 fn validate_igtl(s: &IgtlSection) -> Result<IgtlConfig, ConfigError> {
-    let listen: std::net::SocketAddr =
-        s.listen
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::OutOfRange {
-                key: "igtl.listen".into(),
-                value: format!("{:?}", s.listen),
-                allowed: "an address and port such as \"127.0.0.1:18944\"".into(),
-            })?;
+    let listen = parse_listen("igtl.listen", &s.listen, "\"127.0.0.1:18944\"")?;
     let max_fps = range(
         "igtl.max_fps",
         s.max_fps,

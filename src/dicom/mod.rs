@@ -167,22 +167,19 @@ fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     ])
 }
 
-/// Patient, study, equipment and SOP common attributes shared by the three objects.
-fn common(
-    obj: &mut InMemDicomObject,
-    exam: &Exam,
-    sop_class: &str,
-    sop_instance: &str,
-    content_us: i64,
-) {
+/// A new object of `sop_class` with a new SOP instance UID and the patient, study, equipment and
+/// SOP common attributes the three objects share; returns it with its UID.
+fn new_object(exam: &Exam, sop_class: &str, content_us: i64) -> (InMemDicomObject, String) {
     let (study_date, study_time) = da_tm(exam.started_us);
     let (date, time) = da_tm(content_us);
     let name = exam.patient_name.as_deref().unwrap_or(ANONYMOUS);
     let id = exam.patient_id.as_deref().unwrap_or(ANONYMOUS);
+    let uid = new_uid();
+    let mut obj = InMemDicomObject::new_empty();
     for e in [
         el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
         el(tags::SOP_CLASS_UID, VR::UI, sop_class),
-        el(tags::SOP_INSTANCE_UID, VR::UI, sop_instance),
+        el(tags::SOP_INSTANCE_UID, VR::UI, uid.as_str()),
         el(tags::INSTANCE_CREATION_DATE, VR::DA, date.as_str()),
         el(tags::INSTANCE_CREATION_TIME, VR::TM, time.as_str()),
         el(tags::PATIENT_NAME, VR::PN, name),
@@ -211,6 +208,7 @@ fn common(
     ] {
         obj.put(e);
     }
+    (obj, uid)
 }
 
 /// An Ultrasound Image object of one 8-bit frame (grey, or RGB when `samples` is 3).
@@ -225,16 +223,8 @@ fn us_image(
     pixels: &[u8],
     record: &Measurement,
     derived: bool,
-) -> InMemDicomObject {
-    let uid = new_uid();
-    let mut o = InMemDicomObject::new_empty();
-    common(
-        &mut o,
-        exam,
-        uids::ULTRASOUND_IMAGE_STORAGE,
-        &uid,
-        record.timestamp_us,
-    );
+) -> (InMemDicomObject, String) {
+    let (mut o, uid) = new_object(exam, uids::ULTRASOUND_IMAGE_STORAGE, record.timestamp_us);
     let (date, time) = da_tm(record.timestamp_us);
     let image_type = if derived {
         "DERIVED\\SECONDARY"
@@ -327,7 +317,7 @@ fn us_image(
         o.put(seq(tags::SEQUENCE_OF_ULTRASOUND_REGIONS, vec![region]));
     }
     o.put(el(tags::PIXEL_DATA, VR::OB, px));
-    o
+    (o, uid)
 }
 
 /// UCUM unit of a measurement key by its suffix (the keys carry their units).
@@ -405,15 +395,7 @@ fn report(
     record: &Measurement,
     images: &[(&str, &str)],
 ) -> InMemDicomObject {
-    let uid = new_uid();
-    let mut o = InMemDicomObject::new_empty();
-    common(
-        &mut o,
-        exam,
-        uids::ENHANCED_SR_STORAGE,
-        &uid,
-        record.timestamp_us,
-    );
+    let (mut o, _) = new_object(exam, uids::ENHANCED_SR_STORAGE, record.timestamp_us);
     let mut content = Vec::new();
     let values = serde_json::to_value(&record.measurements).unwrap_or_default();
     if let Some(map) = values.as_object() {
@@ -592,7 +574,7 @@ pub fn write_snapshot(
     }
     exam.snapshots += 1;
     let n = exam.snapshots;
-    let image = us_image(
+    let (image, image_uid) = us_image(
         exam,
         2 * n - 1,
         1,
@@ -603,7 +585,7 @@ pub fn write_snapshot(
         s.record,
         false,
     );
-    let overlay = us_image(
+    let (overlay, overlay_uid) = us_image(
         exam,
         2 * n,
         1,
@@ -614,13 +596,6 @@ pub fn write_snapshot(
         s.record,
         true,
     );
-    let inst = |o: &InMemDicomObject| {
-        o.get(tags::SOP_INSTANCE_UID)
-            .and_then(|e| e.value().to_str().ok())
-            .map(|s| s.trim_end_matches('\0').to_string())
-            .unwrap_or_default()
-    };
-    let (image_uid, overlay_uid) = (inst(&image), inst(&overlay));
     let us = uids::ULTRASOUND_IMAGE_STORAGE;
     let sr = report(exam, n, s.record, &[(us, &image_uid), (us, &overlay_uid)]);
     let mut out = Vec::new();
