@@ -498,3 +498,66 @@ fn snapshots_reach_a_real_orthanc_by_hand_and_through_the_spool() {
     assert!(log.contains("retried with backoff"), "{log}");
     assert!(d.stop().success());
 }
+
+/// Reads whole OpenIGTLink messages from `s` for `skip + secs` seconds; returns how many STRING
+/// messages were completed in the last `secs`.
+fn count_strings(s: &mut std::net::TcpStream, skip: f64, secs: f64) -> usize {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut buf, mut n) = (Vec::new(), 0);
+    let from = Instant::now() + Duration::from_secs_f64(skip);
+    let end = from + Duration::from_secs_f64(secs);
+    let mut chunk = vec![0u8; 1 << 16];
+    while Instant::now() < end {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(_) => continue,
+        }
+        while buf.len() >= 58 {
+            let size = u64::from_be_bytes(buf[42..50].try_into().unwrap()) as usize;
+            if buf.len() < 58 + size {
+                break;
+            }
+            if &buf[2..8] == b"STRING" && Instant::now() >= from {
+                n += 1;
+            }
+            buf.drain(..58 + size);
+        }
+    }
+    n
+}
+
+#[test]
+fn igtl_max_fps_limits_each_client_and_an_open_address_is_warned_about() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("state"),
+        &["--source", "demo?fps=20"],
+    );
+    cmd.env("POCUSD__IGTL__ENABLED", "true")
+        .env("POCUSD__IGTL__LISTEN", "0.0.0.0:0")
+        .env("POCUSD__IGTL__MAX_FPS", "4");
+    let mut d = Daemon::spawn(cmd, tmp.path());
+    let addr = logged_addr(&d, "OpenIGTLink server on ");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        d.log().contains("no authentication"),
+        "a non-loopback listen is warned about:\n{}",
+        d.log()
+    );
+    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Skip the first second (the first frame is sent at once), then count 4 s.
+    let n = count_strings(&mut s, 1.0, 4.0);
+    eprintln!("igtl max_fps 4: {n} frames in 4 s");
+    assert!(
+        (8..=20).contains(&n),
+        "{n} frames in 4 s at max_fps = 4 (source 20 fps)"
+    );
+    assert!(d.stop().success());
+}
