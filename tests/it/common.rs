@@ -142,3 +142,11 @@ pub fn synth_dataset(dir: &std::path::Path, args: &[&str]) {
     let o = run(&all);
     assert!(o.status.success(), "pocusd synth failed: {}", stderr(&o));
 }
+
+/// Held by the tests whose assertions count frames against a paced source and by the heaviest
+/// neighbour (headless Chromium on the demo with two models), so that on a 2-core machine the
+/// two never run at the same time: counted, not timed, but a starved pipeline still drops.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -48,6 +48,7 @@ fn metrics(d: &Daemon) -> String {
 #[test]
 #[ignore = "needs pyigtl from scripts/setup.sh; scripts/test.sh runs it"]
 fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
+    let _alone = common::exclusive();
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = daemon_cmd(

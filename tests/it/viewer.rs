@@ -171,6 +171,7 @@ pub(crate) fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn viewer_stream_events_metrics_health_and_a_stalled_client() {
+    let _alone = crate::common::exclusive();
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
@@ -503,6 +504,7 @@ fn page_numbers(dom: &str) -> (Option<u64>, Option<f64>, String) {
 
 #[test]
 fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
+    let _alone = crate::common::exclusive();
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
     // The README's demo: screen furniture (ruler calibration) and the fascicle model beside the
