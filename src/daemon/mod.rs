@@ -460,6 +460,17 @@ impl Supervisor {
             calibration: self.calibration.clone(),
             last_measurement: self.last_measurement.clone(),
             training: self.training.clone(),
+            igtl: self.igtl.as_ref().map_or_else(Values::new, |s| {
+                Values::from([
+                    ("listen".to_string(), Val::S(s.local_addr().to_string())),
+                    ("clients".to_string(), Val::U(s.clients() as u64)),
+                    (
+                        "frames_sent".to_string(),
+                        Val::U(s.counters().frames_sent.load(Ordering::Relaxed)),
+                    ),
+                    ("frames_dropped".to_string(), Val::U(s.frames_dropped())),
+                ])
+            }),
             dicom_queue: self
                 .spool
                 .as_ref()
@@ -1603,6 +1614,7 @@ async fn emit_changes(
         last_measurement => last_measurement_changed,
         training => training_changed,
         dicom_queue => dicom_queue_changed,
+        igtl => igtl_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

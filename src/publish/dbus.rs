@@ -108,6 +108,9 @@ pub struct Props {
     pub training: Values,
     /// Snapshots waiting in the DICOM spool.
     pub dicom_queue: u32,
+    /// The OpenIGTLink server: listen (s), clients (u), frames_sent (t), frames_dropped (t);
+    /// empty when `[igtl]` is off.
+    pub igtl: Values,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -209,6 +212,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn dicom_queue(&self) -> u32 {
         self.props().dicom_queue
+    }
+
+    #[zbus(property)]
+    fn igtl(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().igtl)
     }
 
     #[zbus(signal)]

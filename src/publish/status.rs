@@ -44,6 +44,8 @@ pub trait Daemon1 {
     fn training(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
     fn dicom_queue(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn igtl(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
 
     #[zbus(signal)]
     fn measurement(
@@ -175,6 +177,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "training": dict_json(&p.training().await?),
         // An older daemon without the property reads as 0.
         "dicom_queue": p.dicom_queue().await.unwrap_or(0),
+        "igtl": p.igtl().await.map(|d| dict_json(&d)).unwrap_or_default(),
     }))
 }
 
@@ -342,6 +345,16 @@ pub fn human(v: &serde_json::Value) -> String {
                 .unwrap_or_default()
         ),
     };
+    let g = &v["igtl"];
+    if let Some(listen) = g["listen"].as_str() {
+        let clients = g["clients"].as_u64().unwrap_or(0);
+        s += &format!(
+            "OpenIGTLink: {listen}, {clients} client{}, {} frames sent, {} not read in time\n",
+            if clients == 1 { "" } else { "s" },
+            g["frames_sent"],
+            g["frames_dropped"]
+        );
+    }
     s += &format!(
         "      DICOM: {} snapshots waiting to be sent\n",
         v["dicom_queue"].as_u64().unwrap_or(0)

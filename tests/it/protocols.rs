@@ -154,6 +154,18 @@ fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     wait_for("two clients forgotten", Duration::from_secs(20), || {
         metric(&metrics(&d), "pocusd_igtl_clients") == 1.0
     });
+    wait_for(
+        "the Igtl property with one client",
+        Duration::from_secs(20),
+        || dict_uint(&get(&bus, "Igtl"), "clients") == Some(1),
+    );
+    let igtl = get(&bus, "Igtl");
+    assert!(dict_uint(&igtl, "frames_dropped").unwrap() > 0, "{igtl}");
+    let (_, human) = status(&bus, false);
+    assert!(
+        human.contains(&format!("OpenIGTLink: {addr}, 1 client, ")),
+        "{human}"
+    );
 
     // Paused, the newest Measurement's seq is D-Bus's last one.
     let o = call(&bus, "Pause", &["true"]);
