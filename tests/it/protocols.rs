@@ -45,23 +45,33 @@ fn metrics(d: &Daemon) -> String {
     String::from_utf8(body).unwrap()
 }
 
+/// `pocusd run` on `source` with `[igtl]` on and `env`; returns it with the address it listens on.
+fn igtl_daemon(bus: &Bus, dir: &Path, source: &str, env: &[(&str, &str)]) -> (Daemon, String) {
+    let mut cmd = daemon_cmd(bus, true, &dir.join("state"), &["--source", source]);
+    cmd.env("POCUSD__IGTL__ENABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let d = Daemon::spawn(cmd, dir);
+    let addr = logged_addr(&d, "OpenIGTLink server on ");
+    (d, addr)
+}
+
 #[test]
 #[ignore = "needs pyigtl from scripts/setup.sh; scripts/test.sh runs it"]
 fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     let _alone = common::exclusive();
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = daemon_cmd(
+    let (mut d, addr) = igtl_daemon(
         &bus,
-        true,
-        &tmp.path().join("state"),
-        &["--source", "demo?fps=15&furniture=1"],
+        tmp.path(),
+        "demo?fps=15&furniture=1",
+        &[
+            ("POCUSD__IGTL__LISTEN", "127.0.0.1:0"),
+            ("POCUSD__DBUS__MEASUREMENT_HZ", "1000"),
+        ],
     );
-    cmd.env("POCUSD__IGTL__ENABLED", "true")
-        .env("POCUSD__IGTL__LISTEN", "127.0.0.1:0")
-        .env("POCUSD__DBUS__MEASUREMENT_HZ", "1000");
-    let mut d = Daemon::spawn(cmd, tmp.path());
-    let addr = logged_addr(&d, "OpenIGTLink server on ");
     let port = addr.rsplit(':').next().unwrap().to_string();
     wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
     // The region of interest of the demo with screen furniture (stable from frame to frame).
@@ -546,17 +556,15 @@ fn count_strings(s: &mut std::net::TcpStream, skip: f64, secs: f64) -> usize {
 fn igtl_max_fps_limits_each_client_and_an_open_address_is_warned_about() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = daemon_cmd(
+    let (mut d, addr) = igtl_daemon(
         &bus,
-        true,
-        &tmp.path().join("state"),
-        &["--source", "demo?fps=20"],
+        tmp.path(),
+        "demo?fps=20",
+        &[
+            ("POCUSD__IGTL__LISTEN", "0.0.0.0:0"),
+            ("POCUSD__IGTL__MAX_FPS", "4"),
+        ],
     );
-    cmd.env("POCUSD__IGTL__ENABLED", "true")
-        .env("POCUSD__IGTL__LISTEN", "0.0.0.0:0")
-        .env("POCUSD__IGTL__MAX_FPS", "4");
-    let mut d = Daemon::spawn(cmd, tmp.path());
-    let addr = logged_addr(&d, "OpenIGTLink server on ");
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     assert!(
         d.log().contains("no authentication"),
