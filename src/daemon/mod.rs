@@ -461,14 +461,12 @@ impl Supervisor {
             last_measurement: self.last_measurement.clone(),
             training: self.training.clone(),
             igtl: self.igtl.as_ref().map_or_else(Values::new, |s| {
+                let g = s.stats();
                 Values::from([
                     ("listen".to_string(), Val::S(s.local_addr().to_string())),
-                    ("clients".to_string(), Val::U(s.clients() as u64)),
-                    (
-                        "frames_sent".to_string(),
-                        Val::U(s.counters().frames_sent.load(Ordering::Relaxed)),
-                    ),
-                    ("frames_dropped".to_string(), Val::U(s.frames_dropped())),
+                    ("clients".to_string(), Val::U(g.clients)),
+                    ("frames_sent".to_string(), Val::U(g.frames_sent)),
+                    ("frames_dropped".to_string(), Val::U(g.frames_dropped)),
                 ])
             }),
             dicom_queue: self
@@ -495,11 +493,7 @@ impl Supervisor {
         m.state = p.state;
         m.state_text = p.state_text.clone();
         m.dicom_queue = self.spool.as_ref().map(|s| s.waiting());
-        m.igtl = self.igtl.as_ref().map(|s| http::IgtlMetrics {
-            clients: s.clients() as u64,
-            frames_sent: s.counters().frames_sent.load(Ordering::Relaxed),
-            frames_dropped: s.frames_dropped(),
-        });
+        m.igtl = self.igtl.as_ref().map(|s| s.stats());
         if let (Some(Val::S(path)), Some(Val::S(sha)), Some(Val::S(task))) = (
             p.model.get("path"),
             p.model.get("sha256"),

@@ -69,7 +69,7 @@ pub struct Metrics {
     /// Frames an extra model's lane dropped (a newer frame arrived before it was free).
     pub extra_dropped_total: u64,
     /// The OpenIGTLink server's counters (`None`: `[igtl]` off).
-    pub igtl: Option<IgtlMetrics>,
+    pub igtl: Option<super::igtl::IgtlStats>,
     /// Snapshots waiting in the DICOM spool (`None`: no `[dicom] store`).
     pub dicom_queue: Option<u64>,
     pub state: State,
@@ -84,14 +84,6 @@ pub struct Metrics {
     pub last_measurement_event: Option<Arc<str>>,
     /// The last status event (fps, latency, region of interest), also sent to a new client first.
     pub last_status_event: Option<Arc<str>>,
-}
-
-/// The OpenIGTLink server's figures for `/metrics`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IgtlMetrics {
-    pub clients: u64,
-    pub frames_sent: u64,
-    pub frames_dropped: u64,
 }
 
 /// Shared by the handlers.

@@ -307,6 +307,16 @@ struct Client {
     stream: TcpStream,
 }
 
+/// A reading of the server's figures (for metrics, the `Igtl` property and status).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct IgtlStats {
+    pub clients: u64,
+    /// Frames written to a client, once per client.
+    pub frames_sent: u64,
+    /// Frames a client did not read before a newer one, over all clients since start.
+    pub frames_dropped: u64,
+}
+
 /// The running server: an accept thread and two threads per client (writer, reader).
 pub struct Server {
     clients: Arc<Mutex<Vec<Client>>>,
@@ -361,6 +371,15 @@ impl Server {
         let live: u64 = clients.iter().map(|c| c.slot.dropped()).sum();
         // A client reaped between the two reads is counted in one of them only.
         live + self.counters.frames_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The server's figures now.
+    pub fn stats(&self) -> IgtlStats {
+        IgtlStats {
+            clients: self.clients() as u64,
+            frames_sent: self.counters.frames_sent.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped(),
+        }
     }
 
     /// Hands one encoded frame to every client (never waits on a client).
