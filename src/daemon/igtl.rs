@@ -55,19 +55,30 @@ fn feed(
     let mut last_sent: Option<Instant> = None;
     let mut last_error: Option<String> = None;
     while !shared.stop.load(Ordering::Relaxed) {
-        let wanted = server.clients() > 0;
+        // Frames are cut from the pipeline only while a client is connected and, under
+        // `max_fps`, only once the next one is due: no work on the frame path is thrown away.
+        let wait = match (min_gap, last_sent) {
+            (Some(gap), Some(t)) => gap.saturating_sub(t.elapsed() + Duration::from_micros(500)),
+            _ => Duration::ZERO,
+        };
+        let connected = server.clients() > 0;
+        let wanted = connected && wait.is_zero();
         shared.igtl_wanted.store(wanted, Ordering::Relaxed);
+        if !wanted {
+            // Drop a frame cut before the flag went down; sleep until the next frame is due, or
+            // a tick when nobody is connected.
+            let _ = shared.igtl.take();
+            let nap = if connected {
+                wait
+            } else {
+                crate::publish::TICK
+            };
+            std::thread::sleep(nap.clamp(Duration::from_millis(1), crate::publish::TICK));
+            continue;
+        }
         let Some(input) = shared.igtl.take_timeout(crate::publish::TICK) else {
             continue;
         };
-        if !wanted {
-            continue;
-        }
-        if let (Some(gap), Some(t)) = (min_gap, last_sent) {
-            if t.elapsed() + Duration::from_micros(500) < gap {
-                continue;
-            }
-        }
         let p = &input.processed;
         let event = super::measurement(p, manual, &start_id).event();
         let out = Outgoing {
