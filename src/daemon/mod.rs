@@ -789,10 +789,12 @@ impl Supervisor {
                 crate::files::write_atomic(&tmp.join("measurement.json"), text.as_bytes())
                     .map_err(|e| e.to_string())?;
                 {
-                    let mut exam = exam.lock().unwrap_or_else(|p| p.into_inner());
+                    // Numbered under the lock, written without it (SetExam never waits on I/O).
+                    let (exam, n) = exam.lock().unwrap_or_else(|p| p.into_inner()).next_snapshot();
                     crate::dicom::write_snapshot(
                         &tmp,
-                        &mut exam,
+                        &exam,
+                        n,
                         crate::dicom::SnapshotInput {
                             frame: &data.frame,
                             overlay: &data.overlay,

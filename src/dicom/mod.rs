@@ -81,7 +81,7 @@ pub struct Exam {
     pub sr_series_uid: String,
     /// When the exam started, CLOCK_REALTIME µs (the study date and time).
     pub started_us: i64,
-    /// Instances written in this exam so far (the next snapshot's instance number is this + 1).
+    /// Snapshots numbered in this exam so far (see [`Exam::next_snapshot`]).
     pub snapshots: u32,
 }
 
@@ -101,6 +101,13 @@ fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), DicomError
 }
 
 impl Exam {
+    /// Numbers the next snapshot of this exam (1, 2, ...) and returns it with a copy of the exam
+    /// to write it with, so a caller holding the exam behind a lock releases it before any I/O.
+    pub fn next_snapshot(&mut self) -> (Exam, u32) {
+        self.snapshots += 1;
+        (self.clone(), self.snapshots)
+    }
+
     /// The exam without identity, started at `now_us`.
     pub fn anonymous(now_us: i64) -> Self {
         Self {
@@ -546,11 +553,12 @@ pub struct SnapshotInput<'a> {
     pub record: &'a Measurement,
 }
 
-/// Writes `image.dcm`, `overlay.dcm` and `sr.dcm` into `dir` as the next instances of `exam`
-/// (its snapshot count goes up by one). Returns the paths.
+/// Writes `image.dcm`, `overlay.dcm` and `sr.dcm` into `dir` as snapshot number `n` (from 1) of
+/// `exam` (see [`Exam::next_snapshot`]). Returns the paths.
 pub fn write_snapshot(
     dir: &Path,
-    exam: &mut Exam,
+    exam: &Exam,
+    n: u32,
     s: SnapshotInput<'_>,
 ) -> Result<Vec<PathBuf>, DicomError> {
     for (w, h) in [
@@ -572,8 +580,6 @@ pub fn write_snapshot(
             reason: "not width x height x 3".into(),
         });
     }
-    exam.snapshots += 1;
-    let n = exam.snapshots;
     let (image, image_uid) = us_image(
         exam,
         2 * n - 1,
