@@ -80,7 +80,7 @@ fn feed(
             continue;
         };
         let p = &input.processed;
-        let event = super::measurement(p, manual, &start_id).event();
+        let event = super::supervisor::measurement(p, manual, &start_id).event();
         let out = Outgoing {
             seq: p.seq,
             timestamp_us: p.timestamp_us,

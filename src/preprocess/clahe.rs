@@ -10,70 +10,19 @@
 //!
 //! The stage owns its buffers (tables, histograms, column weights) and reuses them across frames of
 //! the same size; it allocates only when the size or parameters change. It does no I/O and depends
-//! only on `frame`.
+//! only on `frame` and on [`ClaheParams`], which [`crate::model`] owns as part of a model's input
+//! contract.
 
 use std::num::NonZeroUsize;
-
-use thiserror::Error;
 
 use crate::frame::{GrayImage, GrayView};
 
 /// Number of grey levels of an 8-bit image, OpenCV's `histSize`.
 const BINS: usize = 256;
 
-/// Errors in CLAHE parameters.
-#[derive(Debug, Error, PartialEq)]
-pub enum ClaheError {
-    /// A tile grid dimension is zero or absurdly large.
-    #[error("invalid tile grid {tiles_x}x{tiles_y}: both must be between 1 and {max}", max = MAX_TILES)]
-    InvalidTiles { tiles_x: usize, tiles_y: usize },
-    /// The clip limit is NaN or infinite.
-    #[error("invalid clip limit {0}: must be a finite number (<= 0 disables clipping)")]
-    InvalidClipLimit(f64),
-}
-
-/// Largest accepted tile count along one side (OpenCV accepts more, but a tile of less than one
-/// pixel is meaningless and the tables would dwarf the image).
-pub const MAX_TILES: usize = 256;
-
-/// CLAHE parameters, OpenCV's `clipLimit` and `tileGridSize = (tiles_x, tiles_y)`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ClaheParams {
-    /// Contrast limit relative to a flat histogram; <= 0 disables clipping.
-    pub clip_limit: f64,
-    /// Tile columns.
-    pub tiles_x: usize,
-    /// Tile rows.
-    pub tiles_y: usize,
-}
-
-impl ClaheParams {
-    /// Checked parameters.
-    pub fn new(clip_limit: f64, tiles_x: usize, tiles_y: usize) -> Result<Self, ClaheError> {
-        if !clip_limit.is_finite() {
-            return Err(ClaheError::InvalidClipLimit(clip_limit));
-        }
-        if tiles_x == 0 || tiles_y == 0 || tiles_x > MAX_TILES || tiles_y > MAX_TILES {
-            return Err(ClaheError::InvalidTiles { tiles_x, tiles_y });
-        }
-        Ok(Self {
-            clip_limit,
-            tiles_x,
-            tiles_y,
-        })
-    }
-}
-
-impl Default for ClaheParams {
-    /// The values the seed workflow and most ultrasound pipelines use: clip 2.0 on an 8x8 grid.
-    fn default() -> Self {
-        Self {
-            clip_limit: 2.0,
-            tiles_x: 8,
-            tiles_y: 8,
-        }
-    }
-}
+// The parameters are part of a model's input contract ([`crate::model`] owns them, as it owns
+// the region-of-interest policy); this module applies them.
+pub use crate::model::{parse_tiles, ClaheError, ClaheParams, MAX_TILES};
 
 /// Geometry derived from the image size and the grid; recomputed only when either changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -613,19 +562,6 @@ fn round_to_u8(v: f32) -> u8 {
         // Only reachable for negative inputs, which CLAHE never produces; keep the semantics anyway.
         v.round_ties_even().max(0.0) as u8
     }
-}
-
-/// Parses "CxR" (C columns by R rows) or "N" (NxN) into (columns, rows).
-pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
-    let s = s.trim();
-    let (c, r) = match s.split_once(['x', 'X']) {
-        Some((c, r)) => (c.trim().parse().ok()?, r.trim().parse().ok()?),
-        None => {
-            let n = s.parse().ok()?;
-            (n, n)
-        }
-    };
-    Some((c, r))
 }
 
 #[cfg(test)]

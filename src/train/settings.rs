@@ -1,8 +1,10 @@
 //! Validated training settings: the `[train]` section (after command-line overrides) turned into
 //! typed values, each bad value named by its key. Also the run's identity as written into
-//! `run.json`. Must not depend on burn or the filesystem.
+//! `run.json` ([`RunInfo`]) and the model description its settings imply ([`spec_for`]). Must not
+//! depend on burn; the only files it reads are a run folder's `run.json` and the metadata of the
+//! model `--init` names.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +13,8 @@ use super::loss::Loss;
 use super::unet::UnetArch;
 use crate::config::{choice, range, ConfigError, TrainSection};
 use crate::model::parse_size;
-use crate::model::{RoiPolicy, Task};
+use crate::dataset::LoadReport;
+use crate::model::{Layout, ModelSpec, Normalisation, OutputKind, RoiPolicy, Task};
 use crate::preprocess::ClaheParams;
 
 /// Tensor backend for training.
@@ -93,7 +96,7 @@ struct InitContract {
 
 fn init_contract(init: &std::path::Path) -> Option<InitContract> {
     if init.is_dir() {
-        let s = super::trainer::RunInfo::load(init).ok()?.settings;
+        let s = RunInfo::load(init).ok()?.settings;
         return Some(InitContract {
             roi: if s.roi_auto {
                 RoiPolicy::Auto
@@ -276,3 +279,86 @@ impl TrainSettings {
         low + (self.lr - low) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
     }
 }
+
+/// A run folder whose `run.json` cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFileError(pub String);
+
+/// `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub format: u32,
+    pub run_id: String,
+    pub created: f64,
+    pub settings: TrainSettings,
+    pub train_report: LoadReport,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub val_names: Vec<String>,
+    pub trained_on: String,
+    pub pocusd_version: String,
+}
+
+impl RunInfo {
+    /// Reads `run.json` of `dir`.
+    pub fn load(dir: &Path) -> Result<Self, RunFileError> {
+        let path = dir.join("run.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            RunFileError(format!(
+                "{} is not a pocusd run folder (cannot read run.json: {e})",
+                dir.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| RunFileError(format!("{} is damaged: {e}", path.display())))
+    }
+
+    /// The model description the exported file carries.
+    pub fn spec(&self, val_dice: Option<f64>) -> ModelSpec {
+        spec_for(
+            &self.settings,
+            Some(self.trained_on.clone()),
+            val_dice,
+            Some(self.run_id.clone()),
+        )
+    }
+}
+
+/// The model spec (what preprocessing the network expects) for these settings.
+pub fn spec_for(
+    s: &TrainSettings,
+    trained_on: Option<String>,
+    val_dice: Option<f64>,
+    run_id: Option<String>,
+) -> ModelSpec {
+    ModelSpec {
+        task: s.task,
+        input_width: s.input_width,
+        input_height: s.input_height,
+        channels: 1,
+        layout: Layout::Nchw,
+        normalisation: Normalisation::Unit,
+        clahe: s.clahe,
+        // Training's `--roi none` is the whole frame.
+        roi: if s.roi_auto {
+            RoiPolicy::Auto
+        } else {
+            RoiPolicy::Full
+        },
+        contour_offset_px: s.contour_offset_px,
+        output: if s.arch.classes > 1 {
+            OutputKind::Softmax
+        } else {
+            OutputKind::Sigmoid
+        },
+        output_channels: s.arch.classes,
+        classes: vec!["background".into(), s.task.as_str().into()],
+        from_metadata: true,
+        trained_on,
+        val_dice,
+        run_id,
+    }
+}
+
+

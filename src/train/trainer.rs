@@ -27,7 +27,7 @@ use super::unet::{Unet, UnetArch};
 use crate::dataset::{self, LoadReport, Sample};
 use crate::imageio;
 use crate::model::Task;
-use crate::model::{Layout, ModelSpec, Normalisation, OutputKind, RoiPolicy};
+use crate::model::ModelSpec;
 use crate::preprocess::roi::Tracking;
 use crate::preprocess::{Preprocessor, Resizer};
 use crate::synth::SplitMix64;
@@ -51,6 +51,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     #[error(transparent)]
     Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Run(#[from] super::settings::RunFileError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -132,81 +134,7 @@ pub struct RunState {
     pub optimizer_file: String,
 }
 
-/// `run.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
-    pub format: u32,
-    pub run_id: String,
-    pub created: f64,
-    pub settings: TrainSettings,
-    pub train_report: LoadReport,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub val_names: Vec<String>,
-    pub trained_on: String,
-    pub pocusd_version: String,
-}
-
-impl RunInfo {
-    /// Reads `run.json` of `dir`.
-    pub fn load(dir: &Path) -> Result<Self, TrainError> {
-        let path = dir.join("run.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            TrainError::Invalid(format!(
-                "{} is not a pocusd run folder (cannot read run.json: {e})",
-                dir.display()
-            ))
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|e| TrainError::Invalid(format!("{} is damaged: {e}", path.display())))
-    }
-
-    /// The model description the exported file carries.
-    pub fn spec(&self, val_dice: Option<f64>) -> ModelSpec {
-        spec_for(
-            &self.settings,
-            Some(self.trained_on.clone()),
-            val_dice,
-            Some(self.run_id.clone()),
-        )
-    }
-}
-
-/// The model spec (what preprocessing the network expects) for these settings.
-pub fn spec_for(
-    s: &TrainSettings,
-    trained_on: Option<String>,
-    val_dice: Option<f64>,
-    run_id: Option<String>,
-) -> ModelSpec {
-    ModelSpec {
-        task: s.task,
-        input_width: s.input_width,
-        input_height: s.input_height,
-        channels: 1,
-        layout: Layout::Nchw,
-        normalisation: Normalisation::Unit,
-        clahe: s.clahe,
-        // Training's `--roi none` is the whole frame.
-        roi: if s.roi_auto {
-            RoiPolicy::Auto
-        } else {
-            RoiPolicy::Full
-        },
-        contour_offset_px: s.contour_offset_px,
-        output: if s.arch.classes > 1 {
-            OutputKind::Softmax
-        } else {
-            OutputKind::Sigmoid
-        },
-        output_channels: s.arch.classes,
-        classes: vec!["background".into(), s.task.as_str().into()],
-        from_metadata: true,
-        trained_on,
-        val_dice,
-        run_id,
-    }
-}
+pub use super::settings::{spec_for, RunInfo};
 
 /// Fascicle task: the fraction of a model pixel a fragment must cover to count as fragment (a
 /// 1 px line through a pixel 3.6 image pixels wide covers about 0.28 of it).

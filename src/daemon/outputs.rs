@@ -1,0 +1,316 @@
+//! The outputs started beside the pipeline, and their end: the viewer's socket and HTTP server,
+//! the DICOM spool's sender, the OpenIGTLink server, the overlay recorder (feature `ffmpeg`), the
+//! JPEG encoder, and the D-Bus object. Each runs on a thread or task of its own and stops with the
+//! pipeline's stop flag; what a later command needs of them (the spool, the server's figures, the
+//! encoder's counters) is handed to the supervisor. Must not hold daemon state or answer
+//! commands.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{broadcast, mpsc};
+
+use super::dbus::{self, Command, Daemon1, Props};
+use super::pipeline::Shared;
+use super::supervisor::BusObject;
+use super::{http, igtl, publish, review, RunOptions};
+#[cfg(feature = "ffmpeg")]
+use super::record;
+use crate::config::{Bus, Config};
+
+/// Binds the viewer's socket (`[http] enabled`) before anything starts, so a taken port stops
+/// start-up with the key to change.
+pub(super) async fn bind_http(cfg: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if !cfg.http.enabled {
+        return Ok(None);
+    }
+    let l = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the viewer; set http.listen (or POCUSD__HTTP__LISTEN) to a free address:port, or http.enabled = false",
+                cfg.http.listen
+            )
+        })?;
+    Ok(Some(l))
+}
+
+/// The output threads and what the supervisor and the viewer need of them.
+pub(super) struct Outputs {
+    /// The DICOM spool (`[dicom] store`).
+    pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
+    /// The OpenIGTLink server (`[igtl] enabled`).
+    pub(super) igtl: Option<Arc<crate::publish::igtl::Server>>,
+    /// The newest JPEG of the overlay, for the viewer's stream.
+    pub(super) jpeg: publish::Latest,
+    /// The JPEG encoder's counters.
+    pub(super) encoder_counters: Arc<publish::EncoderCounters>,
+    encoder: Option<std::thread::JoinHandle<()>>,
+    #[cfg(feature = "ffmpeg")]
+    recorder: Option<std::thread::JoinHandle<()>>,
+    #[cfg(feature = "ffmpeg")]
+    record_counters: Arc<record::RecordCounters>,
+}
+
+/// What the outputs report once joined.
+pub(super) struct OutputReport {
+    #[cfg(feature = "ffmpeg")]
+    record_counters: Arc<record::RecordCounters>,
+}
+
+impl Outputs {
+    /// Starts the DICOM sender, the OpenIGTLink server, the recorder and (for a viewer) the JPEG
+    /// encoder; all stop with `shared.stop`.
+    pub(super) fn start(
+        cfg: &Config,
+        shared: &Arc<Shared>,
+        state_dir: &Path,
+        start_id: &Arc<str>,
+        viewer: bool,
+    ) -> anyhow::Result<Self> {
+        let spool = match &cfg.dicom.store {
+            Some(peer) => {
+                let dir = state_dir.join("dicom-spool");
+                let spool = crate::dicom::spool::Spool::open(dir.clone(), cfg.dicom.spool_max_mb)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot create the DICOM spool {}: {e}; check [storage] dir, or empty dicom.store",
+                            dir.display()
+                        )
+                    })?;
+                let (s, p, aet, stop) = (
+                    spool.clone(),
+                    peer.clone(),
+                    cfg.dicom.calling_aet.clone(),
+                    shared.stop.clone(),
+                );
+                std::thread::Builder::new()
+                    .name("pocusd-dicom".into())
+                    .spawn(move || s.run(p, aet, stop))
+                    .context("cannot start the DICOM sender thread")?;
+                eprintln!(
+                    "pocusd: snapshots go to {peer} as {} (spool {}, {} waiting)",
+                    cfg.dicom.calling_aet,
+                    dir.display(),
+                    spool.waiting()
+                );
+                Some(spool)
+            }
+            None => None,
+        };
+        let igtl = if cfg.igtl.enabled {
+            Some(igtl::start(
+                shared.clone(),
+                &cfg.igtl,
+                cfg.postprocess.calibration,
+                start_id.clone(),
+            )?)
+        } else {
+            None
+        };
+        #[cfg(feature = "ffmpeg")]
+        let record_counters = Arc::new(record::RecordCounters::default());
+        #[cfg(feature = "ffmpeg")]
+        let recorder = match &cfg.output_ffmpeg {
+            Some(o) => {
+                let settings = record::OutputSettings {
+                    url: o.url.clone(),
+                    codec: if o.codec == "mjpeg" {
+                        record::Codec::Mjpeg
+                    } else {
+                        record::Codec::H264
+                    },
+                    fps: o.fps,
+                };
+                eprintln!("pocusd: recording the overlay to {} ({})", o.url, o.codec);
+                Some(
+                    record::start(
+                        shared.stop.clone(),
+                        shared.recording.clone(),
+                        settings,
+                        record_counters.clone(),
+                    )
+                    .context("cannot start the recorder thread")?,
+                )
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "ffmpeg"))]
+        if let Some(o) = &cfg.output_ffmpeg {
+            eprintln!(
+                "pocusd: warning: output.ffmpeg.url = {:?} ignored: this build has no `ffmpeg` feature",
+                o.url
+            );
+        }
+        let (jpeg_tx, jpeg) = tokio::sync::watch::channel(None);
+        let encoder_counters = Arc::new(publish::EncoderCounters::default());
+        let encoder = if viewer {
+            Some(
+                publish::start(
+                    shared.stop.clone(),
+                    shared.overlays.clone(),
+                    cfg.http.jpeg_quality,
+                    jpeg_tx,
+                    encoder_counters.clone(),
+                )
+                .context("cannot start the JPEG encoder thread")?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            spool,
+            igtl,
+            jpeg,
+            encoder_counters,
+            encoder,
+            #[cfg(feature = "ffmpeg")]
+            recorder,
+            #[cfg(feature = "ffmpeg")]
+            record_counters,
+        })
+    }
+
+    /// Waits for the output threads (after the stop flag is set).
+    pub(super) fn join(self) -> OutputReport {
+        if let Some(e) = self.encoder {
+            let _ = e.join();
+        }
+        #[cfg(feature = "ffmpeg")]
+        if let Some(r) = self.recorder {
+            let _ = r.join();
+        }
+        OutputReport {
+            #[cfg(feature = "ffmpeg")]
+            record_counters: self.record_counters,
+        }
+    }
+}
+
+impl OutputReport {
+    /// The recorder's totals, when one ran.
+    #[cfg_attr(not(feature = "ffmpeg"), allow(unused_variables))]
+    pub(super) fn print(&self, cfg: &Config, shared: &Shared) {
+        #[cfg(feature = "ffmpeg")]
+        if cfg.output_ffmpeg.is_some() {
+            use std::sync::atomic::Ordering;
+            let c = &self.record_counters;
+            eprintln!(
+                "pocusd: recorder: {} frames written, {} dropped while it was busy{}",
+                c.written.load(Ordering::Relaxed),
+                shared.recording.dropped(),
+                c.last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The viewer's Prometheus figures, with one latency histogram per stage.
+pub(super) fn viewer_metrics() -> Arc<Mutex<http::Metrics>> {
+    Arc::new(Mutex::new(http::Metrics {
+        stages: [
+            "capture",
+            "preprocess",
+            "infer",
+            "postprocess",
+            "publish",
+            "end_to_end",
+        ]
+        .into_iter()
+        .map(|s| (s, http::Histogram::default()))
+        .collect(),
+        ..Default::default()
+    }))
+}
+
+/// What the viewer's routes share with the supervisor.
+pub(super) struct ViewerLinks {
+    pub(super) jpeg: publish::Latest,
+    pub(super) events: broadcast::Sender<Arc<str>>,
+    pub(super) metrics: Arc<Mutex<http::Metrics>>,
+    pub(super) commands: mpsc::Sender<Command>,
+}
+
+/// Serves the viewer on `listener`; returns the server's task and its address.
+pub(super) fn serve_http(
+    listener: tokio::net::TcpListener,
+    cfg: &Config,
+    state_dir: &Path,
+    links: ViewerLinks,
+    observer: Option<&dyn super::Observer>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    let addr = listener
+        .local_addr()
+        .context("the viewer socket has no address")?;
+    if let Some(o) = observer {
+        o.http_listening(addr);
+    }
+    let app = http::router(http::HttpState {
+        jpeg: links.jpeg,
+        events: links.events,
+        metrics: links.metrics,
+        commands: links.commands,
+        token: cfg.http.token.clone(),
+        clients: Arc::new(tokio::sync::Semaphore::new(cfg.http.max_clients)),
+        max_clients: cfg.http.max_clients,
+        review: Arc::new(review::Review {
+            snapshots: state_dir.join("snapshots"),
+            site: cfg.loop_.site_data(state_dir),
+            site_max_bytes: cfg.loop_.site_max_mb * 1024 * 1024,
+        }),
+    });
+    let task = tokio::spawn(async move {
+        http::serve(listener, app).await;
+    });
+    Ok((task, addr))
+}
+
+/// Serves `org.pocusd.Daemon1` (unless `--no-dbus`): the object first, then the name.
+pub(super) async fn connect_bus(
+    opts: &RunOptions,
+    bus: Bus,
+    props: Arc<Mutex<Props>>,
+    commands: mpsc::Sender<Command>,
+) -> anyhow::Result<Option<BusObject>> {
+    if opts.no_dbus {
+        return Ok(None);
+    }
+    let conn = connect(bus, opts.bus_address.as_deref(), Daemon1::new(props, commands)).await?;
+    let iface = conn
+        .object_server()
+        .interface::<_, dbus::Strict>(dbus::OBJECT_PATH)
+        .await
+        .context("the D-Bus object vanished")?;
+    Ok(Some(BusObject { conn, iface }))
+}
+
+async fn connect(
+    bus: Bus,
+    address: Option<&str>,
+    iface: Daemon1,
+) -> anyhow::Result<zbus::Connection> {
+    let (builder, what) = match (address, bus) {
+        (Some(a), _) => (zbus::connection::Builder::address(a), "given"),
+        (None, Bus::System) => (zbus::connection::Builder::system(), "system"),
+        (None, Bus::Session) => (zbus::connection::Builder::session(), "session"),
+    };
+    builder
+        .serve_at(dbus::OBJECT_PATH, dbus::Strict::new(iface))
+        .name(dbus::BUS_NAME)
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve {} on the {what} bus (another pocusd running? on the system bus the policy \
+                 systemd/org.pocusd.Daemon1.conf lets only user pocusd and root own it; use --session-bus \
+                 to try it as a user)",
+                dbus::BUS_NAME
+            )
+        })
+}
