@@ -25,8 +25,6 @@ R=${ROOT:-}
 # destination : source : mode
 FILES=(
   "/usr/bin/pocusd::0755"
-  "/usr/share/pocusd/models/aponeurosis.onnx:models/aponeurosis.onnx:0644"
-  "/usr/share/pocusd/models/fetal-head.onnx:models/fetal-head.onnx:0644"
   "/usr/share/pocusd/models/README.md:models/README.md:0644"
   "/usr/lib/systemd/system/pocusd.service:systemd/pocusd.service:0644"
   "/usr/lib/systemd/system/pocusd-train.service:systemd/pocusd-train.service:0644"
@@ -37,6 +35,10 @@ FILES=(
   "/usr/lib/tmpfiles.d/pocusd.conf:systemd/pocusd.tmpfiles:0644"
   "/usr/share/doc/pocusd/README.md:README.md:0644"
 )
+# Every shipped model (a list by hand once left fascicle.onnx out, which the demo runs).
+for m in models/*.onnx; do
+  FILES+=("/usr/share/pocusd/models/${m#models/}:$m:0644")
+done
 CONFIG=/etc/pocusd/pocusd.toml
 
 if [ "$UNINSTALL" = 1 ]; then

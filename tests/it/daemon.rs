@@ -826,6 +826,17 @@ fn systemd_units_verify_and_score_and_install_puts_files_where_units_expect() {
     ] {
         assert!(root.join(f).is_file(), "{f} not installed");
     }
+    // Every shipped model is installed (the fascicle model was once left out of a list by hand).
+    let mut shipped = 0;
+    for e in std::fs::read_dir(repo().join("models")).unwrap() {
+        let name = e.unwrap().file_name();
+        if name.to_string_lossy().ends_with(".onnx") {
+            shipped += 1;
+            let p = root.join("usr/share/pocusd/models").join(&name);
+            assert!(p.is_file(), "shipped model {name:?} not installed");
+        }
+    }
+    assert!(shipped >= 3, "models/ holds {shipped} ONNX files");
     // The installed (commented) config is valid and changes nothing.
     let o = common::run(&[
         "--config",
