@@ -158,6 +158,12 @@ impl Analyzer {
         }
     }
 
+    /// Along a stream: the frame number (`seq`) of the next frame analysed, for the rules that
+    /// hold a number against its recent history (still images leave it unset).
+    pub fn set_frame_seq(&mut self, seq: u64) {
+        self.post.set_frame_seq(Some(seq));
+    }
+
     /// The ruler calibrator, in ruler mode.
     pub fn calibrator(&self) -> Option<&Calibrator> {
         self.calibrator.as_ref()
@@ -198,10 +204,12 @@ impl Analyzer {
         self.merged.clone_from(self.post.analysis());
         let apo = self.post.aponeuroses();
         for e in &mut self.extras {
-            let fascicle = e.spec().task == crate::model::Task::Fascicle;
+            let task = e.spec().task;
+            let fascicle = task == crate::model::Task::Fascicle;
             let out = e.submit(frame_no, frame, self.pre.enhanced(), roi, apo, ruler)?;
             if let Some(o) = out {
                 self.merged.measurements.merge(&o.measurements);
+                self.merged.extra_doubt.push((task, o.doubt));
                 if fascicle {
                     self.merged.fascicles.clone_from(&o.fascicles);
                     self.merged.measurements.fascicle_lag_frames = Some(frame_no - o.frame);

@@ -135,6 +135,25 @@ pub struct CalibrationSection {
     pub depth_mm: f64,
 }
 
+/// The `[quality]` section as written: the verdict's settings (see
+/// [`crate::postprocess::quality`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySection {
+    pub enabled: bool,
+    pub min_overlap: f64,
+    pub max_band_angle_deg: f64,
+    pub max_thickness_spread: f64,
+    pub min_between_span: f64,
+    pub long_band_span: f64,
+    pub max_deeper_gap_ratio: f64,
+    pub max_jump: f64,
+    pub history_frames: u64,
+    pub max_fit_residual: f64,
+    pub min_fascicles: u64,
+    pub max_fascicle_spread_deg: f64,
+}
+
 /// The `[source]` section as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +432,7 @@ pub struct RawConfig {
     pub model: ModelSection,
     pub postprocess: PostprocessSection,
     pub calibration: CalibrationSection,
+    pub quality: QualitySection,
     pub source: SourceSection,
     pub dbus: DbusSection,
     pub storage: StorageSection,
@@ -634,7 +654,8 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigError> {
     let raw: RawConfig = merged.try_deserialize().map_err(type_error)?;
     let preprocess = validate_preprocess(&raw.preprocess)?;
     let model = validate_model(&raw.model, &preprocess)?;
-    let (postprocess, overlay) = validate_postprocess(&raw.postprocess, &raw.calibration)?;
+    let (mut postprocess, overlay) = validate_postprocess(&raw.postprocess, &raw.calibration)?;
+    postprocess.quality = validate_quality(&raw.quality)?;
     let source = validate_source(&raw.source)?;
     let dbus = validate_dbus(&raw.dbus)?;
     let storage = validate_storage(&raw.storage)?;
@@ -945,12 +966,57 @@ fn validate_postprocess(
             smoothing,
             calibration,
             ruler,
+            quality: crate::postprocess::quality::QualityConfig::default(),
         },
         OverlayStyle {
             colour,
             alpha: alpha as f32,
         },
     ))
+}
+
+fn validate_quality(
+    q: &QualitySection,
+) -> Result<crate::postprocess::quality::QualityConfig, ConfigError> {
+    let frac = |key: &str, v: f64| range(key, v, 0.0, 1.0, "0 to 1");
+    Ok(crate::postprocess::quality::QualityConfig {
+        enabled: q.enabled,
+        min_overlap: frac("quality.min_overlap", q.min_overlap)?,
+        max_band_angle_deg: range(
+            "quality.max_band_angle_deg",
+            q.max_band_angle_deg,
+            0.0,
+            90.0,
+            "0 to 90 (degrees)",
+        )?,
+        max_thickness_spread: range(
+            "quality.max_thickness_spread",
+            q.max_thickness_spread,
+            0.0,
+            10.0,
+            "0 to 10",
+        )?,
+        min_between_span: frac("quality.min_between_span", q.min_between_span)?,
+        long_band_span: frac("quality.long_band_span", q.long_band_span)?,
+        max_deeper_gap_ratio: range(
+            "quality.max_deeper_gap_ratio",
+            q.max_deeper_gap_ratio,
+            0.0,
+            100.0,
+            "0 to 100",
+        )?,
+        max_jump: range("quality.max_jump", q.max_jump, 0.0, 10.0, "0 to 10")?,
+        history_frames: int_range("quality.history_frames", q.history_frames, 1, 100_000)?,
+        max_fit_residual: frac("quality.max_fit_residual", q.max_fit_residual)?,
+        min_fascicles: int_range("quality.min_fascicles", q.min_fascicles, 0, 1000)?,
+        max_fascicle_spread_deg: range(
+            "quality.max_fascicle_spread_deg",
+            q.max_fascicle_spread_deg,
+            0.0,
+            90.0,
+            "0 to 90 (degrees)",
+        )?,
+    })
 }
 
 fn validate_source(s: &SourceSection) -> Result<SourceConfig, ConfigError> {

@@ -21,6 +21,7 @@ use crate::imageio;
 use crate::infer::LoadedModel;
 use crate::model::Task;
 use crate::postprocess::overlay::OverlayStyle;
+use crate::postprocess::quality::{Doubt, Doubts, Evidence};
 use crate::postprocess::{Calibration, Flag, PostprocessConfig, Postprocessor, Smoothing};
 use crate::preprocess::roi::{RoiChoice, Tracking};
 
@@ -113,6 +114,11 @@ pub struct ImageScore {
     pub dice: f64,
     pub iou: f64,
     pub flag: Option<&'static str>,
+    /// The verdict on the prediction's measurement, as live: `ok` or `doubtful`, and the reasons.
+    pub quality: &'static str,
+    pub doubt: Doubts,
+    /// What the verdict was made from.
+    pub evidence: Evidence,
     /// The region of interest the model saw, in image pixels.
     pub roi: Rect,
     #[serde(flatten)]
@@ -160,7 +166,48 @@ pub struct EvalReport {
     pub truth_pennation_err_deg_median: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truth_fascicle_length_rel_err_median: Option<f64>,
+    /// The gate measured as risk against coverage: of the images with a reference measurement,
+    /// the fraction with an `ok` one.
+    pub coverage: Option<f64>,
+    /// Of the `ok` measurements, the fraction within 10 % of the reference (thickness, or
+    /// circumference: in mm with the CSV).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_10pct: Option<f64>,
+    /// The same for the doubtful ones that still carry a number (low is good: the gate caught
+    /// wrong ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doubtful_precision_10pct: Option<f64>,
+    /// Regions: of the `ok` measurements, the fraction within 5 % of the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_5pct: Option<f64>,
+    /// Fascicles: of the `ok` measurements, the fraction with the dominant orientation within 3
+    /// degrees of the reference's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_3deg: Option<f64>,
+    /// Images by reason of doubt.
+    pub doubt_counts: std::collections::BTreeMap<&'static str, usize>,
     pub per_image: Vec<ImageScore>,
+}
+
+/// Risk against coverage from (ok?, relative error or `None` without a number, has reference)
+/// per image: (coverage, precision of ok within `tol`, precision of doubtful within `tol`).
+pub fn gate_scores(
+    items: &[(bool, Option<f64>, bool)],
+    tol: f64,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let with_ref: Vec<_> = items.iter().filter(|i| i.2).collect();
+    let ok_n = with_ref.iter().filter(|i| i.0 && i.1.is_some()).count();
+    let coverage = (!with_ref.is_empty()).then(|| ok_n as f64 / with_ref.len() as f64);
+    let prec = |want_ok: bool| {
+        let errs: Vec<f64> = with_ref
+            .iter()
+            .filter(|i| i.0 == want_ok)
+            .filter_map(|i| i.1)
+            .collect();
+        (!errs.is_empty())
+            .then(|| errs.iter().filter(|&&e| e <= tol).count() as f64 / errs.len() as f64)
+    };
+    (coverage, prec(true), prec(false))
 }
 
 /// Fraction of `reference`'s foreground pixels within `radius` px (Euclidean) of a foreground
@@ -437,6 +484,9 @@ pub fn evaluate(
     // Circumference (predicted, reference) pairs, in px and, with the CSV, in mm.
     let (mut c_pairs_px, mut c_pairs_mm) = (Vec::new(), Vec::new());
     let mut per_image = Vec::new();
+    // Per image: (ok, relative error of the headline number, has a reference number).
+    let mut gate: Vec<(bool, Option<f64>, bool)> = Vec::new();
+    let mut doubt_counts = std::collections::BTreeMap::new();
     let mut pred_prob = Vec::new();
     let mut ref_prob = Vec::new();
     for path in &names {
@@ -504,6 +554,24 @@ pub fn evaluate(
         }
         let pa = measure_pred.process_full(&pred_prob, full).clone();
         let ra = reference.process_full(&ref_prob, full).clone();
+        // The verdict as the daemon gives it live: the analyser's (with the model's confidence);
+        // fascicles are judged where they meet the aponeurosis model's bands.
+        let (doubt, evidence) = {
+            let live = analyzer.analysis();
+            if task == Task::Fascicle || task != model.spec().task {
+                let mut d = pa.doubt;
+                if live.flag == Some(Flag::LowConfidence) {
+                    d.insert(Doubt::LowConfidence);
+                }
+                (d, pa.evidence)
+            } else {
+                (live.doubt, live.evidence)
+            }
+        };
+        for d in doubt.iter() {
+            *doubt_counts.entry(d.as_str()).or_insert(0usize) += 1;
+        }
+        let ok = doubt.is_empty();
         // A fascicle prediction without aponeuroses still has its fragments.
         let lacks = match task {
             Task::Fascicle => pa.flag == Some(Flag::NoStructure),
@@ -524,6 +592,7 @@ pub fn evaluate(
                     th_abs.push((p - r).abs());
                     th_rel.push((p - r).abs() / r);
                 }
+                gate.push((ok, p.zip(r).map(|(p, r)| (p - r).abs() / r), r.is_some()));
                 TaskScore::Aponeurosis {
                     thickness_px: p,
                     reference_thickness_px: r,
@@ -538,6 +607,7 @@ pub fn evaluate(
                     .zip(r)
                     .map(|(p, r)| crate::postprocess::fascicle::axial_difference_deg(p, r));
                 orient_err.extend(err);
+                gate.push((ok, err, r.is_some()));
                 let (hit, total) = recall_within(
                     pred_mask.as_slice(),
                     refmask.as_slice(),
@@ -596,6 +666,11 @@ pub fn evaluate(
                     }
                     _ => None,
                 };
+                let rel = match mm {
+                    Some((p, r)) => Some((p - r).abs() / r),
+                    None => p.zip(r).map(|(p, r)| (p - r).abs() / r),
+                };
+                gate.push((ok, rel, r.is_some()));
                 TaskScore::Region {
                     circumference_px: p,
                     reference_circumference_px: r,
@@ -609,6 +684,9 @@ pub fn evaluate(
             dice: d,
             iou: j,
             flag: pa.flag.map(|f| f.as_str()),
+            quality: doubt.quality(),
+            doubt,
+            evidence,
             roi: analyzer.roi(),
             task: task_score,
         });
@@ -620,6 +698,21 @@ pub fn evaluate(
         });
     }
     let mut rel_sorted = th_rel.clone();
+    let (coverage, precision_10pct, doubtful_precision_10pct, precision_5pct, precision_3deg) =
+        match task {
+            Task::Fascicle => {
+                let (c, p, _) = gate_scores(&gate, 3.0);
+                (c, None, None, None, p)
+            }
+            Task::Aponeurosis => {
+                let (c, p, d) = gate_scores(&gate, 0.10);
+                (c, p, d, None, None)
+            }
+            Task::Region => {
+                let (c, p, d) = gate_scores(&gate, 0.10);
+                (c, p, d, gate_scores(&gate, 0.05).1, None)
+            }
+        };
     Ok(EvalReport {
         images: per_image.len(),
         failed,
@@ -648,6 +741,12 @@ pub fn evaluate(
         fascicle_length_rel_err_median: med(&len_rel),
         truth_pennation_err_deg_median: med(&t_penn_err),
         truth_fascicle_length_rel_err_median: med(&t_len_rel),
+        coverage,
+        precision_10pct,
+        doubtful_precision_10pct,
+        precision_5pct,
+        precision_3deg,
+        doubt_counts,
         per_image,
     })
 }
@@ -669,6 +768,22 @@ mod tests {
         assert!(b[0].signed_mean < b[1].signed_mean && b[1].signed_mean < b[2].signed_mean);
         assert_eq!((b[0].reference_min, b[2].reference_max), (1.0, 9.0));
         assert!(bias_by_size(&pairs[..2], "mm").is_empty());
+    }
+
+    #[test]
+    fn gate_scores_count_coverage_and_precision_on_both_sides() {
+        let items = [
+            (true, Some(0.02), true),
+            (true, Some(0.2), true),
+            (false, Some(0.5), true),
+            (false, None, true),
+            (true, Some(0.01), false),
+        ];
+        let (c, p, d) = gate_scores(&items, 0.1);
+        assert_eq!(c, Some(0.5));
+        assert_eq!(p, Some(0.5));
+        assert_eq!(d, Some(0.0));
+        assert_eq!(gate_scores(&[], 0.1), (None, None, None));
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub frame: u64,
     pub measurements: Measurements,
     pub fascicles: Vec<FascicleLine>,
+    /// The extra model's own verdict on its numbers.
+    pub doubt: crate::postprocess::quality::Doubts,
     /// Set when the run failed (nothing else is).
     pub error: Option<String>,
 }
@@ -93,6 +95,7 @@ fn run(work: &Mutex<Work>, job: &Job) -> Outcome {
         frame: job.frame,
         measurements: a.measurements.clone(),
         fascicles: a.fascicles.clone(),
+        doubt: a.doubt,
         error: None,
     }
 }

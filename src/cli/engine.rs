@@ -119,6 +119,9 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
                 "confidence": analysis.confidence,
                 "uncertain_fraction": analysis.uncertain_fraction,
                 "flag": analysis.flag.map(|f| f.as_str()),
+                "quality": analysis.doubt.quality(),
+                "doubt": analysis.doubt,
+                "evidence": analysis.evidence,
                 "roi": roi,
                 "calibration": pocusd::publish::measurement::calibration_json(
                     &analysis.calibration,
@@ -145,16 +148,22 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
             Task::Fascicle => "fascicle length",
         };
         println!(
-            "{:<40} {:>14} {:>10} {:>16}",
-            "image", name, "confidence", "flag"
+            "{:<40} {:>14} {:>10} {:>16} {:>9}  doubt",
+            "image", name, "confidence", "flag", "quality"
         );
         for v in &results {
+            let doubt: Vec<&str> = v["doubt"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
             println!(
-                "{:<40} {:>14} {:>10.3} {:>16}",
+                "{:<40} {:>14} {:>10.3} {:>16} {:>9}  {}",
                 v["image"].as_str().unwrap_or("?"),
                 headline(task, &v["measurements"]).unwrap_or_else(|| "-".into()),
                 v["confidence"].as_f64().unwrap_or(0.0),
-                v["flag"].as_str().unwrap_or("")
+                v["flag"].as_str().unwrap_or(""),
+                v["quality"].as_str().unwrap_or(""),
+                doubt.join(",")
             );
         }
     }
@@ -238,8 +247,23 @@ pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
             "truth_fascicle_length_rel_err_median",
             report.truth_fascicle_length_rel_err_median,
         ),
+        ("coverage", report.coverage),
+        ("precision_10pct", report.precision_10pct),
+        ("doubtful_precision_10pct", report.doubtful_precision_10pct),
+        ("precision_5pct", report.precision_5pct),
+        ("precision_3deg", report.precision_3deg),
     ] {
-        println!("{k:<28} {}", f(v));
+        if v.is_some() || !k.contains("precision") {
+            println!("{k:<28} {}", f(v));
+        }
+    }
+    if !report.doubt_counts.is_empty() {
+        let counts: Vec<String> = report
+            .doubt_counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!("{:<28} {}", "doubt_counts", counts.join(", "));
     }
     for (i, b) in report.circumference_bias_by_size.iter().enumerate() {
         println!(

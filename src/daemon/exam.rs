@@ -10,32 +10,29 @@ use std::time::{Duration, Instant};
 use super::dbus::Error as DbusError;
 use super::pipeline::{Control, Processed};
 use super::store;
+use crate::postprocess::quality::Doubts;
 use super::supervisor::{measurement, Supervisor};
 
 impl Supervisor {
     /// Whether this result should be queued for review by itself: `[loop] auto_queue` on, a
-    /// quality flag (not `uncalibrated`), and the hourly budget's spacing passed. Returns the flag.
-    pub(super) fn auto_queue_due(&mut self, r: &Processed) -> Option<&'static str> {
-        use crate::postprocess::Flag;
-        if !self.cfg.loop_.auto_queue {
+    /// doubtful verdict (`uncalibrated` alone is not doubt), and the hourly budget's spacing
+    /// passed. Returns the reasons.
+    pub(super) fn auto_queue_due(&mut self, r: &Processed) -> Option<Doubts> {
+        if !self.cfg.loop_.auto_queue || r.analysis.doubt.is_empty() {
             return None;
         }
-        let flag = match r.analysis.flag? {
-            Flag::Uncalibrated => return None,
-            f => f.as_str(),
-        };
         let spacing = Duration::from_secs_f64(3600.0 / self.cfg.loop_.auto_queue_per_hour as f64);
         if self.last_auto_queue.is_some_and(|t| t.elapsed() < spacing) {
             return None;
         }
         self.last_auto_queue = Some(Instant::now());
-        Some(flag)
+        Some(r.analysis.doubt)
     }
 
-    /// Saves a snapshot; `auto_flag`: taken by `[loop] auto_queue` for this quality flag (a
+    /// Saves a snapshot; `auto_doubt`: taken by `[loop] auto_queue` for these reasons of doubt (a
     /// `queued.json` inside the folder before it appears, so the review list never sees it
     /// without).
-    pub(super) async fn snapshot(&mut self, auto_flag: Option<&'static str>) -> Result<String, DbusError> {
+    pub(super) async fn snapshot(&mut self, auto_doubt: Option<Doubts>) -> Result<String, DbusError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.control
             .send(Control::Snapshot(tx))
@@ -116,8 +113,13 @@ impl Supervisor {
                     )
                     .map_err(|e| e.to_string())?;
                 }
-                if let Some(flag) = auto_flag {
-                    let note = serde_json::json!({ "queued_by": "auto_queue", "flag": flag });
+                if let Some(doubt) = auto_doubt {
+                    // `flag`: the first reason (the key before the verdict existed).
+                    let note = serde_json::json!({
+                        "queued_by": "auto_queue",
+                        "flag": doubt.iter().next().map(|d| d.as_str()),
+                        "doubt": doubt,
+                    });
                     crate::files::write_atomic(&tmp.join("queued.json"), note.to_string().as_bytes())
                         .map_err(|e| e.to_string())?;
                 }

@@ -350,6 +350,7 @@ pub fn process_loop(
             .view()
             .map_err(|e| e.to_string())
             .and_then(|view| {
+                analyzer.set_frame_seq(frame.seq);
                 analyzer
                     .analyse(&mut model, view)
                     .map(|a| a.clone())

@@ -32,6 +32,9 @@ pub struct Item {
     pub time: Option<String>,
     pub task: Option<String>,
     pub flag: Option<String>,
+    /// The verdict on the snapshot's numbers (`ok` or `doubtful`) and the reasons.
+    pub quality: Option<String>,
+    pub doubt: Vec<String>,
     pub model_sha256: Option<String>,
     /// The measurement shown in the list (`thickness_mm`, `thickness_px`, `circumference_mm`, ...).
     pub measurement: Option<(String, f64)>,
@@ -117,6 +120,15 @@ impl Review {
                     time: s("time"),
                     task: s("task"),
                     flag: s("flag"),
+                    quality: s("quality"),
+                    doubt: m["doubt"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|c| c.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     model_sha256: s("model_sha256"),
                     measurement,
                     status,

@@ -74,6 +74,8 @@ pub(super) fn measurement(p: &Processed, calibration: Calibration, start_id: &Ar
         measurements: p.analysis.measurements.clone(),
         confidence: p.analysis.confidence,
         flag: p.analysis.flag,
+        doubt: p.analysis.doubt,
+        extra_doubt: p.analysis.extra_doubt.clone(),
         model_sha256: p.model_sha256.clone(),
         truth: p.truth,
         calibration: p.analysis.calibration,
@@ -282,9 +284,12 @@ impl Supervisor {
     /// (`[loop] auto_queue`), publishes the measurement. Returns whether `--frames` is reached.
     pub(super) async fn take_results(&mut self) -> bool {
         while let Some(r) = self.shared.results.take() {
-            if let Some(flag) = self.auto_queue_due(&r) {
-                match self.snapshot(Some(flag)).await {
-                    Ok(path) => eprintln!("pocusd: frame flagged {flag} queued for review: {path}"),
+            if let Some(doubt) = self.auto_queue_due(&r) {
+                let codes = doubt.codes().join(", ");
+                match self.snapshot(Some(doubt)).await {
+                    Ok(path) => {
+                        eprintln!("pocusd: doubtful frame ({codes}) queued for review: {path}")
+                    }
                     Err(e) => eprintln!("pocusd: auto_queue snapshot failed: {e}"),
                 }
             }
@@ -498,6 +503,9 @@ impl Supervisor {
             let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
             m.frames_total = self.shared.processed.load(Ordering::Relaxed);
             m.extra_dropped_total = r.extra_dropped;
+            for d in r.analysis.doubt.iter() {
+                *m.doubtful_total.entry(d.as_str()).or_insert(0) += 1;
+            }
             let obs = stages.iter().copied().chain([end_to_end]);
             for ((_, h), x) in m.stages.iter_mut().zip(obs) {
                 h.observe_ms(x);

@@ -436,6 +436,27 @@ fn report(
         ("quality_flag", "Quality flag"),
         record.flag.map(|f| f.as_str()).unwrap_or("none"),
     ));
+    // The verdict: "ok", or "doubtful: " and the reason codes (issue 28 makes it a coded
+    // qualitative evaluation in a TID 1500 report).
+    let verdict = if record.doubt.is_empty() {
+        "ok".to_string()
+    } else {
+        format!("doubtful: {}", record.doubt.codes().join(", "))
+    };
+    content.push(text_item("CONTAINS", ("quality", "Quality"), &verdict));
+    for (task, d) in &record.extra_doubt {
+        let v = if d.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("doubtful: {}", d.codes().join(", "))
+        };
+        let code = format!("q_{}", task.as_str());
+        content.push(text_item(
+            "CONTAINS",
+            (&code, &format!("Quality of {}", task.as_str())),
+            &v,
+        ));
+    }
     content.push(text_item(
         "CONTAINS",
         ("frame", "Frame"),

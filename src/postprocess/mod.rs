@@ -6,11 +6,13 @@
 //! superficial muscle), fits their inner edges and measures the muscle thickness perpendicular to
 //! them (DL_Track_US's measurement); `region` measures area, contour length and a least-squares
 //! ellipse with Ramanujan's circumference. Millimetres only when calibrated (never guessed),
-//! confidence and a quality flag, optional temporal smoothing. Must not depend on tract, zbus or tokio.
+//! confidence and a quality flag, the verdict (`ok` or `doubtful` with reasons from the frame's own
+//! evidence: [`quality`]), optional temporal smoothing. Must not depend on tract, zbus or tokio.
 
 pub mod fascicle;
 pub mod geometry;
 pub mod overlay;
+pub mod quality;
 
 use std::collections::VecDeque;
 
@@ -23,6 +25,7 @@ use crate::preprocess::{F32Plane, Resizer};
 use crate::synth::ellipse_circumference;
 use fascicle::{ApoLines, FascicleLine, FascicleStage};
 use geometry::{fit_ellipse, trace_contour, Component, Ellipse, Labeller};
+use quality::{Doubt, Doubts, Evidence, History, QualityConfig};
 
 /// Why a result is not a confident number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,6 +90,8 @@ pub struct PostprocessConfig {
     pub calibration: Calibration,
     /// Ruler calibration (`[calibration] mode = "ruler"`); `None` in manual mode.
     pub ruler: Option<RulerSettings>,
+    /// The verdict's settings (`[quality]`).
+    pub quality: QualityConfig,
 }
 
 impl Default for PostprocessConfig {
@@ -99,6 +104,7 @@ impl Default for PostprocessConfig {
             smoothing: Smoothing::Off,
             calibration: Calibration::None,
             ruler: None,
+            quality: QualityConfig::default(),
         }
     }
 }
@@ -233,6 +239,13 @@ pub struct Analysis {
     /// Of the pixels with probability above 0.3, the fraction still below 0.7.
     pub uncertain_fraction: f64,
     pub flag: Option<Flag>,
+    /// The verdict: empty when the numbers can be trusted, else the reasons (the flags
+    /// `no_structure`, `one_band` and `low_confidence` among them; `uncalibrated` is not a doubt).
+    pub doubt: Doubts,
+    /// What the verdict was made from.
+    pub evidence: Evidence,
+    /// The extra models' verdicts by task (published as `<task>_quality` and `<task>_doubt`).
+    pub extra_doubt: Vec<(Task, Doubts)>,
     /// Where the scale came from (and why there is none); calibrated when it has `mm_per_px`.
     pub calibration: CalibrationInfo,
     pub annotation: Option<Annotation>,
@@ -279,6 +292,13 @@ pub struct Postprocessor {
     fascicles: FascicleStage,
     /// The ruler's calibration for the frame being analysed (see [`Postprocessor::set_ruler`]).
     ruler: Option<CalibrationInfo>,
+    /// Along a stream: the frame number of the frame being analysed (`None` for still images:
+    /// no history).
+    seq: Option<u64>,
+    /// Recent values of the headline number, for the `jump` rule.
+    history: History,
+    /// Scratch for the quality rules.
+    quality_scratch: Vec<f64>,
     analysis: Analysis,
 }
 
@@ -348,8 +368,22 @@ impl Postprocessor {
             apo_input: None,
             fascicles: FascicleStage::default(),
             ruler: None,
+            seq: None,
+            history: History::default(),
+            quality_scratch: Vec::new(),
             analysis: Analysis::default(),
         }
+    }
+
+    /// Along a stream: the frame number (`seq`) of the next frame, so the `jump` rule can hold
+    /// a number against its recent history (the allowance grows with the gap).
+    pub fn set_frame_seq(&mut self, seq: Option<u64>) {
+        self.seq = seq;
+    }
+
+    /// Forgets the history the `jump` rule holds numbers against (a new model, a new stream).
+    pub fn clear_history(&mut self) {
+        self.history.clear();
     }
 
     /// Sets the masks' boundary convention (the model's `contour_offset_px`, image pixels).
@@ -543,6 +577,7 @@ impl Postprocessor {
         {
             a.flag = Some(Flag::LowConfidence);
         }
+        self.judge(&mut a);
         if a.flag.is_none() && scale.is_none() {
             a.flag = Some(Flag::Uncalibrated);
         }
@@ -571,6 +606,31 @@ impl Postprocessor {
             *y += roi.y as f64;
         }
         self.analysis = a;
+    }
+
+    /// The verdict: the rules on the task's evidence, the history (along a stream) and the
+    /// model's own flags.
+    fn judge(&mut self, a: &mut Analysis) {
+        let q = self.cfg.quality;
+        let headline = match self.task {
+            Task::Aponeurosis => a.measurements.thickness_px,
+            Task::Region => a.measurements.circumference_px,
+            Task::Fascicle => a.measurements.pennation_angle_deg,
+        };
+        if let (Some(seq), Some(v), true) = (self.seq, headline, q.enabled) {
+            if let Some((jump, allowed)) = self.history.push(seq, v, &q) {
+                a.evidence.jump = Some(jump);
+                a.evidence.jump_allowed = Some(allowed);
+            }
+        }
+        let mut d = quality::judge(&a.evidence, &q);
+        match a.flag {
+            Some(Flag::NoStructure) => d.insert(Doubt::NoStructure),
+            Some(Flag::OneBand) => d.insert(Doubt::OneBand),
+            Some(Flag::LowConfidence) => d.insert(Doubt::LowConfidence),
+            Some(Flag::Uncalibrated) | None => {}
+        }
+        a.doubt = d;
     }
 
     fn aponeurosis(&mut self, a: &mut Analysis, min_area: usize, scale: Option<(f64, f64)>) {
@@ -645,13 +705,14 @@ impl Postprocessor {
             a.flag = Some(Flag::OneBand);
             return;
         }
-        let (xs, sup_edge, deep_edge) = (&self.xs, &self.sup_edge_y, &self.deep_edge_y);
-        let (a_sup, slope_sup) = fit_line(xs, sup_edge);
-        let (a_deep, slope_deep) = fit_line(xs, deep_edge);
+        let (a_sup, slope_sup) = fit_line(&self.xs, &self.sup_edge_y);
+        let (a_deep, slope_deep) = fit_line(&self.xs, &self.deep_edge_y);
         self.apo_lines = Some(ApoLines {
             superficial: (a_sup, slope_sup),
             deep: (a_deep, slope_deep),
         });
+        self.band_evidence(a, (sup, deep), (x0, x1), (a_sup, slope_sup), (a_deep, slope_deep));
+        let (xs, sup_edge, deep_edge) = (&self.xs, &self.sup_edge_y, &self.deep_edge_y);
         let slope = (slope_sup + slope_deep) / 2.0;
         let cos = 1.0 / (1.0 + slope * slope).sqrt();
         // Central half of the overlap.
@@ -706,6 +767,75 @@ impl Postprocessor {
         });
     }
 
+    /// The evidence that `pair` (superficial, deep) bounds one muscle: their overlap `x0..=x1`
+    /// against the region's width, the angle between their inner-edge lines, the consistency of
+    /// the thickness along the overlap, bands between them, and how many long bands there are.
+    fn band_evidence(
+        &mut self,
+        a: &mut Analysis,
+        pair: (Component, Component),
+        (x0, x1): (usize, usize),
+        sup_line: (f64, f64),
+        deep_line: (f64, f64),
+    ) {
+        let w = self.roi.w.max(1) as f64;
+        let q = self.cfg.quality;
+        let e = &mut a.evidence;
+        e.overlap_fraction = Some((x1 - x0 + 1) as f64 / w);
+        e.band_angle_diff_deg = Some((sup_line.1.atan() - deep_line.1.atan()).abs().to_degrees());
+        self.gaps.clear();
+        self.gaps.extend(
+            self.deep_edge_y
+                .iter()
+                .zip(&self.sup_edge_y)
+                .map(|(d, s)| d - s),
+        );
+        e.thickness_spread =
+            quality::thickness_spread(&self.xs, &self.gaps, &mut self.quality_scratch);
+        let overlap = (x1 - x0 + 1) as f64;
+        let y_at = |l: (f64, f64), x: f64| l.0 + l.1 * x;
+        let between = self
+            .bands
+            .iter()
+            .filter(|b| b.label != pair.0.label && b.label != pair.1.label)
+            .filter(|b| {
+                let (cx, cy) = b.centroid();
+                let span = (b.x1.min(x1) as f64 - b.x0.max(x0) as f64 + 1.0).max(0.0);
+                cx >= x0 as f64
+                    && cx <= x1 as f64 + 1.0
+                    && cy > y_at(sup_line, cx)
+                    && cy < y_at(deep_line, cx)
+                    && span >= q.min_between_span * overlap
+            })
+            .count();
+        e.bands_between = Some(between as u64);
+        let is_long = |b: &&Component| (b.x1 - b.x0 + 1) as f64 >= q.long_band_span * w;
+        e.long_bands = Some(self.bands.iter().filter(is_long).count() as u64);
+        let others = || {
+            self.bands
+                .iter()
+                .filter(|b| b.label != pair.0.label && b.label != pair.1.label)
+                .filter(is_long)
+        };
+        e.long_bands_above = Some(
+            others()
+                .filter(|b| {
+                    let (cx, cy) = b.centroid();
+                    cy < y_at(sup_line, cx)
+                })
+                .count() as u64,
+        );
+        let mid = (x0 + x1) as f64 / 2.0;
+        let thickness = y_at(deep_line, mid) - y_at(sup_line, mid);
+        e.deeper_gap_ratio = others()
+            .filter_map(|b| {
+                let (cx, cy) = b.centroid();
+                let below = cy - y_at(deep_line, cx);
+                (below > 0.0 && thickness > 0.0).then_some(below / thickness)
+            })
+            .min_by(f64::total_cmp);
+    }
+
     fn fascicle(&mut self, a: &mut Analysis, scale: Option<(f64, f64)>) {
         let Some(r) =
             self.fascicles
@@ -728,6 +858,9 @@ impl Postprocessor {
         if r.count == 0 {
             // Fragments, but no aponeuroses to extend them to (or none between them).
             a.flag = Some(Flag::OneBand);
+        } else {
+            a.evidence.fascicles = Some(r.count as u64);
+            a.evidence.fascicle_spread_deg = r.pennation_spread_deg;
         }
     }
 
@@ -757,6 +890,12 @@ impl Postprocessor {
             a.flag = Some(Flag::NoStructure);
             return;
         };
+        a.evidence.fit_residual =
+            quality::ellipse_residual(&self.fit_points, (e.cx, e.cy), e.a, e.b, e.angle_deg);
+        a.evidence.touches_border =
+            Some(c.x0 == 0 || c.y0 == 0 || c.x1 + 1 >= w || c.y1 + 1 >= h);
+        a.evidence.ellipse_area_fraction =
+            Some(std::f64::consts::PI * e.a * e.b / (w.max(1) * h.max(1)) as f64);
         let off = self.contour_offset_px;
         e.a = (e.a - off).max(0.0);
         e.b = (e.b - off).max(0.0);
@@ -842,5 +981,173 @@ pub fn median(v: &mut [f64]) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each reason of doubt produced by a constructed mask (the verdict's rules on their own are
+    //! tested in [`super::quality`]).
+    use super::quality::Doubt;
+    use super::*;
+
+    const W: usize = 256;
+    const H: usize = 200;
+
+    /// A probability map with the given filled rectangles (x0, x1, y0, y1; inclusive) at 1.
+    fn map(rects: &[(usize, usize, usize, usize)]) -> Vec<f32> {
+        let mut p = vec![0.0f32; W * H];
+        for &(x0, x1, y0, y1) in rects {
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    p[y * W + x] = 1.0;
+                }
+            }
+        }
+        p
+    }
+
+    fn judge(task: Task, p: &[f32]) -> Analysis {
+        let mut post = Postprocessor::new(task, PostprocessConfig::default());
+        post.process_full(p, Rect::full(W, H)).clone()
+    }
+
+    fn codes(a: &Analysis) -> Vec<&'static str> {
+        a.doubt.codes()
+    }
+
+    #[test]
+    fn two_clean_bands_are_ok() {
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 30, 37), (0, 255, 150, 157)]),
+        );
+        assert!(a.doubt.is_empty(), "{:?} {:?}", codes(&a), a.evidence);
+        assert!((a.measurements.thickness_px.unwrap() - 112.0).abs() < 1.0);
+        // Uncalibrated is the calibration's state, not a doubt.
+        assert_eq!(a.flag, Some(Flag::Uncalibrated));
+    }
+
+    #[test]
+    fn a_band_near_the_skin_over_a_thick_muscle_is_doubtful() {
+        // A fascia near the skin, the superficial and the deep aponeurosis, all long: the two
+        // shallowest give the fat layer (30 px) over a muscle four times as thick.
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 5, 10), (0, 255, 40, 46), (0, 255, 175, 181)]),
+        );
+        assert!(codes(&a).contains(&"extra_band"), "{:?} {:?}", codes(&a), a.evidence);
+    }
+
+    #[test]
+    fn a_missing_deep_band_is_one_band() {
+        let a = judge(Task::Aponeurosis, &map(&[(0, 255, 30, 37)]));
+        assert_eq!(codes(&a), vec!["one_band"]);
+        assert_eq!(a.measurements.thickness_px, None);
+    }
+
+    #[test]
+    fn a_fragment_taken_for_the_deep_band_is_doubtful() {
+        // The deep band split: a fragment just below the superficial band over the left part,
+        // the rest of the deep band on the right.
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 30, 37), (0, 100, 50, 55), (120, 255, 170, 177)]),
+        );
+        assert!(codes(&a).contains(&"short_bands"), "{:?} {:?}", codes(&a), a.evidence);
+    }
+
+    #[test]
+    fn a_band_between_the_aponeuroses_is_doubtful() {
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 30, 37), (80, 180, 90, 92), (0, 255, 150, 157)]),
+        );
+        assert_eq!(codes(&a), vec!["band_between"], "{:?}", a.evidence);
+    }
+
+    #[test]
+    fn diverging_aponeuroses_are_doubtful() {
+        let mut p = map(&[(0, 255, 20, 26)]);
+        // A deep band rising 25 degrees across the region.
+        let slope = 25f64.to_radians().tan();
+        for x in 0..W {
+            let y = (180.0 - slope * x as f64) as usize;
+            for yy in y..y + 6 {
+                p[yy * W + x] = 1.0;
+            }
+        }
+        let a = judge(Task::Aponeurosis, &p);
+        assert!(codes(&a).contains(&"not_parallel"), "{:?} {:?}", codes(&a), a.evidence);
+    }
+
+    fn ellipse_map(cx: f64, cy: f64, a: f64, b: f64) -> Vec<f32> {
+        let mut p = vec![0.0f32; W * H];
+        for y in 0..H {
+            for x in 0..W {
+                let (dx, dy) = ((x as f64 + 0.5 - cx) / a, (y as f64 + 0.5 - cy) / b);
+                if dx * dx + dy * dy <= 1.0 {
+                    p[y * W + x] = 1.0;
+                }
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn a_head_inside_the_image_is_ok_one_cut_by_its_edge_is_not() {
+        let a = judge(Task::Region, &ellipse_map(128.0, 100.0, 80.0, 60.0));
+        assert!(a.doubt.is_empty(), "{:?} {:?}", codes(&a), a.evidence);
+        let a = judge(Task::Region, &ellipse_map(40.0, 100.0, 80.0, 60.0));
+        assert!(codes(&a).contains(&"touches_border"), "{:?}", a.evidence);
+    }
+
+    #[test]
+    fn a_region_that_is_no_ellipse_fits_poorly() {
+        // An L shape.
+        let a = judge(Task::Region, &map(&[(40, 80, 30, 170), (40, 200, 130, 170)]));
+        assert!(codes(&a).contains(&"poor_fit"), "{:?} {:?}", codes(&a), a.evidence);
+    }
+
+    #[test]
+    fn a_jump_along_a_stream_is_doubtful_unless_frames_were_dropped() {
+        let mut post = Postprocessor::new(Task::Aponeurosis, PostprocessConfig::default());
+        let thin = map(&[(0, 255, 30, 37), (0, 255, 130, 137)]);
+        let thick = map(&[(0, 255, 30, 37), (0, 255, 185, 192)]);
+        for seq in 1..=5 {
+            post.set_frame_seq(Some(seq));
+            assert!(post.process_full(&thin, Rect::full(W, H)).doubt.is_empty());
+        }
+        // 92 px to 147 px from one frame to the next.
+        post.set_frame_seq(Some(6));
+        let a = post.process_full(&thick, Rect::full(W, H)).clone();
+        assert_eq!(codes(&a), vec!["jump"], "{:?}", a.evidence);
+        // The same change after 9 dropped frames is within the allowance.
+        let mut post = Postprocessor::new(Task::Aponeurosis, PostprocessConfig::default());
+        for seq in 1..=5 {
+            post.set_frame_seq(Some(seq));
+            post.process_full(&thin, Rect::full(W, H));
+        }
+        post.set_frame_seq(Some(15));
+        let a = post.process_full(&thick, Rect::full(W, H)).clone();
+        assert!(a.doubt.is_empty(), "{:?}", a.evidence);
+        // Still images have no history.
+        let mut post = Postprocessor::new(Task::Aponeurosis, PostprocessConfig::default());
+        post.process_full(&thin, Rect::full(W, H));
+        assert!(post.process_full(&thick, Rect::full(W, H)).doubt.is_empty());
+    }
+
+    #[test]
+    fn the_model_flags_are_doubts_and_the_gate_can_be_switched_off() {
+        let p = map(&[(0, 255, 30, 37), (80, 180, 90, 92), (0, 255, 150, 157)]);
+        let mut cfg = PostprocessConfig::default();
+        cfg.quality.enabled = false;
+        let mut post = Postprocessor::new(Task::Aponeurosis, cfg);
+        assert!(post.process_full(&p, Rect::full(W, H)).doubt.is_empty());
+        // Low confidence stays a doubt with the rules off.
+        let half: Vec<f32> = p.iter().map(|&x| x * 0.55).collect();
+        let a = post.process_full(&half, Rect::full(W, H)).clone();
+        assert_eq!(a.flag, Some(Flag::LowConfidence));
+        assert!(a.doubt.contains(Doubt::LowConfidence));
     }
 }

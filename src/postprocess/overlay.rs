@@ -231,10 +231,26 @@ impl Overlay {
             self.draw_text(6.0, size * 0.15, size, text, [255, 255, 255]);
         }
         let mut y = top;
+        // A number the daemon cannot stand behind is drawn grey, its reason in words below it.
+        const GREY: [u8; 3] = [128, 128, 128];
+        const AMBER: [u8; 3] = [240, 180, 0];
+        let doubtful = !analysis.doubt.is_empty();
         if let Some(h) = headline {
-            self.draw_text_shadowed(6.0, y, size, &h, [255, 255, 255]);
+            let c = if doubtful { GREY } else { [255, 255, 255] };
+            self.draw_text_shadowed(6.0, y, size, &h, c);
             y += size * 1.15;
         }
+        if doubtful && analysis.flag.is_none_or(|f| f == Flag::Uncalibrated) {
+            let why = format!("doubtful: {}", analysis.doubt.words());
+            self.draw_text_shadowed(6.0, y, size * 0.6, &why, AMBER);
+            y += size * 0.75;
+        }
+        let fascicle_doubt = analysis
+            .extra_doubt
+            .iter()
+            .find(|(t, _)| *t == Task::Fascicle)
+            .map(|(_, d)| *d)
+            .filter(|d| !d.is_empty());
         let fascicle = match (
             m.fascicle_length_mm,
             m.fascicle_length_px,
@@ -245,8 +261,18 @@ impl Overlay {
             _ => None,
         };
         if let Some(t) = fascicle {
-            self.draw_text_shadowed(6.0, y, size * 0.8, &t, [200, 240, 255]);
+            let c = if fascicle_doubt.is_some() {
+                GREY
+            } else {
+                [200, 240, 255]
+            };
+            self.draw_text_shadowed(6.0, y, size * 0.8, &t, c);
             y += size * 0.95;
+        }
+        if let Some(d) = fascicle_doubt {
+            let why = format!("fascicles doubtful: {}", d.words());
+            self.draw_text_shadowed(6.0, y, size * 0.6, &why, AMBER);
+            y += size * 0.75;
         }
         let conf = format!("confidence {:.2}", analysis.confidence);
         self.draw_text_shadowed(6.0, y, size * 0.7, &conf, [220, 220, 220]);

@@ -78,6 +78,8 @@ fn variant(v: &Val) -> OwnedVariant {
         Val::I(x) => OwnedVariant::from(*x),
         Val::S(s) => OwnedVariant::from(Str::from(s.clone())),
         Val::B(b) => OwnedVariant::from(*b),
+        Val::L(l) => OwnedVariant::try_from(zbus::Variant::from(l.clone()))
+            .unwrap_or_else(|_| OwnedVariant::from(Str::from(l.join(",")))),
     }
 }
 

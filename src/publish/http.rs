@@ -68,6 +68,9 @@ pub struct Metrics {
     pub corrupt_total: u64,
     /// Frames an extra model's lane dropped (a newer frame arrived before it was free).
     pub extra_dropped_total: u64,
+    /// Measured frames whose verdict was doubtful, by reason code (one frame counts under each
+    /// of its reasons).
+    pub doubtful_total: std::collections::BTreeMap<&'static str, u64>,
     /// The OpenIGTLink server's counters (`None`: `[igtl]` off).
     pub igtl: Option<super::igtl::IgtlStats>,
     /// Snapshots waiting in the DICOM spool (`None`: no `[dicom] store`).
@@ -318,6 +321,19 @@ pub fn metrics_text(m: &Metrics) -> String {
         "pocusd_extra_jobs_dropped_total {}",
         m.extra_dropped_total
     );
+    let _ = writeln!(
+        t,
+        "# HELP pocusd_doubtful_frames_total Measured frames whose numbers were doubtful, by reason (README.md lists the codes)."
+    );
+    let _ = writeln!(t, "# TYPE pocusd_doubtful_frames_total counter");
+    for d in crate::postprocess::quality::Doubt::ALL {
+        let _ = writeln!(
+            t,
+            "pocusd_doubtful_frames_total{{reason=\"{}\"}} {}",
+            d.as_str(),
+            m.doubtful_total.get(d.as_str()).copied().unwrap_or(0)
+        );
+    }
     if let Some(g) = &m.igtl {
         let _ = writeln!(
             t,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::clock::rfc3339_us;
 use crate::frame::Rect;
 use crate::model::Task;
+use crate::postprocess::quality::Doubts;
 use crate::postprocess::{Calibration, Flag, Measurements};
 use crate::preprocess::calibration::{CalibrationInfo, CalibrationKind};
 use crate::synth::Truth;
@@ -26,6 +27,8 @@ pub enum Val {
     I(i64),
     S(String),
     B(bool),
+    /// A list of strings (`as` on the bus; the reason codes of `doubt`).
+    L(Vec<String>),
 }
 
 impl Val {
@@ -57,6 +60,10 @@ pub struct Measurement {
     pub measurements: Measurements,
     pub confidence: f64,
     pub flag: Option<Flag>,
+    /// The verdict: empty when `ok`, else the reasons.
+    pub doubt: Doubts,
+    /// The extra models' verdicts on their own numbers, by task.
+    pub extra_doubt: Vec<(Task, Doubts)>,
     pub model_sha256: Arc<str>,
     /// The demo phantom's analytic truth for the frame (published beside, never instead of, the
     /// measurement).
@@ -149,10 +156,17 @@ pub fn calibration_values(c: &CalibrationInfo) -> Values {
     v
 }
 
+/// The reason codes as owned strings.
+fn codes(d: Doubts) -> Vec<String> {
+    d.iter().map(|x| x.as_str().to_string()).collect()
+}
+
 impl Measurement {
     /// The flat values (the `Measurement` signal's dictionary, the log's and the event's
-    /// `values`): the engine's measurement keys, confidence, flag (empty when none), the model's
-    /// sha256 and, for the demo, the phantom's truth.
+    /// `values`): the engine's measurement keys, confidence, flag (empty when none), `quality`
+    /// (`ok` or `doubtful`) and `doubt` (the reason codes), each extra model's
+    /// `<task>_quality` and `<task>_doubt`, the model's sha256 and, for the demo, the phantom's
+    /// truth.
     pub fn values(&self) -> Values {
         let mut v = Values::new();
         if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&self.measurements) {
@@ -172,6 +186,12 @@ impl Measurement {
             "flag".into(),
             Val::S(self.flag.map(|f| f.as_str()).unwrap_or("").into()),
         );
+        v.insert("quality".into(), Val::S(self.doubt.quality().into()));
+        v.insert("doubt".into(), Val::L(codes(self.doubt)));
+        for (task, d) in &self.extra_doubt {
+            v.insert(format!("{}_quality", task.as_str()), Val::S(d.quality().into()));
+            v.insert(format!("{}_doubt", task.as_str()), Val::L(codes(*d)));
+        }
         v.insert("model_sha256".into(), Val::S(self.model_sha256.to_string()));
         let c = &self.calibration;
         v.insert("calibration_kind".into(), Val::S(c.kind.as_str().into()));
@@ -219,21 +239,29 @@ impl Measurement {
             "start_id": &*self.start_id,
             "values": self.values(),
             "flag": self.flag.map(|f| f.as_str()),
+            "quality": self.doubt.quality(),
+            "doubt": self.doubt,
             "model_sha256": &*self.model_sha256,
             "calibration": calibration_json(&self.calibration, &self.manual),
         })
     }
 
-    /// The Server-Sent Event (`type` `measurement`), with the D-Bus signal's seq and values.
+    /// The Server-Sent Event (`type` `measurement`), with the D-Bus signal's seq and values,
+    /// and the reasons of a doubtful verdict in words for the viewer (`doubt_words`,
+    /// `<task>_doubt_words`; empty when ok).
     pub fn event(&self) -> String {
-        serde_json::json!({
+        let mut e = serde_json::json!({
             "type": "measurement",
             "seq": self.seq,
             "start_id": &*self.start_id,
             "timestamp_us": self.timestamp_us,
             "values": self.values(),
-        })
-        .to_string()
+            "doubt_words": self.doubt.words(),
+        });
+        for (task, d) in &self.extra_doubt {
+            e[format!("{}_doubt_words", task.as_str())] = d.words().into();
+        }
+        e.to_string()
     }
 
     /// A snapshot's `measurement.json`.
@@ -250,6 +278,8 @@ impl Measurement {
             "values": self.values(),
             "measurements": self.measurements,
             "flag": self.flag.map(|f| f.as_str()),
+            "quality": self.doubt.quality(),
+            "doubt": self.doubt,
             "model_sha256": &*self.model_sha256,
             "calibration": calibration_json(&self.calibration, &self.manual),
         })
@@ -274,6 +304,10 @@ mod tests {
             },
             confidence: 0.9,
             flag: Some(Flag::Uncalibrated),
+            doubt: [crate::postprocess::quality::Doubt::NotParallel]
+                .into_iter()
+                .collect(),
+            extra_doubt: vec![(Task::Fascicle, Doubts::NONE)],
             model_sha256: Arc::from("abc"),
             truth: None,
             calibration: CalibrationInfo::default(),
@@ -288,6 +322,10 @@ mod tests {
         let v = serde_json::to_value(m.values()).unwrap();
         assert_eq!(v["thickness_px"], 42.5);
         assert_eq!(v["flag"], "uncalibrated");
+        assert_eq!(v["quality"], "doubtful");
+        assert_eq!(v["doubt"], serde_json::json!(["not_parallel"]));
+        assert_eq!(v["fascicle_quality"], "ok");
+        assert_eq!(v["fascicle_doubt"], serde_json::json!([]));
         let log = m.log_line(0);
         let ev: serde_json::Value = serde_json::from_str(&m.event()).unwrap();
         let snap = m.snapshot();
@@ -295,6 +333,10 @@ mod tests {
             assert_eq!(out, &v);
         }
         assert_eq!(log["seq"], 7);
+        for out in [&log, &snap] {
+            assert_eq!(out["quality"], "doubtful");
+            assert_eq!(out["doubt"], serde_json::json!(["not_parallel"]));
+        }
         assert_eq!(ev["seq"], 7);
         assert_eq!(snap["seq"], 7);
         let last = m.last_measurement();

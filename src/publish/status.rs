@@ -138,6 +138,9 @@ pub fn variant_json(v: &OwnedVariant) -> serde_json::Value {
     if let Ok(x) = <&str>::try_from(v) {
         return serde_json::json!(x);
     }
+    if let Ok(x) = Vec::<String>::try_from(v.clone()) {
+        return serde_json::json!(x);
+    }
     serde_json::Value::Null
 }
 
@@ -204,6 +207,23 @@ pub fn print_status(session: bool, json: bool) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// ", DOUBTFUL: the reasons in words" for a doubtful verdict; empty when ok or absent.
+fn doubt_text(quality: &serde_json::Value, doubt: &serde_json::Value) -> String {
+    if quality.as_str() != Some("doubtful") {
+        return String::new();
+    }
+    let words: Vec<&str> = doubt
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str())
+                .map(|c| crate::postprocess::quality::Doubt::parse(c).map_or(c, |d| d.words()))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(", DOUBTFUL: {}", words.join("; "))
 }
 
 fn num(v: &serde_json::Value, k: &str) -> Option<f64> {
@@ -304,14 +324,15 @@ pub fn human(v: &serde_json::Value) -> String {
         (Some(seq), h) => {
             let flag = lm["flag"].as_str().unwrap_or("");
             s += &format!(
-                "       Last: seq {seq}: {}, confidence {:.2}{}\n",
+                "       Last: seq {seq}: {}, confidence {:.2}{}{}\n",
                 h.unwrap_or_else(|| "no value".into()),
                 num(lm, "confidence").unwrap_or(0.0),
                 if flag.is_empty() {
                     String::new()
                 } else {
                     format!(", flag {flag}")
-                }
+                },
+                doubt_text(&lm["quality"], &lm["doubt"])
             );
         }
         _ => s += "       Last: no measurement yet\n",
@@ -322,8 +343,9 @@ pub fn human(v: &serde_json::Value) -> String {
             .or_else(|| num(lm, "fascicle_length_px").map(|x| format!("{x:.0} px")))
             .unwrap_or_else(|| "-".into());
         s += &format!(
-            "  Fascicles: length {len}, pennation {a:.1} deg, {} measured\n",
-            lm["fascicle_count"]
+            "  Fascicles: length {len}, pennation {a:.1} deg, {} measured{}\n",
+            lm["fascicle_count"],
+            doubt_text(&lm["fascicle_quality"], &lm["fascicle_doubt"])
         );
     }
     let c = &v["calibration"];

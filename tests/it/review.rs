@@ -202,7 +202,7 @@ fn review_actions_follow_the_viewer_token_rule() {
 }
 
 #[test]
-fn flagged_frames_are_queued_by_themselves_within_the_hourly_budget() {
+fn doubtful_frames_are_queued_by_themselves_within_the_hourly_budget() {
     let dir = tempfile::tempdir().unwrap();
     let bus = ds::Bus::session();
     // The aponeurosis model on the fetal-head phantom: the quality gate flags every frame.
@@ -238,9 +238,17 @@ fn flagged_frames_are_queued_by_themselves_within_the_hourly_budget() {
     let l: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let first = &l["snapshots"][0];
     assert_eq!(first["queued_by"], "auto_queue", "{l}");
+    // Queued because its verdict was doubtful; the reasons travel to the review list.
+    assert_eq!(first["quality"], "doubtful", "{l}");
+    let reasons: Vec<&str> = first["doubt"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
     assert!(
-        ["no_structure", "one_band", "low_confidence"]
-            .contains(&first["flag"].as_str().unwrap_or("")),
+        !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|c| pocusd::postprocess::quality::Doubt::parse(c).is_some()),
         "{l}"
     );
     assert!(d.stop().success(), "{}", d.log());
