@@ -6,7 +6,8 @@ Usage: igtl_client.py PORT. Prints one JSON object per phase on stdout:
   phase 1 ("received"): what two pyigtl clients got, the raw header check, how many distinct
   frames the reading client saw while the stalled one never read; then it closes the second
   client and the stalled socket and waits for a line on stdin;
-  phase 2 ("last"): after the test paused the daemon, the newest Measurement's seq.
+  phase 2 ("last"): after the test paused the daemon, the newest Measurement's seq and its
+  verdict (quality, doubt).
 """
 
 import json
@@ -87,11 +88,14 @@ def main():
         }
     # c1 keeps reading for 5 s while the stalled socket never reads.
     seqs = set()
+    values = {}
     t_end = time.time() + 5
     while time.time() < t_end:
         m = c1.wait_for_message("Measurement", timeout=1)
         if m is not None:
-            seqs.add(json.loads(m.string)["seq"])
+            rec = json.loads(m.string)
+            seqs.add(rec["seq"])
+            values[rec["seq"]] = rec["values"]
     got["c1_distinct_frames_while_one_stalls"] = len(seqs)
     got["raw"] = raw
     print(json.dumps({"phase": "received", **got}), flush=True)
@@ -105,8 +109,12 @@ def main():
         m = c1.wait_for_message("Measurement", timeout=1.5)
         if m is None:
             break
-        last = json.loads(m.string)["seq"]
-    print(json.dumps({"phase": "last", "seq": last}), flush=True)
+        rec = json.loads(m.string)
+        last = rec["seq"]
+        values[last] = rec["values"]
+    v = values.get(last, {})
+    print(json.dumps({"phase": "last", "seq": last, "quality": v.get("quality"),
+                      "doubt": v.get("doubt")}), flush=True)
     c1.stop()
 
 

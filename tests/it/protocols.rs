@@ -184,9 +184,64 @@ fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     writeln!(py.stdin.as_mut().unwrap(), "go").unwrap();
     let last: serde_json::Value =
         serde_json::from_str(&lines.next().expect("phase 2 output").unwrap()).unwrap();
-    let dbus_seq = dict_uint(&get(&bus, "LastMeasurement"), "seq").unwrap();
+    let lm = get(&bus, "LastMeasurement");
+    let dbus_seq = dict_uint(&lm, "seq").unwrap();
     assert_eq!(last["seq"].as_u64(), Some(dbus_seq), "{last}");
     assert!(py.wait().unwrap().success());
+
+    // The verdict on that one frame, the same in every output: OpenIGTLink (above), D-Bus, the
+    // SSE event, the log line and the snapshot.
+    let quality = last["quality"].as_str().unwrap_or_else(|| panic!("{last}"));
+    assert!(["ok", "doubtful"].contains(&quality), "{last}");
+    let doubt: Vec<String> = last["doubt"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{last}"))
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(quality == "ok", doubt.is_empty(), "{last}");
+    assert!(lm.contains(&format!("'quality': <'{quality}'>")), "{lm}");
+    let dbus_doubt = if doubt.is_empty() {
+        "'doubt': <@as []>".to_string()
+    } else {
+        let q: Vec<String> = doubt.iter().map(|c| format!("'{c}'")).collect();
+        format!("'doubt': <[{}]>", q.join(", "))
+    };
+    assert!(lm.contains(&dbus_doubt), "{dbus_doubt} not in {lm}");
+    let mut ev = crate::viewer::Stream::open(viewer_addr(&d), "/events");
+    let event = loop {
+        let e = ev.event();
+        if e["type"] == "measurement" {
+            break e;
+        }
+    };
+    assert_eq!(event["seq"].as_u64(), Some(dbus_seq), "{event}");
+    assert_eq!(event["values"]["quality"], quality, "{event}");
+    assert_eq!(event["values"]["doubt"], serde_json::json!(doubt), "{event}");
+    let logged = std::fs::read_dir(tmp.path().join("state/log"))
+        .unwrap()
+        .flatten()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .find(|l| l["seq"].as_u64() == Some(dbus_seq))
+        .expect("the frame's log line");
+    assert_eq!(logged["quality"], quality, "{logged}");
+    assert_eq!(logged["doubt"], serde_json::json!(doubt), "{logged}");
+    assert_eq!(logged["values"]["quality"], quality, "{logged}");
+    let o = call(&bus, "Snapshot", &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let snap = PathBuf::from(common::stdout(&o).split('\'').nth(1).unwrap());
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("measurement.json")).unwrap())
+            .unwrap();
+    assert_eq!(snap["seq"].as_u64(), Some(dbus_seq), "{snap}");
+    assert_eq!(snap["quality"], quality, "{snap}");
+    assert_eq!(snap["doubt"], serde_json::json!(doubt), "{snap}");
     assert!(d.stop().success(), "{}", d.log());
     assert!(d.log().contains("OpenIGTLink: client"), "{}", d.log());
 }

@@ -68,13 +68,13 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 /// A streaming GET: the reader positioned after the response head (chunked transfer decoded).
-struct Stream {
+pub(crate) struct Stream {
     r: BufReader<TcpStream>,
     chunk_left: usize,
 }
 
 impl Stream {
-    fn open(addr: SocketAddr, path: &str) -> Self {
+    pub(crate) fn open(addr: SocketAddr, path: &str) -> Self {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
@@ -151,7 +151,7 @@ impl Stream {
     }
 
     /// The next SSE `data:` payload as JSON.
-    fn event(&mut self) -> serde_json::Value {
+    pub(crate) fn event(&mut self) -> serde_json::Value {
         loop {
             let l = self.line();
             if let Some(d) = l.strip_prefix("data: ") {
