@@ -563,6 +563,11 @@ impl Postprocessor {
             confidence,
             uncertain_fraction,
             calibration,
+            evidence: Evidence {
+                confidence: Some(confidence),
+                uncertain_fraction: Some(uncertain_fraction),
+                ..Default::default()
+            },
             ..Default::default()
         };
         self.apo_lines = None;

@@ -383,3 +383,29 @@ pub fn human(v: &serde_json::Value) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doubtful_last_measurement_is_said_with_its_reasons_in_words() {
+        let v = serde_json::json!({
+            "last_measurement": {
+                "seq": 12, "thickness_px": 80.0, "confidence": 0.9, "flag": "",
+                "quality": "doubtful", "doubt": ["short_bands", "jump"],
+            },
+        });
+        let text = human(&v);
+        assert!(
+            text.contains(
+                "DOUBTFUL: the aponeuroses overlap too little; the number jumped against the last frames"
+            ),
+            "{text}"
+        );
+        let ok = serde_json::json!({
+            "last_measurement": {"seq": 12, "thickness_px": 80.0, "quality": "ok", "doubt": []},
+        });
+        assert!(!human(&ok).contains("DOUBTFUL"), "{}", human(&ok));
+    }
+}
