@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::frame::{FrameError, GrayImage, GrayView, Rect};
 use crate::infer::{InferError, LoadedModel};
+use crate::model::Task;
 use crate::postprocess::overlay::{Overlay, OverlayInput, OverlayStyle, RgbImage};
 use crate::postprocess::{Analysis, Calibration, PostprocessConfig, Postprocessor};
 use crate::preprocess::calibration::Calibrator;
@@ -50,6 +51,39 @@ pub struct Analyzer {
     merged: Analysis,
     /// Per-stage times of the last frame, ms: preprocess, infer, postprocess.
     pub last_ms: [f64; 3],
+    /// The mirrored-frame check of the primary model (`[quality] mirror_every`).
+    mirror: Mirror,
+    /// Time the mirrored check took on the last frame, ms.
+    mirror_ms: f64,
+}
+
+/// The frame mirrored left to right through the same model: its own postprocessing and buffers.
+#[derive(Debug)]
+struct Mirror {
+    post: Postprocessor,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+/// Mirrors a model input tensor left to right in place (`w` x `h`, `c` channels, in `layout`).
+fn mirror_tensor(t: &mut [f32], w: usize, h: usize, c: usize, layout: crate::model::Layout) {
+    match layout {
+        crate::model::Layout::Nchw => {
+            for row in t.chunks_exact_mut(w.max(1)).take(c * h) {
+                row.reverse();
+            }
+        }
+        crate::model::Layout::Nhwc => {
+            let c = c.max(1);
+            for row in t.chunks_exact_mut((w * c).max(1)).take(h) {
+                for x in 0..w / 2 {
+                    for k in 0..c {
+                        row.swap(x * c + k, (w - 1 - x) * c + k);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Analyzer {
@@ -65,6 +99,8 @@ impl Analyzer {
     ) -> Self {
         let per_image = tracking == Tracking::PerImage;
         let calibrator = post.ruler.map(|r| Calibrator::new(r, per_image));
+        let mut mirror_post = Postprocessor::new(model.spec().task, post);
+        mirror_post.set_contour_offset_px(model.spec().contour_offset_px);
         let mut post = Postprocessor::new(model.spec().task, post);
         post.set_contour_offset_px(model.spec().contour_offset_px);
         Self {
@@ -79,6 +115,12 @@ impl Analyzer {
             dropped_before: 0,
             merged: Analysis::default(),
             last_ms: [0.0; 3],
+            mirror: Mirror {
+                post: mirror_post,
+                input: Vec::new(),
+                output: Vec::new(),
+            },
+            mirror_ms: 0.0,
         }
     }
 
@@ -153,6 +195,7 @@ impl Analyzer {
             self.calibrator = cfg.ruler.map(|r| Calibrator::new(r, self.per_image));
         }
         self.post.set_config(cfg);
+        self.mirror.post.set_config(cfg);
         for e in &mut self.extras {
             e.set_postprocess(cfg);
         }
@@ -175,10 +218,19 @@ impl Analyzer {
         model: &mut LoadedModel,
         frame: GrayView<'_>,
     ) -> Result<&Analysis, AnalyzeError> {
+        let q = self.post.config().quality;
+        let mirror_due = q.enabled
+            && q.mirror_every > 0
+            && matches!(self.post.task(), Task::Aponeurosis | Task::Region)
+            && (self.per_image || self.frames % q.mirror_every == 0);
         let t0 = std::time::Instant::now();
         let input = self.pre.process(frame)?;
         let t1 = std::time::Instant::now();
         let (w, h) = (model.spec().input_width, model.spec().input_height);
+        if mirror_due {
+            self.mirror.input.clear();
+            self.mirror.input.extend_from_slice(input);
+        }
         let probability = model.run(input)?;
         let roi = self.pre.roi();
         let t2 = std::time::Instant::now();
@@ -191,11 +243,35 @@ impl Analyzer {
         };
         self.post.set_ruler(ruler);
         self.post.process(probability, w, h, roi);
+        if mirror_due {
+            // The same frame mirrored: a model whose answer depends on the probe's direction is
+            // not to be trusted on this frame. A failed run only means no such evidence.
+            let t = std::time::Instant::now();
+            let s = model.spec();
+            let (c, layout) = (s.channels, s.layout);
+            mirror_tensor(&mut self.mirror.input, w, h, c, layout);
+            if let Ok(p) = model.run(&self.mirror.input) {
+                self.mirror.output.clear();
+                self.mirror.output.extend_from_slice(p);
+                mirror_tensor(&mut self.mirror.output, w, h, 1, crate::model::Layout::Nchw);
+                self.mirror.post.process(&self.mirror.output, w, h, roi);
+                let mirrored = self.mirror.post.headline();
+                self.post.apply_mirror(mirrored);
+            }
+            // Counted as inference.
+            self.mirror_ms = ms(t.elapsed());
+        } else {
+            self.mirror_ms = 0.0;
+        }
         let frame_no = self.frames;
         self.frames += 1;
         if self.extras.is_empty() {
             let t3 = std::time::Instant::now();
-            self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
+            self.last_ms = [
+                ms(t1 - t0),
+                ms(t2 - t1) + self.mirror_ms,
+                ms(t3 - t2) - self.mirror_ms,
+            ];
             return Ok(self.post.analysis());
         }
         // The extras: the same region of interest and calibration, and (for fascicles) the
@@ -217,7 +293,11 @@ impl Analyzer {
             }
         }
         let t3 = std::time::Instant::now();
-        self.last_ms = [ms(t1 - t0), ms(t2 - t1), ms(t3 - t2)];
+        self.last_ms = [
+            ms(t1 - t0),
+            ms(t2 - t1) + self.mirror_ms,
+            ms(t3 - t2) - self.mirror_ms,
+        ];
         Ok(&self.merged)
     }
 

@@ -149,6 +149,8 @@ pub struct QualitySection {
     pub max_deeper_gap_ratio: f64,
     pub max_jump: f64,
     pub history_frames: u64,
+    pub mirror_tolerance: f64,
+    pub mirror_every: u64,
     pub max_fit_residual: f64,
     pub min_fascicles: u64,
     pub max_fascicle_spread_deg: f64,
@@ -1007,6 +1009,14 @@ fn validate_quality(
         )?,
         max_jump: range("quality.max_jump", q.max_jump, 0.0, 10.0, "0 to 10")?,
         history_frames: int_range("quality.history_frames", q.history_frames, 1, 100_000)?,
+        mirror_tolerance: range(
+            "quality.mirror_tolerance",
+            q.mirror_tolerance,
+            0.0,
+            10.0,
+            "0 to 10",
+        )?,
+        mirror_every: int_range("quality.mirror_every", q.mirror_every, 0, 100_000)?,
         max_fit_residual: frac("quality.max_fit_residual", q.max_fit_residual)?,
         min_fascicles: int_range("quality.min_fascicles", q.min_fascicles, 0, 1000)?,
         max_fascicle_spread_deg: range(

@@ -381,6 +381,32 @@ impl Postprocessor {
         self.seq = seq;
     }
 
+    /// The headline number of the last frame (thickness or circumference, px; the pennation
+    /// angle for fascicles), as the mirrored check compares it.
+    pub fn headline(&self) -> Option<f64> {
+        let m = &self.analysis.measurements;
+        match self.task {
+            Task::Aponeurosis => m.thickness_px,
+            Task::Region => m.circumference_px,
+            Task::Fascicle => m.pennation_angle_deg,
+        }
+    }
+
+    /// Adds the mirrored frame's evidence to the last analysis: its headline number
+    /// (`None`: the mirrored frame gave none).
+    pub fn apply_mirror(&mut self, mirrored: Option<f64>) {
+        let q = self.cfg.quality;
+        let Some(v) = self.headline().filter(|v| *v > 0.0) else {
+            return;
+        };
+        let diff = mirrored.map_or(1.0, |m| (v - m).abs() / v);
+        let a = &mut self.analysis;
+        a.evidence.mirror_diff = Some(diff);
+        if q.enabled && diff > q.mirror_tolerance {
+            a.doubt.insert(Doubt::MirrorDisagrees);
+        }
+    }
+
     /// Forgets the history the `jump` rule holds numbers against (a new model, a new stream).
     pub fn clear_history(&mut self) {
         self.history.clear();

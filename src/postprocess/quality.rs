@@ -38,6 +38,9 @@ pub enum Doubt {
     /// Along a stream: the number changed by more than `quality.max_jump` against its recent
     /// history.
     Jump,
+    /// The same frame mirrored left to right gives a number more than `quality.mirror_tolerance`
+    /// away (the model's answer depends on which way the probe was held).
+    MirrorDisagrees,
     /// The region touches the edge of the image (the outline may be cut off).
     TouchesBorder,
     /// The region's outline is not the ellipse fitted to it (`quality.max_fit_residual`).
@@ -53,7 +56,7 @@ pub enum Doubt {
 
 impl Doubt {
     /// Every reason, in the order they are published.
-    pub const ALL: [Doubt; 14] = [
+    pub const ALL: [Doubt; 15] = [
         Doubt::NoStructure,
         Doubt::OneBand,
         Doubt::LowConfidence,
@@ -63,6 +66,7 @@ impl Doubt {
         Doubt::BandBetween,
         Doubt::ExtraBand,
         Doubt::Jump,
+        Doubt::MirrorDisagrees,
         Doubt::TouchesBorder,
         Doubt::PoorFit,
         Doubt::ImplausibleSize,
@@ -82,6 +86,7 @@ impl Doubt {
             Doubt::BandBetween => "band_between",
             Doubt::ExtraBand => "extra_band",
             Doubt::Jump => "jump",
+            Doubt::MirrorDisagrees => "mirror_disagrees",
             Doubt::TouchesBorder => "touches_border",
             Doubt::PoorFit => "poor_fit",
             Doubt::ImplausibleSize => "implausible_size",
@@ -102,6 +107,7 @@ impl Doubt {
             Doubt::BandBetween => "a band lies between the aponeuroses",
             Doubt::ExtraBand => "another long band: which pair bounds the muscle is unclear",
             Doubt::Jump => "the number jumped against the last frames",
+            Doubt::MirrorDisagrees => "the mirrored image gives another number",
             Doubt::TouchesBorder => "the outline touches the image edge",
             Doubt::PoorFit => "the outline is not an ellipse",
             Doubt::ImplausibleSize => "implausible size",
@@ -211,6 +217,11 @@ pub struct QualityConfig {
     pub max_jump: f64,
     /// History older than this many frames (by `seq`) is forgotten.
     pub history_frames: u64,
+    /// The mirrored frame's number may differ by this fraction (`mirror_disagrees`).
+    pub mirror_tolerance: f64,
+    /// Along a stream, the mirrored check runs on every this many frames (0: never); still
+    /// images are always checked.
+    pub mirror_every: u64,
     /// Region: largest mean relative departure of the outline from its ellipse.
     pub max_fit_residual: f64,
     /// Fascicles: fewest measured fascicles.
@@ -231,6 +242,8 @@ impl Default for QualityConfig {
             max_deeper_gap_ratio: 2.5,
             max_jump: 0.2,
             history_frames: 30,
+            mirror_tolerance: 0.1,
+            mirror_every: 10,
             max_fit_residual: 0.05,
             min_fascicles: 3,
             max_fascicle_spread_deg: 10.0,
@@ -277,6 +290,10 @@ pub struct Evidence {
     pub jump: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jump_allowed: Option<f64>,
+    /// The frame mirrored left to right: |value - mirrored value| / value (1 when the mirrored
+    /// frame gives no number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_diff: Option<f64>,
     /// Region: mean relative departure of the outline from the fitted ellipse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fit_residual: Option<f64>,
@@ -331,6 +348,10 @@ pub fn judge(e: &Evidence, cfg: &QualityConfig) -> Doubts {
     flag(
         matches!((e.jump, e.jump_allowed), (Some(j), Some(a)) if j > a),
         Doubt::Jump,
+    );
+    flag(
+        e.mirror_diff.is_some_and(|x| x > cfg.mirror_tolerance),
+        Doubt::MirrorDisagrees,
     );
     flag(e.touches_border == Some(true), Doubt::TouchesBorder);
     flag(
@@ -489,6 +510,7 @@ mod tests {
             deeper_gap_ratio: Some(1.5),
             jump: Some(0.01),
             jump_allowed: Some(0.2),
+            mirror_diff: Some(0.01),
             fit_residual: Some(0.01),
             touches_border: Some(false),
             ellipse_area_fraction: Some(0.3),
@@ -496,7 +518,7 @@ mod tests {
             fascicle_spread_deg: Some(3.0),
         };
         assert!(judge(&clean, &cfg).is_empty());
-        let cases: [(Evidence, Doubt); 12] = [
+        let cases: [(Evidence, Doubt); 13] = [
             (Evidence { overlap_fraction: Some(0.3), ..clean }, Doubt::ShortBands),
             (Evidence { band_angle_diff_deg: Some(20.0), ..clean }, Doubt::NotParallel),
             (Evidence { thickness_spread: Some(0.5), ..clean }, Doubt::UnevenThickness),
@@ -504,6 +526,7 @@ mod tests {
             (Evidence { long_bands_above: Some(1), ..clean }, Doubt::ExtraBand),
             (Evidence { deeper_gap_ratio: Some(3.6), ..clean }, Doubt::ExtraBand),
             (Evidence { jump: Some(0.5), ..clean }, Doubt::Jump),
+            (Evidence { mirror_diff: Some(0.3), ..clean }, Doubt::MirrorDisagrees),
             (Evidence { touches_border: Some(true), ..clean }, Doubt::TouchesBorder),
             (Evidence { fit_residual: Some(0.2), ..clean }, Doubt::PoorFit),
             (Evidence { ellipse_area_fraction: Some(1.4), ..clean }, Doubt::ImplausibleSize),
@@ -519,7 +542,7 @@ mod tests {
             ..cfg
         };
         assert!(judge(&cases_all_bad(), &off).is_empty());
-        assert_eq!(judge(&cases_all_bad(), &cfg).iter().count(), 11);
+        assert_eq!(judge(&cases_all_bad(), &cfg).iter().count(), 12);
     }
 
     fn cases_all_bad() -> Evidence {
@@ -535,6 +558,7 @@ mod tests {
             deeper_gap_ratio: Some(0.2),
             jump: Some(2.0),
             jump_allowed: Some(0.2),
+            mirror_diff: Some(1.0),
             fit_residual: Some(0.5),
             touches_border: Some(true),
             ellipse_area_fraction: Some(0.0001),
