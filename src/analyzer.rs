@@ -411,3 +411,24 @@ pub fn default_model_candidates(name: &str) -> Vec<PathBuf> {
     v.push(PathBuf::from("/usr/share/pocusd/models").join(name));
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Layout;
+
+    #[test]
+    fn mirror_tensor_reverses_each_row_of_each_channel_and_is_its_own_inverse() {
+        // 3 wide, 2 high, 2 channels.
+        let nchw: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut t = nchw.clone();
+        mirror_tensor(&mut t, 3, 2, 2, Layout::Nchw);
+        assert_eq!(t, [2., 1., 0., 5., 4., 3., 8., 7., 6., 11., 10., 9.]);
+        mirror_tensor(&mut t, 3, 2, 2, Layout::Nchw);
+        assert_eq!(t, nchw);
+        // NHWC: pixels swap, channels stay in order within a pixel.
+        let mut t: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        mirror_tensor(&mut t, 3, 2, 2, Layout::Nhwc);
+        assert_eq!(t, [4., 5., 2., 3., 0., 1., 10., 11., 8., 9., 6., 7.]);
+    }
+}
