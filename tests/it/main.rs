@@ -18,6 +18,7 @@ mod infer_cli;
 mod nightly;
 mod properties;
 mod protocols;
+mod quality;
 mod reliability;
 mod review;
 mod roi;
