@@ -99,7 +99,7 @@ impl Default for PostprocessConfig {
         Self {
             threshold: 0.5,
             min_confidence: 0.7,
-            max_uncertain_fraction: 0.35,
+            max_uncertain_fraction: 0.55,
             min_area_fraction: 0.002,
             smoothing: Smoothing::Off,
             calibration: Calibration::None,

@@ -234,7 +234,7 @@ impl Default for QualityConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            min_overlap: 0.7,
+            min_overlap: 0.5,
             max_band_angle_deg: 12.0,
             max_thickness_spread: 0.25,
             min_between_span: 0.3,
