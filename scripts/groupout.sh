@@ -99,7 +99,7 @@ for g in "${SIZE_GROUPS[@]}"; do
   "$BIN" eval --model "$run/last.onnx" --data "$split/val" --json >"$run/eval.json"
   [ $first = 1 ] || echo "," >>"$OUT/groupout.json.part"
   first=0
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("task","images","failed","dice","thickness_rel_err_median","thickness_within_10pct","orientation_err_deg_median","fragment_recall","pennation_err_deg_median","fascicle_length_rel_err_median")}}))' \
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"group": sys.argv[2], **{k: r.get(k) for k in ("task","images","failed","dice","thickness_rel_err_median","thickness_within_10pct","orientation_err_deg_median","fragment_recall","pennation_err_deg_median","fascicle_length_rel_err_median","coverage","precision_10pct","doubtful_precision_10pct","precision_3deg","doubt_counts")}, "gate": [[not p["doubt"], p.get("thickness_px"), p.get("reference_thickness_px")] for p in r["per_image"]]}))' \
     "$run/eval.json" "$g" >>"$OUT/groupout.json.part"
 done
 echo "]" >>"$OUT/groupout.json.part"
@@ -119,9 +119,19 @@ if rows and rows[0].get("task") == "fascicle":
     if o:
         print(f"mean orientation error over groups {sum(o) / len(o):.2f} deg")
 else:
-    print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'median err':>10} {'within 10%':>10} {'no thickness':>12}")
+    print(f"{'left out':<10} {'images':>6} {'Dice':>6} {'median err':>10} {'within 10%':>10} {'no thickness':>12} {'coverage':>9} {'ok within 10%':>13} {'doubtful within 10%':>19}")
     for r in rows:
-        print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {pct(r['thickness_rel_err_median']):>10} {pct(r['thickness_within_10pct']):>10} {r['failed']:>12}")
+        print(f"{r['group']:<10} {r['images']:>6} {r['dice']:>6.3f} {pct(r['thickness_rel_err_median']):>10} {pct(r['thickness_within_10pct']):>10} {r['failed']:>12} {pct(r.get('coverage')):>9} {pct(r.get('precision_10pct')):>13} {pct(r.get('doubtful_precision_10pct')):>19}")
+    # The gate pooled over every group but the first (the groups it was not tuned on, when the
+    # first is the tuning fold: see models/README.md).
+    pool = [g for r in rows[1:] for g in r.get("gate", []) if g[2] is not None]
+    ok = [g for g in pool if g[0] and g[1] is not None]
+    if pool:
+        within = sum(1 for g in ok if abs(g[1] - g[2]) / g[2] <= 0.10)
+        print(f"gate pooled over the groups after the first: coverage {pct(len(ok) / len(pool))}, ok within 10 % {pct(within / len(ok) if ok else None)} ({len(ok)} of {len(pool)} images ok)")
+    for r in rows:
+        if r.get("doubt_counts"):
+            print(f"doubt reasons, {r['group']} left out: " + ", ".join(f"{k} {v}" for k, v in r["doubt_counts"].items()))
 n = sum(r["images"] for r in rows)
 mean = sum(r["dice"] for r in rows) / len(rows)
 weighted = sum(r["dice"] * r["images"] for r in rows) / n
