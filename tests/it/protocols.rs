@@ -75,12 +75,7 @@ fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     let port = addr.rsplit(':').next().unwrap().to_string();
     wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
     // The region of interest of the demo with screen furniture (stable from frame to frame).
-    let o = call(&bus, "Snapshot", &[]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let snap = PathBuf::from(common::stdout(&o).split('\'').nth(1).unwrap());
-    let snap: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(snap.join("measurement.json")).unwrap())
-            .unwrap();
+    let snap = snapshot_record(&bus);
     let roi = &snap["roi"];
     let (w, h) = (roi["w"].as_u64().unwrap(), roi["h"].as_u64().unwrap());
     let frames_before = metric(&metrics(&d), "pocusd_frames_total");
@@ -233,17 +228,20 @@ fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     assert_eq!(logged["quality"], quality, "{logged}");
     assert_eq!(logged["doubt"], serde_json::json!(doubt), "{logged}");
     assert_eq!(logged["values"]["quality"], quality, "{logged}");
-    let o = call(&bus, "Snapshot", &[]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let snap = PathBuf::from(common::stdout(&o).split('\'').nth(1).unwrap());
-    let snap: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(snap.join("measurement.json")).unwrap())
-            .unwrap();
+    let snap = snapshot_record(&bus);
     assert_eq!(snap["seq"].as_u64(), Some(dbus_seq), "{snap}");
     assert_eq!(snap["quality"], quality, "{snap}");
     assert_eq!(snap["doubt"], serde_json::json!(doubt), "{snap}");
     assert!(d.stop().success(), "{}", d.log());
     assert!(d.log().contains("OpenIGTLink: client"), "{}", d.log());
+}
+
+/// Takes a snapshot over D-Bus; returns its measurement.json.
+fn snapshot_record(bus: &Bus) -> serde_json::Value {
+    let o = call(bus, "Snapshot", &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let snap = PathBuf::from(common::stdout(&o).split('\'').nth(1).unwrap());
+    serde_json::from_str(&std::fs::read_to_string(snap.join("measurement.json")).unwrap()).unwrap()
 }
 
 /// A snapshot folder of a daemon with an exam set; returns (folder, daemon log).

@@ -6,24 +6,7 @@
 use std::time::Duration;
 
 use crate::daemon_support::*;
-
-/// Every line of the measurement log under `state`.
-fn log_lines(state: &std::path::Path) -> Vec<serde_json::Value> {
-    let mut files: Vec<_> = std::fs::read_dir(state.join("log"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("every log line is whole JSON"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
+use crate::reliability::log_lines;
 
 /// Runs the demo `source` for `frames` frames with every measurement logged (with `extra`, the
 /// shipped fascicle model too); returns the log.

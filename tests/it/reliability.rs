@@ -37,7 +37,8 @@ fn quick_retry_daemon(
     (d, addr)
 }
 
-fn log_lines(state: &std::path::Path) -> Vec<serde_json::Value> {
+/// Every line of the measurement log under `state`.
+pub(crate) fn log_lines(state: &std::path::Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(state.join("log"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
