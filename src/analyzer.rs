@@ -220,9 +220,9 @@ impl Analyzer {
     ) -> Result<&Analysis, AnalyzeError> {
         let q = self.post.config().quality;
         let mirror_due = q.enabled
-            && q.mirror_every > 0
             && matches!(self.post.task(), Task::Aponeurosis | Task::Region)
-            && (self.per_image || self.frames.is_multiple_of(q.mirror_every));
+            && (self.per_image
+                || (q.mirror_every > 0 && self.frames.is_multiple_of(q.mirror_every)));
         let t0 = std::time::Instant::now();
         let input = self.pre.process(frame)?;
         let t1 = std::time::Instant::now();

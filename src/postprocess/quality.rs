@@ -219,8 +219,9 @@ pub struct QualityConfig {
     pub history_frames: u64,
     /// The mirrored frame's number may differ by this fraction (`mirror_disagrees`).
     pub mirror_tolerance: f64,
-    /// Along a stream, the mirrored check runs on every this many frames (0: never); still
-    /// images are always checked.
+    /// Along a stream, the mirrored check runs on every this many frames (0: never, the
+    /// default: at 10 it put the mirrored frames' double inference into the p99 latency, 38 to
+    /// 40 ms at 30 fps); still images are always checked.
     pub mirror_every: u64,
     /// Region: largest mean relative departure of the outline from its ellipse.
     pub max_fit_residual: f64,
@@ -243,7 +244,7 @@ impl Default for QualityConfig {
             max_jump: 0.2,
             history_frames: 30,
             mirror_tolerance: 0.1,
-            mirror_every: 10,
+            mirror_every: 0,
             max_fit_residual: 0.05,
             min_fascicles: 3,
             max_fascicle_spread_deg: 10.0,
