@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-
 /// The metadata schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -83,7 +82,6 @@ pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
     };
     Some((c, r))
 }
-
 
 /// Errors describing a model that does not fit.
 #[derive(Debug, Error, PartialEq)]

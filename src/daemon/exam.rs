@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::dbus::Error as DbusError;
 use super::pipeline::{Control, Processed};
 use super::store;
-use crate::postprocess::quality::Doubts;
 use super::supervisor::{measurement, Supervisor};
+use crate::postprocess::quality::Doubts;
 
 impl Supervisor {
     /// Whether this result should be queued for review by itself: `[loop] auto_queue` on, a
@@ -32,7 +32,10 @@ impl Supervisor {
     /// Saves a snapshot; `auto_doubt`: taken by `[loop] auto_queue` for these reasons of doubt (a
     /// `queued.json` inside the folder before it appears, so the review list never sees it
     /// without).
-    pub(super) async fn snapshot(&mut self, auto_doubt: Option<Doubts>) -> Result<String, DbusError> {
+    pub(super) async fn snapshot(
+        &mut self,
+        auto_doubt: Option<Doubts>,
+    ) -> Result<String, DbusError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.control
             .send(Control::Snapshot(tx))

@@ -149,19 +149,14 @@ async fn serve(
     let threads = pipeline::start(&shared, model, extras, capture, process)
         .context("cannot start the pipeline threads")?;
     let start_id: Arc<str> = Arc::from(crate::publish::measurement::new_start_id());
-    let outputs = match outputs::Outputs::start(
-        &cfg,
-        &shared,
-        &state_dir,
-        &start_id,
-        listener.is_some(),
-    ) {
-        Ok(o) => o,
-        Err(e) => {
-            lifecycle::stop_pipeline(&shared, threads);
-            return Err(e);
-        }
-    };
+    let outputs =
+        match outputs::Outputs::start(&cfg, &shared, &state_dir, &start_id, listener.is_some()) {
+            Ok(o) => o,
+            Err(e) => {
+                lifecycle::stop_pipeline(&shared, threads);
+                return Err(e);
+            }
+        };
     let props = Arc::new(Mutex::new(Props {
         source: cfg.source.spec.raw.clone(),
         model: model_vals.clone(),

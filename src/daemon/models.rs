@@ -170,7 +170,10 @@ pub(super) fn check_model_path(path: &Path) -> Result<(), DbusError> {
     Ok(())
 }
 
-pub(super) async fn load_model_command(sup: &mut Supervisor, path: PathBuf) -> Result<(), DbusError> {
+pub(super) async fn load_model_command(
+    sup: &mut Supervisor,
+    path: PathBuf,
+) -> Result<(), DbusError> {
     check_model_path(&path)?;
     let model = load_for_swap(sup, &path).await?;
     swap_model(sup, model, &path)
@@ -231,7 +234,11 @@ pub(super) async fn load_for_swap(sup: &Supervisor, path: &Path) -> Result<Loade
 }
 
 /// Hands a checked model to the processing thread.
-pub(super) fn swap_model(sup: &mut Supervisor, model: LoadedModel, path: &Path) -> Result<(), DbusError> {
+pub(super) fn swap_model(
+    sup: &mut Supervisor,
+    model: LoadedModel,
+    path: &Path,
+) -> Result<(), DbusError> {
     let vals = model_values(&model, sup.cfg.source.roi);
     sup.roi_warning = warn_roi(&model, sup.cfg.source.roi);
     sup.control
@@ -246,7 +253,10 @@ pub(super) fn swap_model(sup: &mut Supervisor, model: LoadedModel, path: &Path) 
 
 /// `RollbackModel`: the version is loaded and checked first; only then are `current.onnx` and
 /// the history rewritten and the model switched, so a refused file changes nothing.
-pub(super) async fn rollback_command(sup: &mut Supervisor, target: Option<u32>) -> Result<u32, DbusError> {
+pub(super) async fn rollback_command(
+    sup: &mut Supervisor,
+    target: Option<u32>,
+) -> Result<u32, DbusError> {
     use crate::versions::{Store, VersionError};
     let store = Store::new(sup.cfg.loop_.models_dir(&sup.state_dir));
     let verr = |e: VersionError| match e {
@@ -282,7 +292,6 @@ pub(super) async fn rollback_command(sup: &mut Supervisor, target: Option<u32>) 
     eprintln!("pocusd: rolled back to model version {}", v.version);
     Ok(v.version)
 }
-
 
 /// The `Models` property's extra entries: each extra model's dictionary under its task.
 pub(super) fn extra_values(

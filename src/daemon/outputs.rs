@@ -13,10 +13,10 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::dbus::{self, Command, Daemon1, Props};
 use super::pipeline::Shared;
-use super::supervisor::BusObject;
-use super::{http, igtl, publish, review, RunOptions};
 #[cfg(feature = "ffmpeg")]
 use super::record;
+use super::supervisor::BusObject;
+use super::{http, igtl, publish, review, RunOptions};
 use crate::config::{Bus, Config};
 
 /// Binds the viewer's socket (`[http] enabled`) before anything starts, so a taken port stops
@@ -281,7 +281,12 @@ pub(super) async fn connect_bus(
     if opts.no_dbus {
         return Ok(None);
     }
-    let conn = connect(bus, opts.bus_address.as_deref(), Daemon1::new(props, commands)).await?;
+    let conn = connect(
+        bus,
+        opts.bus_address.as_deref(),
+        Daemon1::new(props, commands),
+    )
+    .await?;
     let iface = conn
         .object_server()
         .interface::<_, dbus::Strict>(dbus::OBJECT_PATH)

@@ -63,7 +63,11 @@ pub(super) fn initial_calibration(cfg: &Config) -> Values {
 }
 
 /// The published record of a processed frame.
-pub(super) fn measurement(p: &Processed, calibration: Calibration, start_id: &Arc<str>) -> Measurement {
+pub(super) fn measurement(
+    p: &Processed,
+    calibration: Calibration,
+    start_id: &Arc<str>,
+) -> Measurement {
     Measurement {
         seq: p.seq,
         timestamp_us: p.timestamp_us,
@@ -177,7 +181,6 @@ pub(super) struct Supervisor {
     /// The D-Bus object, when the daemon serves one (not under `bench pipeline --no-dbus`).
     pub(super) bus: Option<BusObject>,
 }
-
 
 impl Supervisor {
     /// Takes over what `serve` built; the first property snapshot is published at once.
@@ -609,4 +612,3 @@ pub(super) async fn emit_changes(
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");
     }
 }
-

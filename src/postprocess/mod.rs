@@ -745,7 +745,13 @@ impl Postprocessor {
             superficial: (a_sup, slope_sup),
             deep: (a_deep, slope_deep),
         });
-        self.band_evidence(a, (sup, deep), (x0, x1), (a_sup, slope_sup), (a_deep, slope_deep));
+        self.band_evidence(
+            a,
+            (sup, deep),
+            (x0, x1),
+            (a_sup, slope_sup),
+            (a_deep, slope_deep),
+        );
         let (xs, sup_edge, deep_edge) = (&self.xs, &self.sup_edge_y, &self.deep_edge_y);
         let slope = (slope_sup + slope_deep) / 2.0;
         let cos = 1.0 / (1.0 + slope * slope).sqrt();
@@ -926,8 +932,7 @@ impl Postprocessor {
         };
         a.evidence.fit_residual =
             quality::ellipse_residual(&self.fit_points, (e.cx, e.cy), e.a, e.b, e.angle_deg);
-        a.evidence.touches_border =
-            Some(c.x0 == 0 || c.y0 == 0 || c.x1 + 1 >= w || c.y1 + 1 >= h);
+        a.evidence.touches_border = Some(c.x0 == 0 || c.y0 == 0 || c.x1 + 1 >= w || c.y1 + 1 >= h);
         a.evidence.ellipse_area_fraction =
             Some(std::f64::consts::PI * e.a * e.b / (w.max(1) * h.max(1)) as f64);
         let off = self.contour_offset_px;
@@ -1070,7 +1075,12 @@ mod tests {
             Task::Aponeurosis,
             &map(&[(0, 255, 5, 10), (0, 255, 40, 46), (0, 255, 175, 181)]),
         );
-        assert!(codes(&a).contains(&"extra_band"), "{:?} {:?}", codes(&a), a.evidence);
+        assert!(
+            codes(&a).contains(&"extra_band"),
+            "{:?} {:?}",
+            codes(&a),
+            a.evidence
+        );
     }
 
     #[test]
@@ -1088,7 +1098,12 @@ mod tests {
             Task::Aponeurosis,
             &map(&[(0, 255, 30, 37), (0, 100, 50, 55), (120, 255, 170, 177)]),
         );
-        assert!(codes(&a).contains(&"short_bands"), "{:?} {:?}", codes(&a), a.evidence);
+        assert!(
+            codes(&a).contains(&"short_bands"),
+            "{:?} {:?}",
+            codes(&a),
+            a.evidence
+        );
     }
 
     #[test]
@@ -1112,7 +1127,12 @@ mod tests {
             }
         }
         let a = judge(Task::Aponeurosis, &p);
-        assert!(codes(&a).contains(&"not_parallel"), "{:?} {:?}", codes(&a), a.evidence);
+        assert!(
+            codes(&a).contains(&"not_parallel"),
+            "{:?} {:?}",
+            codes(&a),
+            a.evidence
+        );
     }
 
     fn ellipse_map(cx: f64, cy: f64, a: f64, b: f64) -> Vec<f32> {
@@ -1139,8 +1159,16 @@ mod tests {
     #[test]
     fn a_region_that_is_no_ellipse_fits_poorly() {
         // An L shape.
-        let a = judge(Task::Region, &map(&[(40, 80, 30, 170), (40, 200, 130, 170)]));
-        assert!(codes(&a).contains(&"poor_fit"), "{:?} {:?}", codes(&a), a.evidence);
+        let a = judge(
+            Task::Region,
+            &map(&[(40, 80, 30, 170), (40, 200, 130, 170)]),
+        );
+        assert!(
+            codes(&a).contains(&"poor_fit"),
+            "{:?} {:?}",
+            codes(&a),
+            a.evidence
+        );
     }
 
     #[test]

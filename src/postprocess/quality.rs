@@ -520,19 +520,97 @@ mod tests {
         };
         assert!(judge(&clean, &cfg).is_empty());
         let cases: [(Evidence, Doubt); 13] = [
-            (Evidence { overlap_fraction: Some(0.3), ..clean }, Doubt::ShortBands),
-            (Evidence { band_angle_diff_deg: Some(20.0), ..clean }, Doubt::NotParallel),
-            (Evidence { thickness_spread: Some(0.5), ..clean }, Doubt::UnevenThickness),
-            (Evidence { bands_between: Some(1), ..clean }, Doubt::BandBetween),
-            (Evidence { long_bands_above: Some(1), ..clean }, Doubt::ExtraBand),
-            (Evidence { deeper_gap_ratio: Some(3.6), ..clean }, Doubt::ExtraBand),
-            (Evidence { jump: Some(0.5), ..clean }, Doubt::Jump),
-            (Evidence { mirror_diff: Some(0.3), ..clean }, Doubt::MirrorDisagrees),
-            (Evidence { touches_border: Some(true), ..clean }, Doubt::TouchesBorder),
-            (Evidence { fit_residual: Some(0.2), ..clean }, Doubt::PoorFit),
-            (Evidence { ellipse_area_fraction: Some(1.4), ..clean }, Doubt::ImplausibleSize),
-            (Evidence { fascicles: Some(1), ..clean }, Doubt::FewFascicles),
-            (Evidence { fascicle_spread_deg: Some(25.0), ..clean }, Doubt::FascicleSpread),
+            (
+                Evidence {
+                    overlap_fraction: Some(0.3),
+                    ..clean
+                },
+                Doubt::ShortBands,
+            ),
+            (
+                Evidence {
+                    band_angle_diff_deg: Some(20.0),
+                    ..clean
+                },
+                Doubt::NotParallel,
+            ),
+            (
+                Evidence {
+                    thickness_spread: Some(0.5),
+                    ..clean
+                },
+                Doubt::UnevenThickness,
+            ),
+            (
+                Evidence {
+                    bands_between: Some(1),
+                    ..clean
+                },
+                Doubt::BandBetween,
+            ),
+            (
+                Evidence {
+                    long_bands_above: Some(1),
+                    ..clean
+                },
+                Doubt::ExtraBand,
+            ),
+            (
+                Evidence {
+                    deeper_gap_ratio: Some(3.6),
+                    ..clean
+                },
+                Doubt::ExtraBand,
+            ),
+            (
+                Evidence {
+                    jump: Some(0.5),
+                    ..clean
+                },
+                Doubt::Jump,
+            ),
+            (
+                Evidence {
+                    mirror_diff: Some(0.3),
+                    ..clean
+                },
+                Doubt::MirrorDisagrees,
+            ),
+            (
+                Evidence {
+                    touches_border: Some(true),
+                    ..clean
+                },
+                Doubt::TouchesBorder,
+            ),
+            (
+                Evidence {
+                    fit_residual: Some(0.2),
+                    ..clean
+                },
+                Doubt::PoorFit,
+            ),
+            (
+                Evidence {
+                    ellipse_area_fraction: Some(1.4),
+                    ..clean
+                },
+                Doubt::ImplausibleSize,
+            ),
+            (
+                Evidence {
+                    fascicles: Some(1),
+                    ..clean
+                },
+                Doubt::FewFascicles,
+            ),
+            (
+                Evidence {
+                    fascicle_spread_deg: Some(25.0),
+                    ..clean
+                },
+                Doubt::FascicleSpread,
+            ),
         ];
         for (e, want) in cases {
             let got = judge(&e, &cfg);

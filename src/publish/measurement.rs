@@ -189,7 +189,10 @@ impl Measurement {
         v.insert("quality".into(), Val::S(self.doubt.quality().into()));
         v.insert("doubt".into(), Val::L(codes(self.doubt)));
         for (task, d) in &self.extra_doubt {
-            v.insert(format!("{}_quality", task.as_str()), Val::S(d.quality().into()));
+            v.insert(
+                format!("{}_quality", task.as_str()),
+                Val::S(d.quality().into()),
+            );
             v.insert(format!("{}_doubt", task.as_str()), Val::L(codes(*d)));
         }
         v.insert("model_sha256".into(), Val::S(self.model_sha256.to_string()));

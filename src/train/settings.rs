@@ -12,8 +12,8 @@ use super::augment::AugmentConfig;
 use super::loss::Loss;
 use super::unet::UnetArch;
 use crate::config::{choice, range, ConfigError, TrainSection};
-use crate::model::parse_size;
 use crate::dataset::LoadReport;
+use crate::model::parse_size;
 use crate::model::{Layout, ModelSpec, Normalisation, OutputKind, RoiPolicy, Task};
 use crate::preprocess::ClaheParams;
 
@@ -360,5 +360,3 @@ pub fn spec_for(
         run_id,
     }
 }
-
-

@@ -212,7 +212,11 @@ fn igtl_images_prediction_and_measurement_reach_pyigtl_clients() {
     };
     assert_eq!(event["seq"].as_u64(), Some(dbus_seq), "{event}");
     assert_eq!(event["values"]["quality"], quality, "{event}");
-    assert_eq!(event["values"]["doubt"], serde_json::json!(doubt), "{event}");
+    assert_eq!(
+        event["values"]["doubt"],
+        serde_json::json!(doubt),
+        "{event}"
+    );
     let logged = std::fs::read_dir(tmp.path().join("state/log"))
         .unwrap()
         .flatten()

@@ -79,14 +79,21 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
         "aponeurosis verdict: coverage {} ok within 10 % {} doubtful within 10 % {} reasons {}",
         v["coverage"], v["precision_10pct"], v["doubtful_precision_10pct"], v["doubt_counts"]
     );
-    assert!(v["coverage"].as_f64().unwrap() >= APO_COVERAGE, "{}", v["coverage"]);
+    assert!(
+        v["coverage"].as_f64().unwrap() >= APO_COVERAGE,
+        "{}",
+        v["coverage"]
+    );
     assert!(
         v["precision_10pct"].as_f64().unwrap() >= APO_PRECISION_10,
         "{}",
         v["precision_10pct"]
     );
     for p in v["per_image"].as_array().unwrap() {
-        assert!(["ok", "doubtful"].contains(&p["quality"].as_str().unwrap()), "{p}");
+        assert!(
+            ["ok", "doubtful"].contains(&p["quality"].as_str().unwrap()),
+            "{p}"
+        );
         assert!(p["doubt"].is_array(), "{p}");
     }
     let head = root.join("models/fetal-head.onnx");
