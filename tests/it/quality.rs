@@ -86,8 +86,10 @@ fn doubtful_frames_are_counted_by_reason() {
     });
     // Most frames are doubtful (a head's top and bottom can pass for two bands now and then):
     // the status line says so while the last one is.
-    wait_for("pocusd status saying DOUBTFUL", Duration::from_secs(60), || {
-        status(&bus, false).1.contains("DOUBTFUL: ")
-    });
+    wait_for(
+        "pocusd status saying DOUBTFUL",
+        Duration::from_secs(60),
+        || status(&bus, false).1.contains("DOUBTFUL: "),
+    );
     assert!(d.stop().success(), "{}", d.log());
 }
