@@ -114,6 +114,9 @@ pub struct ImageScore {
     pub dice: f64,
     pub iou: f64,
     pub flag: Option<&'static str>,
+    /// The model's own confidence (mean probability inside the mask) and uncertain fraction.
+    pub confidence: f64,
+    pub uncertain_fraction: f64,
     /// The verdict on the prediction's measurement, as live: `ok` or `doubtful`, and the reasons.
     pub quality: &'static str,
     pub doubt: Doubts,
@@ -556,6 +559,10 @@ pub fn evaluate(
         let ra = reference.process_full(&ref_prob, full).clone();
         // The verdict as the daemon gives it live: the analyser's (with the model's confidence);
         // fascicles are judged where they meet the aponeurosis model's bands.
+        let (confidence, uncertain_fraction) = {
+            let live = analyzer.analysis();
+            (live.confidence, live.uncertain_fraction)
+        };
         let (doubt, evidence) = {
             let live = analyzer.analysis();
             if task == Task::Fascicle || task != model.spec().task {
@@ -684,6 +691,8 @@ pub fn evaluate(
             dice: d,
             iou: j,
             flag: pa.flag.map(|f| f.as_str()),
+            confidence,
+            uncertain_fraction,
             quality: doubt.quality(),
             doubt,
             evidence,

@@ -438,18 +438,13 @@ fn report(
     ));
     // The verdict: "ok", or "doubtful: " and the reason codes (issue 28 makes it a coded
     // qualitative evaluation in a TID 1500 report).
-    let verdict = if record.doubt.is_empty() {
-        "ok".to_string()
-    } else {
-        format!("doubtful: {}", record.doubt.codes().join(", "))
-    };
-    content.push(text_item("CONTAINS", ("quality", "Quality"), &verdict));
+    content.push(text_item(
+        "CONTAINS",
+        ("quality", "Quality"),
+        &record.doubt.summary(),
+    ));
     for (task, d) in &record.extra_doubt {
-        let v = if d.is_empty() {
-            "ok".to_string()
-        } else {
-            format!("doubtful: {}", d.codes().join(", "))
-        };
+        let v = d.summary();
         let code = format!("q_{}", task.as_str());
         content.push(text_item(
             "CONTAINS",

@@ -384,12 +384,7 @@ impl Postprocessor {
     /// The headline number of the last frame (thickness or circumference, px; the pennation
     /// angle for fascicles), as the mirrored check compares it.
     pub fn headline(&self) -> Option<f64> {
-        let m = &self.analysis.measurements;
-        match self.task {
-            Task::Aponeurosis => m.thickness_px,
-            Task::Region => m.circumference_px,
-            Task::Fascicle => m.pennation_angle_deg,
-        }
+        headline_px(self.task, &self.analysis.measurements)
     }
 
     /// Adds the mirrored frame's evidence to the last analysis: its headline number
@@ -589,11 +584,6 @@ impl Postprocessor {
             confidence,
             uncertain_fraction,
             calibration,
-            evidence: Evidence {
-                confidence: Some(confidence),
-                uncertain_fraction: Some(uncertain_fraction),
-                ..Default::default()
-            },
             ..Default::default()
         };
         self.apo_lines = None;
@@ -646,11 +636,7 @@ impl Postprocessor {
     /// model's own flags.
     fn judge(&mut self, a: &mut Analysis) {
         let q = self.cfg.quality;
-        let headline = match self.task {
-            Task::Aponeurosis => a.measurements.thickness_px,
-            Task::Region => a.measurements.circumference_px,
-            Task::Fascicle => a.measurements.pennation_angle_deg,
-        };
+        let headline = headline_px(self.task, &a.measurements);
         if let (Some(seq), Some(v), true) = (self.seq, headline, q.enabled) {
             if let Some((jump, allowed)) = self.history.push(seq, v, &q) {
                 a.evidence.jump = Some(jump);
@@ -993,6 +979,16 @@ impl Postprocessor {
         if let Some(v) = m.pennation_angle_deg {
             m.pennation_angle_deg = Some(self.smoothers[2].push(smoothing, v));
         }
+    }
+}
+
+/// The number the verdict's history and mirrored check compare for `task`: thickness or
+/// circumference in pixels, the pennation angle for fascicles.
+fn headline_px(task: Task, m: &Measurements) -> Option<f64> {
+    match task {
+        Task::Aponeurosis => m.thickness_px,
+        Task::Region => m.circumference_px,
+        Task::Fascicle => m.pennation_angle_deg,
     }
 }
 

@@ -164,6 +164,16 @@ impl Doubts {
         }
     }
 
+    /// `ok`, or `doubtful: ` and the reason codes (a text where a structured key is not
+    /// available, e.g. the DICOM report).
+    pub fn summary(self) -> String {
+        if self.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("doubtful: {}", self.codes().join(", "))
+        }
+    }
+
     /// The reasons in words, joined by "; " (empty when ok).
     pub fn words(self) -> String {
         self.iter().map(Doubt::words).collect::<Vec<_>>().join("; ")
@@ -256,13 +266,6 @@ impl Default for QualityConfig {
 /// measured for this task or frame.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Evidence {
-    /// The model's own: mean probability inside the mask, and of the pixels above 0.3 the
-    /// fraction still below 0.7 (`low_confidence` by `[postprocess]` min_confidence and
-    /// max_uncertain_fraction).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uncertain_fraction: Option<f64>,
     /// Aponeuroses: their overlap as a fraction of the region's width.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap_fraction: Option<f64>,
@@ -500,8 +503,6 @@ mod tests {
     fn each_rule_fires_on_its_own_evidence_only() {
         let cfg = QualityConfig::default();
         let clean = Evidence {
-            confidence: Some(0.9),
-            uncertain_fraction: Some(0.1),
             overlap_fraction: Some(0.9),
             band_angle_diff_deg: Some(2.0),
             thickness_spread: Some(0.05),
@@ -626,8 +627,6 @@ mod tests {
 
     fn cases_all_bad() -> Evidence {
         Evidence {
-            confidence: Some(0.2),
-            uncertain_fraction: Some(0.9),
             overlap_fraction: Some(0.1),
             band_angle_diff_deg: Some(40.0),
             thickness_spread: Some(1.0),
