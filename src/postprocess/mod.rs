@@ -808,6 +808,8 @@ impl Postprocessor {
         let q = self.cfg.quality;
         let e = &mut a.evidence;
         e.overlap_fraction = Some((x1 - x0 + 1) as f64 / w);
+        let span = |b: &Component| (b.x1 - b.x0 + 1) as f64 / w;
+        e.short_span_fraction = Some(span(&pair.0).min(span(&pair.1)));
         e.band_angle_diff_deg = Some((sup_line.1.atan() - deep_line.1.atan()).abs().to_degrees());
         self.gaps.clear();
         self.gaps.extend(
@@ -1100,6 +1102,34 @@ mod tests {
             codes(&a),
             a.evidence
         );
+    }
+
+    #[test]
+    fn a_short_band_paired_over_a_long_one_is_doubtful() {
+        // A fragment just below the superficial band, over 55 % of the width (enough overlap),
+        // with a long band beneath it closer than `max_deeper_gap_ratio` times the thickness:
+        // the fragment may have been taken for the deep aponeurosis.
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 30, 37), (0, 140, 80, 85), (0, 255, 150, 157)]),
+        );
+        let e = a.evidence;
+        assert!(e.deeper_gap_ratio.is_some_and(|r| r < 2.5), "{e:?}");
+        assert!(e.overlap_fraction.is_some_and(|f| f >= 0.5), "{e:?}");
+        assert_eq!(codes(&a), vec!["extra_band"], "{e:?}");
+        // A short band near the skin paired with the superficial aponeurosis, the deep one
+        // beneath: the same ambiguity from above.
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 140, 10, 14), (0, 255, 60, 67), (0, 255, 150, 157)]),
+        );
+        assert_eq!(codes(&a), vec!["extra_band"], "{:?}", a.evidence);
+        // The same fragment grown long is a deep aponeurosis with a deeper muscle beneath.
+        let a = judge(
+            Task::Aponeurosis,
+            &map(&[(0, 255, 30, 37), (0, 200, 80, 85), (0, 255, 150, 157)]),
+        );
+        assert_eq!(codes(&a), Vec::<&str>::new(), "{:?}", a.evidence);
     }
 
     #[test]

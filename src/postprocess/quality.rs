@@ -33,7 +33,9 @@ pub enum Doubt {
     /// Another long band makes the choice of pair ambiguous: one above the superficial
     /// aponeurosis (skin side), or one below the deep aponeurosis much farther away than the
     /// measured thickness (a thin layer over a thick one: a fascia near the skin taken for the
-    /// superficial aponeurosis looks like this).
+    /// superficial aponeurosis looks like this), or any long band below the pair when one of
+    /// the pair is itself short (under `quality.long_band_span`: a fragment near the skin or
+    /// just below the superficial aponeurosis, paired with a long band, looks like this).
     ExtraBand,
     /// Along a stream: the number changed by more than `quality.max_jump` against its recent
     /// history.
@@ -288,6 +290,10 @@ pub struct Evidence {
     /// band over the measured thickness (a thin layer over a thick one: which is the muscle?).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deeper_gap_ratio: Option<f64>,
+    /// Aponeuroses: the shorter of the two chosen bands' spans, as a fraction of the region's
+    /// width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_span_fraction: Option<f64>,
     /// Along a stream: |value - history median| / history median, and the allowance it was held
     /// against.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -346,7 +352,10 @@ pub fn judge(e: &Evidence, cfg: &QualityConfig) -> Doubts {
     flag(
         e.long_bands_above.is_some_and(|n| n > 0)
             || e.deeper_gap_ratio
-                .is_some_and(|r| r > cfg.max_deeper_gap_ratio),
+                .is_some_and(|r| r > cfg.max_deeper_gap_ratio)
+            || (e.deeper_gap_ratio.is_some()
+                && e.short_span_fraction
+                    .is_some_and(|f| f < cfg.long_band_span)),
         Doubt::ExtraBand,
     );
     flag(
@@ -510,6 +519,7 @@ mod tests {
             long_bands: Some(3),
             long_bands_above: Some(0),
             deeper_gap_ratio: Some(1.5),
+            short_span_fraction: Some(0.9),
             jump: Some(0.01),
             jump_allowed: Some(0.2),
             mirror_diff: Some(0.01),
@@ -520,7 +530,7 @@ mod tests {
             fascicle_spread_deg: Some(3.0),
         };
         assert!(judge(&clean, &cfg).is_empty());
-        let cases: [(Evidence, Doubt); 13] = [
+        let cases: [(Evidence, Doubt); 14] = [
             (
                 Evidence {
                     overlap_fraction: Some(0.3),
@@ -559,6 +569,13 @@ mod tests {
             (
                 Evidence {
                     deeper_gap_ratio: Some(3.6),
+                    ..clean
+                },
+                Doubt::ExtraBand,
+            ),
+            (
+                Evidence {
+                    short_span_fraction: Some(0.4),
                     ..clean
                 },
                 Doubt::ExtraBand,
@@ -634,6 +651,7 @@ mod tests {
             long_bands: Some(4),
             long_bands_above: Some(1),
             deeper_gap_ratio: Some(0.2),
+            short_span_fraction: Some(0.1),
             jump: Some(2.0),
             jump_allowed: Some(0.2),
             mirror_diff: Some(1.0),
