@@ -1,7 +1,8 @@
 //! `pocusd calibrate IMAGE|DIR... [--spacing-mm 10] [--json]`: the ruler calibration on screen
 //! grabs, as the daemon will do it on frames: the ultrasound region found by the ROI detector, the
 //! ruler beside it fitted (`pocusd::preprocess::ruler`). One line (or JSON object) per image with
-//! mm per pixel, the tick count and residual, or why no ruler was accepted; then a summary.
+//! mm per pixel, the tick count and residual and the evidence it was accepted on, or why no ruler
+//! was accepted (with the evidence of the most ruler-like comb refused); then a summary.
 
 use std::path::{Path, PathBuf};
 
@@ -77,18 +78,21 @@ pub fn cmd_calibrate(a: &CalibrateArgs) -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let size = format!("{}x{}", img.width(), img.height());
-        match ruler.detect(img.view()?, r) {
+        let result = ruler.detect(img.view()?, r);
+        let evidence = ruler.last_evidence();
+        match result {
             Ok(fit) => {
                 found += 1;
                 if a.json {
                     println!(
                         "{}",
-                        serde_json::json!({ "image": name, "size": size, "roi": r, "ruler": fit })
+                        serde_json::json!({ "image": name, "size": size, "roi": r, "ruler": fit, "evidence": evidence })
                     );
                 } else {
                     println!(
-                        "{name}  {size}  {:.5} mm/px  {} ticks every {:.2} px (major every {}), residual {:.2} px, {:?}",
-                        fit.mm_per_px, fit.ticks, fit.tick_spacing_px, fit.major_every, fit.residual_px, fit.side
+                        "{name}  {size}  {:.5} mm/px  {} ticks every {:.2} px (major every {}), residual {:.2} px, {:?}; accepted on: {}",
+                        fit.mm_per_px, fit.ticks, fit.tick_spacing_px, fit.major_every, fit.residual_px, fit.side,
+                        fit.evidence.words()
                     );
                 }
             }
@@ -96,10 +100,13 @@ pub fn cmd_calibrate(a: &CalibrateArgs) -> anyhow::Result<()> {
                 if a.json {
                     println!(
                         "{}",
-                        serde_json::json!({ "image": name, "size": size, "roi": r, "ruler": null, "reason": e.to_string() })
+                        serde_json::json!({ "image": name, "size": size, "roi": r, "ruler": null, "reason": e.to_string(), "evidence": evidence })
                     );
                 } else {
                     println!("{name}  {size}  no ruler: {e}");
+                    if let Some(ev) = evidence {
+                        println!("    the most ruler-like comb: {}", ev.words());
+                    }
                 }
             }
         }

@@ -1,12 +1,17 @@
-//! Calibration from the scanner's on-screen ruler. Scanners draw a depth (or width) scale beside
-//! the image: tick marks at a fixed physical spacing, the longer ones every so many. The detector
-//! looks in the four strips around the image region (found by the ROI detector), builds for each a
-//! profile along the strip of how much brighter than its own column (or row) the pixels are (so a
-//! constant axis line cancels), finds the ticks as peaks with sub-pixel centroids, fits their
-//! spacing robustly (integer tick indices, least squares over the inliers, outliers rejected),
-//! tells major from minor ticks by their length, and gives mm per pixel with the fit's residual
-//! and tick count. A strip that is not a ruler gives an error with the reason, never a guess. No
-//! I/O; depends only on `frame`.
+//! Calibration from the scanner's on-screen ruler. Scanners draw a depth scale beside the image
+//! (and some a width scale under it): tick marks at a fixed physical spacing, often longer ones
+//! every so many, sometimes on a thin line, with digits or focal-zone marks beside them. The
+//! detector searches the whole margin on each side of the image region (found by the ROI
+//! detector) in narrow bands of lines; for each band it builds a profile along the ruler of how
+//! much brighter than its own line the pixels are (so a constant axis line cancels), finds the
+//! marks as peaks with sub-pixel centroids, sets aside marks that are not straight ticks (arrows,
+//! triangles, hourglasses: their outline spreads above or below the mark), fits the spacing
+//! robustly (integer tick indices, least squares over the inliers) and tells major from minor
+//! ticks by their length. A reading is accepted only when independent evidence agrees
+//! ([`RulerEvidence`]): the comb spans most of the image's side, the image's top edge (the zero
+//! of a depth scale) lies on it, the depth it implies is one a scanner offers, and a width ruler
+//! under the image, where there is one, gives the same scale. Anything less is an error with the
+//! reason, never a guess. No I/O; depends only on `frame`.
 
 use crate::frame::{GrayView, Rect};
 
@@ -18,6 +23,58 @@ pub enum Side {
     Left,
     Bottom,
     Top,
+}
+
+impl Side {
+    /// A depth scale (beside the image) rather than a width scale (above or under it).
+    pub fn is_vertical(self) -> bool {
+        matches!(self, Side::Right | Side::Left)
+    }
+}
+
+/// What a reading rests on (`pocusd calibrate --json`'s `evidence`, the viewer's calibration
+/// row): the checks a comb of ticks must pass before its scale is used.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RulerEvidence {
+    pub side: Side,
+    /// Ticks in the comb.
+    pub ticks: usize,
+    /// Marks in the comb's band that were not straight ticks (focal-zone arrows, hourglasses),
+    /// set aside before the fit.
+    pub other_marks: usize,
+    /// The comb's length over the image's side along it.
+    pub extent_fraction: f64,
+    /// Distance from the image's start edge (the top for a depth scale; the nearer of left and
+    /// right for a width scale) to the nearest major tick position of the comb, pixels.
+    pub zero_offset_px: f64,
+    /// The image's extent along the ruler in mm at this scale (the depth, for a depth scale).
+    pub implied_extent_mm: f64,
+    /// The width scale under or above the image, where one was read: its mm per pixel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_check_mm_per_px: Option<f64>,
+}
+
+impl RulerEvidence {
+    /// The evidence in words, for the viewer and `pocusd calibrate`.
+    pub fn words(&self) -> String {
+        let mut s = format!(
+            "{} ticks over {:.0} % of the image {}, zero {:.1} px from its {} edge, {} {:.1} mm",
+            self.ticks,
+            100.0 * self.extent_fraction,
+            if self.side.is_vertical() { "height" } else { "width" },
+            self.zero_offset_px,
+            if self.side.is_vertical() { "top" } else { "side" },
+            if self.side.is_vertical() { "depth" } else { "width" },
+            self.implied_extent_mm,
+        );
+        if self.other_marks > 0 {
+            s += &format!(", {} other marks set aside", self.other_marks);
+        }
+        if let Some(c) = self.cross_check_mm_per_px {
+            s += &format!(", width scale {c:.5} mm/px agrees");
+        }
+        s
+    }
 }
 
 /// A fitted ruler.
@@ -36,6 +93,9 @@ pub struct RulerFit {
     /// Length of the ruler from its first to its last tick, pixels.
     pub extent_px: f64,
     pub side: Side,
+    /// What the reading was accepted on (published under its own key).
+    #[serde(skip)]
+    pub evidence: RulerEvidence,
 }
 
 /// Why no ruler was accepted.
@@ -47,8 +107,28 @@ pub enum RulerError {
     PoorFit { residual_px: f64, spacing_px: f64 },
     #[error("no room beside the image for a ruler (the image fills the frame)")]
     NoStrip,
-    #[error("the only comb of evenly spaced marks spans {extent_px:.0} px, under 40 % of the image side ({side_px} px): not a ruler")]
+    #[error("the only comb of evenly spaced marks spans {extent_px:.0} px, under {MIN_EXTENT_PERCENT} % of the image side ({side_px} px): not a ruler")]
     Short { extent_px: f64, side_px: usize },
+    #[error("a comb of {ticks} ticks every {spacing_px:.1} px does not start at the image's edge (its nearest major tick is {offset_px:.1} px from it): not the image's scale")]
+    NotAtZero {
+        ticks: usize,
+        spacing_px: f64,
+        offset_px: f64,
+    },
+    #[error("a comb of {ticks} ticks every {spacing_px:.1} px implies an image {extent_mm:.1} mm {what}, not one a scanner shows ({MIN_EXTENT_MM} to {MAX_EXTENT_MM} mm)")]
+    ImplausibleExtent {
+        ticks: usize,
+        spacing_px: f64,
+        extent_mm: f64,
+        what: &'static str,
+    },
+    #[error("the ruler's {ticks} ticks every {spacing_px:.1} px differ in length without a regular period of longer ones: which ticks are the major ones is unclear")]
+    Ambiguous { ticks: usize, spacing_px: f64 },
+    #[error("the depth scale ({depth_mm_per_px:.5} mm/px) and the width scale under the image ({width_mm_per_px:.5} mm/px) disagree by more than {CROSS_CHECK_PERCENT} %")]
+    CrossCheck {
+        depth_mm_per_px: f64,
+        width_mm_per_px: f64,
+    },
 }
 
 /// Detection settings.
@@ -79,25 +159,102 @@ const MIN_FILL: f64 = 0.6;
 /// Closest tick spacing considered, pixels (finer combs are image texture or dotted lines).
 const MIN_SPACING_PX: f64 = 6.0;
 
+/// A ruler spans at least this share of the image's side (a depth scale runs from the skin line
+/// to the image's bottom).
+const MIN_EXTENT_PERCENT: u32 = 60;
+
+/// The zero of the scale may lie this far from the image's edge: a fraction of the major
+/// spacing, at least `ZERO_MIN_PX` (the image region's edge is found to a pixel or two).
+const ZERO_FRACTION: f64 = 0.12;
+const ZERO_MIN_PX: f64 = 4.0;
+
+/// The extents a scanner shows, mm (depth settings run from about 1.5 to 30 cm).
+const MIN_EXTENT_MM: u32 = 15;
+const MAX_EXTENT_MM: u32 = 300;
+
+/// A depth scale and a width scale must agree this closely, percent.
+const CROSS_CHECK_PERCENT: u32 = 2;
+
+/// Marks brighter than their line's median by this many grey levels are part of a mark.
+const BRIGHT: i32 = 24;
+
+/// Lines per band the strips are searched in, and the step between bands.
+const BAND: usize = 6;
+
 /// One tick: its sub-pixel centre along the strip (pixel centres at `i + 0.5`), its strength and
-/// its length across the strip in pixels.
+/// its run across the strip (first and last pixel).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Tick {
     centre: f64,
     strength: f64,
-    length: usize,
+    span: (usize, usize),
+}
+
+/// One searched strip: where, which way, and each cross line's median along it.
+#[derive(Debug, Default)]
+struct Strip {
+    rect: Rect,
+    vertical: bool,
+    medians: Vec<i32>,
+}
+
+impl Strip {
+    fn along(&self) -> usize {
+        if self.vertical {
+            self.rect.h
+        } else {
+            self.rect.w
+        }
+    }
+
+    fn across(&self) -> usize {
+        if self.vertical {
+            self.rect.w
+        } else {
+            self.rect.h
+        }
+    }
+
+    /// The pixel at `t` along and `u` across, above its cross line's median.
+    fn excess(&self, frame: &GrayView<'_>, t: usize, u: usize) -> i32 {
+        i32::from(strip_px(frame, self.rect, self.vertical, t, u)) - self.medians[u]
+    }
+
+    fn bright(&self, frame: &GrayView<'_>, t: usize, u: usize) -> bool {
+        self.excess(frame, t, u) > BRIGHT
+    }
+
+    /// Each cross line's median along the strip (a histogram: linear in the strip's size).
+    fn measure(&mut self, frame: &GrayView<'_>) {
+        let (along, across) = (self.along(), self.across());
+        self.medians.clear();
+        for u in 0..across {
+            let mut hist = [0u32; 256];
+            for t in 0..along {
+                hist[usize::from(strip_px(frame, self.rect, self.vertical, t, u))] += 1;
+            }
+            let half = along as u32 / 2;
+            let mut seen = 0;
+            let mut m = 0;
+            for (v, &n) in hist.iter().enumerate() {
+                seen += n;
+                if seen > half {
+                    m = v as i32;
+                    break;
+                }
+            }
+            self.medians.push(m);
+        }
+    }
 }
 
 /// The detector; owns its scratch buffers.
 #[derive(Debug, Default)]
 pub struct RulerDetector {
     cfg: RulerConfig,
-    column: Vec<u8>,
     profile: Vec<f64>,
-    lengths: Vec<usize>,
-    /// Per cross line of the last strip measured by `tick_length`: its median.
-    medians: Vec<f64>,
-    medians_for: (Rect, bool),
+    strip: Strip,
+    last_evidence: Option<RulerEvidence>,
 }
 
 impl RulerDetector {
@@ -112,159 +269,200 @@ impl RulerDetector {
         &self.cfg
     }
 
-    /// Finds the best ruler in the strips around `image` (the ultrasound region of `frame`).
-    /// Each strip is searched in narrow bands of lines, so clutter elsewhere in the strip (colour
-    /// bars, icons, text) does not drown the ticks.
+    /// The evidence of the last [`detect`](Self::detect): of the accepted reading, or of the
+    /// most ruler-like comb refused (`None` when no comb was found at all).
+    pub fn last_evidence(&self) -> Option<RulerEvidence> {
+        self.last_evidence
+    }
+
+    /// Finds the image's scale in the margins around `image` (the ultrasound region of `frame`):
+    /// a depth scale on either side, checked against a width scale above or under the image
+    /// where there is one; a width scale alone when there is no depth scale.
     pub fn detect(&mut self, frame: GrayView<'_>, image: Rect) -> Result<RulerFit, RulerError> {
+        self.last_evidence = None;
         let (fw, fh) = (frame.width(), frame.height());
-        let across_v = (fw / 12).max(12);
-        let across_h = (fh / 12).max(12);
         let pad = 3;
         let y0 = image.y.saturating_sub(pad);
         let y1 = (image.y + image.h + pad).min(fh);
         let x0 = image.x.saturating_sub(pad);
         let x1 = (image.x + image.w + pad).min(fw);
-        let right = image.x + image.w;
-        let bottom = image.y + image.h;
-        let span = |from: usize, to: usize| (from, to.saturating_sub(from));
-        // (side, strip, vertical ruler?)
-        let (rx, rw) = span(right, (right + across_v).min(fw));
-        let (lx, lw) = span(image.x.saturating_sub(across_v), image.x);
-        let (by, bh) = span(bottom, (bottom + across_h).min(fh));
-        let (ty, th) = span(image.y.saturating_sub(across_h), image.y);
+        let right = (image.x + image.w).min(fw);
+        let bottom = (image.y + image.h).min(fh);
+        // The whole margin on each side: a ruler may sit anywhere between the image and the
+        // screen's edge.
         let strips = [
-            (
-                Side::Right,
-                Rect {
-                    x: rx,
-                    y: y0,
-                    w: rw,
-                    h: y1 - y0,
-                },
-                true,
-                fw > right,
-            ),
-            (
-                Side::Left,
-                Rect {
-                    x: lx,
-                    y: y0,
-                    w: lw,
-                    h: y1 - y0,
-                },
-                true,
-                image.x > 0,
-            ),
-            (
-                Side::Bottom,
-                Rect {
-                    x: x0,
-                    y: by,
-                    w: x1 - x0,
-                    h: bh,
-                },
-                false,
-                fh > bottom,
-            ),
-            (
-                Side::Top,
-                Rect {
-                    x: x0,
-                    y: ty,
-                    w: x1 - x0,
-                    h: th,
-                },
-                false,
-                image.y > 0,
-            ),
+            (Side::Right, rect(right, y0, fw - right, y1 - y0), true),
+            (Side::Left, rect(0, y0, image.x, y1 - y0), true),
+            (Side::Bottom, rect(x0, bottom, x1 - x0, fh - bottom), false),
+            (Side::Top, rect(x0, 0, x1 - x0, image.y), false),
         ];
-        let mut best: Option<Result<RulerFit, RulerError>> = None;
+        let mut depth: Option<Result<RulerFit, RulerError>> = None;
+        let mut width: Option<Result<RulerFit, RulerError>> = None;
         let mut any_strip = false;
-        const BAND: usize = 6;
-        for (side, strip, vertical, room) in strips {
-            let across = if vertical { strip.w } else { strip.h };
-            if !room || strip.w < 3 || strip.h < 3 || across < 3 {
+        for (side, rect, vertical) in strips {
+            if rect.w < 3 || rect.h < 3 {
                 continue;
             }
             any_strip = true;
-            let mut u0 = 0;
-            loop {
-                let band = (u0, (u0 + BAND).min(across));
-                let mut ticks = self.ticks(&frame, strip, vertical, band);
-                // A band sees only part of each tick: measure their lengths across the whole
-                // strip, so major and minor ticks can be told apart.
-                for t in ticks.iter_mut() {
-                    t.length = self.tick_length(&frame, strip, vertical, t.centre);
-                }
-                let side_px = if vertical { image.h } else { image.w };
-                // A ruler runs along most of the image's side; a short regular pattern (text,
-                // texture, an icon) is not one.
-                let r = fit(&ticks, &self.cfg, side).and_then(|f| {
-                    if f.extent_px < 0.4 * side_px as f64 {
-                        Err(RulerError::Short {
-                            extent_px: f.extent_px,
-                            side_px,
-                        })
-                    } else {
-                        Ok(f)
-                    }
-                });
-                best = Some(match (best, r) {
-                    (None, r) => r,
-                    (Some(Ok(a)), Ok(b)) => Ok(
-                        if b.ticks > a.ticks
-                            || (b.ticks == a.ticks && b.residual_px < a.residual_px)
-                        {
-                            b
-                        } else {
-                            a
-                        },
-                    ),
-                    (Some(Ok(a)), Err(_)) => Ok(a),
-                    (Some(Err(_)), Ok(b)) => Ok(b),
-                    (Some(Err(a)), Err(b)) => Err(worse_of(a, b)),
-                });
-                if band.1 >= across {
-                    break;
-                }
-                u0 += BAND / 2;
-            }
+            self.strip.rect = rect;
+            self.strip.vertical = vertical;
+            self.strip.measure(&frame);
+            let r = self.search_strip(&frame, image, side);
+            let slot = if vertical { &mut depth } else { &mut width };
+            *slot = Some(match slot.take() {
+                None => r,
+                Some(prev) => better(prev, r),
+            });
         }
         if !any_strip {
             return Err(RulerError::NoStrip);
         }
-        best.unwrap_or(Err(RulerError::NoStrip))
+        let out = match (depth, width) {
+            (Some(Ok(d)), w) => {
+                let mut fit = d;
+                if let Some(Ok(w)) = w {
+                    let (a, b) = (d.mm_per_px, w.mm_per_px);
+                    fit.evidence.cross_check_mm_per_px = Some(b);
+                    if (a - b).abs() > f64::from(CROSS_CHECK_PERCENT) / 100.0 * a {
+                        self.last_evidence = Some(fit.evidence);
+                        return Err(RulerError::CrossCheck {
+                            depth_mm_per_px: a,
+                            width_mm_per_px: b,
+                        });
+                    }
+                }
+                Ok(fit)
+            }
+            (_, Some(Ok(w))) => Ok(w),
+            (Some(Err(a)), Some(Err(b))) => Err(worse_of(a, b)),
+            (Some(Err(e)), None) | (None, Some(Err(e))) => Err(e),
+            (None, None) => Err(RulerError::NoStrip),
+        };
+        if let Ok(f) = &out {
+            self.last_evidence = Some(f.evidence);
+        }
+        out
     }
 
-    /// The longest run of bright pixels (above its line's median by 24) across the whole strip
-    /// on the line(s) of a tick centred at `centre`.
-    fn tick_length(
+    /// The best comb of the current strip that passes the checks, or the most ruler-like
+    /// refusal.
+    fn search_strip(
         &mut self,
         frame: &GrayView<'_>,
-        strip: Rect,
-        vertical: bool,
-        centre: f64,
-    ) -> usize {
-        let (along, across) = if vertical {
-            (strip.h, strip.w)
-        } else {
-            (strip.w, strip.h)
-        };
-        let at = |t: usize, u: usize| strip_px(frame, strip, vertical, t, u);
-        let lines = [(centre - 0.5).floor(), (centre - 0.5).ceil()];
-        let mut best = 0;
-        // The level of each cross line: its median along the strip (as in `ticks`), cached.
-        if self.medians.len() != across || self.medians_for != (strip, vertical) {
-            self.medians.clear();
-            for u in 0..across {
-                self.column.clear();
-                self.column.extend((0..along).map(|t| at(t, u)));
-                self.column.sort_unstable();
-                self.medians
-                    .push(f64::from(self.column[self.column.len() / 2]));
+        image: Rect,
+        side: Side,
+    ) -> Result<RulerFit, RulerError> {
+        let across = self.strip.across();
+        let mut best: Option<Result<RulerFit, RulerError>> = None;
+        let mut u0 = 0;
+        let mut last_ticks: Vec<Tick> = Vec::new();
+        loop {
+            let band = (u0, (u0 + BAND).min(across));
+            let (ticks, other_marks) = self.ticks(frame, band);
+            // Neighbouring bands over the same ticks give the same comb.
+            let same = ticks.len() == last_ticks.len()
+                && ticks
+                    .iter()
+                    .zip(&last_ticks)
+                    .all(|(a, b)| (a.centre - b.centre).abs() < 0.01 && a.span == b.span);
+            if !same && !ticks.is_empty() {
+                let side_px = if side.is_vertical() { image.h } else { image.w };
+                let r = fit(&ticks, &self.cfg, side, side_px)
+                    .and_then(|(fit, origin, spacing)| {
+                        self.check(image, fit, origin, spacing, other_marks)
+                    });
+                best = Some(match best.take() {
+                    None => r,
+                    Some(prev) => better(prev, r),
+                });
             }
-            self.medians_for = (strip, vertical);
+            last_ticks = ticks;
+            if band.1 >= across {
+                break;
+            }
+            u0 += BAND / 2;
         }
+        best.unwrap_or(Err(RulerError::TooFewTicks {
+            found: 0,
+            min: self.cfg.min_ticks.max(3),
+        }))
+    }
+
+    /// The independent checks a comb must pass, with the evidence they looked at.
+    fn check(
+        &mut self,
+        image: Rect,
+        mut fit: RulerFit,
+        origin: f64,
+        major_spacing: f64,
+        other_marks: usize,
+    ) -> Result<RulerFit, RulerError> {
+        let vertical = fit.side.is_vertical();
+        let s = &self.strip;
+        let side_px = if vertical { image.h } else { image.w };
+        // Positions along the strip are relative to its start; the image's edges in the same
+        // coordinates.
+        let start = if vertical { s.rect.y } else { s.rect.x } as f64;
+        let o = origin + start;
+        let edges: &[f64] = if vertical {
+            &[image.y as f64]
+        } else {
+            &[image.x as f64, (image.x + image.w) as f64]
+        };
+        let zero_offset_px = edges
+            .iter()
+            .map(|&e| {
+                let k = ((e - o) / major_spacing).round();
+                (e - (o + k * major_spacing)).abs()
+            })
+            .fold(f64::INFINITY, f64::min);
+        let evidence = RulerEvidence {
+            side: fit.side,
+            ticks: fit.ticks,
+            other_marks,
+            extent_fraction: fit.extent_px / side_px.max(1) as f64,
+            zero_offset_px,
+            implied_extent_mm: side_px as f64 * fit.mm_per_px,
+            cross_check_mm_per_px: None,
+        };
+        fit.evidence = evidence;
+        if self.last_evidence.is_none_or(|e| e.ticks <= evidence.ticks) {
+            self.last_evidence = Some(evidence);
+        }
+        if evidence.extent_fraction < f64::from(MIN_EXTENT_PERCENT) / 100.0 {
+            return Err(RulerError::Short {
+                extent_px: fit.extent_px,
+                side_px,
+            });
+        }
+        if zero_offset_px > (ZERO_FRACTION * major_spacing).max(ZERO_MIN_PX) {
+            return Err(RulerError::NotAtZero {
+                ticks: fit.ticks,
+                spacing_px: fit.tick_spacing_px,
+                offset_px: zero_offset_px,
+            });
+        }
+        let mm = evidence.implied_extent_mm;
+        if !(f64::from(MIN_EXTENT_MM)..=f64::from(MAX_EXTENT_MM)).contains(&mm) {
+            return Err(RulerError::ImplausibleExtent {
+                ticks: fit.ticks,
+                spacing_px: fit.tick_spacing_px,
+                extent_mm: mm,
+                what: if vertical { "deep" } else { "wide" },
+            });
+        }
+        Ok(fit)
+    }
+
+    /// The run of a mark centred at `centre` along the strip (the longest run of bright pixels
+    /// across the strip on its line or lines: first and last) and whether it is a straight tick: the
+    /// lines just beyond its thickness are dark along its run (an arrow's, a triangle's or an
+    /// hourglass's outline spreads there).
+    fn tick_shape(&self, frame: &GrayView<'_>, centre: f64) -> ((usize, usize), bool) {
+        let s = &self.strip;
+        let (along, across) = (s.along(), s.across());
+        let lines = [(centre - 0.5).floor(), (centre - 0.5).ceil()];
+        let (mut best, mut run_at) = (0, (0usize, 0usize, 0usize));
         for l in lines {
             if l < 0.0 || l as usize >= along {
                 continue;
@@ -272,58 +470,77 @@ impl RulerDetector {
             let t = l as usize;
             let mut run = 0;
             for u in 0..across {
-                if f64::from(at(t, u)) - self.medians[u] > 24.0 {
+                if s.bright(frame, t, u) {
                     run += 1;
-                    best = best.max(run);
+                    if run > best {
+                        best = run;
+                        run_at = (t, u + 1 - run, u);
+                    }
                 } else {
                     run = 0;
                 }
             }
         }
-        best
+        let (t, u0, u1) = run_at;
+        if best == 0 {
+            return ((0, 0), false);
+        }
+        // The mark's thickness at the middle of its run.
+        let um = (u0 + u1) / 2;
+        let mut lo = t;
+        while lo > 0 && t - lo < 8 && s.bright(frame, lo - 1, um) {
+            lo -= 1;
+        }
+        let mut hi = t;
+        while hi + 1 < along && hi - t < 8 && s.bright(frame, hi + 1, um) {
+            hi += 1;
+        }
+        if hi - lo + 1 > 6 {
+            return ((u0, u1), false);
+        }
+        // Two lines beyond the thickness on each side, over the run widened by two pixels.
+        let (a, b) = (u0.saturating_sub(2), (u1 + 2).min(across - 1));
+        let width = b - a + 1;
+        let busy = |line: Option<usize>| -> bool {
+            let Some(line) = line.filter(|&l| l < along) else {
+                return false;
+            };
+            let n = (a..=b).filter(|&u| s.bright(frame, line, u)).count();
+            n * 10 > width * 3
+        };
+        let straight = !(busy(lo.checked_sub(2))
+            || busy(lo.checked_sub(3))
+            || busy(Some(hi + 2))
+            || busy(Some(hi + 3)));
+        ((u0, u1), straight)
     }
 
-    /// Ticks of lines `band` of one strip. `vertical`: the ruler runs down the strip (ticks are
-    /// rows). A band whose profile is busy over more than a third of its length (image texture,
-    /// text) has no ticks.
-    fn ticks(
-        &mut self,
-        frame: &GrayView<'_>,
-        strip: Rect,
-        vertical: bool,
-        band: (usize, usize),
-    ) -> Vec<Tick> {
-        let along = if vertical { strip.h } else { strip.w };
-        let at = |t: usize, u: usize| strip_px(frame, strip, vertical, t, u);
+    /// Marks of lines `band` of the current strip: the straight ticks, and how many other
+    /// marks were set aside. A band whose profile is busy over more than a third of its length
+    /// (image texture, text) has no ticks.
+    fn ticks(&mut self, frame: &GrayView<'_>, band: (usize, usize)) -> (Vec<Tick>, usize) {
+        let along = self.strip.along();
         self.profile.clear();
         self.profile.resize(along, 0.0);
-        self.lengths.clear();
-        self.lengths.resize(along, 0);
         for u in band.0..band.1 {
-            // The line's own level (its median along the strip) cancels axis lines and flat UI.
-            self.column.clear();
-            self.column.extend((0..along).map(|t| at(t, u)));
-            let mut sorted = self.column.clone();
-            sorted.sort_unstable();
-            let median = f64::from(sorted[sorted.len() / 2]);
             for t in 0..along {
-                let e = f64::from(self.column[t]) - median;
-                if e > 24.0 {
-                    self.profile[t] += e;
-                    self.lengths[t] += 1;
+                let e = self.strip.excess(frame, t, u);
+                if e > BRIGHT {
+                    self.profile[t] += f64::from(e);
                 }
             }
         }
         let busy = self.profile.iter().filter(|&&p| p > 0.0).count();
         if busy * 3 > along {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let peak = self.profile.iter().cloned().fold(0.0, f64::max);
         if peak <= 0.0 {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let threshold = peak * 0.25;
         let mut out = Vec::new();
+        let mut other = 0;
         let mut t = 0;
         while t < along {
             if self.profile[t] <= threshold {
@@ -337,22 +554,53 @@ impl RulerDetector {
             }
             let (a, b) = (start.saturating_sub(1), (t + 1).min(along));
             let (mut s, mut st) = (0.0, 0.0);
-            let mut length = 0;
             for k in a..b {
                 s += self.profile[k];
                 st += self.profile[k] * (k as f64 + 0.5);
-                length = length.max(self.lengths[k]);
             }
             // Runs wider than a tick (text, a bar) are not ticks.
-            if t - start <= 6 {
+            if t - start > 6 {
+                continue;
+            }
+            let centre = st / s;
+            // A band sees only part of each mark: its length and shape across the whole strip,
+            // so major and minor ticks can be told apart and other marks set aside.
+            let (span, straight) = self.tick_shape(frame, centre);
+            if straight {
                 out.push(Tick {
-                    centre: st / s,
+                    centre,
                     strength: s,
-                    length,
+                    span,
                 });
+            } else {
+                other += 1;
             }
         }
-        out
+        (out, other)
+    }
+}
+
+fn rect(x: usize, y: usize, w: usize, h: usize) -> Rect {
+    Rect { x, y, w, h }
+}
+
+/// The better of two outcomes: an accepted comb over a refusal; of two combs the one with more
+/// ticks (then the smaller residual); of two refusals the more ruler-like.
+fn better(
+    a: Result<RulerFit, RulerError>,
+    b: Result<RulerFit, RulerError>,
+) -> Result<RulerFit, RulerError> {
+    match (a, b) {
+        (Ok(x), Ok(y)) => Ok(
+            if y.ticks > x.ticks || (y.ticks == x.ticks && y.residual_px < x.residual_px)
+            {
+                y
+            } else {
+                x
+            },
+        ),
+        (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
+        (Err(x), Err(y)) => Err(worse_of(x, y)),
     }
 }
 
@@ -367,18 +615,22 @@ fn strip_px(frame: &GrayView<'_>, strip: Rect, vertical: bool, t: usize, u: usiz
 }
 
 fn worse_of(a: RulerError, b: RulerError) -> RulerError {
-    // Report the most ruler-like failure: a poor fit over too few ticks.
-    match (&a, &b) {
-        (RulerError::PoorFit { .. }, _) => a,
-        (_, RulerError::PoorFit { .. }) => b,
-        (RulerError::TooFewTicks { found: fa, .. }, RulerError::TooFewTicks { found: fb, .. }) => {
-            if fb > fa {
-                b
-            } else {
-                a
-            }
-        }
-        _ => a,
+    // Report the most ruler-like failure: a comb refused by the evidence (the one with more
+    // ticks), then a poor fit, then too few ticks (the most found).
+    let rank = |e: &RulerError| match *e {
+        RulerError::CrossCheck { .. } => (4, 0),
+        RulerError::NotAtZero { ticks, .. }
+        | RulerError::ImplausibleExtent { ticks, .. }
+        | RulerError::Ambiguous { ticks, .. } => (3, ticks),
+        RulerError::Short { .. } => (3, 0),
+        RulerError::PoorFit { .. } => (2, 0),
+        RulerError::TooFewTicks { found, .. } => (1, found),
+        RulerError::NoStrip => (0, 0),
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
     }
 }
 
@@ -400,8 +652,16 @@ fn line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     })
 }
 
-/// The largest comb of evenly spaced ticks, its spacing and the major ticks' period.
-fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerError> {
+/// The largest comb of evenly spaced ticks, its spacing and the major ticks' period; with the
+/// position along the strip of a major tick of the comb and the major spacing.
+/// `side_px`: the image's side along the ruler (to rule out a reading of landmark ticks that
+/// would imply an image no scanner shows).
+fn fit(
+    ticks: &[Tick],
+    cfg: &RulerConfig,
+    side: Side,
+    side_px: usize,
+) -> Result<(RulerFit, f64, f64), RulerError> {
     let min = cfg.min_ticks.max(3);
     if ticks.len() < min {
         return Err(RulerError::TooFewTicks {
@@ -409,7 +669,7 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
             min,
         });
     }
-    // Candidate spacings: every difference between neighbours; keep the comb with most inliers.
+    // RulerFit spacings: every difference between neighbours; keep the comb with most inliers.
     let mut best: Option<(usize, f64, f64, f64, Vec<(usize, i64)>)> = None; // (n, a, d, rms, members)
     for w in ticks.windows(2) {
         let d0 = w[1].centre - w[0].centre;
@@ -475,7 +735,7 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
             }
         }
     }
-    let Some((n, _a, d, rms, members)) = best else {
+    let Some((n, a, d, rms, members)) = best else {
         return Err(RulerError::TooFewTicks { found: 1, min });
     };
     if n < min {
@@ -487,37 +747,36 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
             spacing_px: d,
         });
     }
-    // Major ticks: the longer class when the lengths split in two, on a regular period.
-    let lengths: Vec<usize> = members.iter().map(|&(i, _)| ticks[i].length).collect();
-    let (lo, hi) = (
-        *lengths.iter().min().unwrap_or(&0),
-        *lengths.iter().max().unwrap_or(&0),
-    );
-    let mut major_every = 1;
-    if hi as f64 >= 1.4 * lo as f64 && hi >= lo + 2 {
-        let cut = (lo + hi) as f64 / 2.0;
-        let majors: Vec<i64> = members
-            .iter()
-            .filter(|&&(i, _)| ticks[i].length as f64 > cut)
-            .map(|&(_, k)| k)
-            .collect();
-        // At least three long ticks, on a period, and every tick on that period long and every
-        // other short: one long mark (a focus marker, the zero) is not a major scale.
-        if majors.len() >= 3 {
-            let g = majors.windows(2).fold(0i64, |g, w| gcd(g, w[1] - w[0]));
-            let on = |k: i64| (k - majors[0]).rem_euclid(g.max(1)) == 0;
-            let consistent = members
-                .iter()
-                .all(|&(i, k)| on(k) == (ticks[i].length as f64 > cut));
-            if (2..=10).contains(&g) && consistent {
-                major_every = g as usize;
+    // Major ticks: by their index in the comb, the ticks fall into two groups of different
+    // shape on a regular period (their runs across the strip start or end elsewhere), the longer
+    // group the majors; or all ticks are alike. Anything else is refused: a wrong period would be
+    // a wrong scale.
+    let spans: Vec<(i64, (usize, usize))> =
+        members.iter().map(|&(i, k)| (k, ticks[i].span)).collect();
+    let ambiguous = RulerError::Ambiguous {
+        ticks: n,
+        spacing_px: d,
+    };
+    let (major_every, phase) = match majors(&spans) {
+        Some(Majors::Period(g, phase)) => (g, phase),
+        Some(Majors::Alike) => (1, 0),
+        // One or two longer ticks among alike ones (the zero, a 5 cm mark): all ticks are
+        // `spacing_mm` apart, unless the longer ones are the majors, which would make the image
+        // `period` times shallower. Only when that is no image a scanner shows is the reading
+        // safe.
+        Some(Majors::Landmarks { period }) => {
+            let shallower_mm = side_px as f64 * cfg.spacing_mm / (d * period as f64);
+            if shallower_mm >= f64::from(MIN_EXTENT_MM) {
+                return Err(ambiguous);
             }
+            (1, 0)
         }
-    }
+        None => return Err(ambiguous),
+    };
     let (kmin, kmax) = members
         .iter()
         .fold((i64::MAX, i64::MIN), |(a, b), &(_, k)| (a.min(k), b.max(k)));
-    Ok(RulerFit {
+    let fit = RulerFit {
         mm_per_px: cfg.spacing_mm / (d * major_every as f64),
         tick_spacing_px: d,
         major_every,
@@ -525,14 +784,106 @@ fn fit(ticks: &[Tick], cfg: &RulerConfig, side: Side) -> Result<RulerFit, RulerE
         residual_px: rms,
         extent_px: d * (kmax - kmin) as f64,
         side,
-    })
+        evidence: RulerEvidence {
+            side,
+            ticks: n,
+            other_marks: 0,
+            extent_fraction: 0.0,
+            zero_offset_px: f64::NAN,
+            implied_extent_mm: f64::NAN,
+            cross_check_mm_per_px: None,
+        },
+    };
+    Ok((fit, a + phase as f64 * d, d * major_every as f64))
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 {
-        a.abs()
-    } else {
-        gcd(b, a % b)
+/// Ticks of one kind start and end within this many pixels of each other across the strip.
+const ALIKE_PX: usize = 2;
+
+/// The ranges of the runs' starts and ends of `spans`: (first start, last start, first end,
+/// last end).
+fn span_ranges<'a>(
+    spans: impl Iterator<Item = &'a (i64, (usize, usize))>,
+) -> (usize, usize, usize, usize) {
+    spans.fold(
+        (usize::MAX, 0, usize::MAX, 0),
+        |(a0, a1, b0, b1), &(_, (u0, u1))| (a0.min(u0), a1.max(u0), b0.min(u1), b1.max(u1)),
+    )
+}
+
+fn alike(r: (usize, usize, usize, usize)) -> bool {
+    r.1 - r.0 <= ALIKE_PX && r.3 - r.2 <= ALIKE_PX
+}
+
+/// How a comb's ticks divide into majors and minors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Majors {
+    /// Every `.0`-th tick from index `.1` is a major (longer than the rest).
+    Period(usize, i64),
+    /// All ticks alike.
+    Alike,
+    /// At least four alike ticks and one or two longer ones (`period` ticks apart, or 2 for a
+    /// single one).
+    Landmarks { period: usize },
+}
+
+/// The major ticks from the ticks' runs across the strip `(index, (start, end))`: at least three
+/// longer ticks on a regular period with the rest alike; all alike; one or two longer among
+/// alike ones; `None` when the ticks differ otherwise.
+fn majors(spans: &[(i64, (usize, usize))]) -> Option<Majors> {
+    for g in 2..=10i64 {
+        for phase in 0..g {
+            let on = |k: i64| (k - phase).rem_euclid(g) == 0;
+            let count = spans.iter().filter(|s| on(s.0)).count();
+            if count < 3 || count == spans.len() {
+                continue;
+            }
+            let a = span_ranges(spans.iter().filter(|s| on(s.0)));
+            let b = span_ranges(spans.iter().filter(|s| !on(s.0)));
+            let disjoint = |lo0: usize, hi0: usize, lo1: usize, hi1: usize| hi0 < lo1 || hi1 < lo0;
+            let separated = disjoint(a.0, a.1, b.0, b.1) || disjoint(a.2, a.3, b.2, b.3);
+            if !(alike(a) && alike(b) && separated) {
+                continue;
+            }
+            let len = |r: (usize, usize, usize, usize)| (r.2 + r.3) as f64 / 2.0 - (r.0 + r.1) as f64 / 2.0;
+            return if len(a) > len(b) + 0.5 {
+                Some(Majors::Period(g as usize, phase))
+            } else if g == 2 && len(b) > len(a) + 0.5 {
+                Some(Majors::Period(2, (phase + 1) % 2))
+            } else {
+                // Two kinds of tick, neither longer: which are the majors is unclear.
+                None
+            };
+        }
+    }
+    if alike(span_ranges(spans.iter())) {
+        return Some(Majors::Alike);
+    }
+    // The ticks alike with the median one, and the others.
+    let mut u0s: Vec<usize> = spans.iter().map(|s| s.1 .0).collect();
+    let mut u1s: Vec<usize> = spans.iter().map(|s| s.1 .1).collect();
+    u0s.sort_unstable();
+    u1s.sort_unstable();
+    let (m0, m1) = (u0s[u0s.len() / 2], u1s[u1s.len() / 2]);
+    let near = |s: &&(i64, (usize, usize))| s.1 .0.abs_diff(m0) <= ALIKE_PX && s.1 .1.abs_diff(m1) <= ALIKE_PX;
+    let common: Vec<_> = spans.iter().filter(near).collect();
+    let odd: Vec<_> = spans.iter().filter(|s| !near(s)).collect();
+    let common_len = span_ranges(common.iter().copied());
+    let len = |u0: usize, u1: usize| u1 as f64 - u0 as f64;
+    let base = len((common_len.0 + common_len.1) / 2, (common_len.2 + common_len.3) / 2);
+    let longer = odd.iter().all(|s| len(s.1 .0, s.1 .1) > base + 0.5);
+    match odd.as_slice() {
+        [_] | [_, _] if common.len() >= 4 && alike(common_len) && longer => {
+            let period = if let [a, b] = odd.as_slice() {
+                a.0.abs_diff(b.0) as usize
+            } else {
+                2
+            };
+            Some(Majors::Landmarks {
+                period: period.max(2),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -616,10 +967,11 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
-        /// Any spacing, offset, noise and size: the spacing within 0.5 %, majors told apart.
+        /// Any spacing, noise and size, the zero within 2 px of the image's top edge: the
+        /// spacing within 0.5 %, majors told apart.
         #[test]
         fn finds_any_regular_ruler(w in 200usize..900, h in 200usize..800, frac in 0.06f64..0.2,
-                                   offset in 0.0f64..6.0, noise in 0.0f64..12.0, seed in any::<u64>()) {
+                                   offset in 0.0f64..2.0, noise in 0.0f64..12.0, seed in any::<u64>()) {
             let spacing = (h as f64 * 0.8 * frac).max(8.0);
             let (img, image) = frame_with_ruler(w, h, spacing, offset, 2, noise, seed);
             let n_ticks = ((image.h as f64 - offset) / spacing).floor() as usize + 1;
@@ -690,6 +1042,23 @@ mod tests {
         assert_eq!(fit.major_every, 1);
         assert!((fit.tick_spacing_px - 30.0).abs() < 0.15, "{fit:?}");
         assert!((fit.mm_per_px - 10.0 / 30.0).abs() < 0.002, "{fit:?}");
+    }
+
+    #[test]
+    fn a_comb_that_does_not_start_at_the_image_top_is_refused() {
+        // Evenly spaced marks half a spacing below the top edge (focal-zone marks, a scale of
+        // something else): not the image's depth scale.
+        let (img, image) = frame_with_ruler(640, 480, 40.0, 20.0, 2, 2.0, 4);
+        let mut det = RulerDetector::new(RulerConfig::default());
+        let e = det.detect(img.view().unwrap(), image).unwrap_err();
+        assert!(matches!(e, RulerError::NotAtZero { .. }), "{e}");
+        let ev = det.last_evidence().expect("the refused comb's evidence");
+        assert!(ev.zero_offset_px > 15.0, "{ev:?}");
+        // The same comb from the top edge is read.
+        let (img, image) = frame_with_ruler(640, 480, 40.0, 0.5, 2, 2.0, 4);
+        let fit = det.detect(img.view().unwrap(), image).unwrap();
+        assert!((fit.mm_per_px - 0.125).abs() < 0.001, "{fit:?}");
+        assert!(fit.evidence.zero_offset_px < 1.0, "{:?}", fit.evidence);
     }
 
     #[test]
