@@ -163,8 +163,60 @@ pub struct PhantomConfig {
     pub furniture: bool,
     pub seed: u64,
     /// The depth the image shows, mm (its height; square pixels): the physical scale of the
-    /// furniture's ruler (ticks every 5 mm, longer every 10 mm).
+    /// furniture's ruler.
     pub depth_mm: f64,
+    /// Which scanner's screen the furniture draws ([`Layout`]).
+    pub layout: Layout,
+    /// The whole screen mirrored left to right (with furniture).
+    pub mirrored: bool,
+}
+
+/// A scanner's screen around the image (the phantom's furniture), after the screens of four
+/// vendors: where the depth ruler sits, its ticks, digits and focal-zone marks, header bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Title text, a settings panel, a grey frame round the image and the depth ruler just
+    /// right of it: a tick every 5 mm, longer every 10 mm.
+    #[default]
+    Generic,
+    /// A header bar of text right above the image; the ruler about 11 % of the screen's width
+    /// beyond the image: a tick every 2.5 mm, longer every 10 mm with its digit (cm) beside it; an
+    /// hourglass focal mark covering two ticks.
+    Ge,
+    /// The ruler left of the image: a thin vertical line with a tick every 10 mm, labelled 0 and
+    /// the depth at its ends; the depth printed under the image. Mirrored, it gets a white
+    /// margin round the screen.
+    Telemed,
+    /// A trapezoid image; a column of small ticks, one per 10 mm, at the screen's right edge;
+    /// six evenly spaced `<` focal-zone marks between the image and the ruler.
+    Philips,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 4] = [
+        Layout::Generic,
+        Layout::Ge,
+        Layout::Telemed,
+        Layout::Philips,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Generic => "generic",
+            Layout::Ge => "ge",
+            Layout::Telemed => "telemed",
+            Layout::Philips => "philips",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Layout> {
+        Layout::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
+    /// The names, for error messages.
+    pub fn allowed() -> &'static str {
+        "generic, ge, telemed, philips"
+    }
 }
 
 impl Default for PhantomConfig {
@@ -176,6 +228,8 @@ impl Default for PhantomConfig {
             furniture: false,
             seed: 1,
             depth_mm: 40.0,
+            layout: Layout::Generic,
+            mirrored: false,
         }
     }
 }
@@ -329,20 +383,54 @@ impl Phantom {
         self.cfg.depth_mm / self.image_rect().h.max(1) as f64
     }
 
-    /// Where the ultrasound image sits in the frame.
+    /// Where the ultrasound image sits in the frame (for the Philips layout, the bounding box of
+    /// its trapezoid).
     pub fn image_rect(&self) -> Rect {
         let (w, h) = (self.cfg.width, self.cfg.height);
         if !self.cfg.furniture {
             return Rect { x: 0, y: 0, w, h };
         }
-        // A typical scanner layout: title bar on top, controls on the left, depth scale right.
-        let x = w * 3 / 20;
-        let y = h / 10;
+        let r = self.layout_rect(self.screen());
+        if self.cfg.mirrored {
+            Rect {
+                x: w - r.x - r.w,
+                ..r
+            }
+        } else {
+            r
+        }
+    }
+
+    /// The scanner's screen within the frame: all of it, but for the white margin round a
+    /// mirrored Telemed screen.
+    fn screen(&self) -> Rect {
+        let (w, h) = (self.cfg.width, self.cfg.height);
+        if self.cfg.furniture && self.cfg.layout == Layout::Telemed && self.cfg.mirrored {
+            let m = (w.min(h) / 60).max(4);
+            return Rect {
+                x: m,
+                y: m,
+                w: w - 2 * m,
+                h: h - 2 * m,
+            };
+        }
+        Rect { x: 0, y: 0, w, h }
+    }
+
+    /// The image region on screen `s` before mirroring.
+    fn layout_rect(&self, s: Rect) -> Rect {
+        let (x, y, w, h) = match self.cfg.layout {
+            // A typical scanner layout: title bar on top, controls on the left, depth scale right.
+            Layout::Generic => (s.w * 3 / 20, s.h / 10, s.w * 7 / 10, s.h * 17 / 20),
+            Layout::Philips => (s.w / 5, s.h / 10, s.w * 3 / 5, s.h * 4 / 5),
+            Layout::Ge => (s.w * 12 / 100, s.h / 10, s.w * 62 / 100, s.h * 85 / 100),
+            Layout::Telemed => (s.w / 5, s.h * 6 / 100, s.w * 3 / 5, s.h * 9 / 10),
+        };
         Rect {
-            x,
-            y,
-            w: w * 7 / 10,
-            h: h * 17 / 20,
+            x: s.x + x,
+            y: s.y + y,
+            w,
+            h,
         }
     }
 
@@ -410,7 +498,7 @@ impl Phantom {
         let (fw, fh) = (self.cfg.width, self.cfg.height);
         image.resize(fw, fh);
         mask.resize(fw, fh);
-        self.draw_furniture(geometry, image);
+        self.draw_furniture(image);
         mask.as_mut_slice().fill(0);
         let r = geometry.image;
         let g = *geometry;
@@ -593,86 +681,336 @@ impl Phantom {
                 let idx = ((e * attenuation * f) as i32).clamp(0, top) as usize;
                 *o = compress[idx].saturating_add_signed(n);
             }
+            if self.cfg.furniture && self.cfg.layout == Layout::Philips {
+                // A trapezoid: the top 70 % of the bottom's width, dark outside.
+                let inset = ((1.0 - yi as f64 / r.h as f64) * 0.15 * r.w as f64) as usize;
+                let row = fy * fw + r.x;
+                for x in (0..inset).chain(r.w - inset..r.w) {
+                    px[row + x] = 0;
+                    mk[row + x] = 0;
+                }
+            }
         }
     }
 
-    fn draw_furniture(&self, g: &Geometry, image: &mut GrayImage) {
-        let (fw, fh) = (self.cfg.width, self.cfg.height);
-        let px = image.as_mut_slice();
+    fn draw_furniture(&self, image: &mut GrayImage) {
         if !self.cfg.furniture {
             return;
         }
-        px.fill(18);
-        let r = g.image;
-        let mut fill = |x0: usize, y0: usize, w: usize, h: usize, v: u8| {
-            for y in y0..(y0 + h).min(fh) {
-                for x in x0..(x0 + w).min(fw) {
-                    px[y * fw + x] = v;
+        let fw = self.cfg.width;
+        image.as_mut_slice().fill(18);
+        let screen = self.screen();
+        // The layout is drawn unmirrored around the unmirrored image region, then the whole
+        // frame is flipped when the screen is mirrored.
+        let r = self.layout_rect(screen);
+        let mut c = Canvas {
+            px: image.as_mut_slice(),
+            w: fw,
+            h: self.cfg.height,
+        };
+        let px_per_mm = r.h as f64 / self.cfg.depth_mm.max(1e-6);
+        let mut rng = SplitMix64::new(self.cfg.seed ^ 0x7E47);
+        let (sw, sh) = (screen.w, screen.h);
+        let th = (sh / 40).max(3);
+        match self.cfg.layout {
+            Layout::Generic => {
+                // Grey frame around the image, title text top left, a logo top right, a settings
+                // panel on the left, the depth scale right of the image: a tick every 5 mm from
+                // the image's top edge, the whole centimetres longer.
+                let b = 3;
+                c.fill(
+                    r.x.saturating_sub(b),
+                    r.y.saturating_sub(b),
+                    r.w + 2 * b,
+                    b,
+                    70,
+                );
+                c.fill(r.x.saturating_sub(b), r.y + r.h, r.w + 2 * b, b, 70);
+                c.fill(r.x.saturating_sub(b), r.y, b, r.h, 70);
+                c.fill(r.x + r.w, r.y, b, r.h, 70);
+                c.text_blocks(
+                    &mut rng,
+                    screen.x + sw / 40,
+                    screen.y + sh / 30,
+                    sw / 2,
+                    th,
+                    200,
+                );
+                c.fill(
+                    screen.x + sw - sw / 8,
+                    screen.y + sh / 40,
+                    sw / 12,
+                    sh / 25,
+                    160,
+                );
+                for i in 0..6 {
+                    c.fill(
+                        screen.x + sw / 50,
+                        r.y + i * r.h / 7,
+                        r.x.saturating_sub(screen.x + sw / 25).max(1),
+                        th,
+                        120,
+                    );
+                }
+                let x = r.x + r.w + b + 4;
+                c.ruler(
+                    r,
+                    px_per_mm,
+                    5.0,
+                    2,
+                    |_| (x, 10),
+                    |major| (x, if major { 10 } else { 6 }),
+                );
+            }
+            Layout::Philips => {
+                // Title text; a column of small ticks, one per centimetre, at the very right
+                // edge of the screen; focal-zone `<` marks between the image and the ruler, evenly
+                // spaced but not a scale.
+                c.text_blocks(
+                    &mut rng,
+                    screen.x + sw / 40,
+                    screen.y + sh / 40,
+                    sw / 3,
+                    th,
+                    190,
+                );
+                let len = (sw / 100).max(4);
+                let x = screen.x + sw - len - 3;
+                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len), |_| (x, len));
+                let mark = (sh / 60).max(5);
+                let mx = r.x + r.w + sw / 30;
+                let step = r.h as f64 * 0.108;
+                for k in 0..6 {
+                    let cy = r.y as f64 + r.h as f64 * 0.13 + k as f64 * step;
+                    c.chevron(mx, cy, mark, 210);
                 }
             }
-        };
-        // Grey frame around the image.
-        let b = 3;
-        fill(
-            r.x.saturating_sub(b),
-            r.y.saturating_sub(b),
-            r.w + 2 * b,
-            b,
-            70,
-        );
-        fill(r.x.saturating_sub(b), r.y + r.h, r.w + 2 * b, b, 70);
-        fill(r.x.saturating_sub(b), r.y, b, r.h, 70);
-        fill(r.x + r.w, r.y, b, r.h, 70);
-        // Title text: blocky glyph-like marks in a row, top left; a logo top right.
-        let mut rng = SplitMix64::new(self.cfg.seed ^ 0x7E47);
-        let th = (fh / 40).max(3);
-        let mut x = fw / 40;
-        while x + th < fw / 2 {
+            Layout::Ge => {
+                // A header bar of text right above the image; the ruler about 90 px (at 800
+                // wide) beyond the image: a tick every 2.5 mm, longer every centimetre with its
+                // digit beside it; an hourglass focal mark over two ticks.
+                c.fill(
+                    screen.x,
+                    screen.y,
+                    sw,
+                    r.y - screen.y - (sh / 100).max(4),
+                    46,
+                );
+                c.text_blocks(
+                    &mut rng,
+                    screen.x + sw / 40,
+                    screen.y + sh / 40,
+                    sw * 3 / 4,
+                    th,
+                    215,
+                );
+                let x = r.x + r.w + sw * 11 / 100;
+                let minor = (sw / 160).max(4);
+                let glyph = (sh / 300).max(1);
+                let depth_cm = (self.cfg.depth_mm / 10.0).floor() as usize;
+                c.ruler(
+                    r,
+                    px_per_mm,
+                    2.5,
+                    4,
+                    |_| (x, 2 * minor),
+                    |major| (x, if major { 2 * minor } else { minor }),
+                );
+                for cm in 1..=depth_cm {
+                    let cy = r.y as f64 + cm as f64 * 10.0 * px_per_mm;
+                    c.number(cm, x + 2 * minor + 4, cy, glyph, 220);
+                }
+                // The hourglass over two minor ticks (the second and third after a major) near
+                // a third of the depth.
+                let spacing = 2.5 * px_per_mm;
+                let cm = ((r.h as f64 / 3.0) / (4.0 * spacing)).floor();
+                let cy = r.y as f64 + (4.0 * cm + 1.5) * spacing;
+                c.hourglass(x + minor, cy, (2 * minor + 2).max(8), 2.0 * spacing, 170);
+            }
+            Layout::Telemed => {
+                // The ruler on the left: a thin vertical line, a tick every 10 mm, labelled 0
+                // and the depth at its ends; the depth printed under the image.
+                let line_x = r.x.saturating_sub(sw * 4 / 100);
+                c.fill(line_x, r.y, 1, r.h, 150);
+                let len = (sw / 150).max(6);
+                let x = line_x.saturating_sub(len);
+                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len + 1), |_| (x, len + 1));
+                let glyph = (sh / 300).max(1);
+                let ticks = (self.cfg.depth_mm / 10.0).floor() as usize;
+                let right_of = |n: usize| x.saturating_sub(4 + Canvas::number_width(n, glyph));
+                c.number(0, right_of(0), r.y as f64 + 3.0 * glyph as f64, glyph, 220);
+                let bottom = r.y as f64 + ticks as f64 * 10.0 * px_per_mm;
+                c.number(
+                    10 * ticks,
+                    right_of(10 * ticks),
+                    bottom - 3.0 * glyph as f64,
+                    glyph,
+                    220,
+                );
+                let ty = (r.y + r.h + sh / 60).min(screen.y + sh - 6 * glyph);
+                c.text_blocks(&mut rng, r.x, ty, r.x + sw / 20, 5 * glyph, 200);
+                c.number(
+                    self.cfg.depth_mm.round() as usize,
+                    r.x + sw / 20 + 4,
+                    ty as f64 + 2.5 * glyph as f64,
+                    glyph,
+                    200,
+                );
+            }
+        }
+        if self.cfg.mirrored {
+            for row in c.px.chunks_exact_mut(fw) {
+                row.reverse();
+            }
+        }
+        if screen.x > 0 {
+            // A white margin round the screen (a grab of a mirrored Telemed screen).
+            let (fw, fh) = (fw, self.cfg.height);
+            c.fill(0, 0, fw, screen.y, 255);
+            c.fill(0, screen.y + screen.h, fw, fh - screen.y - screen.h, 255);
+            c.fill(0, 0, screen.x, fh, 255);
+            c.fill(screen.x + screen.w, 0, fw - screen.x - screen.w, fh, 255);
+        }
+    }
+}
+
+/// Pixels to draw the screen furniture on.
+struct Canvas<'a> {
+    px: &'a mut [u8],
+    w: usize,
+    h: usize,
+}
+
+/// Digits 0 to 9 in a 3x5 grid (rows top to bottom, bit 2 the left column).
+const DIGITS: [[u8; 5]; 10] = [
+    [7, 5, 5, 5, 7],
+    [2, 6, 2, 2, 7],
+    [7, 1, 7, 4, 7],
+    [7, 1, 7, 1, 7],
+    [5, 5, 7, 1, 1],
+    [7, 4, 7, 1, 7],
+    [7, 4, 7, 5, 7],
+    [7, 1, 2, 2, 2],
+    [7, 5, 7, 5, 7],
+    [7, 5, 7, 1, 7],
+];
+
+impl Canvas<'_> {
+    fn fill(&mut self, x0: usize, y0: usize, w: usize, h: usize, v: u8) {
+        for y in y0..(y0 + h).min(self.h) {
+            for x in x0..(x0 + w).min(self.w) {
+                self.px[y * self.w + x] = v;
+            }
+        }
+    }
+
+    /// Blocky glyph-like marks in a row from (`x`, `y`) up to `x_end`, `th` high.
+    fn text_blocks(
+        &mut self,
+        rng: &mut SplitMix64,
+        x: usize,
+        y: usize,
+        x_end: usize,
+        th: usize,
+        v: u8,
+    ) {
+        let mut x = x;
+        while x + th < x_end {
             let gw = th * 2 / 3 + (rng.next_u64() % 3) as usize;
             for k in 0..3 {
                 if rng.next_u64() % 3 != 0 {
-                    fill(x, fh / 30 + k * th / 2, gw, th / 3 + 1, 200);
+                    self.fill(x, y + k * th / 2, gw, th / 3 + 1, v);
                 }
             }
             x += gw + 2 + if rng.next_u64() % 5 == 0 { th } else { 0 };
         }
-        fill(fw - fw / 8, fh / 40, fw / 12, fh / 25, 160);
-        // Settings panel on the left.
-        for i in 0..6 {
-            fill(
-                fw / 50,
-                r.y + i * r.h / 7,
-                r.x.saturating_sub(fw / 25).max(1),
-                th,
-                120,
-            );
+    }
+
+    /// A horizontal tick 2 px thick centred exactly at `cy`, anti-aliased, from `x` for `len`.
+    fn tick(&mut self, x: usize, len: usize, cy: f64) {
+        let (lo, hi) = (
+            (cy - 1.5).floor().max(0.0) as usize,
+            ((cy + 1.5).ceil() as usize).min(self.h),
+        );
+        for y in lo..hi {
+            let cov = crate::preprocess::ruler::tick_coverage(y, cy, 2.0);
+            if cov > 0.0 {
+                let v = (18.0 + (220.0 - 18.0) * cov).round() as u8;
+                for x in x..(x + len).min(self.w) {
+                    let p = &mut self.px[y * self.w + x];
+                    *p = (*p).max(v);
+                }
+            }
         }
-        // Depth scale right of the image, like a scanner's: a tick every 5 mm of depth from the
-        // image's top edge, the ones at whole centimetres longer; 2 px thick, anti-aliased so its
-        // centre lies exactly at the depth it marks.
-        let sx = r.x + r.w + b + 4;
-        let px_per_mm = r.h as f64 / self.cfg.depth_mm.max(1e-6);
+    }
+
+    /// A depth scale for image region `r`: a tick every `step_mm` from its top edge, every
+    /// `major_every`-th a major; `at(major)` gives each tick's start column and length (`zero`
+    /// for the first).
+    fn ruler(
+        &mut self,
+        r: Rect,
+        px_per_mm: f64,
+        step_mm: f64,
+        major_every: usize,
+        zero: impl Fn(bool) -> (usize, usize),
+        at: impl Fn(bool) -> (usize, usize),
+    ) {
         let mut k = 0usize;
         loop {
-            let c = r.y as f64 + k as f64 * 5.0 * px_per_mm;
+            let c = r.y as f64 + k as f64 * step_mm * px_per_mm;
             if c > (r.y + r.h) as f64 + 0.5 || k > 10_000 {
                 break;
             }
-            let len = if k % 2 == 0 { 10 } else { 6 };
-            let (lo, hi) = (
-                (c - 1.5).floor().max(0.0) as usize,
-                ((c + 1.5).ceil() as usize).min(fh),
-            );
-            for y in lo..hi {
-                let cov = crate::preprocess::ruler::tick_coverage(y, c, 2.0);
-                if cov > 0.0 {
-                    let v = (18.0 + (220.0 - 18.0) * cov).round() as u8;
-                    for x in sx..(sx + len).min(fw) {
-                        px[y * fw + x] = px[y * fw + x].max(v);
+            let major = k % major_every.max(1) == 0;
+            let (x, len) = if k == 0 { zero(major) } else { at(major) };
+            self.tick(x, len, c);
+            k += 1;
+        }
+    }
+
+    /// The width of `n` drawn by [`Self::number`] at `scale`.
+    fn number_width(n: usize, scale: usize) -> usize {
+        n.to_string().len() * 4 * scale
+    }
+
+    /// `n` in the 3x5 digits, `scale` px per cell, from column `x`, centred on row `cy`.
+    fn number(&mut self, n: usize, x: usize, cy: f64, scale: usize, v: u8) {
+        let y0 = (cy - 2.5 * scale as f64).round().max(0.0) as usize;
+        for (i, ch) in n.to_string().bytes().enumerate() {
+            let d = DIGITS[usize::from(ch - b'0')];
+            for (row, bits) in d.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        self.fill(x + (i * 4 + col) * scale, y0 + row * scale, scale, scale, v);
                     }
                 }
             }
-            k += 1;
+        }
+    }
+
+    /// A `<` outline `size` px tall and wide with its point at (`x`, `cy`).
+    fn chevron(&mut self, x: usize, cy: f64, size: usize, v: u8) {
+        let half = size as f64 / 2.0;
+        for i in 0..=size {
+            let dy = i as f64 * half / size as f64;
+            for s in [-1.0, 1.0] {
+                let y = (cy + s * dy).floor();
+                if y >= 0.0 {
+                    self.fill(x + i, y as usize, 1, 2, v);
+                }
+            }
+        }
+    }
+
+    /// A filled hourglass centred at (`cx`, `cy`), `w` wide and `h` tall.
+    fn hourglass(&mut self, cx: usize, cy: f64, w: usize, h: f64, v: u8) {
+        let top = (cy - h / 2.0).round().max(0.0) as usize;
+        let rows = h.round() as usize;
+        for i in 0..rows {
+            let t = ((i as f64 + 0.5) / rows as f64 - 0.5).abs() * 2.0; // 1 at the ends, 0 mid
+            let half = ((w as f64 / 2.0) * t).max(1.0).round() as usize;
+            self.fill(cx.saturating_sub(half), top + i, 2 * half, 1, v);
         }
     }
 }

@@ -58,7 +58,18 @@ pub struct SynthArgs {
     /// Draw the scanner's screen furniture around the image.
     #[arg(long)]
     furniture: bool,
-    /// The depth the image shows in mm (the scale of the furniture's ruler: a tick every 5 mm).
+    /// With --furniture: which scanner's screen (generic, ge, telemed, philips).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "generic",
+        requires = "furniture"
+    )]
+    layout: String,
+    /// With --furniture: the whole screen mirrored left to right.
+    #[arg(long, requires = "furniture")]
+    mirrored: bool,
+    /// The depth the image shows in mm (the scale of the furniture's ruler).
     #[arg(long, default_value_t = 40.0)]
     depth_mm: f64,
     /// Print one JSON object instead of a summary line.
@@ -151,6 +162,13 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
     if !(5.0..=400.0).contains(&args.depth_mm) {
         anyhow::bail!("--depth-mm {}: allowed 5 to 400", args.depth_mm);
     }
+    let layout = pocusd::synth::Layout::parse(&args.layout).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--layout {}: allowed {}",
+            args.layout,
+            pocusd::synth::Layout::allowed()
+        )
+    })?;
     let cfg = PhantomConfig {
         depth_mm: args.depth_mm,
         width: args.width as usize,
@@ -158,6 +176,8 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
         task: args.task,
         furniture: args.furniture,
         seed: args.seed,
+        layout,
+        mirrored: args.mirrored,
     };
     let mut csv = String::from(
         "filename,task,seed,width,height,thickness_px,band_angle_deg,circumference_px,area_px,\

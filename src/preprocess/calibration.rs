@@ -254,6 +254,7 @@ mod tests {
             depth_mm,
             task: Task::Aponeurosis,
             seed: 3,
+            ..Default::default()
         });
         let g = p.geometry_at(0.0);
         let (mut img, mut mask) = Default::default();
@@ -310,6 +311,7 @@ mod tests {
             depth_mm: 40.0,
             task: Task::Aponeurosis,
             seed: 3,
+            ..Default::default()
         });
         let g = p.geometry_at(0.0);
         let (mut big, mut mask) = Default::default();

@@ -57,7 +57,8 @@ pub struct RulerEvidence {
 impl RulerEvidence {
     /// The evidence in words, for the viewer and `pocusd calibrate`.
     pub fn words(&self) -> String {
-        let mut s = format!(
+        let mut s =
+            format!(
             "{} ticks over {:.0} % of the image {}, zero {:.1} px from its {} edge, {} {:.1} mm",
             self.ticks,
             100.0 * self.extent_fraction,
@@ -107,7 +108,7 @@ pub enum RulerError {
     PoorFit { residual_px: f64, spacing_px: f64 },
     #[error("no room beside the image for a ruler (the image fills the frame)")]
     NoStrip,
-    #[error("the only comb of evenly spaced marks spans {extent_px:.0} px, under {MIN_EXTENT_PERCENT} % of the image side ({side_px} px): not a ruler")]
+    #[error("the only comb of evenly spaced marks spans {extent_px:.0} px, under {MIN_EXTENT_PERCENT} % of the image side ({side_px} px; {MIN_EXTENT_PERCENT_3} % for three ticks): not a ruler")]
     Short { extent_px: f64, side_px: usize },
     #[error("a comb of {ticks} ticks every {spacing_px:.1} px does not start at the image's edge (its nearest major tick is {offset_px:.1} px from it): not the image's scale")]
     NotAtZero {
@@ -146,7 +147,7 @@ impl Default for RulerConfig {
     fn default() -> Self {
         Self {
             spacing_mm: 10.0,
-            min_ticks: 4,
+            min_ticks: 3,
             max_residual_fraction: 0.04,
         }
     }
@@ -163,10 +164,14 @@ const MIN_SPACING_PX: f64 = 6.0;
 /// to the image's bottom).
 const MIN_EXTENT_PERCENT: u32 = 60;
 
+/// A comb of only three ticks (a 1-per-cm ruler on a 2 to 3 cm image: 67 to 100 %) must span
+/// this share.
+const MIN_EXTENT_PERCENT_3: u32 = 65;
+
 /// The zero of the scale may lie this far from the image's edge: a fraction of the major
 /// spacing, at least `ZERO_MIN_PX` (the image region's edge is found to a pixel or two).
-const ZERO_FRACTION: f64 = 0.12;
-const ZERO_MIN_PX: f64 = 4.0;
+const ZERO_FRACTION: f64 = 0.05;
+const ZERO_MIN_PX: f64 = 5.0;
 
 /// The extents a scanner shows, mm (depth settings run from about 1.5 to 30 cm).
 const MIN_EXTENT_MM: u32 = 15;
@@ -367,10 +372,9 @@ impl RulerDetector {
                     .all(|(a, b)| (a.centre - b.centre).abs() < 0.01 && a.span == b.span);
             if !same && !ticks.is_empty() {
                 let side_px = if side.is_vertical() { image.h } else { image.w };
-                let r = fit(&ticks, &self.cfg, side, side_px)
-                    .and_then(|(fit, origin, spacing)| {
-                        self.check(image, fit, origin, spacing, other_marks)
-                    });
+                let r = fit(&ticks, &self.cfg, side, side_px).and_then(|(fit, origin, spacing)| {
+                    self.check(image, fit, origin, spacing, other_marks)
+                });
                 best = Some(match best.take() {
                     None => r,
                     Some(prev) => better(prev, r),
@@ -429,7 +433,13 @@ impl RulerDetector {
         if self.last_evidence.is_none_or(|e| e.ticks <= evidence.ticks) {
             self.last_evidence = Some(evidence);
         }
-        if evidence.extent_fraction < f64::from(MIN_EXTENT_PERCENT) / 100.0 {
+        // Three ticks are a comb only when they span nearly all of the side.
+        let min_extent = if fit.ticks < 4 {
+            f64::from(MIN_EXTENT_PERCENT_3) / 100.0
+        } else {
+            f64::from(MIN_EXTENT_PERCENT) / 100.0
+        };
+        if evidence.extent_fraction < min_extent {
             return Err(RulerError::Short {
                 extent_px: fit.extent_px,
                 side_px,
@@ -482,8 +492,9 @@ impl RulerDetector {
             }
         }
         let (t, u0, u1) = run_at;
-        if best == 0 {
-            return ((0, 0), false);
+        // A run across the whole strip is an edge or a bar (a header over the image), not a tick.
+        if best == 0 || (u0 == 0 && u1 + 1 == across) {
+            return ((u0, u1), false);
         }
         // The mark's thickness at the middle of its run.
         let um = (u0 + u1) / 2;
@@ -498,20 +509,21 @@ impl RulerDetector {
         if hi - lo + 1 > 6 {
             return ((u0, u1), false);
         }
-        // Two lines beyond the thickness on each side, over the run widened by two pixels.
+        // Two lines beyond the thickness on each side, over the run widened by two pixels: an
+        // arrow's, a triangle's or an hourglass's outline spreads into both sides; a tick has
+        // none there (a digit beside it sits clear of its run, on one side at most); a broad
+        // mark fills a side.
         let (a, b) = (u0.saturating_sub(2), (u1 + 2).min(across - 1));
         let width = b - a + 1;
-        let busy = |line: Option<usize>| -> bool {
-            let Some(line) = line.filter(|&l| l < along) else {
-                return false;
-            };
-            let n = (a..=b).filter(|&u| s.bright(frame, line, u)).count();
-            n * 10 > width * 3
+        let count = |line: Option<usize>| -> usize {
+            line.filter(|&l| l < along).map_or(0, |line| {
+                (a..=b).filter(|&u| s.bright(frame, line, u)).count()
+            })
         };
-        let straight = !(busy(lo.checked_sub(2))
-            || busy(lo.checked_sub(3))
-            || busy(Some(hi + 2))
-            || busy(Some(hi + 3)));
+        let above = count(lo.checked_sub(2)) + count(lo.checked_sub(3));
+        let below = count(Some(hi + 2)) + count(Some(hi + 3));
+        let broad = above.max(below) * 10 > 2 * width * 3;
+        let straight = !(broad || (above > 0 && below > 0));
         ((u0, u1), straight)
     }
 
@@ -592,8 +604,7 @@ fn better(
 ) -> Result<RulerFit, RulerError> {
     match (a, b) {
         (Ok(x), Ok(y)) => Ok(
-            if y.ticks > x.ticks || (y.ticks == x.ticks && y.residual_px < x.residual_px)
-            {
+            if y.ticks > x.ticks || (y.ticks == x.ticks && y.residual_px < x.residual_px) {
                 y
             } else {
                 x
@@ -822,8 +833,9 @@ enum Majors {
     Period(usize, i64),
     /// All ticks alike.
     Alike,
-    /// At least four alike ticks and one or two longer ones (`period` ticks apart, or 2 for a
-    /// single one).
+    /// At least four alike ticks and one or two longer ones; if the longer ones were majors,
+    /// their period could be as short as `period` (the smallest divisor of their distance, or 2
+    /// for a single one).
     Landmarks { period: usize },
 }
 
@@ -835,6 +847,8 @@ fn majors(spans: &[(i64, (usize, usize))]) -> Option<Majors> {
         for phase in 0..g {
             let on = |k: i64| (k - phase).rem_euclid(g) == 0;
             let count = spans.iter().filter(|s| on(s.0)).count();
+            // At least three majors seen: two (one hidden between them under a focal mark, or
+            // a 5 cm landmark) also fit a longer period, or landmark ticks among alike ones.
             if count < 3 || count == spans.len() {
                 continue;
             }
@@ -845,7 +859,9 @@ fn majors(spans: &[(i64, (usize, usize))]) -> Option<Majors> {
             if !(alike(a) && alike(b) && separated) {
                 continue;
             }
-            let len = |r: (usize, usize, usize, usize)| (r.2 + r.3) as f64 / 2.0 - (r.0 + r.1) as f64 / 2.0;
+            let len = |r: (usize, usize, usize, usize)| {
+                (r.2 + r.3) as f64 / 2.0 - (r.0 + r.1) as f64 / 2.0
+            };
             return if len(a) > len(b) + 0.5 {
                 Some(Majors::Period(g as usize, phase))
             } else if g == 2 && len(b) > len(a) + 0.5 {
@@ -865,17 +881,23 @@ fn majors(spans: &[(i64, (usize, usize))]) -> Option<Majors> {
     u0s.sort_unstable();
     u1s.sort_unstable();
     let (m0, m1) = (u0s[u0s.len() / 2], u1s[u1s.len() / 2]);
-    let near = |s: &&(i64, (usize, usize))| s.1 .0.abs_diff(m0) <= ALIKE_PX && s.1 .1.abs_diff(m1) <= ALIKE_PX;
+    let near = |s: &&(i64, (usize, usize))| {
+        s.1 .0.abs_diff(m0) <= ALIKE_PX && s.1 .1.abs_diff(m1) <= ALIKE_PX
+    };
     let common: Vec<_> = spans.iter().filter(near).collect();
     let odd: Vec<_> = spans.iter().filter(|s| !near(s)).collect();
     let common_len = span_ranges(common.iter().copied());
     let len = |u0: usize, u1: usize| u1 as f64 - u0 as f64;
-    let base = len((common_len.0 + common_len.1) / 2, (common_len.2 + common_len.3) / 2);
+    let base = len(
+        (common_len.0 + common_len.1) / 2,
+        (common_len.2 + common_len.3) / 2,
+    );
     let longer = odd.iter().all(|s| len(s.1 .0, s.1 .1) > base + 0.5);
     match odd.as_slice() {
         [_] | [_, _] if common.len() >= 4 && alike(common_len) && longer => {
             let period = if let [a, b] = odd.as_slice() {
-                a.0.abs_diff(b.0) as usize
+                let d = a.0.abs_diff(b.0) as usize;
+                (2..=d.max(2)).find(|p| d % p == 0).unwrap_or(2)
             } else {
                 2
             };

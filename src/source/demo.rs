@@ -1,5 +1,7 @@
 //! The demo source: the synthetic phantom as a moving sequence, paced at `fps`, knowing its
-//! ground truth. Options: `seed`, `fps` (0: unpaced), `width`, `height`, `task`, `furniture`,
+//! ground truth. Options: `seed`, `fps` (0: unpaced), `width`, `height`, `task`, `furniture`
+//! (the generic screen layout), `layout` (`generic`, `ge`, `telemed`, `philips`: a scanner's
+//! screen, furniture implied), `mirrored` (the screen mirrored left to right, furniture implied),
 //! `depth_mm` (the physical depth of the image, the scale of the furniture's ruler; default 40).
 
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use super::{realtime_us, FrameSource, Pacer, Read, SourceError, SourceSpec};
 use crate::frame::{Frame, FramePool, GrayImage};
 use crate::model::Task;
-use crate::synth::{Phantom, PhantomConfig, Truth};
+use crate::synth::{Layout, Phantom, PhantomConfig, Truth};
 
 /// The phantom as a live source.
 pub struct DemoSource {
@@ -32,8 +34,18 @@ impl DemoSource {
             "height",
             "task",
             "furniture",
+            "layout",
+            "mirrored",
             "depth_mm",
         ])?;
+        let layout = match spec.options.get("layout").map(String::as_str) {
+            None => None,
+            Some(l) => Some(Layout::parse(l).ok_or_else(|| SourceError::BadSpec {
+                spec: spec.raw.clone(),
+                reason: format!("layout={l}: allowed {}", Layout::allowed()),
+            })?),
+        };
+        let mirrored = spec.num("mirrored", 0u8, 0, 1)? == 1;
         let task = match spec.options.get("task").map(String::as_str) {
             None => Task::Aponeurosis,
             Some(t) => Task::parse(t).ok_or_else(|| SourceError::BadSpec {
@@ -45,15 +57,17 @@ impl DemoSource {
             width: spec.num("width", 640usize, 64, 4096)?,
             height: spec.num("height", 480usize, 64, 4096)?,
             task,
-            furniture: spec.num("furniture", 0u8, 0, 1)? == 1,
+            furniture: spec.num("furniture", 0u8, 0, 1)? == 1 || layout.is_some() || mirrored,
             seed: spec.num("seed", 1u64, 0, u64::MAX)?,
             depth_mm: spec.num("depth_mm", 40.0f64, 5.0, 400.0)?,
+            layout: layout.unwrap_or_default(),
+            mirrored,
         };
         let fps = spec.num("fps", 30.0f64, 0.0, 1000.0)?;
         Ok((cfg, fps))
     }
 
-    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1&depth_mm=40]`.
+    /// Opens `demo[?seed=1&fps=30&width=640&height=480&task=aponeurosis|region&furniture=1&layout=ge&mirrored=1&depth_mm=40]`.
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
         let (cfg, fps) = Self::settings(spec)?;
         let phantom = Phantom::new(cfg);

@@ -80,6 +80,7 @@ fn generated_images() -> Vec<(String, GrayImage)> {
                 task,
                 furniture,
                 seed: 7 + i as u64,
+                ..Default::default()
             };
             out.push((
                 format!("phantom_{}_{w}x{h}", task.as_str()),

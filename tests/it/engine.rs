@@ -34,6 +34,7 @@ fn thickness_from_phantom_masks_within_one_pixel() {
             task: Task::Aponeurosis,
             furniture,
             seed: 100 + i,
+            ..Default::default()
         };
         let s = synth::sample(cfg, i);
         let roi = Rect::full(640, 480);
@@ -74,6 +75,7 @@ fn circumference_from_phantom_masks_within_half_a_percent() {
             task: Task::Region,
             furniture: i % 3 == 0,
             seed: 7 + i,
+            ..Default::default()
         };
         let s = synth::sample(cfg, i);
         let mut post = Postprocessor::new(Task::Region, PostprocessConfig::default());
@@ -101,6 +103,7 @@ fn the_contour_offset_shrinks_the_ellipse() {
         task: Task::Region,
         furniture: false,
         seed: 3,
+        ..Default::default()
     };
     let s = synth::sample(cfg, 0);
     let p = mask_probability(&s.mask);
@@ -271,6 +274,7 @@ fn measure(model: &mut LoadedModel, seed: u64) -> (f64, f64) {
         task: Task::Aponeurosis,
         furniture: false,
         seed,
+        ..Default::default()
     };
     let s = synth::sample(cfg, seed);
     let mut pre = Preprocessor::new(

@@ -26,6 +26,7 @@ fn pennation_within_one_degree_and_length_within_five_percent_of_the_truth() {
             depth_mm: 40.0 + i as f64,
             task: Task::Aponeurosis,
             seed: 500 + i,
+            ..Default::default()
         };
         let apo = synth::sample(base, i);
         let fasc = synth::sample(

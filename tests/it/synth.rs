@@ -38,6 +38,7 @@ fn aponeurosis_truth_matches_the_mask() {
             task: Task::Aponeurosis,
             furniture,
             seed: 11,
+            ..Default::default()
         };
         let s = synth::sample(cfg, i);
         let truth = s.truth.thickness_px.unwrap();
@@ -67,6 +68,7 @@ fn region_truth_matches_the_mask() {
             task: Task::Region,
             furniture: i % 2 == 1,
             seed: 3,
+            ..Default::default()
         };
         let s = synth::sample(cfg, i);
         let area = s.mask.as_slice().iter().filter(|&&v| v == 255).count() as f64;
