@@ -170,7 +170,7 @@ const MIN_EXTENT_PERCENT_3: u32 = 65;
 
 /// The zero of the scale may lie this far from the image's edge: a fraction of the major
 /// spacing, at least `ZERO_MIN_PX` (the image region's edge is found to a pixel or two).
-const ZERO_FRACTION: f64 = 0.05;
+const ZERO_FRACTION: f64 = 0.12;
 const ZERO_MIN_PX: f64 = 5.0;
 
 /// The extents a scanner shows, mm (depth settings run from about 1.5 to 30 cm).
@@ -509,12 +509,11 @@ impl RulerDetector {
         if hi - lo + 1 > 6 {
             return ((u0, u1), false);
         }
-        // Two lines beyond the thickness on each side, over the run widened by two pixels: an
-        // arrow's, a triangle's or an hourglass's outline spreads into both sides; a tick has
-        // none there (a digit beside it sits clear of its run, on one side at most); a broad
-        // mark fills a side.
+        // Two lines beyond the thickness on each side, over the run widened by two pixels: a
+        // tick has nothing there (a digit beside it sits clear of its run); an arrow's, a
+        // triangle's or an hourglass's outline spreads there, as a digit's strokes do under or
+        // over its bars.
         let (a, b) = (u0.saturating_sub(2), (u1 + 2).min(across - 1));
-        let width = b - a + 1;
         let count = |line: Option<usize>| -> usize {
             line.filter(|&l| l < along).map_or(0, |line| {
                 (a..=b).filter(|&u| s.bright(frame, line, u)).count()
@@ -522,8 +521,7 @@ impl RulerDetector {
         };
         let above = count(lo.checked_sub(2)) + count(lo.checked_sub(3));
         let below = count(Some(hi + 2)) + count(Some(hi + 3));
-        let broad = above.max(below) * 10 > 2 * width * 3;
-        let straight = !(broad || (above > 0 && below > 0));
+        let straight = above == 0 && below == 0;
         ((u0, u1), straight)
     }
 
