@@ -293,26 +293,50 @@ impl RulerDetector {
         let x1 = (image.x + image.w + pad).min(fw);
         let right = (image.x + image.w).min(fw);
         let bottom = (image.y + image.h).min(fh);
-        // The whole margin on each side: a ruler may sit anywhere between the image and the
-        // screen's edge.
+        // Where a strip may give a reading: any (a margin), or only a confirmation of the depth
+        // scale (the image region's last lines, where a width scale found inside the region's
+        // edge sits; image texture there could fake a comb, so a reading there is only taken
+        // when it agrees).
+        #[derive(PartialEq)]
+        enum Use {
+            Reading,
+            Confirmation,
+        }
+        let inset = (image.h / 40).max(4).min(image.h);
         let strips = [
-            (Side::Right, rect(right, y0, fw - right, y1 - y0), true),
-            (Side::Left, rect(0, y0, image.x, y1 - y0), true),
-            (Side::Bottom, rect(x0, bottom, x1 - x0, fh - bottom), false),
-            (Side::Top, rect(x0, 0, x1 - x0, image.y), false),
+            (Side::Right, rect(right, y0, fw - right, y1 - y0), true, Use::Reading),
+            (Side::Left, rect(0, y0, image.x, y1 - y0), true, Use::Reading),
+            (Side::Bottom, rect(x0, bottom, x1 - x0, fh - bottom), false, Use::Reading),
+            (Side::Top, rect(x0, 0, x1 - x0, image.y), false, Use::Reading),
+            (
+                Side::Bottom,
+                rect(x0, bottom - inset, x1 - x0, inset),
+                false,
+                Use::Confirmation,
+            ),
         ];
         let mut depth: Option<Result<RulerFit, RulerError>> = None;
         let mut width: Option<Result<RulerFit, RulerError>> = None;
+        let mut confirmation: Option<RulerFit> = None;
         let mut any_strip = false;
-        for (side, rect, vertical) in strips {
+        for (side, rect, vertical, usage) in strips {
             if rect.w < 3 || rect.h < 3 {
                 continue;
             }
-            any_strip = true;
+            if usage == Use::Confirmation && !matches!(depth, Some(Ok(_))) {
+                continue;
+            }
+            any_strip |= usage == Use::Reading;
             self.strip.rect = rect;
             self.strip.vertical = vertical;
             self.strip.measure(&frame);
+            let evidence = self.last_evidence;
             let r = self.search_strip(&frame, image, side);
+            if usage == Use::Confirmation {
+                confirmation = r.ok();
+                self.last_evidence = evidence;
+                continue;
+            }
             let slot = if vertical { &mut depth } else { &mut width };
             *slot = Some(match slot.take() {
                 None => r,
@@ -325,6 +349,13 @@ impl RulerDetector {
         let out = match (depth, width) {
             (Some(Ok(d)), w) => {
                 let mut fit = d;
+                let agrees = |w: &RulerFit| {
+                    (d.mm_per_px - w.mm_per_px).abs()
+                        <= f64::from(CROSS_CHECK_PERCENT) / 100.0 * d.mm_per_px
+                };
+                if let Some(c) = confirmation.filter(agrees) {
+                    fit.evidence.cross_check_mm_per_px = Some(c.mm_per_px);
+                }
                 if let Some(Ok(w)) = w {
                     let (a, b) = (d.mm_per_px, w.mm_per_px);
                     fit.evidence.cross_check_mm_per_px = Some(b);
