@@ -203,6 +203,57 @@ pub fn postprocess(
     })
 }
 
+/// `pocusd bench calibrate`: one look of the ruler calibration (the ROI detector and the ruler)
+/// on a phantom frame of one layout.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrateBench {
+    pub width: usize,
+    pub height: usize,
+    pub layout: &'static str,
+    pub iters: u32,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    /// The reading timed (mm per px), or null when the look refused.
+    pub mm_per_px: Option<f64>,
+}
+
+/// Times one look of the ruler calibration, as a stream takes it at start, on a layout change
+/// and every `check_frames` frames: the ROI detector, then the ruler in the margins.
+pub fn calibrate(
+    width: usize,
+    height: usize,
+    layout: synth::Layout,
+    iters: u32,
+) -> Result<CalibrateBench, crate::frame::FrameError> {
+    use crate::preprocess::roi::RoiDetector;
+    use crate::preprocess::ruler::{RulerConfig, RulerDetector};
+    let cfg = synth::PhantomConfig {
+        width,
+        height,
+        furniture: true,
+        layout,
+        ..Default::default()
+    };
+    let frame = synth::sample(cfg, 1).image;
+    let view = frame.view()?;
+    let mut roi = RoiDetector::default();
+    let mut ruler = RulerDetector::new(RulerConfig::default());
+    let mut mm_per_px = None;
+    let (median_ms, p99_ms) = time_ms(iters, || {
+        let r = roi.detect(view);
+        mm_per_px = ruler.detect(view, r).ok().map(|f| f.mm_per_px);
+    });
+    Ok(CalibrateBench {
+        width,
+        height,
+        layout: layout.as_str(),
+        iters,
+        median_ms,
+        p99_ms,
+        mm_per_px,
+    })
+}
+
 /// `pocusd bench source`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceBench {

@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Postprocess(BenchPostArgs),
     /// Read frames from a source (--source SPEC) as fast as it delivers them.
     Source(BenchSourceArgs),
+    /// Time one look of the ruler calibration (image region and ruler) on a phantom screen.
+    Calibrate(BenchCalibrateArgs),
     /// The whole daemon (capture, processing, D-Bus, log, viewer with one MJPEG client) on a paced source.
     Pipeline(BenchPipelineArgs),
     /// The whole daemon on the unpaced source for a long run: RSS, descriptors and threads after a
@@ -49,6 +51,36 @@ pub struct BenchPipelineArgs {
     #[arg(long, value_name = "FILE")]
     extra_model: Vec<PathBuf>,
     /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `WxH`, each 64 to 8192.
+fn parse_frame_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("'{s}': expected WxH, e.g. 1920x1080"))?;
+    let n = |v: &str| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| (64..=8192).contains(n))
+            .ok_or_else(|| format!("'{s}': width and height must be whole numbers from 64 to 8192"))
+    };
+    Ok((n(w)?, n(h)?))
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCalibrateArgs {
+    /// Frame size WxH.
+    #[arg(long, default_value = "1920x1080", value_parser = parse_frame_size)]
+    size: (usize, usize),
+    /// The phantom's screen layout: generic, ge, telemed, philips; all: each in turn.
+    #[arg(long, default_value = "all")]
+    layout: String,
+    /// Looks to time.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Print one JSON object per layout.
     #[arg(long)]
     json: bool,
 }
@@ -195,6 +227,40 @@ pub fn cmd_bench(
                 "{:<10} {:>6} {:>10.3} {:>10.3}",
                 "640x480", r.iters, r.median_ms, r.p99_ms
             );
+        }
+        BenchCommand::Calibrate(a) => {
+            use pocusd::synth::Layout;
+            let layouts: Vec<Layout> = if a.layout == "all" {
+                Layout::ALL.to_vec()
+            } else {
+                vec![Layout::parse(&a.layout).ok_or_else(|| {
+                    anyhow::anyhow!("--layout {}: allowed all, {}", a.layout, Layout::allowed())
+                })?]
+            };
+            if !a.json {
+                println!(
+                    "{:<10} {:<8} {:>6} {:>10} {:>10} {:>10}",
+                    "frame", "layout", "iters", "median_ms", "p99_ms", "mm_per_px"
+                );
+            }
+            for l in layouts {
+                let (w, h) = a.size;
+                let r = bench::calibrate(w, h, l, a.iters)?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
+                println!(
+                    "{:<10} {:<8} {:>6} {:>10.3} {:>10.3} {:>10}",
+                    format!("{w}x{h}"),
+                    r.layout,
+                    r.iters,
+                    r.median_ms,
+                    r.p99_ms,
+                    r.mm_per_px
+                        .map_or("refused".to_string(), |m| format!("{m:.5}"))
+                );
+            }
         }
         BenchCommand::Source(a) => {
             let mut src = super::data::finite_source(cfg);

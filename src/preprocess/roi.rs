@@ -40,6 +40,8 @@ pub struct RoiDetector {
     cfg: RoiConfig,
     activity: Vec<f32>,
     textured: Vec<bool>,
+    /// One line's changed-pixel flags (scratch).
+    changed: Vec<u8>,
 }
 
 impl RoiDetector {
@@ -64,17 +66,25 @@ impl RoiDetector {
         // text, scales and logos change only along their edges.
         self.activity.clear();
         self.activity.resize(bw * bh, 0.0);
+        self.changed.clear();
+        self.changed.resize(w, 0);
         for by in 0..bh {
             for y in by * BLOCK..(by + 1) * BLOCK {
                 let row = frame.row(y);
                 let below = frame.row((y + 1).min(h - 1));
+                // Per pixel: differs from its right or lower neighbour (the last column from
+                // the one below only), in one pass the compiler vectorises.
+                let changed = &mut self.changed;
+                for ((c, pair), &b) in changed.iter_mut().zip(row.windows(2)).zip(below) {
+                    *c = u8::from(pair[1] != pair[0] || b != pair[0]);
+                }
+                changed[w - 1] = u8::from(below[w - 1] != row[w - 1]);
                 for bx in 0..bw {
-                    let mut changed = 0u32;
-                    for x in bx * BLOCK..(bx + 1) * BLOCK {
-                        let v = row[x];
-                        changed += (row[(x + 1).min(w - 1)] != v || below[x] != v) as u32;
-                    }
-                    self.activity[by * bw + bx] += changed as f32;
+                    let n: u32 = changed[bx * BLOCK..(bx + 1) * BLOCK]
+                        .iter()
+                        .map(|&c| u32::from(c))
+                        .sum();
+                    self.activity[by * bw + bx] += n as f32;
                 }
             }
         }

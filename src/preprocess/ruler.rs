@@ -195,12 +195,19 @@ struct Tick {
     span: (usize, usize),
 }
 
-/// One searched strip: where, which way, and each cross line's median along it.
+/// One searched strip: where, which way, and each pixel's excess over its cross line's median,
+/// computed once in the frame's own row order.
 #[derive(Debug, Default)]
 struct Strip {
     rect: Rect,
     vertical: bool,
-    medians: Vec<i32>,
+    /// The strip's pixels minus their cross line's median, row by row as in the frame.
+    excess: Vec<i16>,
+    /// Per cross line: how many of its pixels are bright (lines without any are skipped).
+    lit: Vec<u32>,
+    /// Per cross line: a histogram of its pixels (vertical strips: one per column).
+    hist: Vec<u32>,
+    medians: Vec<i16>,
 }
 
 impl Strip {
@@ -220,35 +227,83 @@ impl Strip {
         }
     }
 
+    /// Where the pixel at `t` along and `u` across is in `excess`.
+    fn index(&self, t: usize, u: usize) -> usize {
+        if self.vertical {
+            t * self.rect.w + u
+        } else {
+            u * self.rect.w + t
+        }
+    }
+
     /// The pixel at `t` along and `u` across, above its cross line's median.
-    fn excess(&self, frame: &GrayView<'_>, t: usize, u: usize) -> i32 {
-        i32::from(strip_px(frame, self.rect, self.vertical, t, u)) - self.medians[u]
+    fn excess(&self, t: usize, u: usize) -> i32 {
+        i32::from(self.excess[self.index(t, u)])
     }
 
-    fn bright(&self, frame: &GrayView<'_>, t: usize, u: usize) -> bool {
-        self.excess(frame, t, u) > BRIGHT
+    fn bright(&self, t: usize, u: usize) -> bool {
+        self.excess(t, u) > BRIGHT
     }
 
-    /// Each cross line's median along the strip (a histogram: linear in the strip's size).
+    /// Each cross line's median along the strip (histograms: linear in the strip's size) and
+    /// every pixel's excess over it.
     fn measure(&mut self, frame: &GrayView<'_>) {
         let (along, across) = (self.along(), self.across());
-        self.medians.clear();
-        for u in 0..across {
-            let mut hist = [0u32; 256];
-            for t in 0..along {
-                hist[usize::from(strip_px(frame, self.rect, self.vertical, t, u))] += 1;
+        let r = self.rect;
+        self.hist.clear();
+        self.hist.resize(across * 256, 0);
+        for y in 0..r.h {
+            let row = &frame.row(r.y + y)[r.x..r.x + r.w];
+            if self.vertical {
+                for (u, &p) in row.iter().enumerate() {
+                    self.hist[u * 256 + usize::from(p)] += 1;
+                }
+            } else {
+                let h = &mut self.hist[y * 256..(y + 1) * 256];
+                for &p in row {
+                    h[usize::from(p)] += 1;
+                }
             }
-            let half = along as u32 / 2;
+        }
+        self.medians.clear();
+        let half = along as u32 / 2;
+        for u in 0..across {
             let mut seen = 0;
-            let mut m = 0;
-            for (v, &n) in hist.iter().enumerate() {
+            let mut m = 0i16;
+            for (v, &n) in self.hist[u * 256..(u + 1) * 256].iter().enumerate() {
                 seen += n;
                 if seen > half {
-                    m = v as i32;
+                    m = v as i16;
                     break;
                 }
             }
             self.medians.push(m);
+        }
+        self.excess.clear();
+        self.excess.resize(r.w * r.h, 0);
+        self.lit.clear();
+        self.lit.resize(across, 0);
+        for y in 0..r.h {
+            let row = &frame.row(r.y + y)[r.x..r.x + r.w];
+            let out = &mut self.excess[y * r.w..(y + 1) * r.w];
+            if self.vertical {
+                for ((e, &p), (&m, lit)) in out
+                    .iter_mut()
+                    .zip(row)
+                    .zip(self.medians.iter().zip(self.lit.iter_mut()))
+                {
+                    *e = i16::from(p) - m;
+                    *lit += u32::from(i32::from(*e) > BRIGHT);
+                }
+            } else {
+                let m = self.medians[y];
+                let mut lit = 0;
+                for (e, &p) in out.iter_mut().zip(row) {
+                    *e = i16::from(p) - m;
+                    lit += u32::from(i32::from(*e) > BRIGHT);
+                }
+                self.lit[y] = lit;
+            }
         }
     }
 }
@@ -306,10 +361,30 @@ impl RulerDetector {
         }
         let inset = (image.h / 40).max(4).min(image.h);
         let strips = [
-            (Side::Right, rect(right, y0, fw - right, y1 - y0), true, Use::Reading),
-            (Side::Left, rect(0, y0, image.x, y1 - y0), true, Use::Reading),
-            (Side::Bottom, rect(x0, bottom, x1 - x0, fh - bottom), false, Use::Reading),
-            (Side::Top, rect(x0, 0, x1 - x0, image.y), false, Use::Reading),
+            (
+                Side::Right,
+                rect(right, y0, fw - right, y1 - y0),
+                true,
+                Use::Reading,
+            ),
+            (
+                Side::Left,
+                rect(0, y0, image.x, y1 - y0),
+                true,
+                Use::Reading,
+            ),
+            (
+                Side::Bottom,
+                rect(x0, bottom, x1 - x0, fh - bottom),
+                false,
+                Use::Reading,
+            ),
+            (
+                Side::Top,
+                rect(x0, 0, x1 - x0, image.y),
+                false,
+                Use::Reading,
+            ),
             (
                 Side::Bottom,
                 rect(x0, bottom - inset, x1 - x0, inset),
@@ -333,7 +408,7 @@ impl RulerDetector {
             self.strip.vertical = vertical;
             self.strip.measure(&frame);
             let evidence = self.last_evidence;
-            let r = self.search_strip(&frame, image, side);
+            let r = self.search_strip(image, side);
             if usage == Use::Confirmation {
                 confirmation = r.ok();
                 self.last_evidence = evidence;
@@ -384,19 +459,14 @@ impl RulerDetector {
 
     /// The best comb of the current strip that passes the checks, or the most ruler-like
     /// refusal.
-    fn search_strip(
-        &mut self,
-        frame: &GrayView<'_>,
-        image: Rect,
-        side: Side,
-    ) -> Result<RulerFit, RulerError> {
+    fn search_strip(&mut self, image: Rect, side: Side) -> Result<RulerFit, RulerError> {
         let across = self.strip.across();
         let mut best: Option<Result<RulerFit, RulerError>> = None;
         let mut u0 = 0;
         let mut last_ticks: Vec<Tick> = Vec::new();
         loop {
             let band = (u0, (u0 + BAND).min(across));
-            let (ticks, other_marks) = self.ticks(frame, band);
+            let (ticks, other_marks) = self.ticks(band);
             // Neighbouring bands over the same ticks give the same comb.
             let same = ticks.len() == last_ticks.len()
                 && ticks
@@ -501,7 +571,7 @@ impl RulerDetector {
     /// across the strip on its line or lines: first and last) and whether it is a straight tick: the
     /// lines just beyond its thickness are dark along its run (an arrow's, a triangle's or an
     /// hourglass's outline spreads there).
-    fn tick_shape(&self, frame: &GrayView<'_>, centre: f64) -> ((usize, usize), bool) {
+    fn tick_shape(&self, centre: f64) -> ((usize, usize), bool) {
         let s = &self.strip;
         let (along, across) = (s.along(), s.across());
         let lines = [(centre - 0.5).floor(), (centre - 0.5).ceil()];
@@ -513,7 +583,7 @@ impl RulerDetector {
             let t = l as usize;
             let mut run = 0;
             for u in 0..across {
-                if s.bright(frame, t, u) {
+                if s.bright(t, u) {
                     run += 1;
                     if run > best {
                         best = run;
@@ -533,11 +603,11 @@ impl RulerDetector {
         // The mark's thickness at the middle of its run.
         let um = (u0 + u1) / 2;
         let mut lo = t;
-        while lo > 0 && t - lo < 8 && s.bright(frame, lo - 1, um) {
+        while lo > 0 && t - lo < 8 && s.bright(lo - 1, um) {
             lo -= 1;
         }
         let mut hi = t;
-        while hi + 1 < along && hi - t < 8 && s.bright(frame, hi + 1, um) {
+        while hi + 1 < along && hi - t < 8 && s.bright(hi + 1, um) {
             hi += 1;
         }
         if hi - lo + 1 > 6 {
@@ -549,9 +619,8 @@ impl RulerDetector {
         // over its bars.
         let (a, b) = (u0.saturating_sub(2), (u1 + 2).min(across - 1));
         let count = |line: Option<usize>| -> usize {
-            line.filter(|&l| l < along).map_or(0, |line| {
-                (a..=b).filter(|&u| s.bright(frame, line, u)).count()
-            })
+            line.filter(|&l| l < along)
+                .map_or(0, |line| (a..=b).filter(|&u| s.bright(line, u)).count())
         };
         let above = count(lo.checked_sub(2)) + count(lo.checked_sub(3));
         let below = count(Some(hi + 2)) + count(Some(hi + 3));
@@ -562,15 +631,34 @@ impl RulerDetector {
     /// Marks of lines `band` of the current strip: the straight ticks, and how many other
     /// marks were set aside. A band whose profile is busy over more than a third of its length
     /// (image texture, text) has no ticks.
-    fn ticks(&mut self, frame: &GrayView<'_>, band: (usize, usize)) -> (Vec<Tick>, usize) {
+    fn ticks(&mut self, band: (usize, usize)) -> (Vec<Tick>, usize) {
         let along = self.strip.along();
         self.profile.clear();
         self.profile.resize(along, 0.0);
-        for u in band.0..band.1 {
-            for t in 0..along {
-                let e = self.strip.excess(frame, t, u);
-                if e > BRIGHT {
-                    self.profile[t] += f64::from(e);
+        let st = &self.strip;
+        let lit: Vec<usize> = (band.0..band.1).filter(|&u| st.lit[u] > 0).collect();
+        if lit.is_empty() {
+            return (Vec::new(), 0);
+        }
+        if st.vertical {
+            // Rows of the frame: the band's few columns of each.
+            let w = st.rect.w;
+            for (t, p) in self.profile.iter_mut().enumerate() {
+                let row = &st.excess[t * w..(t + 1) * w];
+                for &u in &lit {
+                    let e = i32::from(row[u]);
+                    if e > BRIGHT {
+                        *p += f64::from(e);
+                    }
+                }
+            }
+        } else {
+            for &u in &lit {
+                let line = &st.excess[u * along..(u + 1) * along];
+                for (p, &e) in self.profile.iter_mut().zip(line) {
+                    if i32::from(e) > BRIGHT {
+                        *p += f64::from(e);
+                    }
                 }
             }
         }
@@ -609,7 +697,7 @@ impl RulerDetector {
             let centre = st / s;
             // A band sees only part of each mark: its length and shape across the whole strip,
             // so major and minor ticks can be told apart and other marks set aside.
-            let (span, straight) = self.tick_shape(frame, centre);
+            let (span, straight) = self.tick_shape(centre);
             if straight {
                 out.push(Tick {
                     centre,
@@ -645,16 +733,6 @@ fn better(
         (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
         (Err(x), Err(y)) => Err(worse_of(x, y)),
     }
-}
-
-/// The pixel at `t` along and `u` across a strip (`vertical`: the strip runs down the frame).
-fn strip_px(frame: &GrayView<'_>, strip: Rect, vertical: bool, t: usize, u: usize) -> u8 {
-    let (x, y) = if vertical {
-        (strip.x + u, strip.y + t)
-    } else {
-        (strip.x + t, strip.y + u)
-    };
-    frame.row(y)[x]
 }
 
 fn worse_of(a: RulerError, b: RulerError) -> RulerError {
@@ -712,14 +790,22 @@ fn fit(
             min,
         });
     }
-    // RulerFit spacings: every difference between neighbours; keep the comb with most inliers.
+    // Candidates: each pair of neighbouring ticks, anchored at the first at their distance (a
+    // comb that has most of its ticks has two neighbours among them); keep the comb with most
+    // inliers. A pair already in a comb of about its spacing gives that comb again.
     let mut best: Option<(usize, f64, f64, f64, Vec<(usize, i64)>)> = None; // (n, a, d, rms, members)
-    for w in ticks.windows(2) {
+    let mut found: Vec<(f64, Vec<bool>)> = Vec::new();
+    for (pi, w) in ticks.windows(2).enumerate() {
         let d0 = w[1].centre - w[0].centre;
-        if d0 < MIN_SPACING_PX {
+        if d0 < MIN_SPACING_PX
+            || found
+                .iter()
+                .any(|(d, m)| (d - d0).abs() <= 0.01 * d && m[pi] && m[pi + 1])
+        {
             continue;
         }
-        for anchor in ticks {
+        {
+            let anchor = &w[0];
             let (mut a, mut d) = (anchor.centre, d0);
             let mut members: Vec<(usize, i64)> = Vec::new();
             for _ in 0..4 {
@@ -751,6 +837,11 @@ fn fit(
             if members.len() < 2 {
                 continue;
             }
+            let mut m = vec![false; ticks.len()];
+            for &(i, _) in &members {
+                m[i] = true;
+            }
+            found.push((d, m));
             // A ruler has most of its ticks: a comb with more gaps than ticks is a coincidence
             // of unrelated marks at some fraction of their real spacing.
             let (kmin, kmax) = members
@@ -1066,7 +1157,10 @@ mod tests {
         let s = crate::synth::sample(cfg, seed);
         let view = s.image.view().unwrap();
         let roi = RoiDetector::default().detect(view);
-        (RulerDetector::new(RulerConfig::default()).detect(view, roi), want)
+        (
+            RulerDetector::new(RulerConfig::default()).detect(view, roi),
+            want,
+        )
     }
 
     proptest! {
@@ -1114,12 +1208,18 @@ mod tests {
             for mirrored in [false, true] {
                 let (fit, want) = read_layout(layout, mirrored, (800, 600), 40.0, 1);
                 let fit = fit.unwrap_or_else(|e| panic!("{layout:?} {mirrored}: {e}"));
-                assert!((fit.mm_per_px - want).abs() < 0.005 * want, "{layout:?}: {fit:?}");
+                assert!(
+                    (fit.mm_per_px - want).abs() < 0.005 * want,
+                    "{layout:?}: {fit:?}"
+                );
                 assert_eq!(fit.major_every, major_every, "{layout:?}: {fit:?}");
                 let ev = fit.evidence;
                 assert!(ev.extent_fraction > 0.9, "{layout:?}: {ev:?}");
                 assert!(ev.zero_offset_px < 5.0, "{layout:?}: {ev:?}");
-                assert!((ev.implied_extent_mm - 40.0).abs() < 1.0, "{layout:?}: {ev:?}");
+                assert!(
+                    (ev.implied_extent_mm - 40.0).abs() < 1.0,
+                    "{layout:?}: {ev:?}"
+                );
                 if layout == Layout::Ge {
                     // 17 ticks from 0 to 40 mm, two under the hourglass.
                     assert_eq!(ev.ticks, 15, "{ev:?}");

@@ -97,6 +97,7 @@ pub fn calibration_json(c: &CalibrationInfo, manual: &Calibration) -> serde_json
                 "major_every": f.major_every,
                 "extent_px": f.extent_px,
                 "side": f.side,
+                "evidence": f.evidence,
             }),
             _ => serde_json::json!({"kind": "none"}),
         },
@@ -124,7 +125,8 @@ pub fn calibration_json(c: &CalibrationInfo, manual: &Calibration) -> serde_json
 /// The calibration as a flat dictionary (the D-Bus `Calibration` property, the status event's
 /// `calibration`): `kind` (`ruler`, `manual`, `none`), `mm_per_px` (and `mm_per_px_y` when
 /// different), for the ruler `ticks`, `residual_px`, `tick_spacing_px`, `major_every`, `side`,
-/// and `reason` when millimetres are withheld.
+/// `evidence` (what the reading in force rests on, in words), and `reason` when millimetres are
+/// withheld.
 pub fn calibration_values(c: &CalibrationInfo) -> Values {
     let mut v = Values::new();
     v.insert("kind".into(), Val::S(c.kind.as_str().into()));
@@ -149,6 +151,9 @@ pub fn calibration_values(c: &CalibrationInfo) -> Values {
                     .unwrap_or_default(),
             ),
         );
+    }
+    if let (CalibrationKind::Ruler, Some(f)) = (c.kind, c.ruler) {
+        v.insert("evidence".into(), Val::S(f.evidence.words()));
     }
     if let Some(w) = &c.withheld {
         v.insert("reason".into(), Val::S(w.to_string()));
@@ -206,6 +211,9 @@ impl Measurement {
         }
         if let Some(w) = &c.withheld {
             v.insert("calibration_reason".into(), Val::S(w.to_string()));
+        }
+        if let (CalibrationKind::Ruler, Some(f)) = (c.kind, c.ruler) {
+            v.insert("calibration_evidence".into(), Val::S(f.evidence.words()));
         }
         if let Some(t) = &self.truth {
             for (k, x) in [
