@@ -135,3 +135,136 @@ fn without_a_ruler_millimetres_are_withheld_with_the_reason_and_manual_wins() {
         crate::common::stderr(&o)
     );
 }
+
+/// Issue 26: each vendor's screen on the live demo (a GE screen, a mirrored Telemed screen with
+/// its white margin, a Philips screen at 60 mm) is read by `pocusd run` with the default 10 mm
+/// spacing: the scale within 0.5 % of the phantom's, with the evidence it rests on in the
+/// measurement and the `Calibration` property.
+#[test]
+fn every_vendor_screen_on_the_live_demo_is_read_with_its_evidence() {
+    use pocusd::synth::{Layout, Phantom, PhantomConfig};
+    let bus = Bus::session();
+    for (layout, mirrored, depth_mm) in [
+        (Layout::Ge, false, 40.0),
+        (Layout::Telemed, true, 50.0),
+        (Layout::Philips, false, 60.0),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = format!(
+            "demo?fps=15&seed=3&layout={}&mirrored={}&depth_mm={depth_mm}",
+            layout.as_str(),
+            u8::from(mirrored)
+        );
+        let truth = Phantom::new(PhantomConfig {
+            furniture: true,
+            layout,
+            mirrored,
+            depth_mm,
+            seed: 3,
+            ..Default::default()
+        })
+        .mm_per_px();
+        let mut d = demo_daemon(&bus, tmp.path(), &spec);
+        wait_for(
+            &format!("{spec}: a measurement"),
+            Duration::from_secs(60),
+            || name_has_owner(&bus) && get(&bus, "LastMeasurement").contains("'seq'"),
+        );
+        let (v, _) = status(&bus, true);
+        let lm = &v.unwrap()["last_measurement"];
+        assert_eq!(lm["calibration_kind"], "ruler", "{spec}: {lm}");
+        let mm = lm["mm_per_px"].as_f64().unwrap();
+        assert!(
+            (mm / truth - 1.0).abs() < 0.005,
+            "{spec}: {mm} mm/px, phantom {truth}"
+        );
+        let evidence = lm["calibration_evidence"].as_str().unwrap_or_default();
+        assert!(
+            evidence.contains("zero") && evidence.contains(&format!("depth {depth_mm:.0}")),
+            "{spec}: {evidence}"
+        );
+        let c = get(&bus, "Calibration");
+        assert!(c.contains("'evidence': <'"), "{spec}: {c}");
+        assert!(d.stop().success(), "{}", d.log());
+    }
+    // A layout that does not exist is refused with the names that do.
+    let o = crate::common::pocusd()
+        .args([
+            "bench",
+            "source",
+            "--source",
+            "demo?layout=siemens",
+            "--frames",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = crate::common::stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("layout=siemens") && err.contains("philips"),
+        "{err}"
+    );
+}
+
+/// `pocusd calibrate --json` on phantom grabs of every layout: the evidence beside each reading,
+/// and the Philips focal-zone marks never read as a scale.
+#[test]
+fn calibrate_prints_the_evidence_of_each_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    for layout in ["generic", "ge", "telemed", "philips"] {
+        let dir = tmp.path().join(layout);
+        let o = crate::common::pocusd()
+            .args([
+                "synth",
+                "--out",
+                dir.to_str().unwrap(),
+                "--count",
+                "3",
+                "--width",
+                "800",
+                "--height",
+                "600",
+                "--furniture",
+                "--layout",
+                layout,
+                "--depth-mm",
+                "40",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", crate::common::stderr(&o));
+        let truth: f64 = std::fs::read_to_string(dir.join("truth.csv"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .and_then(|l| l.rsplit(',').next().map(str::to_string))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let o = crate::common::pocusd()
+            .args(["calibrate", dir.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", crate::common::stderr(&o));
+        let text = crate::common::stdout(&o);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.last().unwrap()["with_ruler"], 3, "{layout}: {text}");
+        for l in &lines[..3] {
+            let mm = l["ruler"]["mm_per_px"].as_f64().unwrap();
+            assert!((mm / truth - 1.0).abs() < 0.005, "{layout}: {l}");
+            let e = &l["evidence"];
+            assert!(
+                e["extent_fraction"].as_f64().unwrap() > 0.9,
+                "{layout}: {l}"
+            );
+            assert!(e["zero_offset_px"].as_f64().unwrap() < 5.0, "{layout}: {l}");
+            assert!(
+                (e["implied_extent_mm"].as_f64().unwrap() - 40.0).abs() < 1.0,
+                "{layout}: {l}"
+            );
+        }
+    }
+}
