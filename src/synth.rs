@@ -753,14 +753,9 @@ impl Phantom {
                     );
                 }
                 let x = r.x + r.w + b + 4;
-                c.ruler(
-                    r,
-                    px_per_mm,
-                    5.0,
-                    2,
-                    |_| (x, 10),
-                    |major| (x, if major { 10 } else { 6 }),
-                );
+                c.ruler(r, px_per_mm, 5.0, 2, |major| {
+                    (x, if major { 10 } else { 6 })
+                });
             }
             Layout::Philips => {
                 // Title text; a column of small ticks, one per centimetre, at the very right
@@ -776,7 +771,7 @@ impl Phantom {
                 );
                 let len = (sw / 100).max(4);
                 let x = screen.x + sw - len - 3;
-                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len), |_| (x, len));
+                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len));
                 let mark = (sh / 60).max(5);
                 let mx = r.x + r.w + sw / 30;
                 let step = r.h as f64 * 0.108;
@@ -808,14 +803,9 @@ impl Phantom {
                 let minor = (sw / 160).max(4);
                 let glyph = (sh / 300).max(1);
                 let depth_cm = (self.cfg.depth_mm / 10.0).floor() as usize;
-                c.ruler(
-                    r,
-                    px_per_mm,
-                    2.5,
-                    4,
-                    |_| (x, 2 * minor),
-                    |major| (x, if major { 2 * minor } else { minor }),
-                );
+                c.ruler(r, px_per_mm, 2.5, 4, |major| {
+                    (x, if major { 2 * minor } else { minor })
+                });
                 for cm in 1..=depth_cm {
                     let cy = r.y as f64 + cm as f64 * 10.0 * px_per_mm;
                     c.number(cm, x + 2 * minor + 4, cy, glyph, 220);
@@ -834,7 +824,7 @@ impl Phantom {
                 c.fill(line_x, r.y, 1, r.h, 150);
                 let len = (sw / 150).max(6);
                 let x = line_x.saturating_sub(len);
-                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len + 1), |_| (x, len + 1));
+                c.ruler(r, px_per_mm, 10.0, 1, |_| (x, len + 1));
                 let glyph = (sh / 300).max(1);
                 let ticks = (self.cfg.depth_mm / 10.0).floor() as usize;
                 let right_of = |n: usize| x.saturating_sub(4 + Canvas::number_width(n, glyph));
@@ -945,15 +935,14 @@ impl Canvas<'_> {
     }
 
     /// A depth scale for image region `r`: a tick every `step_mm` from its top edge, every
-    /// `major_every`-th a major; `at(major)` gives each tick's start column and length (`zero`
-    /// for the first).
+    /// `major_every`-th (the first too) a major; `at(major)` gives a tick's start column and
+    /// length.
     fn ruler(
         &mut self,
         r: Rect,
         px_per_mm: f64,
         step_mm: f64,
         major_every: usize,
-        zero: impl Fn(bool) -> (usize, usize),
         at: impl Fn(bool) -> (usize, usize),
     ) {
         let mut k = 0usize;
@@ -963,7 +952,7 @@ impl Canvas<'_> {
                 break;
             }
             let major = k % major_every.max(1) == 0;
-            let (x, len) = if k == 0 { zero(major) } else { at(major) };
+            let (x, len) = at(major);
             self.tick(x, len, c);
             k += 1;
         }

@@ -605,6 +605,12 @@ fn viewer_in_headless_chromium_shows_the_overlay_and_the_dbus_numbers() {
         format!("ruler, {:.4} mm/px", field("mm_per_px")),
         "calibration row"
     );
+    // Under it, what the scale rests on (issue 26), as each measurement carries it.
+    let why = text_of(&dom, "calibwhy").unwrap_or_default();
+    assert!(
+        why.contains("ticks over") && why.contains("from its top edge"),
+        "calibration evidence {why:?}"
+    );
     let fasc = text_of(&dom, "fasclen").unwrap_or_default();
     assert!(
         fasc.starts_with(&format!("{:.1} mm", field("fascicle_length_mm"))),
