@@ -214,6 +214,9 @@ pub struct LoopSection {
     pub site_max_mb: u64,
     pub auto_queue: bool,
     pub auto_queue_per_hour: u64,
+    pub unlabelled_data: String,
+    pub unlabelled_per_hour: u64,
+    pub unlabelled_max_mb: u64,
 }
 
 /// Validated `[loop]` settings; folders left empty are `None` (their defaults live under the
@@ -238,6 +241,12 @@ pub struct LoopConfig {
     pub auto_queue: bool,
     /// At most this many automatic snapshots an hour (spaced by 3600 / N seconds).
     pub auto_queue_per_hour: u64,
+    /// Where the thinned sample of streamed frames goes (`None`: `STATE/unlabelled`).
+    pub unlabelled_data: Option<PathBuf>,
+    /// Streamed frames kept an hour for adaptation without labels (0: none).
+    pub unlabelled_per_hour: u64,
+    /// Cap of the unlabelled folder; over it the oldest frames are dropped.
+    pub unlabelled_max_mb: u64,
 }
 
 impl LoopConfig {
@@ -253,6 +262,13 @@ impl LoopConfig {
         self.site_data
             .clone()
             .unwrap_or_else(|| state.join("labelled"))
+    }
+
+    /// `unlabelled_data`, else `STATE/unlabelled`.
+    pub fn unlabelled_data(&self, state: &Path) -> PathBuf {
+        self.unlabelled_data
+            .clone()
+            .unwrap_or_else(|| state.join("unlabelled"))
     }
 }
 
@@ -1230,6 +1246,9 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
         site_max_mb: int_range("loop.site_max_mb", l.site_max_mb, 1, 10_000_000)?,
         auto_queue: l.auto_queue,
         auto_queue_per_hour: int_range("loop.auto_queue_per_hour", l.auto_queue_per_hour, 1, 3600)?,
+        unlabelled_data: path(&l.unlabelled_data),
+        unlabelled_per_hour: int_range("loop.unlabelled_per_hour", l.unlabelled_per_hour, 0, 3600)?,
+        unlabelled_max_mb: int_range("loop.unlabelled_max_mb", l.unlabelled_max_mb, 1, 10_000_000)?,
     })
 }
 

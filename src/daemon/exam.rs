@@ -1,5 +1,7 @@
 //! Snapshots and the exam they belong to: `Snapshot()` and the viewer's button, the frames
-//! `[loop] auto_queue` takes by themselves for review, and `SetExam` (a new DICOM study). A
+//! `[loop] auto_queue` takes by themselves for review, `SetExam` (a new DICOM study), and the
+//! thinned sample of streamed frames kept for adaptation without labels (`[loop]
+//! unlabelled_per_hour`: the region of interest's pixels and the verdict, capped, never sent). A
 //! snapshot is written whole or not at all (frame, mask, overlay, measurement.json and the DICOM
 //! files, in a hidden folder renamed when complete), then queued for the PACS and the retention
 //! enforced, off the supervisor's thread. Must not touch the models, the configuration or the
@@ -27,6 +29,93 @@ impl Supervisor {
         }
         self.last_auto_queue = Some(Instant::now());
         Some(r.analysis.doubt)
+    }
+
+    /// Keeps the frame in hand for adaptation without labels when `[loop] unlabelled_per_hour`
+    /// is due (spaced by 3600 / N seconds): the region of interest's pixels as `NAME.png` and
+    /// `NAME.json` (seq, time, roi, quality, doubt, flag, model) in `[loop] unlabelled_data`,
+    /// then that folder's retention. Off the supervisor's thread, never waited for; a frame
+    /// already kept (a paused or frozen source) is not kept again; a failure is reported and the
+    /// next one tried a spacing later.
+    pub(super) fn keep_unlabelled(&mut self) {
+        let per_hour = self.cfg.loop_.unlabelled_per_hour;
+        if per_hour == 0 {
+            return;
+        }
+        let spacing = Duration::from_secs_f64(3600.0 / per_hour as f64);
+        if self.last_unlabelled.is_some_and(|t| t.elapsed() < spacing) {
+            return;
+        }
+        self.last_unlabelled = Some(Instant::now());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.control.send(Control::Snapshot(tx)).is_err() {
+            return;
+        }
+        let last_seq = self.last_unlabelled_seq.clone();
+        let dir = self.cfg.loop_.unlabelled_data(&self.state_dir);
+        let (max_days, max_mb) = (self.cfg.storage.max_days, self.cfg.loop_.unlabelled_max_mb);
+        tokio::spawn(async move {
+            let Ok(Ok(Some(data))) = tokio::time::timeout(Duration::from_secs(5), rx).await else {
+                return; // No frame (no signal yet): the next one a spacing later.
+            };
+            // `seq + 1` of the last frame kept (0: none).
+            if last_seq.swap(data.processed.seq + 1, std::sync::atomic::Ordering::Relaxed)
+                == data.processed.seq + 1
+            {
+                return;
+            }
+            let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let p = &data.processed;
+                let crop = data
+                    .frame
+                    .view()
+                    .and_then(|v| v.crop(p.roi))
+                    .map_err(|e| e.to_string())?;
+                let mut pixels = crate::frame::GrayImage::default();
+                crop.copy_into(&mut pixels);
+                let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
+                let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
+                let name = format!(
+                    "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
+                    p.seq
+                );
+                store::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let record = serde_json::json!({
+                    "seq": p.seq,
+                    "time": store::rfc3339_us(p.timestamp_us),
+                    "roi": p.roi,
+                    "quality": p.analysis.doubt.quality(),
+                    "doubt": p.analysis.doubt,
+                    "flag": p.analysis.flag.map(|f| f.as_str()),
+                    "model_sha256": &*p.model_sha256,
+                    "task": p.task.as_str(),
+                });
+                // The record first, the image last (renamed when whole): a reader of the folder
+                // never sees an image without its record.
+                crate::files::write_atomic(
+                    &dir.join(format!("{name}.json")),
+                    record.to_string().as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+                let tmp = dir.join(format!(".{name}.png.partial"));
+                crate::imageio::write_gray(&tmp, &pixels).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, dir.join(format!("{name}.png")))
+                    .map_err(|e| e.to_string())?;
+                store::enforce_frame_retention(
+                    &dir,
+                    max_days,
+                    max_mb,
+                    std::time::SystemTime::now(),
+                );
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            if let Err(e) = written {
+                eprintln!("pocusd: unlabelled frame not kept: {e}");
+            }
+        });
     }
 
     /// Saves a snapshot; `auto_doubt`: taken by `[loop] auto_queue` for these reasons of doubt (a

@@ -248,6 +248,7 @@ impl Supervisor {
             eprintln!("pocusd: fault {code}: {msg}");
             self.signal_fault(&code, &msg).await;
         }
+        self.keep_unlabelled();
     }
 
     /// Tells systemd READY=1 and says in the log what runs where.

@@ -175,6 +175,9 @@ pub(super) struct Supervisor {
     pub(super) training_fault: Option<String>,
     /// When the last automatic review snapshot was taken (`[loop] auto_queue`).
     pub(super) last_auto_queue: Option<Instant>,
+    /// When the last unlabelled frame was kept, and its `seq` (`[loop] unlabelled_per_hour`).
+    pub(super) last_unlabelled: Option<Instant>,
+    pub(super) last_unlabelled_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// When the properties were last published (the tick publishes them every
     /// `PROPERTY_PERIOD`).
     pub(super) last_props: Instant,
@@ -229,6 +232,8 @@ impl Supervisor {
             training_stamp: None,
             training_fault: None,
             last_auto_queue: None,
+            last_unlabelled: None,
+            last_unlabelled_seq: Default::default(),
             last_props: Instant::now(),
             bus: p.bus,
         };

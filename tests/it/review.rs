@@ -254,3 +254,77 @@ fn doubtful_frames_are_queued_by_themselves_within_the_hourly_budget() {
     assert!(d.stop().success(), "{}", d.log());
     assert!(d.log().contains("queued for review"), "{}", d.log());
 }
+
+/// Issue 27, part 1: the daemon keeps a thinned sample of the streamed frames for adaptation
+/// without labels: the region of interest's pixels with the verdict beside them, spaced by
+/// `[loop] unlabelled_per_hour`, in `[loop] unlabelled_data`.
+#[test]
+fn streamed_frames_are_kept_thinned_for_unlabelled_adaptation() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = ds::Bus::session();
+    let state = dir.path().join("state");
+    let unlabelled = dir.path().join("unlabelled");
+    let mut cmd = ds::daemon_cmd(&bus, true, &state, &["--source", "demo?fps=20&furniture=1"]);
+    cmd.env("POCUSD__LOOP__UNLABELLED_PER_HOUR", "3600")
+        .env("POCUSD__LOOP__UNLABELLED_DATA", &unlabelled);
+    let mut d = ds::Daemon::spawn(cmd, dir.path());
+    let pngs = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&unlabelled)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    ds::wait_for("three unlabelled frames", Duration::from_secs(60), || {
+        pngs().len() >= 3
+    });
+    let t0 = std::time::Instant::now();
+    let n0 = pngs().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let (n1, secs) = (pngs().len(), t0.elapsed().as_secs_f64());
+    // One a second at most (3600 an hour), from a stream of 20 frames a second.
+    assert!(
+        n1 - n0 <= secs.ceil() as usize + 1,
+        "{} frames in {secs:.1} s",
+        n1 - n0
+    );
+    assert!(d.stop().success(), "{}", d.log());
+    let mut seqs = std::collections::BTreeSet::new();
+    for png in pngs() {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(png.with_extension("json")).unwrap())
+                .unwrap();
+        let img = pocusd::imageio::read_gray(&png).unwrap();
+        // The region of interest only (the phantom's image inside its screen), not the frame.
+        assert_eq!(
+            (img.width() as u64, img.height() as u64),
+            (
+                record["roi"]["w"].as_u64().unwrap(),
+                record["roi"]["h"].as_u64().unwrap()
+            ),
+            "{record}"
+        );
+        assert!(img.width() < 640 && img.height() < 480, "{record}");
+        assert_eq!(record["quality"], "ok", "{record}");
+        assert!(
+            record["model_sha256"]
+                .as_str()
+                .is_some_and(|s| s.len() == 64),
+            "{record}"
+        );
+        assert!(
+            seqs.insert(record["seq"].as_u64().unwrap()),
+            "a frame kept twice: {record}"
+        );
+    }
+    // Nothing of it in the snapshots (it is not a review queue).
+    assert!(
+        !state.join("snapshots").exists()
+            || std::fs::read_dir(state.join("snapshots")).unwrap().count() == 0
+    );
+}
