@@ -7,6 +7,8 @@
 //! enforced, off the supervisor's thread. Must not touch the models, the configuration or the
 //! pipeline beyond asking it for the frame in hand.
 
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::dbus::Error as DbusError;
@@ -32,17 +34,15 @@ impl Supervisor {
     }
 
     /// Keeps the frame in hand for adaptation without labels when `[loop] unlabelled_per_hour`
-    /// is due (spaced by 3600 / N seconds): the region of interest's pixels as `NAME.png` and
-    /// `NAME.json` (seq, time, roi, quality, doubt, flag, model) in `[loop] unlabelled_data`,
-    /// then that folder's retention. Off the supervisor's thread, never waited for; a frame
-    /// already kept (a paused or frozen source) is not kept again; a failure is reported and the
-    /// next one tried a spacing later.
+    /// is due (spaced by 3600 / N seconds): asks the pipeline for it and hands it to the
+    /// [`UnlabelledWriter`], never waiting; a frame already kept (a paused or frozen source) is
+    /// not kept again.
     pub(super) fn keep_unlabelled(&mut self) {
         let per_hour = self.cfg.loop_.unlabelled_per_hour;
-        if per_hour == 0 {
+        let Some(writer) = self.unlabelled.clone() else {
             return;
-        }
-        let spacing = Duration::from_secs_f64(3600.0 / per_hour as f64);
+        };
+        let spacing = Duration::from_secs_f64(3600.0 / per_hour.max(1) as f64);
         if self.last_unlabelled.is_some_and(|t| t.elapsed() < spacing) {
             return;
         }
@@ -51,69 +51,10 @@ impl Supervisor {
         if self.control.send(Control::Snapshot(tx)).is_err() {
             return;
         }
-        let last_seq = self.last_unlabelled_seq.clone();
-        let dir = self.cfg.loop_.unlabelled_data(&self.state_dir);
-        let (max_days, max_mb) = (self.cfg.storage.max_days, self.cfg.loop_.unlabelled_max_mb);
         tokio::spawn(async move {
-            let Ok(Ok(Some(data))) = tokio::time::timeout(Duration::from_secs(5), rx).await else {
-                return; // No frame (no signal yet): the next one a spacing later.
-            };
-            // `seq + 1` of the last frame kept (0: none).
-            if last_seq.swap(data.processed.seq + 1, std::sync::atomic::Ordering::Relaxed)
-                == data.processed.seq + 1
-            {
-                return;
-            }
-            let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                let p = &data.processed;
-                let crop = data
-                    .frame
-                    .view()
-                    .and_then(|v| v.crop(p.roi))
-                    .map_err(|e| e.to_string())?;
-                let mut pixels = crate::frame::GrayImage::default();
-                crop.copy_into(&mut pixels);
-                let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
-                let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
-                let name = format!(
-                    "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
-                    p.seq
-                );
-                store::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let record = serde_json::json!({
-                    "seq": p.seq,
-                    "time": store::rfc3339_us(p.timestamp_us),
-                    "roi": p.roi,
-                    "quality": p.analysis.doubt.quality(),
-                    "doubt": p.analysis.doubt,
-                    "flag": p.analysis.flag.map(|f| f.as_str()),
-                    "model_sha256": &*p.model_sha256,
-                    "task": p.task.as_str(),
-                });
-                // The record first, the image last (renamed when whole): a reader of the folder
-                // never sees an image without its record.
-                crate::files::write_atomic(
-                    &dir.join(format!("{name}.json")),
-                    record.to_string().as_bytes(),
-                )
-                .map_err(|e| e.to_string())?;
-                let tmp = dir.join(format!(".{name}.png.partial"));
-                crate::imageio::write_gray(&tmp, &pixels).map_err(|e| e.to_string())?;
-                std::fs::rename(&tmp, dir.join(format!("{name}.png")))
-                    .map_err(|e| e.to_string())?;
-                store::enforce_frame_retention(
-                    &dir,
-                    max_days,
-                    max_mb,
-                    std::time::SystemTime::now(),
-                );
-                Ok(())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            if let Err(e) = written {
-                eprintln!("pocusd: unlabelled frame not kept: {e}");
+            // No frame (no signal yet): the next one a spacing later.
+            if let Ok(Ok(Some(data))) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+                writer.offer(data);
             }
         });
     }
@@ -264,4 +205,97 @@ impl Supervisor {
         *self.exam.lock().unwrap_or_else(|p| p.into_inner()) = e;
         Ok(())
     }
+}
+
+/// The thread that writes unlabelled frames (`[loop] unlabelled_per_hour`): one for the daemon's
+/// life, so writing costs no thread per frame; a frame offered while one is being written is
+/// dropped (the next comes a spacing later).
+#[derive(Clone)]
+pub(super) struct UnlabelledWriter {
+    tx: std::sync::mpsc::SyncSender<super::pipeline::SnapshotData>,
+}
+
+impl UnlabelledWriter {
+    /// Starts the writer into `dir` with `[storage] max_days` and `[loop] unlabelled_max_mb`.
+    pub(super) fn start(dir: PathBuf, max_days: u64, max_mb: u64) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<super::pipeline::SnapshotData>(1);
+        std::thread::Builder::new()
+            .name("pocusd-unlabelled".into())
+            .spawn(move || {
+                let mut last_seq = None;
+                for data in rx {
+                    if last_seq == Some(data.processed.seq) {
+                        continue;
+                    }
+                    last_seq = Some(data.processed.seq);
+                    if let Err(e) = write_unlabelled(&dir, &data, max_days, max_mb) {
+                        eprintln!("pocusd: unlabelled frame not kept: {e}");
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    fn offer(&self, data: super::pipeline::SnapshotData) {
+        let _ = self.tx.try_send(data);
+    }
+}
+
+/// Writes one unlabelled frame: the region of interest's pixels as `NAME.png` and `NAME.json`
+/// (seq, time, roi, quality, doubt, flag, model, task), the record first and the image renamed
+/// into place when whole, then the folder's retention.
+fn write_unlabelled(
+    dir: &Path,
+    data: &super::pipeline::SnapshotData,
+    max_days: u64,
+    max_mb: u64,
+) -> Result<(), String> {
+    let p = &data.processed;
+    let crop = data
+        .frame
+        .view()
+        .and_then(|v| v.crop(p.roi))
+        .map_err(|e| e.to_string())?;
+    let mut pixels = crate::frame::GrayImage::default();
+    crop.copy_into(&mut pixels);
+    let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
+    let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
+    let name = format!(
+        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
+        p.seq
+    );
+    // Only the folder itself: a vanished state folder (an unmounted disk) is never re-created
+    // underneath.
+    if !dir.is_dir() {
+        if !dir.parent().is_some_and(Path::is_dir) {
+            return Err(format!(
+                "the folder holding {} is gone (removed or unmounted)",
+                dir.display()
+            ));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let record = serde_json::json!({
+        "seq": p.seq,
+        "time": store::rfc3339_us(p.timestamp_us),
+        "roi": p.roi,
+        "quality": p.analysis.doubt.quality(),
+        "doubt": p.analysis.doubt,
+        "flag": p.analysis.flag.map(|f| f.as_str()),
+        "model_sha256": &*p.model_sha256,
+        "task": p.task.as_str(),
+    });
+    crate::files::write_atomic(
+        &dir.join(format!("{name}.json")),
+        record.to_string().as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(".{name}.png.partial"));
+    crate::imageio::write_gray(&tmp, &pixels).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.png"))).map_err(|e| e.to_string())?;
+    store::enforce_frame_retention(dir, max_days, max_mb, std::time::SystemTime::now());
+    Ok(())
 }

@@ -177,7 +177,8 @@ pub(super) struct Supervisor {
     pub(super) last_auto_queue: Option<Instant>,
     /// When the last unlabelled frame was kept, and its `seq` (`[loop] unlabelled_per_hour`).
     pub(super) last_unlabelled: Option<Instant>,
-    pub(super) last_unlabelled_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The writer of unlabelled frames (`None`: `unlabelled_per_hour = 0`).
+    pub(super) unlabelled: Option<super::exam::UnlabelledWriter>,
     /// When the properties were last published (the tick publishes them every
     /// `PROPERTY_PERIOD`).
     pub(super) last_props: Instant,
@@ -233,10 +234,18 @@ impl Supervisor {
             training_fault: None,
             last_auto_queue: None,
             last_unlabelled: None,
-            last_unlabelled_seq: Default::default(),
+            unlabelled: None,
             last_props: Instant::now(),
             bus: p.bus,
         };
+        if sup.cfg.loop_.unlabelled_per_hour > 0 {
+            let dir = sup.cfg.loop_.unlabelled_data(&sup.state_dir);
+            let (days, mb) = (sup.cfg.storage.max_days, sup.cfg.loop_.unlabelled_max_mb);
+            match super::exam::UnlabelledWriter::start(dir, days, mb) {
+                Ok(w) => sup.unlabelled = Some(w),
+                Err(e) => eprintln!("pocusd: unlabelled frames not kept: no writer thread: {e}"),
+            }
+        }
         sup.emitted = sup.refresh_props();
         sup
     }
