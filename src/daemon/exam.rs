@@ -93,12 +93,7 @@ impl Supervisor {
         let (exam, spool) = (self.exam.clone(), self.spool.clone());
         tokio::task::spawn_blocking(move || -> Result<String, DbusError> {
             let p = &data.processed;
-            let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
-            let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
-            let dir = root.join(format!(
-                "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
-                p.seq
-            ));
+            let dir = root.join(frame_name(p));
             let io =
                 |e: String| DbusError::Io(format!("cannot write snapshot {}: {e}", dir.display()));
             // Whole or absent: written into a hidden sibling, renamed when complete, removed on
@@ -258,12 +253,7 @@ fn write_unlabelled(
         .map_err(|e| e.to_string())?;
     let mut pixels = crate::frame::GrayImage::default();
     crop.copy_into(&mut pixels);
-    let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
-    let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
-    let name = format!(
-        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
-        p.seq
-    );
+    let name = frame_name(p);
     // Only the folder itself: a vanished state folder (an unmounted disk) is never re-created
     // underneath.
     if !dir.is_dir() {
@@ -298,4 +288,15 @@ fn write_unlabelled(
     std::fs::rename(&tmp, dir.join(format!("{name}.png"))).map_err(|e| e.to_string())?;
     store::enforce_frame_retention(dir, max_days, max_mb, std::time::SystemTime::now());
     Ok(())
+}
+
+/// A frame's name for snapshots and unlabelled frames: its UTC time to the millisecond and its
+/// `seq` (`20261203T141500.123Z-seq42`), sorting by time.
+fn frame_name(p: &Processed) -> String {
+    let (y, mo, d, h, mi, s) = store::utc_parts(p.timestamp_us.div_euclid(1_000_000));
+    let ms = p.timestamp_us.rem_euclid(1_000_000) / 1000;
+    format!(
+        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
+        p.seq
+    )
 }
