@@ -72,7 +72,8 @@ impl RulerEvidence {
             s += &format!(", {} other marks set aside", self.other_marks);
         }
         if let Some(c) = self.cross_check_mm_per_px {
-            s += &format!(", width scale {c:.5} mm/px agrees");
+            // Said as read: on a refusal for disagreement this is the disagreeing scale.
+            s += &format!(", width scale under the image {c:.5} mm/px");
         }
         s
     }
