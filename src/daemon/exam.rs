@@ -48,7 +48,7 @@ impl Supervisor {
         }
         self.last_unlabelled = Some(Instant::now());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.control.send(Control::Snapshot(tx)).is_err() {
+        if self.control.send(Control::Frame(tx)).is_err() {
             return;
         }
         tokio::spawn(async move {
@@ -202,28 +202,31 @@ impl Supervisor {
     }
 }
 
+/// A frame and its result, as the pipeline hands them over.
+type Unlabelled = (crate::frame::GrayImage, std::sync::Arc<Processed>);
+
 /// The thread that writes unlabelled frames (`[loop] unlabelled_per_hour`): one for the daemon's
 /// life, so writing costs no thread per frame; a frame offered while one is being written is
 /// dropped (the next comes a spacing later).
 #[derive(Clone)]
 pub(super) struct UnlabelledWriter {
-    tx: std::sync::mpsc::SyncSender<super::pipeline::SnapshotData>,
+    tx: std::sync::mpsc::SyncSender<Unlabelled>,
 }
 
 impl UnlabelledWriter {
     /// Starts the writer into `dir` with `[storage] max_days` and `[loop] unlabelled_max_mb`.
     pub(super) fn start(dir: PathBuf, max_days: u64, max_mb: u64) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<super::pipeline::SnapshotData>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Unlabelled>(1);
         std::thread::Builder::new()
             .name("pocusd-unlabelled".into())
             .spawn(move || {
                 let mut last_seq = None;
-                for data in rx {
-                    if last_seq == Some(data.processed.seq) {
+                for (frame, processed) in rx {
+                    if last_seq == Some(processed.seq) {
                         continue;
                     }
-                    last_seq = Some(data.processed.seq);
-                    if let Err(e) = write_unlabelled(&dir, &data, max_days, max_mb) {
+                    last_seq = Some(processed.seq);
+                    if let Err(e) = write_unlabelled(&dir, &frame, &processed, max_days, max_mb) {
                         eprintln!("pocusd: unlabelled frame not kept: {e}");
                     }
                 }
@@ -231,7 +234,7 @@ impl UnlabelledWriter {
         Ok(Self { tx })
     }
 
-    fn offer(&self, data: super::pipeline::SnapshotData) {
+    fn offer(&self, data: Unlabelled) {
         let _ = self.tx.try_send(data);
     }
 }
@@ -241,13 +244,12 @@ impl UnlabelledWriter {
 /// into place when whole, then the folder's retention.
 fn write_unlabelled(
     dir: &Path,
-    data: &super::pipeline::SnapshotData,
+    frame: &crate::frame::GrayImage,
+    p: &Processed,
     max_days: u64,
     max_mb: u64,
 ) -> Result<(), String> {
-    let p = &data.processed;
-    let crop = data
-        .frame
+    let crop = frame
         .view()
         .and_then(|v| v.crop(p.roi))
         .map_err(|e| e.to_string())?;

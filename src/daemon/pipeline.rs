@@ -114,6 +114,9 @@ pub enum Control {
     Pause(bool),
     /// Reply with the last frame's pieces (`None` before the first frame).
     Snapshot(tokio::sync::oneshot::Sender<Option<SnapshotData>>),
+    /// Reply with the last frame and its result only (no mask or overlay drawn: the unlabelled
+    /// frames need neither).
+    Frame(tokio::sync::oneshot::Sender<Option<(GrayImage, Arc<Processed>)>>),
 }
 
 /// State shared by the threads; written by one thread each, read by the supervisor.
@@ -319,6 +322,13 @@ pub fn process_loop(
                     analyzer.set_style(s);
                 }
                 Control::Pause(p) => paused = p,
+                Control::Frame(reply) => {
+                    let _ =
+                        reply
+                            .send(last.as_ref().map(|(frame, processed)| {
+                                (frame.image.clone(), processed.clone())
+                            }));
+                }
                 Control::Snapshot(reply) => {
                     let data = last.as_ref().and_then(|(frame, processed)| {
                         let view = frame.image.view().ok()?;
