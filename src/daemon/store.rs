@@ -75,7 +75,7 @@ pub fn enforce_retention(
     keep: Option<&Path>,
     now: SystemTime,
 ) -> Retention {
-    let mut entries: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+    let mut entries: Vec<(SystemTime, u64, Vec<PathBuf>)> = Vec::new();
     for sub in ["log", "snapshots"] {
         let Ok(rd) = std::fs::read_dir(root.join(sub)) else {
             continue;
@@ -86,28 +86,46 @@ pub fn enforce_retention(
                 continue;
             }
             let Ok(m) = e.metadata() else { continue };
-            entries.push((m.modified().unwrap_or(UNIX_EPOCH), tree_size(&p), p));
+            entries.push((m.modified().unwrap_or(UNIX_EPOCH), tree_size(&p), vec![p]));
         }
     }
-    entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
     let keep_bytes = keep.map(tree_size).unwrap_or(0);
-    let mut total: u64 = entries.iter().map(|e| e.1).sum::<u64>() + keep_bytes;
+    prune(entries, keep_bytes, max_days, max_mb, now)
+}
+
+/// Retention's one rule: of `entries` (modification time, bytes, paths removed together), those
+/// older than `max_days` go, then the oldest until they and `other_bytes` fit in `max_mb`.
+fn prune(
+    mut entries: Vec<(SystemTime, u64, Vec<PathBuf>)>,
+    other_bytes: u64,
+    max_days: u64,
+    max_mb: u64,
+    now: SystemTime,
+) -> Retention {
+    entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    let mut total: u64 = entries.iter().map(|e| e.1).sum::<u64>() + other_bytes;
     let limit = max_mb.saturating_mul(1024 * 1024);
     let max_age = Duration::from_secs(max_days.saturating_mul(86_400));
     let mut out = Retention::default();
-    for (mtime, size, path) in entries {
+    for (mtime, size, paths) in entries {
         let too_old = now.duration_since(mtime).is_ok_and(|age| age > max_age);
         if !too_old && total <= limit {
             continue;
         }
-        let res = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        if res.is_ok() {
+        let mut removed = true;
+        for path in paths {
+            let res = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match res {
+                Ok(()) => out.removed.push(path),
+                Err(_) => removed = false,
+            }
+        }
+        if removed {
             total = total.saturating_sub(size);
-            out.removed.push(path);
         }
     }
     out.kept_bytes = total;
@@ -142,26 +160,7 @@ pub fn enforce_frame_retention(
             entry.2.push(p);
         }
     }
-    let mut entries: Vec<_> = by_name.into_iter().collect();
-    entries.sort_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| a.0.cmp(&b.0)));
-    let mut total: u64 = entries.iter().map(|e| e.1 .1).sum();
-    let limit = max_mb.saturating_mul(1024 * 1024);
-    let max_age = Duration::from_secs(max_days.saturating_mul(86_400));
-    let mut out = Retention::default();
-    for (_, (mtime, size, files)) in entries {
-        let too_old = now.duration_since(mtime).is_ok_and(|age| age > max_age);
-        if !too_old && total <= limit {
-            continue;
-        }
-        for f in files {
-            if std::fs::remove_file(&f).is_ok() {
-                out.removed.push(f);
-            }
-        }
-        total = total.saturating_sub(size);
-    }
-    out.kept_bytes = total;
-    out
+    prune(by_name.into_values().collect(), 0, max_days, max_mb, now)
 }
 
 /// Counters of the measurement log.
