@@ -355,6 +355,30 @@ impl Analyzer {
         img
     }
 
+    /// The extra models' masks merged into the last frame's analysis, over a frame of `width` x
+    /// `height` (0 or 255), by task; an extra without a fresh outcome has none.
+    pub fn extra_masks(&self, width: usize, height: usize) -> Vec<(Task, GrayImage)> {
+        let frame = self.frames.saturating_sub(1);
+        self.extras
+            .iter()
+            .filter_map(|e| {
+                let o = e.fresh(frame)?;
+                let r = o.roi;
+                if o.mask.len() != r.w * r.h {
+                    return None;
+                }
+                let mut img = GrayImage::new(width, height);
+                for y in 0..r.h.min(height.saturating_sub(r.y)) {
+                    let n = r.w.min(width.saturating_sub(r.x));
+                    let start = (r.y + y) * width + r.x;
+                    img.as_mut_slice()[start..start + n]
+                        .copy_from_slice(&o.mask[y * r.w..y * r.w + n]);
+                }
+                Some((e.spec().task, img))
+            })
+            .collect()
+    }
+
     /// The last frame's region of interest (the postprocessor's) cropped from `frame`, and the
     /// last mask over it as uint8 labels (1: the model's structure, 0: not), for OpenIGTLink.
     /// `None` when the region does not fit `frame`.

@@ -64,6 +64,9 @@ pub struct Outcome {
     pub frame: u64,
     pub measurements: Measurements,
     pub fascicles: Vec<FascicleLine>,
+    /// The region of interest the model saw and its mask over it (0 or 255), for snapshots.
+    pub roi: Rect,
+    pub mask: Vec<u8>,
     /// The extra model's own verdict on its numbers.
     pub doubt: crate::postprocess::quality::Doubts,
     /// Set when the run failed (nothing else is).
@@ -91,11 +94,14 @@ fn run(work: &Mutex<Work>, job: &Job) -> Outcome {
     }
     post.set_ruler(job.ruler);
     let a = post.process(model.probability(), ew, eh, job.roi);
+    let (measurements, fascicles, doubt) = (a.measurements.clone(), a.fascicles.clone(), a.doubt);
     Outcome {
         frame: job.frame,
-        measurements: a.measurements.clone(),
-        fascicles: a.fascicles.clone(),
-        doubt: a.doubt,
+        measurements,
+        fascicles,
+        roi: job.roi,
+        mask: post.mask().to_vec(),
+        doubt,
         error: None,
     }
 }
@@ -289,10 +295,14 @@ impl Extra {
                 self.tensor = job.tensor;
             }
         }
-        Ok(self
-            .last
+        Ok(self.fresh(frame))
+    }
+
+    /// The outcome merged into the analysis of frame `frame` (the last one submitted), if any.
+    pub fn fresh(&self, frame: u64) -> Option<&Outcome> {
+        self.last
             .as_ref()
-            .filter(|o| o.error.is_none() && o.frame + MAX_LAG_FRAMES >= frame))
+            .filter(|o| o.error.is_none() && o.frame + MAX_LAG_FRAMES >= frame)
     }
 
     /// The newest outcome, whatever its age or error.

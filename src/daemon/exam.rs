@@ -16,6 +16,7 @@ use super::pipeline::{Control, Processed};
 use super::store;
 use super::supervisor::{measurement, Supervisor};
 use crate::postprocess::quality::Doubts;
+use crate::publish::measurement::{Val, Values};
 
 impl Supervisor {
     /// Whether this result should be queued for review by itself: `[loop] auto_queue` on, a
@@ -91,6 +92,12 @@ impl Supervisor {
             self.state_dir.clone(),
         );
         let (exam, spool) = (self.exam.clone(), self.spool.clone());
+        let primary = algorithm(&self.model, Some(&record.model_sha256));
+        let extras: Vec<(crate::model::Task, crate::dicom::sr::Algorithm)> = self
+            .extra_models
+            .iter()
+            .filter_map(|(role, v)| Some((crate::model::Task::parse(role)?, algorithm(v, None))))
+            .collect();
         tokio::task::spawn_blocking(move || -> Result<String, DbusError> {
             let p = &data.processed;
             let dir = root.join(frame_name(p));
@@ -135,8 +142,12 @@ impl Supervisor {
                         n,
                         crate::dicom::SnapshotInput {
                             frame: &data.frame,
+                            mask: &data.mask,
                             overlay: &data.overlay,
                             record: &record,
+                            extra_masks: &data.extra_masks,
+                            primary: &primary,
+                            extras: &extras,
                         },
                     )
                     .map_err(|e| e.to_string())?;
@@ -301,4 +312,28 @@ fn frame_name(p: &Processed) -> String {
         "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{ms:03}Z-seq{}",
         p.seq
     )
+}
+
+/// The model of `values` (a model's published properties: `path`, `sha256`) as the DICOM
+/// report's algorithm: its file name and sha256. `sha256`: the hash the frame was processed
+/// with, which wins when the model was swapped since (its file name is then not known).
+fn algorithm(values: &Values, sha256: Option<&str>) -> crate::dicom::sr::Algorithm {
+    let text = |k: &str| match values.get(k) {
+        Some(Val::S(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let current = text("sha256");
+    let version = sha256
+        .map(str::to_string)
+        .or(current.clone())
+        .unwrap_or_default();
+    let name = text("path")
+        .filter(|_| sha256.is_none() || current.as_deref() == sha256)
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "pocusd model".to_string());
+    crate::dicom::sr::Algorithm { name, version }
 }

@@ -99,6 +99,8 @@ pub struct IgtlInput {
 pub struct SnapshotData {
     pub frame: GrayImage,
     pub mask: GrayImage,
+    /// The extra models' masks, by task (those merged into the frame's numbers).
+    pub extra_masks: Vec<(crate::model::Task, GrayImage)>,
     pub overlay: RgbImage,
     pub processed: Arc<Processed>,
 }
@@ -332,11 +334,14 @@ pub fn process_loop(
                 Control::Snapshot(reply) => {
                     let data = last.as_ref().and_then(|(frame, processed)| {
                         let view = frame.image.view().ok()?;
-                        let mask = analyzer.mask_image(frame.image.width(), frame.image.height());
+                        let (w, h) = (frame.image.width(), frame.image.height());
+                        let mask = analyzer.mask_image(w, h);
+                        let extra_masks = analyzer.extra_masks(w, h);
                         let overlay = analyzer.render_overlay(view, &sha).clone();
                         Some(SnapshotData {
                             frame: frame.image.clone(),
                             mask,
+                            extra_masks,
                             overlay,
                             processed: processed.clone(),
                         })

@@ -1,14 +1,16 @@
 //! DICOM for snapshots: the frame as an Ultrasound Image object (`image.dcm`, with the ruler's or
 //! the configuration's scale as a US region calibration), the overlay as a second one
-//! (`overlay.dcm`, RGB), and an Enhanced Structured Report (`sr.dcm`) with each measurement in mm,
-//! mm2 or degrees as a numeric item with its UCUM unit, and the model's sha256, the calibration and
-//! the quality flag as text items. Identity comes from an [`Exam`] (`SetExam` on D-Bus); without
-//! one the files say `ANONYMOUS` and carry nothing personal. UIDs are `2.25.` + a random UUID.
-//! The C-STORE client is [`net`], the spool that sends snapshots automatically [`spool`].
+//! (`overlay.dcm`, RGB), the mask as a Segmentation ([`seg`], `seg.dcm`) and the numbers as a
+//! TID 1500 measurement report ([`sr`], `sr.dcm`), sent in that order (the report last, after
+//! what it references). Identity comes from an [`Exam`] (`SetExam` on D-Bus); without one the
+//! files say `ANONYMOUS` and carry nothing personal. UIDs are `2.25.` + a random UUID. The
+//! C-STORE client is [`net`], the spool that sends snapshots automatically [`spool`].
 //! Must not depend on the daemon, D-Bus or HTTP: it turns values into files.
 
 pub mod net;
+pub mod seg;
 pub mod spool;
+pub mod sr;
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,7 @@ use crate::postprocess::overlay::RgbImage;
 use crate::publish::measurement::Measurement;
 
 /// The files a snapshot holds, in the order they are sent.
-pub const FILES: [&str; 3] = ["image.dcm", "overlay.dcm", "sr.dcm"];
+pub const FILES: [&str; 4] = ["image.dcm", "overlay.dcm", "seg.dcm", "sr.dcm"];
 /// Patient name and id when no exam was set.
 pub const ANONYMOUS: &str = "ANONYMOUS";
 /// Our implementation class UID (a fixed UUID-derived UID) and version name.
@@ -69,6 +71,35 @@ pub fn new_uid() -> String {
     format!("2.25.{}", u128::from_be_bytes(b))
 }
 
+/// This machine's digest: sha256 of `/etc/machine-id` (else the host name) with a fixed prefix,
+/// so the device identifiers below are stable across restarts and differ between carts without
+/// revealing the machine id.
+fn machine_digest() -> [u8; 32] {
+    use sha2::Digest;
+    let id = std::fs::read_to_string("/etc/machine-id")
+        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .unwrap_or_default();
+    sha2::Sha256::digest(format!("pocusd device\n{}", id.trim()).as_bytes()).into()
+}
+
+/// The Device Observer UID of the reports: a name-based UUID (version 8) of this machine under
+/// `2.25.`, the same for every report of this cart.
+pub fn device_observer_uid() -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&machine_digest()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    format!("2.25.{}", u128::from_be_bytes(b))
+}
+
+/// The Device Serial Number of derived objects: 12 hex digits of this machine's digest.
+pub fn device_serial() -> String {
+    machine_digest()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Who and what the files belong to: set by `SetExam`, else anonymous. Each exam is one study
 /// (its own Study Instance UID) with one image series and one report series.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +110,7 @@ pub struct Exam {
     pub study_uid: String,
     pub image_series_uid: String,
     pub sr_series_uid: String,
+    pub seg_series_uid: String,
     /// When the exam started, CLOCK_REALTIME µs (the study date and time).
     pub started_us: i64,
     /// Snapshots numbered in this exam so far (see [`Exam::next_snapshot`]).
@@ -117,6 +149,7 @@ impl Exam {
             study_uid: new_uid(),
             image_series_uid: new_uid(),
             sr_series_uid: new_uid(),
+            seg_series_uid: new_uid(),
             started_us: now_us,
             snapshots: 0,
         }
@@ -327,51 +360,6 @@ fn us_image(
     (o, uid)
 }
 
-/// UCUM unit of a measurement key by its suffix (the keys carry their units).
-fn ucum(key: &str) -> Option<(&'static str, &'static str)> {
-    if key.ends_with("_mm2") {
-        Some(("mm2", "square millimeter"))
-    } else if key.ends_with("_mm") {
-        Some(("mm", "millimeter"))
-    } else if key.ends_with("_deg") {
-        Some(("deg", "degree"))
-    } else {
-        None
-    }
-}
-
-fn text_item(relation: &str, name: (&str, &str), text: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        el(tags::RELATIONSHIP_TYPE, VR::CS, relation),
-        el(tags::VALUE_TYPE, VR::CS, "TEXT"),
-        seq(
-            tags::CONCEPT_NAME_CODE_SEQUENCE,
-            vec![code(name.0, SCHEME, name.1)],
-        ),
-        el(tags::TEXT_VALUE, VR::UT, text),
-    ])
-}
-
-fn num_item(key: &str, value: f64, unit: (&str, &str)) -> InMemDicomObject {
-    let measured = InMemDicomObject::from_element_iter([
-        seq(
-            tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
-            vec![code(unit.0, "UCUM", unit.1)],
-        ),
-        el(tags::NUMERIC_VALUE, VR::DS, ds(value).as_str()),
-        el(tags::FLOATING_POINT_VALUE, VR::FD, value),
-    ]);
-    InMemDicomObject::from_element_iter([
-        el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
-        el(tags::VALUE_TYPE, VR::CS, "NUM"),
-        seq(
-            tags::CONCEPT_NAME_CODE_SEQUENCE,
-            vec![code(&short_code(key), SCHEME, key)],
-        ),
-        seq(tags::MEASURED_VALUE_SEQUENCE, vec![measured]),
-    ])
-}
-
 /// A decimal string of at most 16 characters (VR DS).
 fn ds(v: f64) -> String {
     for prec in (0..=6).rev() {
@@ -393,150 +381,6 @@ fn short_code(key: &str) -> String {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     format!("{}{:05x}", &key[..11], h & 0xfffff)
-}
-
-/// The Enhanced SR with the measurements, referencing the two images.
-fn report(
-    exam: &Exam,
-    instance: u32,
-    record: &Measurement,
-    images: &[(&str, &str)],
-) -> InMemDicomObject {
-    let (mut o, _) = new_object(exam, uids::ENHANCED_SR_STORAGE, record.timestamp_us);
-    let mut content = Vec::new();
-    let values = serde_json::to_value(&record.measurements).unwrap_or_default();
-    if let Some(map) = values.as_object() {
-        for (k, v) in map {
-            if let (Some(unit), Some(x)) = (ucum(k), v.as_f64()) {
-                if x.is_finite() {
-                    content.push(num_item(k, x, unit));
-                }
-            }
-        }
-    }
-    content.push(text_item(
-        "CONTAINS",
-        ("model_sha256", "Model sha256"),
-        &record.model_sha256,
-    ));
-    let calibration =
-        crate::publish::measurement::calibration_json(&record.calibration, &record.manual);
-    content.push(text_item(
-        "CONTAINS",
-        ("calibration", "Calibration"),
-        &calibration.to_string(),
-    ));
-    content.push(text_item(
-        "CONTAINS",
-        ("task", "Task"),
-        record.task.as_str(),
-    ));
-    content.push(text_item(
-        "CONTAINS",
-        ("quality_flag", "Quality flag"),
-        record.flag.map(|f| f.as_str()).unwrap_or("none"),
-    ));
-    // The verdict: "ok", or "doubtful: " and the reason codes (issue 28 makes it a coded
-    // qualitative evaluation in a TID 1500 report).
-    content.push(text_item(
-        "CONTAINS",
-        ("quality", "Quality"),
-        &record.doubt.summary(),
-    ));
-    for (task, d) in &record.extra_doubt {
-        let v = d.summary();
-        let code = format!("q_{}", task.as_str());
-        content.push(text_item(
-            "CONTAINS",
-            (&code, &format!("Quality of {}", task.as_str())),
-            &v,
-        ));
-    }
-    content.push(text_item(
-        "CONTAINS",
-        ("frame", "Frame"),
-        &format!("seq {} of run {}", record.seq, record.start_id),
-    ));
-    for (class, inst) in images {
-        content.push(InMemDicomObject::from_element_iter([
-            el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
-            el(tags::VALUE_TYPE, VR::CS, "IMAGE"),
-            seq(
-                tags::REFERENCED_SOP_SEQUENCE,
-                vec![InMemDicomObject::from_element_iter([
-                    el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, *class),
-                    el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, *inst),
-                ])],
-            ),
-        ]));
-    }
-    let evidence = InMemDicomObject::from_element_iter([
-        el(tags::STUDY_INSTANCE_UID, VR::UI, exam.study_uid.as_str()),
-        seq(
-            tags::REFERENCED_SERIES_SEQUENCE,
-            vec![InMemDicomObject::from_element_iter([
-                el(
-                    tags::SERIES_INSTANCE_UID,
-                    VR::UI,
-                    exam.image_series_uid.as_str(),
-                ),
-                seq(
-                    tags::REFERENCED_SOP_SEQUENCE,
-                    images
-                        .iter()
-                        .map(|(class, inst)| {
-                            InMemDicomObject::from_element_iter([
-                                el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, *class),
-                                el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, *inst),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ])],
-        ),
-    ]);
-    // Our private coding scheme, declared (PS3.3 C.12.1.1.5).
-    o.put(seq(
-        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, SCHEME),
-            el(tags::CODING_SCHEME_NAME, VR::ST, "pocusd measurement keys"),
-            el(
-                tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
-                VR::ST,
-                "the pocusd project",
-            ),
-        ])],
-    ));
-    for e in [
-        el(tags::MODALITY, VR::CS, "SR"),
-        el(
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            exam.sr_series_uid.as_str(),
-        ),
-        el(tags::SERIES_NUMBER, VR::IS, "2"),
-        el(tags::SERIES_DESCRIPTION, VR::LO, "pocusd measurements"),
-        seq(tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]),
-        el(tags::INSTANCE_NUMBER, VR::IS, instance.to_string().as_str()),
-        el(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
-        el(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
-        seq(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]),
-        seq(
-            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
-            vec![evidence],
-        ),
-        el(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
-        seq(
-            tags::CONCEPT_NAME_CODE_SEQUENCE,
-            vec![code("report", SCHEME, "pocusd measurement report")],
-        ),
-        el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
-        seq(tags::CONTENT_SEQUENCE, content),
-    ] {
-        o.put(e);
-    }
-    o
 }
 
 fn write(obj: InMemDicomObject, path: &Path) -> Result<(), DicomError> {
@@ -565,12 +409,19 @@ fn write(obj: InMemDicomObject, path: &Path) -> Result<(), DicomError> {
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotInput<'a> {
     pub frame: &'a GrayImage,
+    /// The model's mask over the whole frame (>127: the structure).
+    pub mask: &'a GrayImage,
     pub overlay: &'a RgbImage,
     pub record: &'a Measurement,
+    /// The extra models' masks by task (each over the whole frame).
+    pub extra_masks: &'a [(crate::model::Task, GrayImage)],
+    /// The primary model (file name and sha256) and the extra models by task.
+    pub primary: &'a sr::Algorithm,
+    pub extras: &'a [(crate::model::Task, sr::Algorithm)],
 }
 
-/// Writes `image.dcm`, `overlay.dcm` and `sr.dcm` into `dir` as snapshot number `n` (from 1) of
-/// `exam` (see [`Exam::next_snapshot`]). Returns the paths.
+/// Writes [`FILES`] (`image.dcm`, `overlay.dcm`, `seg.dcm`, `sr.dcm`) into `dir` as snapshot
+/// number `n` (from 1) of `exam` (see [`Exam::next_snapshot`]). Returns the paths.
 pub fn write_snapshot(
     dir: &Path,
     exam: &Exam,
@@ -596,6 +447,19 @@ pub fn write_snapshot(
             reason: "not width x height x 3".into(),
         });
     }
+    for mask in std::iter::once(s.mask).chain(s.extra_masks.iter().map(|(_, m)| m)) {
+        if (mask.width(), mask.height()) != (s.frame.width(), s.frame.height()) {
+            return Err(DicomError::BadValue {
+                field: "mask",
+                value: format!("{}x{}", mask.width(), mask.height()),
+                reason: format!(
+                    "a Segmentation's frames have the source image's size, {}x{}",
+                    s.frame.width(),
+                    s.frame.height()
+                ),
+            });
+        }
+    }
     let (image, image_uid) = us_image(
         exam,
         2 * n - 1,
@@ -607,7 +471,7 @@ pub fn write_snapshot(
         s.record,
         false,
     );
-    let (overlay, overlay_uid) = us_image(
+    let (overlay, _) = us_image(
         exam,
         2 * n,
         1,
@@ -618,10 +482,53 @@ pub fn write_snapshot(
         s.record,
         true,
     );
-    let us = uids::ULTRASOUND_IMAGE_STORAGE;
-    let sr = report(exam, n, s.record, &[(us, &image_uid), (us, &overlay_uid)]);
+    // The primary's mask, then each extra's that has an algorithm (the model still loaded).
+    let mut segments = vec![seg::Segment {
+        task: s.record.task,
+        mask: s.mask,
+        algorithm_name: &s.primary.name,
+        algorithm_version: &s.primary.version,
+    }];
+    for (task, mask) in s.extra_masks {
+        if let Some((_, a)) = s.extras.iter().find(|(t, _)| t == task) {
+            if *task != s.record.task {
+                segments.push(seg::Segment {
+                    task: *task,
+                    mask,
+                    algorithm_name: &a.name,
+                    algorithm_version: &a.version,
+                });
+            }
+        }
+    }
+    let seg_frames: Vec<crate::model::Task> = segments.iter().map(|g| g.task).collect();
+    let (segmentation, seg_uid) = seg::segmentation(
+        exam,
+        &seg::SegInput {
+            segments: &segments,
+            algorithm: seg::SegmentAlgorithm::Automatic,
+            source_uid: &image_uid,
+            content_us: s.record.timestamp_us,
+            instance: n,
+        },
+    );
+    let report = sr::report(
+        exam,
+        &sr::ReportInput {
+            record: s.record,
+            primary: s.primary,
+            extras: s.extras,
+            image_uid: &image_uid,
+            seg_uid: &seg_uid,
+            seg_frames: &seg_frames,
+            instance: n,
+        },
+    );
     let mut out = Vec::new();
-    for (obj, name) in [image, overlay, sr].into_iter().zip(FILES) {
+    for (obj, name) in [image, overlay, segmentation, report]
+        .into_iter()
+        .zip(FILES)
+    {
         let p = dir.join(name);
         write(obj, &p)?;
         out.push(p);
@@ -632,6 +539,142 @@ pub fn write_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot of `task` with these numbers, written into `dir` (kept there when the
+    /// variable `POCUSD_DICOM_OUT` names a folder: the files the validators are tried on by hand).
+    fn snapshot(
+        task: crate::model::Task,
+        m: crate::postprocess::Measurements,
+        name: &str,
+    ) -> PathBuf {
+        use crate::model::Task;
+        use crate::postprocess::quality::{Doubt, Doubts};
+        let (w, h) = (96, 64);
+        let mut frame = GrayImage::new(w, h);
+        let mut mask = GrayImage::new(w, h);
+        for (i, p) in frame.as_mut_slice().iter_mut().enumerate() {
+            *p = (i % 251) as u8;
+        }
+        for y in 20..30 {
+            for x in 10..80 {
+                mask.as_mut_slice()[y * w + x] = 255;
+            }
+        }
+        let overlay = RgbImage {
+            width: w,
+            height: h,
+            data: vec![9; w * h * 3],
+        };
+        let record = Measurement {
+            seq: 7,
+            timestamp_us: 1_790_000_000_000_000,
+            task,
+            width: w,
+            height: h,
+            roi: crate::frame::Rect::full(w, h),
+            measurements: m,
+            confidence: 0.9,
+            flag: None,
+            doubt: [Doubt::NotParallel].into_iter().collect(),
+            extra_doubt: vec![(Task::Fascicle, Doubts::NONE)],
+            model_sha256: std::sync::Arc::from("ab12"),
+            truth: None,
+            calibration: Default::default(),
+            manual: crate::postprocess::Calibration::None,
+            start_id: std::sync::Arc::from("s1"),
+        };
+        let dir = match std::env::var_os("POCUSD_DICOM_OUT") {
+            Some(d) => PathBuf::from(d).join(name),
+            None => {
+                std::env::temp_dir().join(format!("pocusd-dicom-{}-{name}", std::process::id()))
+            }
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let exam = Exam::new("P1", "DOE^JANE", "A7", record.timestamp_us).unwrap();
+        let primary = sr::Algorithm {
+            name: format!("{}.onnx", task.as_str()),
+            version: "ab12".into(),
+        };
+        let extras = [(
+            Task::Fascicle,
+            sr::Algorithm {
+                name: "fascicle.onnx".into(),
+                version: "cd34".into(),
+            },
+        )];
+        // The fascicle model's mask: another region.
+        let mut fascicles = GrayImage::new(w, h);
+        for x in 30..50 {
+            fascicles.as_mut_slice()[40 * w + x] = 255;
+        }
+        let extra_masks = [(Task::Fascicle, fascicles.clone())];
+        let files = write_snapshot(
+            &dir,
+            &exam,
+            1,
+            SnapshotInput {
+                frame: &frame,
+                mask: &mask,
+                overlay: &overlay,
+                record: &record,
+                extra_masks: if task == Task::Fascicle {
+                    &[]
+                } else {
+                    &extra_masks
+                },
+                primary: &primary,
+                extras: &extras,
+            },
+        )
+        .unwrap();
+        assert_eq!(files.len(), 4);
+        // The masks read back from the Segmentation bit for bit, one frame each.
+        let seg = dicom_object::open_file(dir.join("seg.dcm")).unwrap();
+        let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+        let want = if task == Task::Fascicle {
+            seg::pack_bits([&mask])
+        } else {
+            seg::pack_bits([&mask, &fascicles])
+        };
+        assert_eq!(&bits[..], &want[..]);
+        dir
+    }
+
+    #[test]
+    fn snapshots_hold_image_overlay_segmentation_and_report() {
+        use crate::postprocess::Measurements;
+        let apo = Measurements {
+            thickness_mm: Some(18.25),
+            thickness_centre_mm: Some(18.5),
+            thickness_px: Some(100.0),
+            fascicle_length_mm: Some(61.0),
+            pennation_angle_deg: Some(17.5),
+            ..Default::default()
+        };
+        let dir = snapshot(crate::model::Task::Aponeurosis, apo, "aponeurosis");
+        let sr = dicom_object::open_file(dir.join("sr.dcm")).unwrap();
+        assert_eq!(
+            sr.element(tags::SOP_CLASS_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0'),
+            uids::COMPREHENSIVE3_DSR_STORAGE
+        );
+        let head = Measurements {
+            circumference_mm: Some(180.0),
+            area_mm2: Some(2500.0),
+            ..Default::default()
+        };
+        snapshot(crate::model::Task::Region, head, "region");
+        let fasc = Measurements {
+            fascicle_length_mm: Some(61.0),
+            pennation_angle_deg: Some(17.5),
+            fascicle_length_spread_mm: Some(4.0),
+            ..Default::default()
+        };
+        snapshot(crate::model::Task::Fascicle, fasc, "fascicle");
+    }
 
     #[test]
     fn uids_are_uuid_derived_and_distinct() {
@@ -663,7 +706,9 @@ mod tests {
         assert_ne!(c, short_code("fascicle_length_spread_px"));
         assert!(ds(12345.678_901_234).len() <= 16);
         assert_eq!(ds(1.5), "1.500000");
-        assert_eq!(ucum("area_mm2"), Some(("mm2", "square millimeter")));
-        assert_eq!(ucum("thickness_px"), None);
+        let uid = device_observer_uid();
+        assert_eq!(uid, device_observer_uid(), "stable");
+        assert!(uid.starts_with("2.25.") && uid.len() <= 64, "{uid}");
+        assert_eq!(device_serial().len(), 12);
     }
 }

@@ -68,7 +68,7 @@ fn dcm_files(entry: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    // image, overlay, sr: the report last, after what it references.
+    // image, overlay, seg, sr: the report last, after what it references.
     v.sort_by_key(|p| {
         let n = p
             .file_name()
@@ -283,16 +283,16 @@ mod tests {
     fn entries_are_whole_and_capped_oldest_first() {
         let t = tempfile::tempdir().unwrap();
         let spool = Spool::open(t.path().join("spool"), 1).unwrap();
-        let a = spool.enqueue(&snapshot(t.path(), "a", 100_000)).unwrap();
-        assert_eq!(dcm_files(&a).len(), 3, "only the .dcm files travel");
+        let a = spool.enqueue(&snapshot(t.path(), "a", 75_000)).unwrap();
+        assert_eq!(dcm_files(&a).len(), 4, "only the .dcm files travel");
         let n = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
         let names: Vec<String> = dcm_files(&a).iter().map(|p| n(p)).collect();
-        assert_eq!(names, ["image.dcm", "overlay.dcm", "sr.dcm"]);
-        let b = spool.enqueue(&snapshot(t.path(), "b", 100_000)).unwrap();
+        assert_eq!(names, ["image.dcm", "overlay.dcm", "seg.dcm", "sr.dcm"]);
+        let b = spool.enqueue(&snapshot(t.path(), "b", 75_000)).unwrap();
         assert_eq!(spool.waiting(), 2);
         // 1 MB cap: a third and fourth of 300 kB each push the oldest out.
-        spool.enqueue(&snapshot(t.path(), "c", 100_000)).unwrap();
-        let d = spool.enqueue(&snapshot(t.path(), "d", 100_000)).unwrap();
+        spool.enqueue(&snapshot(t.path(), "c", 75_000)).unwrap();
+        let d = spool.enqueue(&snapshot(t.path(), "d", 75_000)).unwrap();
         assert_eq!(spool.dropped(), 1);
         assert!(!a.exists() && b.exists() && d.exists());
         assert_eq!(spool.waiting(), 3);
