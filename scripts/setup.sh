@@ -10,7 +10,7 @@ APT_PACKAGES=(
   ffmpeg dbus dbus-daemon dbus-bin dbus-system-bus-common libglib2.0-bin
   systemd util-linux passwd chromium
   python3 python3-venv
-  dicom3tools dcmtk orthanc
+  dicom3tools dcmtk orthanc libpixelmed-java default-jre-headless
 )
 # Pinned reference versions: the comparison tests must never drift with PyPI.
 PY_PACKAGES=(
@@ -21,6 +21,8 @@ PY_PACKAGES=(
   "tensorboard==2.21.0"
   "pyigtl==0.3.4"
   "crcmod==1.7"
+  "pydicom==3.0.2"
+  "highdicom==0.28.2"
 )
 
 missing=()

@@ -323,6 +323,8 @@ pub struct DicomSection {
     pub store: String,
     pub calling_aet: String,
     pub spool_max_mb: u64,
+    pub worklist: String,
+    pub worklist_poll_s: u64,
 }
 
 /// A DICOM peer, `AET@HOST:PORT`.
@@ -390,6 +392,10 @@ pub struct DicomConfig {
     pub calling_aet: String,
     /// The spool's cap; over it the oldest waiting snapshot is dropped and logged.
     pub spool_max_mb: u64,
+    /// The Modality Worklist provider (`None`: no worklist; `SetExam` only).
+    pub worklist: Option<DicomPeer>,
+    /// How often the daemon asks the worklist again.
+    pub worklist_poll_s: u64,
 }
 
 /// The `[output]` section as written.
@@ -1178,17 +1184,20 @@ fn validate_igtl(s: &IgtlSection) -> Result<IgtlConfig, ConfigError> {
 }
 
 fn validate_dicom(s: &DicomSection) -> Result<DicomConfig, ConfigError> {
-    let store = if s.store.trim().is_empty() {
-        None
-    } else {
-        Some(
-            DicomPeer::parse(&s.store).map_err(|reason| ConfigError::OutOfRange {
-                key: "dicom.store".into(),
-                value: format!("{:?}", s.store),
+    let peer = |key: &str, v: &str| -> Result<Option<DicomPeer>, ConfigError> {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        DicomPeer::parse(v)
+            .map(Some)
+            .map_err(|reason| ConfigError::OutOfRange {
+                key: key.into(),
+                value: format!("{v:?}"),
                 allowed: format!("AET@HOST:PORT, e.g. \"ORTHANC@127.0.0.1:4242\" ({reason})"),
-            })?,
-        )
+            })
     };
+    let store = peer("dicom.store", &s.store)?;
+    let worklist = peer("dicom.worklist", &s.worklist)?;
     check_aet(&s.calling_aet).map_err(|reason| ConfigError::OutOfRange {
         key: "dicom.calling_aet".into(),
         value: format!("{:?}", s.calling_aet),
@@ -1198,6 +1207,8 @@ fn validate_dicom(s: &DicomSection) -> Result<DicomConfig, ConfigError> {
         store,
         calling_aet: s.calling_aet.clone(),
         spool_max_mb: int_range("dicom.spool_max_mb", s.spool_max_mb, 1, 10_000_000)?,
+        worklist,
+        worklist_poll_s: int_range("dicom.worklist_poll_s", s.worklist_poll_s, 5, 86_400)?,
     })
 }
 
@@ -1448,6 +1459,8 @@ mod tests {
                 "dicom.calling_aet",
             ),
             ("POCUSD__DICOM__SPOOL_MAX_MB", "0", "dicom.spool_max_mb"),
+            ("POCUSD__DICOM__WORKLIST", "WL@nohost", "dicom.worklist"),
+            ("POCUSD__DICOM__WORKLIST_POLL_S", "1", "dicom.worklist_poll_s"),
         ] {
             let (s, _t) = sources(None, &[(env, bad)]);
             let e = load_from(&s).unwrap_err().to_string();

@@ -11,6 +11,7 @@ pub mod net;
 pub mod seg;
 pub mod spool;
 pub mod sr;
+pub mod worklist;
 
 use std::path::{Path, PathBuf};
 

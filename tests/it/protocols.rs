@@ -293,12 +293,150 @@ fn tag_value(dump: &str, tag: &str) -> String {
         .to_string()
 }
 
+/// dciodvfy on each of a snapshot's four files (no error, the right IOD) and PixelMed's SR
+/// validator on its report (no error, TID 1500 found).
+fn check_snapshot_files(dir: &Path) {
+    for (f, iod) in [
+        ("image.dcm", "USImage"),
+        ("overlay.dcm", "USImage"),
+        ("seg.dcm", "Segmentation"),
+        ("sr.dcm", "Comprehensive3DSR"),
+    ] {
+        let p = dir.join(f);
+        assert!(p.is_file(), "{} missing", p.display());
+        let o = Command::new("dciodvfy")
+            .arg(&p)
+            .output()
+            .expect("dciodvfy runs (scripts/setup.sh installs dicom3tools)");
+        let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
+        let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+        assert!(errors.is_empty(), "dciodvfy {}:\n{report}", p.display());
+        // It recognised the object it checked against its IOD.
+        assert!(
+            report.lines().any(|l| l.trim() == iod),
+            "dciodvfy did not check {} as {iod}:\n{report}",
+            p.display()
+        );
+    }
+    let o = Command::new("java")
+        .args([
+            "-Djdk.xml.xpathExprOpLimit=0",
+            "-Djdk.xml.xpathExprGrpLimit=0",
+            "-Djdk.xml.xpathTotalOpLimit=0",
+            "-cp",
+            "/usr/share/java/pixelmed.jar",
+            "com.pixelmed.validate.DicomSRValidator",
+        ])
+        .arg(dir.join("sr.dcm"))
+        .output()
+        .expect("java runs (scripts/setup.sh installs default-jre-headless and libpixelmed-java)");
+    let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
+    assert!(
+        report.contains("Found Root Template TID_1500"),
+        "PixelMed did not find TID 1500:\n{report}"
+    );
+    assert!(report.contains("IOD validation complete"), "{report}");
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(
+        errors.is_empty(),
+        "PixelMed on {}:\n{report}",
+        dir.display()
+    );
+}
+
+/// What highdicom reads from a snapshot (tests/it/dicom_check.py).
+fn highdicom_read(dir: &Path) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/dicom_check.py");
+    let o = Command::new(common::python())
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    serde_json::from_str(&common::stdout(&o)).unwrap()
+}
+
+/// The measurement with concept code `code` (and the median's derivation when it has one)
+/// among highdicom's groups.
+fn measurement<'a>(found: &'a serde_json::Value, code: &str) -> &'a serde_json::Value {
+    let all: Vec<&serde_json::Value> = found["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["measurements"].as_array().unwrap())
+        .filter(|m| m["code"] == code)
+        .collect();
+    all.iter()
+        .find(|m| m["derivation"] == "373099004")
+        .or(all.first())
+        .copied()
+        .unwrap_or_else(|| panic!("no measurement {code} in {found}"))
+}
+
 #[test]
-#[ignore = "needs dicom3tools and dcmtk from scripts/setup.sh; scripts/test.sh runs it"]
-fn snapshots_write_dicom_that_dciodvfy_accepts() {
+#[ignore = "needs dicom3tools, dcmtk, PixelMed and highdicom from scripts/setup.sh; scripts/test.sh runs it"]
+fn a_fetal_head_snapshot_reports_its_circumference_in_tid_1500() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = demo_daemon(&bus, tmp.path(), "demo?fps=15&furniture=1");
+    let mut d = Daemon::spawn(
+        daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("state"),
+            &[
+                "--source",
+                "demo?fps=15&task=region&furniture=1",
+                "--model",
+                "models/fetal-head.onnx",
+            ],
+        ),
+        tmp.path(),
+    );
+    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
+    wait_for("calibrated", Duration::from_secs(60), || {
+        get(&bus, "Calibrated").contains("true")
+    });
+    let dir = snapshot_with_exam(&bus, &d, None);
+    check_snapshot_files(&dir);
+    let found = highdicom_read(&dir);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("measurement.json")).unwrap())
+            .unwrap();
+    let hc = record["measurements"]["circumference_mm"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no circumference: {record}"));
+    let m = measurement(&found, "11984-2");
+    assert_eq!(m["scheme"], "LN", "{found}");
+    assert_eq!(m["unit"], "mm", "{found}");
+    assert!((m["value"].as_f64().unwrap() - hc).abs() < 1e-5, "{found}");
+    assert_eq!(measurement(&found, "42798000")["unit"], "mm2", "{found}");
+    let segments = found["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{found}");
+    assert_eq!(segments[0]["label"], "fetal head", "{found}");
+    assert_eq!(segments[0]["type"], "69536005", "{found}");
+    assert_eq!(segments[0]["equals_mask_png"], true, "{found}");
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+#[ignore = "needs dicom3tools and dcmtk from scripts/setup.sh; scripts/test.sh runs it"]
+fn snapshots_write_dicom_that_dciodvfy_pixelmed_and_highdicom_accept() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::spawn(
+        daemon_cmd(
+            &bus,
+            true,
+            &tmp.path().join("state"),
+            &[
+                "--source",
+                "demo?fps=15&furniture=1",
+                "--extra-model",
+                "models/fascicle.onnx",
+            ],
+        ),
+        tmp.path(),
+    );
     wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
     wait_for("calibrated", Duration::from_secs(60), || {
         get(&bus, "Calibrated").contains("true")
@@ -316,29 +454,44 @@ fn snapshots_write_dicom_that_dciodvfy_accepts() {
     );
 
     for dir in [&anon, &named] {
-        for f in ["image.dcm", "overlay.dcm", "sr.dcm"] {
-            let p = dir.join(f);
-            assert!(p.is_file(), "{} missing", p.display());
-            let o = Command::new("dciodvfy")
-                .arg(&p)
-                .output()
-                .expect("dciodvfy runs (scripts/setup.sh installs dicom3tools)");
-            let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
-            let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
-            assert!(errors.is_empty(), "dciodvfy {}:\n{report}", p.display());
-            // It recognised the object it checked against its IOD.
-            let iod = if f == "sr.dcm" {
-                "EnhancedSR"
-            } else {
-                "USImage"
-            };
-            assert!(
-                report.lines().any(|l| l.trim() == iod),
-                "dciodvfy did not check {} as {iod}:\n{report}",
-                p.display()
-            );
-        }
+        check_snapshot_files(dir);
     }
+    // The report and the Segmentation read by a reference reader (highdicom): the thickness
+    // with its code and unit, the fascicle numbers in their own group, and the mask's pixels.
+    let found = highdicom_read(&named);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(named.join("measurement.json")).unwrap())
+            .unwrap();
+    let groups = found["groups"].as_array().unwrap();
+    let thickness = record["measurements"]["thickness_mm"].as_f64().unwrap();
+    let m = measurement(&found, "59089-3");
+    assert_eq!(m["unit"], "mm", "{found}");
+    assert_eq!(m["derivation"], "373099004", "the median: {found}");
+    assert!(
+        (m["value"].as_f64().unwrap() - thickness).abs() < 1e-5,
+        "{thickness} {found}"
+    );
+    assert_eq!(groups[0]["frame"], 1, "{found}");
+    let quality = groups[0]["evaluations"][0]["value"].as_str().unwrap();
+    assert_eq!(quality, record["quality"].as_str().unwrap(), "{found}");
+    if let Some(length) = record["measurements"]["fascicle_length_mm"].as_f64() {
+        let f = measurement(&found, "410668003");
+        assert_eq!(f["unit"], "mm", "{found}");
+        assert!(
+            (f["value"].as_f64().unwrap() - length).abs() < 1e-5,
+            "{found}"
+        );
+        let angle = measurement(&found, "1483009");
+        assert_eq!(angle["unit"], "deg", "{found}");
+        assert_eq!(groups[1]["frame"], 2, "the fascicle mask's frame: {found}");
+    } else {
+        panic!("the demo with the fascicle model gave no fascicle length: {record}");
+    }
+    let segments = found["segments"].as_array().unwrap();
+    assert_eq!(segments[0]["label"], "aponeuroses", "{found}");
+    assert_eq!(segments[0]["equals_mask_png"], true, "{found}");
+    assert!(segments[0]["pixels"].as_u64().unwrap() > 100, "{found}");
+    assert_eq!(segments[1]["label"], "fascicles", "{found}");
     let a = dump(&anon.join("image.dcm"));
     assert_eq!(tag_value(&a, "(0010,0010)"), "ANONYMOUS");
     assert_eq!(tag_value(&a, "(0010,0020)"), "ANONYMOUS");
@@ -374,22 +527,11 @@ fn snapshots_write_dicom_that_dciodvfy_accepts() {
         tag_value(&a, "(0020,000d)"),
         "SetExam starts a new study"
     );
-    // The report: the measurement values as numbers with UCUM units, sha256 and calibration.
-    let sr_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(named.join("measurement.json")).unwrap())
-            .unwrap();
+    // The report: the model's sha256 and the calibration travel as the algorithm's version
+    // and parameters.
+    let sr_json = &record;
     let sr = dump(&named.join("sr.dcm"));
-    let thickness = sr_json["measurements"]["thickness_mm"].as_f64().unwrap();
-    let shown: Vec<f64> = sr
-        .lines()
-        .filter(|l| l.contains("(0040,a30a)"))
-        .filter_map(|l| l.split('[').nth(1)?.split(']').next()?.parse().ok())
-        .collect();
-    assert!(
-        shown.iter().any(|v| (v - thickness).abs() < 1e-5),
-        "thickness {thickness} not among the report's numbers {shown:?}\n{sr}"
-    );
-    assert!(sr.contains("[thickness_mm]"), "{sr}");
+    assert!(sr.contains("[59089-3]") && sr.contains("[LN]"), "{sr}");
     assert!(sr.contains("[mm]") && sr.contains("[UCUM]"), "{sr}");
     assert!(
         sr.contains(sr_json["model_sha256"].as_str().unwrap()),
@@ -521,9 +663,9 @@ fn snapshots_reach_a_real_orthanc_by_hand_and_through_the_spool() {
             .lines()
             .filter(|l| l.starts_with("stored "))
             .count(),
-        3
+        4
     );
-    assert_eq!(orthanc.instances(), 3);
+    assert_eq!(orthanc.instances(), 4);
     let studies = orthanc.get("/studies");
     assert_eq!(studies.as_array().unwrap().len(), 1);
     let patients = orthanc.get("/patients?expand");
@@ -568,10 +710,10 @@ fn snapshots_reach_a_real_orthanc_by_hand_and_through_the_spool() {
         Duration::from_secs(90),
         || get(&bus, "DicomQueue").contains("uint32 0"),
     );
-    assert_eq!(orthanc.instances(), 3 + 6, "every spooled file arrived");
+    assert_eq!(orthanc.instances(), 4 + 8, "every spooled file arrived");
     let log = d.log();
     assert_eq!(
-        log.matches("stored 3 files of").count(),
+        log.matches("stored 4 files of").count(),
         2,
         "each snapshot sent once:\n{log}"
     );
