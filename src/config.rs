@@ -1460,7 +1460,11 @@ mod tests {
             ),
             ("POCUSD__DICOM__SPOOL_MAX_MB", "0", "dicom.spool_max_mb"),
             ("POCUSD__DICOM__WORKLIST", "WL@nohost", "dicom.worklist"),
-            ("POCUSD__DICOM__WORKLIST_POLL_S", "1", "dicom.worklist_poll_s"),
+            (
+                "POCUSD__DICOM__WORKLIST_POLL_S",
+                "1",
+                "dicom.worklist_poll_s",
+            ),
         ] {
             let (s, _t) = sources(None, &[(env, bad)]);
             let e = load_from(&s).unwrap_err().to_string();

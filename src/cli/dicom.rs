@@ -118,9 +118,13 @@ fn cmd_echo(cfg: &Config, a: &EchoArgs) -> anyhow::Result<()> {
         )?,
     };
     let calling = calling(&a.calling_aet, cfg)?;
-    let rtt = pocusd::dicom::worklist::echo(&peer, calling, Duration::from_secs(a.timeout_s.max(1)))
-        .with_context(|| format!("C-ECHO to {peer}"))?;
-    println!("{peer} answered C-ECHO in {:.1} ms", rtt.as_secs_f64() * 1e3);
+    let rtt =
+        pocusd::dicom::worklist::echo(&peer, calling, Duration::from_secs(a.timeout_s.max(1)))
+            .with_context(|| format!("C-ECHO to {peer}"))?;
+    println!(
+        "{peer} answered C-ECHO in {:.1} ms",
+        rtt.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

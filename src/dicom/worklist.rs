@@ -324,8 +324,13 @@ pub fn query(
         peer: who.clone(),
         message,
     };
-    let (mut assoc, pc, explicit) =
-        associate(peer, calling_aet, WORKLIST_FIND, "Modality Worklist C-FIND", timeout)?;
+    let (mut assoc, pc, explicit) = associate(
+        peer,
+        calling_aet,
+        WORKLIST_FIND,
+        "Modality Worklist C-FIND",
+        timeout,
+    )?;
     let cmd = command(vec![
         el(tags::AFFECTED_SOP_CLASS_UID, VR::UI, WORKLIST_FIND),
         el(tags::COMMAND_FIELD, VR::US, 0x0020u16),
@@ -353,7 +358,11 @@ pub fn query(
     }
     let mut items = Vec::new();
     loop {
-        let (c, d) = receive(&mut assoc, explicit).map_err(&proto)?;
+        let (c, d) = receive(&mut assoc, explicit).map_err(|e| {
+            proto(format!(
+                "{e}; a provider that aborts may refuse queries from AE title {calling_aet}: register this cart's AE title there"
+            ))
+        })?;
         match status_of(&c) {
             // Pending: a match follows (or came with it).
             Some(0xFF00) | Some(0xFF01) => {

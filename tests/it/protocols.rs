@@ -547,6 +547,8 @@ struct Orthanc {
     dir: PathBuf,
     pub dicom_port: u16,
     pub http_port: u16,
+    /// A folder of worklist files served by Orthanc's ModalityWorklists plugin.
+    pub worklists: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -566,11 +568,12 @@ impl Orthanc {
             dicom_port: free_port(),
             http_port: free_port(),
             dir,
+            worklists: None,
         }
     }
 
     fn start(&mut self) {
-        let cfg = serde_json::json!({
+        let mut cfg = serde_json::json!({
             "Name": "pocusd-test",
             "StorageDirectory": self.dir.join("db"),
             "IndexDirectory": self.dir.join("db"),
@@ -582,6 +585,14 @@ impl Orthanc {
             "DicomCheckCalledAet": true,
             "Plugins": [],
         });
+        if let Some(w) = &self.worklists {
+            cfg["Plugins"] =
+                serde_json::json!(["/usr/share/orthanc/plugins/libModalityWorklists.so"]);
+            cfg["Worklists"] = serde_json::json!({"Enable": true, "Database": w});
+            // Orthanc answers worklist queries only from modalities it knows, or from anyone
+            // with this.
+            cfg["DicomAlwaysAllowFindWorklist"] = serde_json::json!(true);
+        }
         let path = self.dir.join("orthanc.json");
         std::fs::write(&path, cfg.to_string()).unwrap();
         let log = std::fs::File::create(self.dir.join("orthanc.log")).unwrap();
@@ -780,4 +791,120 @@ fn igtl_max_fps_limits_each_client_and_an_open_address_is_warned_about() {
         "{n} frames in 4 s at max_fps = 4 (source 20 fps)"
     );
     assert!(d.stop().success());
+}
+
+/// Worklist files (dump2dcm) in `dir`: today's US step for station POCUSD, one for another
+/// station and one CT step, which a query for this station must not list.
+fn worklist_files(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let o = Command::new("date")
+        .args(["-u", "+%Y%m%d"])
+        .output()
+        .unwrap();
+    let today = common::stdout(&o).trim().to_string();
+    for (name, station, modality, pid) in [
+        ("mine", "POCUSD", "US", "PID-77"),
+        ("other", "OTHERCART", "US", "PID-88"),
+        ("ct", "POCUSD", "CT", "PID-99"),
+    ] {
+        let dump = format!(
+            "(0008,0005) CS [ISO_IR 100]\n(0008,0050) SH [ACC-{pid}]\n(0010,0010) PN [ROE^ANNA]\n\
+             (0010,0020) LO [{pid}]\n(0010,0030) DA [19800101]\n(0010,0040) CS [F]\n\
+             (0020,000d) UI [1.2.826.0.1.3680043.2.1143.{}]\n(0032,1060) LO [Muscle ultrasound]\n\
+             (0040,1001) SH [RP1]\n(0040,0100) SQ\n(fffe,e000) -\n(0008,0060) CS [{modality}]\n\
+             (0040,0001) AE [{station}]\n(0040,0002) DA [{today}]\n(0040,0003) TM [0930]\n\
+             (0040,0007) LO [Quadriceps thickness]\n(0040,0009) SH [SPS-{name}]\n(fffe,e00d)\n(fffe,e0dd)\n",
+            name.len()
+        );
+        let txt = dir.join(format!("{name}.dump"));
+        std::fs::write(&txt, dump).unwrap();
+        let o = Command::new("dump2dcm")
+            .arg(&txt)
+            .arg(dir.join(format!("{name}.wl")))
+            .output()
+            .expect("dump2dcm runs (scripts/setup.sh installs dcmtk)");
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        std::fs::remove_file(txt).unwrap();
+    }
+}
+
+fn listed(o: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(o.status.success(), "{}", common::stderr(o));
+    serde_json::from_str::<serde_json::Value>(&common::stdout(o))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+#[ignore = "needs dcmtk and orthanc from scripts/setup.sh; scripts/test.sh runs it"]
+fn the_worklist_lists_this_stations_steps_from_wlmscpfs_and_orthanc_and_echo_checks_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // dcmtk's worklist provider: one folder per called AE title, a lockfile in it.
+    let db = tmp.path().join("wl");
+    worklist_files(&db.join("WORKLIST"));
+    std::fs::write(db.join("WORKLIST/lockfile"), "").unwrap();
+    let port = free_port();
+    let mut wl = Command::new("wlmscpfs")
+        .arg("-dfp")
+        .arg(&db)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wlmscpfs runs (scripts/setup.sh installs dcmtk)");
+    let peer = format!("WORKLIST@127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "wlmscpfs did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let items = listed(&common::run(&[
+        "dicom", "worklist", "--from", &peer, "--json",
+    ]));
+    let _ = wl.kill();
+    let _ = wl.wait();
+    assert_eq!(
+        items.len(),
+        1,
+        "only today's US step of this station: {items:?}"
+    );
+    let i = &items[0];
+    assert_eq!(i["PatientID"], "PID-77", "{i}");
+    assert_eq!(i["PatientName"], "ROE^ANNA", "{i}");
+    assert_eq!(i["AccessionNumber"], "ACC-PID-77", "{i}");
+    assert_eq!(i["ScheduledProcedureStepID"], "SPS-mine", "{i}");
+    assert_eq!(i["StudyInstanceUID"], "1.2.826.0.1.3680043.2.1143.4", "{i}");
+    assert_eq!(i["Modality"], "US", "{i}");
+
+    // Orthanc's ModalityWorklists plugin on the same files.
+    let mut orthanc = Orthanc::new(&tmp.path().join("orthanc"));
+    orthanc.worklists = Some(db.join("WORKLIST"));
+    orthanc.start();
+    let items = listed(&common::run(&[
+        "dicom",
+        "worklist",
+        "--from",
+        &orthanc.peer(),
+        "--json",
+    ]));
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["PatientID"], "PID-77");
+    assert_eq!(items[0]["ScheduledProcedureStepID"], "SPS-mine");
+
+    // C-ECHO: Orthanc answers; a closed port is named as unreachable.
+    let o = common::run(&["dicom", "echo", "--to", &orthanc.peer()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("answered C-ECHO"),
+        "{}",
+        common::stdout(&o)
+    );
+    let closed = format!("ORTHANC@127.0.0.1:{}", free_port());
+    let o = common::run(&["dicom", "echo", "--to", &closed]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains(&closed) && e.contains("cannot reach"), "{e}");
+    orthanc.stop();
 }
