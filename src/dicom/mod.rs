@@ -667,14 +667,19 @@ mod tests {
             area_mm2: Some(2500.0),
             ..Default::default()
         };
-        snapshot(crate::model::Task::Region, head, "region");
+        let region = snapshot(crate::model::Task::Region, head, "region");
         let fasc = Measurements {
             fascicle_length_mm: Some(61.0),
             pennation_angle_deg: Some(17.5),
             fascicle_length_spread_mm: Some(4.0),
             ..Default::default()
         };
-        snapshot(crate::model::Task::Fascicle, fasc, "fascicle");
+        let fascicle = snapshot(crate::model::Task::Fascicle, fasc, "fascicle");
+        if std::env::var_os("POCUSD_DICOM_OUT").is_none() {
+            for d in [dir, region, fascicle] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
     }
 
     #[test]
