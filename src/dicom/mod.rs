@@ -200,6 +200,17 @@ fn seq(tag: dicom_core::Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemD
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
+/// A code triple: value, scheme designator, meaning.
+type Code<'a> = (&'a str, &'a str, &'a str);
+
+/// A Referenced SOP Class / Instance UID item.
+fn sop_ref(class: &str, uid: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
+        el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, uid),
+    ])
+}
+
 fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     InMemDicomObject::from_element_iter([
         el(tags::CODE_VALUE, VR::SH, value),

@@ -98,7 +98,7 @@ fn read_item(path: &Path) -> Result<Item, SendError> {
 }
 
 fn command(sop_class: &str, sop_instance: &str, message_id: u16) -> Result<Vec<u8>, String> {
-    let mut cmd = InMemDicomObject::from_element_iter([
+    command_set(vec![
         DataElement::new(
             tags::AFFECTED_SOP_CLASS_UID,
             VR::UI,
@@ -117,7 +117,12 @@ fn command(sop_class: &str, sop_instance: &str, message_id: u16) -> Result<Vec<u
             VR::UI,
             PrimitiveValue::from(sop_instance),
         ),
-    ]);
+    ])
+}
+
+/// A DIMSE command set (group 0000) with its group length, implicit VR little endian.
+pub(super) fn command_set(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, String> {
+    let mut cmd = InMemDicomObject::from_element_iter(elements);
     let mut body = Vec::new();
     cmd.write_dataset_with_ts(&mut body, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
-use super::{code, el, empty, new_object, seq, Exam};
+use super::{code, el, empty, new_object, seq, sop_ref, Code, Exam};
 use crate::frame::GrayImage;
 use crate::model::Task;
 
@@ -23,12 +23,9 @@ pub enum SegmentAlgorithm {
     Manual,
 }
 
-/// A code triple: value, scheme designator, meaning.
-pub type Code = (&'static str, &'static str, &'static str);
-
 /// What a task's mask shows: segmented property category (CID 7150), type (CID 7151) and the
 /// segment label.
-pub fn segment_property(task: Task) -> (Code, Code, &'static str) {
+pub fn segment_property(task: Task) -> (Code<'static>, Code<'static>, &'static str) {
     match task {
         // The aponeuroses: sheets of dense connective tissue bounding the muscle belly.
         Task::Aponeurosis => (
@@ -98,11 +95,8 @@ pub struct SegInput<'a> {
 pub fn segmentation(exam: &Exam, s: &SegInput<'_>) -> (InMemDicomObject, String) {
     let (mut o, uid) = new_object(exam, uids::SEGMENTATION_STORAGE, s.content_us);
     let us = uids::ULTRASOUND_IMAGE_STORAGE;
-    let sop_ref = |purpose: bool| {
-        let mut item = InMemDicomObject::from_element_iter([
-            el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, us),
-            el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, s.source_uid),
-        ]);
+    let source = |purpose: bool| {
+        let mut item = sop_ref(us, s.source_uid);
         if purpose {
             item.put(el(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"));
             item.put(seq(
@@ -159,7 +153,7 @@ pub fn segmentation(exam: &Exam, s: &SegInput<'_>) -> (InMemDicomObject, String)
             seq(
                 tags::DERIVATION_IMAGE_SEQUENCE,
                 vec![InMemDicomObject::from_element_iter([
-                    seq(tags::SOURCE_IMAGE_SEQUENCE, vec![sop_ref(true)]),
+                    seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source(true)]),
                     seq(
                         tags::DERIVATION_CODE_SEQUENCE,
                         vec![code("113076", "DCM", "Segmentation")],
@@ -290,7 +284,7 @@ pub fn segmentation(exam: &Exam, s: &SegInput<'_>) -> (InMemDicomObject, String)
             VR::IS,
             s.segments.len().to_string().as_str(),
         ),
-        seq(tags::SOURCE_IMAGE_SEQUENCE, vec![sop_ref(false)]),
+        seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source(false)]),
         seq(
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![InMemDicomObject::from_element_iter([
@@ -299,7 +293,7 @@ pub fn segmentation(exam: &Exam, s: &SegInput<'_>) -> (InMemDicomObject, String)
                     VR::UI,
                     exam.image_series_uid.as_str(),
                 ),
-                seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![sop_ref(false)]),
+                seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![source(false)]),
             ])],
         ),
         el(tags::SAMPLES_PER_PIXEL, VR::US, 1u16),

@@ -10,17 +10,14 @@
 //! What has no standard code is coded in the declared private scheme `99POCUSD` (docs/dicom.md
 //! lists them). Must not depend on the daemon, D-Bus or HTTP.
 
-use dicom_core::VR;
+use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
-use super::{code, el, new_object, new_uid, seq, Exam, SCHEME};
+use super::{code, el, new_object, new_uid, seq, sop_ref, Code, Exam, SCHEME};
 use crate::model::Task;
 use crate::postprocess::quality::Doubts;
 use crate::publish::measurement::Measurement;
-
-/// A code triple: value, scheme designator, meaning.
-type Code<'a> = (&'a str, &'a str, &'a str);
 
 const MEDIAN: Code = ("373099004", "SCT", "Median");
 const MINIMUM: Code = ("255605001", "SCT", "Minimum");
@@ -138,17 +135,22 @@ fn uid_item(relation: &str, name: Code, uid: &str) -> InMemDicomObject {
     o
 }
 
-fn container(relation: &str, name: Code, template: Option<&str>) -> InMemDicomObject {
+/// A Content Template Sequence naming DCMR template `id`.
+fn template(id: &str) -> DataElement<InMemDicomObject> {
+    seq(
+        tags::CONTENT_TEMPLATE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            el(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
+            el(tags::TEMPLATE_IDENTIFIER, VR::CS, id),
+        ])],
+    )
+}
+
+fn container(relation: &str, name: Code, template_id: Option<&str>) -> InMemDicomObject {
     let mut o = item(relation, "CONTAINER", name);
     o.put(el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
-    if let Some(t) = template {
-        o.put(seq(
-            tags::CONTENT_TEMPLATE_SEQUENCE,
-            vec![InMemDicomObject::from_element_iter([
-                el(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
-                el(tags::TEMPLATE_IDENTIFIER, VR::CS, t),
-            ])],
-        ));
+    if let Some(t) = template_id {
+        o.put(template(t));
     }
     o
 }
@@ -167,10 +169,7 @@ fn image_item(
     uid: &str,
     frame: Option<u32>,
 ) -> InMemDicomObject {
-    let mut r = InMemDicomObject::from_element_iter([
-        el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
-        el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, uid),
-    ]);
+    let mut r = sop_ref(class, uid);
     if let Some(f) = frame {
         r.put(el(
             tags::REFERENCED_FRAME_NUMBER,
@@ -441,12 +440,6 @@ pub fn report(exam: &Exam, r: &ReportInput<'_>) -> InMemDicomObject {
         ),
     ];
 
-    let referenced = |class: &str, uid: &str| {
-        InMemDicomObject::from_element_iter([
-            el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
-            el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, uid),
-        ])
-    };
     let series = |series_uid: &str, refs: Vec<InMemDicomObject>| {
         InMemDicomObject::from_element_iter([
             el(tags::SERIES_INSTANCE_UID, VR::UI, series_uid),
@@ -458,8 +451,8 @@ pub fn report(exam: &Exam, r: &ReportInput<'_>) -> InMemDicomObject {
         seq(
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![
-                series(&exam.image_series_uid, vec![referenced(us, r.image_uid)]),
-                series(&exam.seg_series_uid, vec![referenced(seg_class, r.seg_uid)]),
+                series(&exam.image_series_uid, vec![sop_ref(us, r.image_uid)]),
+                series(&exam.seg_series_uid, vec![sop_ref(seg_class, r.seg_uid)]),
             ],
         ),
     ]);
@@ -508,13 +501,7 @@ pub fn report(exam: &Exam, r: &ReportInput<'_>) -> InMemDicomObject {
             vec![code("126000", "DCM", "Imaging Measurement Report")],
         ),
         el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
-        seq(
-            tags::CONTENT_TEMPLATE_SEQUENCE,
-            vec![InMemDicomObject::from_element_iter([
-                el(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
-                el(tags::TEMPLATE_IDENTIFIER, VR::CS, "1500"),
-            ])],
-        ),
+        template("1500"),
         seq(tags::CONTENT_SEQUENCE, content),
     ] {
         o.put(e);

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::{
@@ -18,6 +18,8 @@ use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use serde::Serialize;
 
+use super::net::command_set;
+use super::{el, empty};
 use crate::config::DicomPeer;
 
 /// Verification SOP class (C-ECHO).
@@ -70,14 +72,6 @@ pub struct WorklistItem {
     pub modality: String,
     #[serde(rename = "ScheduledStationAETitle")]
     pub scheduled_station_ae_title: String,
-}
-
-fn el(tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, v.into())
-}
-
-fn empty(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::Empty)
 }
 
 fn text(o: &InMemDicomObject, tag: Tag) -> String {
@@ -141,19 +135,6 @@ fn item_of(o: &InMemDicomObject) -> WorklistItem {
         modality: text(&step, tags::MODALITY),
         scheduled_station_ae_title: text(&step, tags::SCHEDULED_STATION_AE_TITLE),
     }
-}
-
-/// A command set (group 0000) with its group length, implicit VR little endian.
-fn command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, String> {
-    let mut cmd = InMemDicomObject::from_element_iter(elements);
-    let mut body = Vec::new();
-    cmd.write_dataset_with_ts(&mut body, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| e.to_string())?;
-    cmd.put(el(tags::COMMAND_GROUP_LENGTH, VR::UL, body.len() as u32));
-    let mut out = Vec::new();
-    cmd.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 type Assoc = dicom_ul::ClientAssociation<std::net::TcpStream>;
@@ -276,7 +257,7 @@ pub fn echo(peer: &DicomPeer, calling_aet: &str, timeout: Duration) -> Result<Du
         message,
     };
     let (mut assoc, pc, explicit) = associate(peer, calling_aet, VERIFICATION, "C-ECHO", timeout)?;
-    let cmd = command(vec![
+    let cmd = command_set(vec![
         el(tags::AFFECTED_SOP_CLASS_UID, VR::UI, VERIFICATION),
         el(tags::COMMAND_FIELD, VR::US, 0x0030u16),
         el(tags::MESSAGE_ID, VR::US, 1u16),
@@ -331,7 +312,7 @@ pub fn query(
         "Modality Worklist C-FIND",
         timeout,
     )?;
-    let cmd = command(vec![
+    let cmd = command_set(vec![
         el(tags::AFFECTED_SOP_CLASS_UID, VR::UI, WORKLIST_FIND),
         el(tags::COMMAND_FIELD, VR::US, 0x0020u16),
         el(tags::MESSAGE_ID, VR::US, 1u16),

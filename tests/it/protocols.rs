@@ -373,35 +373,40 @@ fn measurement<'a>(found: &'a serde_json::Value, code: &str) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no measurement {code} in {found}"))
 }
 
+/// A demo daemon with `args` (after `--source`), streaming and calibrated by its ruler.
+fn calibrated_daemon(bus: &Bus, dir: &Path, args: &[&str]) -> Daemon {
+    let d = Daemon::spawn(daemon_cmd(bus, true, &dir.join("state"), args), dir);
+    wait_for("streaming", Duration::from_secs(60), || state_of(bus) == 1);
+    wait_for("calibrated", Duration::from_secs(60), || {
+        get(bus, "Calibrated").contains("true")
+    });
+    d
+}
+
+/// A snapshot's measurement.json.
+fn record_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("measurement.json")).unwrap()).unwrap()
+}
+
 #[test]
 #[ignore = "needs dicom3tools, dcmtk, PixelMed and highdicom from scripts/setup.sh; scripts/test.sh runs it"]
 fn a_fetal_head_snapshot_reports_its_circumference_in_tid_1500() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = Daemon::spawn(
-        daemon_cmd(
-            &bus,
-            true,
-            &tmp.path().join("state"),
-            &[
-                "--source",
-                "demo?fps=15&task=region&furniture=1",
-                "--model",
-                "models/fetal-head.onnx",
-            ],
-        ),
+    let mut d = calibrated_daemon(
+        &bus,
         tmp.path(),
+        &[
+            "--source",
+            "demo?fps=15&task=region&furniture=1",
+            "--model",
+            "models/fetal-head.onnx",
+        ],
     );
-    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
-    wait_for("calibrated", Duration::from_secs(60), || {
-        get(&bus, "Calibrated").contains("true")
-    });
     let dir = snapshot_with_exam(&bus, &d, None);
     check_snapshot_files(&dir);
     let found = highdicom_read(&dir);
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("measurement.json")).unwrap())
-            .unwrap();
+    let record = record_of(&dir);
     let hc = record["measurements"]["circumference_mm"]
         .as_f64()
         .unwrap_or_else(|| panic!("no circumference: {record}"));
@@ -419,28 +424,20 @@ fn a_fetal_head_snapshot_reports_its_circumference_in_tid_1500() {
 }
 
 #[test]
-#[ignore = "needs dicom3tools and dcmtk from scripts/setup.sh; scripts/test.sh runs it"]
+#[ignore = "needs dicom3tools, dcmtk, PixelMed and highdicom from scripts/setup.sh; scripts/test.sh runs it"]
 fn snapshots_write_dicom_that_dciodvfy_pixelmed_and_highdicom_accept() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = Daemon::spawn(
-        daemon_cmd(
-            &bus,
-            true,
-            &tmp.path().join("state"),
-            &[
-                "--source",
-                "demo?fps=15&furniture=1",
-                "--extra-model",
-                "models/fascicle.onnx",
-            ],
-        ),
+    let mut d = calibrated_daemon(
+        &bus,
         tmp.path(),
+        &[
+            "--source",
+            "demo?fps=15&furniture=1",
+            "--extra-model",
+            "models/fascicle.onnx",
+        ],
     );
-    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
-    wait_for("calibrated", Duration::from_secs(60), || {
-        get(&bus, "Calibrated").contains("true")
-    });
     let anon = snapshot_with_exam(&bus, &d, None);
     let named = snapshot_with_exam(&bus, &d, Some(["PID-42", "DOE^JANE", "ACC7"]));
     // Only operators may set the exam: the policy gives SetExam no exception (checked with
@@ -459,9 +456,7 @@ fn snapshots_write_dicom_that_dciodvfy_pixelmed_and_highdicom_accept() {
     // The report and the Segmentation read by a reference reader (highdicom): the thickness
     // with its code and unit, the fascicle numbers in their own group, and the mask's pixels.
     let found = highdicom_read(&named);
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(named.join("measurement.json")).unwrap())
-            .unwrap();
+    let record = record_of(&named);
     let groups = found["groups"].as_array().unwrap();
     let thickness = record["measurements"]["thickness_mm"].as_f64().unwrap();
     let m = measurement(&found, "59089-3");
