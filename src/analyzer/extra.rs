@@ -77,33 +77,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs `job` on `work`.
-fn run(work: &Mutex<Work>, job: &Job) -> Outcome {
+/// Runs `job` on `work` into `out`, reusing its buffers (the mask, the fascicle list).
+fn run(work: &Mutex<Work>, job: &Job, out: &mut Outcome) {
     let mut w = lock(work);
     let Work { model, post } = &mut *w;
     let (ew, eh) = (model.spec().input_width, model.spec().input_height);
+    out.frame = job.frame;
+    out.roi = job.roi;
     if let Err(e) = model.run(&job.tensor) {
-        return Outcome {
-            frame: job.frame,
-            error: Some(e.to_string()),
-            ..Default::default()
-        };
+        out.measurements = Default::default();
+        out.fascicles.clear();
+        out.mask.clear();
+        out.doubt = Default::default();
+        out.error = Some(e.to_string());
+        return;
     }
     if post.task() == Task::Fascicle {
         post.set_aponeuroses(job.apo);
     }
     post.set_ruler(job.ruler);
     let a = post.process(model.probability(), ew, eh, job.roi);
-    let (measurements, fascicles, doubt) = (a.measurements.clone(), a.fascicles.clone(), a.doubt);
-    Outcome {
-        frame: job.frame,
-        measurements,
-        fascicles,
-        roi: job.roi,
-        mask: post.mask().to_vec(),
-        doubt,
-        error: None,
-    }
+    out.measurements = a.measurements.clone();
+    out.fascicles.clone_from(&a.fascicles);
+    out.doubt = a.doubt;
+    out.error = None;
+    out.mask.clear();
+    out.mask.extend_from_slice(post.mask());
 }
 
 /// A thread that runs an extra model on the newest job.
@@ -127,12 +126,15 @@ impl Lane {
         let thread = std::thread::Builder::new()
             .name(format!("pocusd-{role}"))
             .spawn(move || {
+                let mut out = Outcome::default();
                 while !st.load(Ordering::Relaxed) {
                     let Some(job) = j.take_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let out = run(&work, &job);
-                    *lock(&o) = Some(out);
+                    // Filled outside the lock, then swapped in: the previous outcome's buffers
+                    // come back for the next run.
+                    run(&work, &job, &mut out);
+                    std::mem::swap(&mut out, lock(&o).get_or_insert_with(Outcome::default));
                     let mut spare = lock(&s);
                     if spare.len() < 2 {
                         spare.push(job.tensor);
@@ -291,7 +293,9 @@ impl Extra {
                 }
             }
             None => {
-                self.last = Some(run(&self.work, &job));
+                let mut out = self.last.take().unwrap_or_default();
+                run(&self.work, &job, &mut out);
+                self.last = Some(out);
                 self.tensor = job.tensor;
             }
         }

@@ -300,14 +300,20 @@ pub fn report(exam: &Exam, r: &ReportInput<'_>) -> InMemDicomObject {
         let (algorithm, doubt) = if primary {
             (Some(r.primary), record.doubt)
         } else {
+            // An extra model's numbers travel with its own verdict; without one (never seen:
+            // both come from the same outcome) they are not reported rather than shown under
+            // another model's verdict.
+            let Some(doubt) = record
+                .extra_doubt
+                .iter()
+                .find(|(t, _)| *t == task)
+                .map(|(_, d)| *d)
+            else {
+                continue;
+            };
             (
                 r.extras.iter().find(|(t, _)| *t == task).map(|(_, a)| a),
-                record
-                    .extra_doubt
-                    .iter()
-                    .find(|(t, _)| *t == task)
-                    .map(|(_, d)| *d)
-                    .unwrap_or(record.doubt),
+                doubt,
             )
         };
         let label = match task {
