@@ -30,6 +30,10 @@ pub enum Command {
     Reload(oneshot::Sender<Result<(), Error>>),
     /// Starts an exam: patient id, patient name, accession (empty: not given).
     SetExam(String, String, String, oneshot::Sender<Result<(), Error>>),
+    /// Asks the worklist again now.
+    RefreshWorklist(oneshot::Sender<Result<(), Error>>),
+    /// Starts the exam of a worklist item: accession number, scheduled procedure step id.
+    SelectWorklistItem(String, String, oneshot::Sender<Result<(), Error>>),
     /// Roll back to a model version (`None`: the previous one); answers the version now current.
     RollbackModel(Option<u32>, oneshot::Sender<Result<u32, Error>>),
 }

@@ -189,6 +189,31 @@ impl Supervisor {
         .map_err(|e| DbusError::Io(format!("snapshot task failed: {e}")))?
     }
 
+    /// `SelectWorklistItem(accession, step_id)`: the exam of that worklist item (its patient,
+    /// Study Instance UID and order) for the snapshots to come.
+    pub(super) fn select_worklist_item(
+        &mut self,
+        accession: &str,
+        step_id: &str,
+    ) -> Result<(), DbusError> {
+        let w = self.worklist.as_ref().ok_or_else(no_worklist)?;
+        let item = w.find(accession, step_id).ok_or_else(|| {
+            DbusError::NotFound(format!(
+                "no worklist item with accession {accession:?} and step {step_id:?} in the last list ({} items); refresh it, or check both values",
+                w.state().items.len()
+            ))
+        })?;
+        let e = crate::dicom::Exam::from_worklist(&item, crate::source::realtime_us()).map_err(
+            |e| DbusError::InvalidArgument(format!("the worklist item cannot be used: {e}")),
+        )?;
+        eprintln!(
+            "pocusd: new exam from the worklist: accession {accession}, step {step_id} (study {})",
+            e.study_uid
+        );
+        *self.exam.lock().unwrap_or_else(|p| p.into_inner()) = e;
+        Ok(())
+    }
+
     /// `SetExam(patient_id, patient_name, accession)`: a new study for the snapshots to come
     /// (empty strings: not given).
     pub(super) fn set_exam(
@@ -336,4 +361,12 @@ fn algorithm(values: &Values, sha256: Option<&str>) -> crate::dicom::sr::Algorit
         })
         .unwrap_or_else(|| "pocusd model".to_string());
     crate::dicom::sr::Algorithm { name, version }
+}
+
+/// The answer of a worklist method on a daemon without one.
+pub(super) fn no_worklist() -> DbusError {
+    DbusError::NotFound(
+        "no worklist is configured: set [dicom] worklist = \"AET@HOST:PORT\" (or use SetExam)"
+            .into(),
+    )
 }

@@ -157,6 +157,10 @@ impl Supervisor {
         if new.output_ffmpeg != self.cfg.output_ffmpeg {
             restart.push("[output.ffmpeg]");
         }
+        // The spool's sender and the worklist poller are started with the daemon.
+        if new.dicom != self.cfg.dicom {
+            restart.push("[dicom]");
+        }
         self.threshold = new.postprocess.threshold;
         let _ = self.control.send(Control::Postprocess(new.postprocess));
         let _ = self.control.send(Control::Style(new.overlay));
@@ -169,6 +173,7 @@ impl Supervisor {
         applied.storage.dir = self.cfg.storage.dir.clone();
         applied.http = self.cfg.http.clone();
         applied.output_ffmpeg = self.cfg.output_ffmpeg.clone();
+        applied.dicom = self.cfg.dicom.clone();
         self.cfg = applied;
         eprintln!(
             "pocusd: configuration reloaded (thresholds, smoothing, overlay style, publish rates){}",

@@ -20,6 +20,7 @@ pub mod review;
 pub mod store;
 mod supervisor;
 mod training;
+pub mod worklist;
 
 #[cfg(feature = "ffmpeg")]
 pub use crate::publish::ffmpeg_out as record;
@@ -180,6 +181,7 @@ async fn serve(
                 events: events.clone(),
                 metrics: metrics.clone(),
                 commands: cmd_tx.clone(),
+                worklist: outputs.worklist.clone(),
             };
             let (task, addr) =
                 outputs::serve_http(l, &cfg, &state_dir, links, opts.observer.as_deref())?;
@@ -204,6 +206,7 @@ async fn serve(
         start_id,
         igtl: outputs.igtl.clone(),
         spool: outputs.spool.clone(),
+        worklist: outputs.worklist.clone(),
         bus: bus_object,
     });
     sup.announce(bus, viewer);

@@ -40,6 +40,8 @@ pub(super) async fn bind_http(cfg: &Config) -> anyhow::Result<Option<tokio::net:
 pub(super) struct Outputs {
     /// The DICOM spool (`[dicom] store`).
     pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
+    /// The Modality Worklist poller (`[dicom] worklist`).
+    pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
     /// The OpenIGTLink server (`[igtl] enabled`).
     pub(super) igtl: Option<Arc<crate::publish::igtl::Server>>,
     /// The newest JPEG of the overlay, for the viewer's stream.
@@ -96,6 +98,24 @@ impl Outputs {
                     spool.waiting()
                 );
                 Some(spool)
+            }
+            None => None,
+        };
+        let worklist = match &cfg.dicom.worklist {
+            Some(peer) => {
+                eprintln!(
+                    "pocusd: worklist {peer} asked for today's US steps of station {} every {} s",
+                    cfg.dicom.calling_aet, cfg.dicom.worklist_poll_s
+                );
+                Some(
+                    super::worklist::Worklist::start(
+                        peer.clone(),
+                        cfg.dicom.calling_aet.clone(),
+                        std::time::Duration::from_secs(cfg.dicom.worklist_poll_s),
+                        shared.stop.clone(),
+                    )
+                    .context("cannot start the worklist thread")?,
+                )
             }
             None => None,
         };
@@ -161,6 +181,7 @@ impl Outputs {
         };
         Ok(Self {
             spool,
+            worklist,
             igtl,
             jpeg,
             encoder_counters,
@@ -235,6 +256,7 @@ pub(super) struct ViewerLinks {
     pub(super) events: broadcast::Sender<Arc<str>>,
     pub(super) metrics: Arc<Mutex<http::Metrics>>,
     pub(super) commands: mpsc::Sender<Command>,
+    pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
 }
 
 /// Serves the viewer on `listener`; returns the server's task and its address.
@@ -256,6 +278,7 @@ pub(super) fn serve_http(
         events: links.events,
         metrics: links.metrics,
         commands: links.commands,
+        worklist: links.worklist,
         token: cfg.http.token.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.http.max_clients)),
         max_clients: cfg.http.max_clients,

@@ -44,6 +44,7 @@ pub(super) struct Parts {
     pub(super) start_id: Arc<str>,
     pub(super) igtl: Option<Arc<crate::publish::igtl::Server>>,
     pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
+    pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
     pub(super) bus: Option<BusObject>,
 }
 
@@ -167,6 +168,7 @@ pub(super) struct Supervisor {
     pub(super) exam: Arc<Mutex<crate::dicom::Exam>>,
     /// The DICOM spool (`[dicom] store`).
     pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
+    pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
     /// The newest history record of `models_dir` (the `Training` property).
     pub(super) training: Values,
     /// The history file's (mtime, length) when last read.
@@ -229,6 +231,7 @@ impl Supervisor {
                 crate::source::realtime_us(),
             ))),
             spool: p.spool,
+            worklist: p.worklist,
             training: Values::new(),
             training_stamp: None,
             training_fault: None,
@@ -262,6 +265,18 @@ impl Supervisor {
             }
             Command::Reload(reply) => {
                 let _ = reply.send(self.reload());
+            }
+            Command::RefreshWorklist(reply) => {
+                let _ = reply.send(match &self.worklist {
+                    Some(w) => {
+                        w.refresh();
+                        Ok(())
+                    }
+                    None => Err(super::exam::no_worklist()),
+                });
+            }
+            Command::SelectWorklistItem(accession, step_id, reply) => {
+                let _ = reply.send(self.select_worklist_item(&accession, &step_id));
             }
             Command::SetExam(id, name, accession, reply) => {
                 let _ = reply.send(self.set_exam(&id, &name, &accession));
@@ -417,6 +432,10 @@ impl Supervisor {
                 .spool
                 .as_ref()
                 .map_or(0, |s| s.waiting().min(u32::MAX as u64) as u32),
+            worklist: self
+                .worklist
+                .as_ref()
+                .map_or_else(Values::new, |w| w.state().values()),
         };
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
         self.publish_http(&p);
@@ -621,6 +640,7 @@ pub(super) async fn emit_changes(
         training => training_changed,
         dicom_queue => dicom_queue_changed,
         igtl => igtl_changed,
+        worklist => worklist_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

@@ -101,13 +101,29 @@ pub fn device_serial() -> String {
         .collect()
 }
 
-/// Who and what the files belong to: set by `SetExam`, else anonymous. Each exam is one study
-/// (its own Study Instance UID) with one image series and one report series.
+/// The order an exam answers, from a Modality Worklist item: what the Request Attributes
+/// Sequence (images, Segmentation) and the Referenced Request Sequence (report) carry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Order {
+    pub requested_procedure_id: String,
+    pub requested_procedure_description: String,
+    pub step_id: String,
+    pub step_description: String,
+}
+
+/// Who and what the files belong to: set by `SetExam` or a worklist item, else anonymous. Each
+/// exam is one study (its own Study Instance UID, or the worklist's) with one image series, one
+/// report series and one segmentation series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exam {
     pub patient_id: Option<String>,
     pub patient_name: Option<String>,
+    /// YYYYMMDD and M / F / O, from the worklist.
+    pub birth_date: Option<String>,
+    pub sex: Option<String>,
     pub accession: Option<String>,
+    /// The worklist item's order (`None`: set by hand or anonymous).
+    pub order: Option<Order>,
     pub study_uid: String,
     pub image_series_uid: String,
     pub sr_series_uid: String,
@@ -146,7 +162,10 @@ impl Exam {
         Self {
             patient_id: None,
             patient_name: None,
+            birth_date: None,
+            sex: None,
             accession: None,
+            order: None,
             study_uid: new_uid(),
             image_series_uid: new_uid(),
             sr_series_uid: new_uid(),
@@ -175,6 +194,156 @@ impl Exam {
             accession: some(acc),
             ..Self::anonymous(now_us)
         })
+    }
+
+    /// The exam of a worklist item: its patient, accession number, Study Instance UID (a new one
+    /// when the item has none) and order. A value DICOM cannot carry is refused with its name,
+    /// never shortened or replaced.
+    pub fn from_worklist(item: &worklist::WorklistItem, now_us: i64) -> Result<Self, DicomError> {
+        let mut e = Self::new(
+            &item.patient_id,
+            &item.patient_name,
+            &item.accession_number,
+            now_us,
+        )?;
+        let bad = |field: &'static str, value: &str, reason: &str| DicomError::BadValue {
+            field,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let date = item.patient_birth_date.trim();
+        if !date.is_empty() {
+            if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("PatientBirthDate", date, "not a date YYYYMMDD"));
+            }
+            e.birth_date = Some(date.to_string());
+        }
+        let sex = item.patient_sex.trim();
+        if !sex.is_empty() {
+            if !matches!(sex, "M" | "F" | "O") {
+                return Err(bad("PatientSex", sex, "not M, F or O"));
+            }
+            e.sex = Some(sex.to_string());
+        }
+        let uid = item.study_instance_uid.trim();
+        if !uid.is_empty() {
+            let valid = uid.len() <= 64
+                && uid.split('.').all(|c| {
+                    !c.is_empty()
+                        && c.bytes().all(|b| b.is_ascii_digit())
+                        && (c == "0" || !c.starts_with('0'))
+                });
+            if !valid {
+                return Err(bad(
+                    "StudyInstanceUID",
+                    uid,
+                    "not a valid UID (digits and dots, at most 64 characters)",
+                ));
+            }
+            e.study_uid = uid.to_string();
+        }
+        for (field, v, max) in [
+            ("RequestedProcedureID", &item.requested_procedure_id, 16),
+            (
+                "RequestedProcedureDescription",
+                &item.requested_procedure_description,
+                64,
+            ),
+            (
+                "ScheduledProcedureStepID",
+                &item.scheduled_procedure_step_id,
+                16,
+            ),
+            (
+                "ScheduledProcedureStepDescription",
+                &item.scheduled_procedure_step_description,
+                64,
+            ),
+        ] {
+            check_text(field, v, max)?;
+        }
+        e.order = Some(Order {
+            requested_procedure_id: item.requested_procedure_id.clone(),
+            requested_procedure_description: item.requested_procedure_description.clone(),
+            step_id: item.scheduled_procedure_step_id.clone(),
+            step_description: item.scheduled_procedure_step_description.clone(),
+        });
+        Ok(e)
+    }
+
+    /// The Request Attributes Sequence of the images and the Segmentation (empty without an
+    /// order).
+    fn request_attributes(&self) -> Option<DataElement<InMemDicomObject>> {
+        let o = self.order.as_ref()?;
+        let mut item = InMemDicomObject::new_empty();
+        if let Some(a) = &self.accession {
+            item.put(el(tags::ACCESSION_NUMBER, VR::SH, a.as_str()));
+        }
+        item.put(el(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            self.study_uid.as_str(),
+        ));
+        for (tag, vr, v) in [
+            (
+                tags::REQUESTED_PROCEDURE_ID,
+                VR::SH,
+                &o.requested_procedure_id,
+            ),
+            (
+                tags::REQUESTED_PROCEDURE_DESCRIPTION,
+                VR::LO,
+                &o.requested_procedure_description,
+            ),
+            (tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, &o.step_id),
+            (
+                tags::SCHEDULED_PROCEDURE_STEP_DESCRIPTION,
+                VR::LO,
+                &o.step_description,
+            ),
+        ] {
+            if !v.is_empty() {
+                item.put(el(tag, vr, v.as_str()));
+            }
+        }
+        Some(seq(tags::REQUEST_ATTRIBUTES_SEQUENCE, vec![item]))
+    }
+
+    /// The report's Referenced Request Sequence (empty without an order).
+    fn referenced_request(&self) -> Option<DataElement<InMemDicomObject>> {
+        let o = self.order.as_ref()?;
+        let text = |tag, vr, v: &str| {
+            if v.is_empty() {
+                empty(tag, vr)
+            } else {
+                el(tag, vr, v)
+            }
+        };
+        Some(seq(
+            tags::REFERENCED_REQUEST_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([
+                el(tags::STUDY_INSTANCE_UID, VR::UI, self.study_uid.as_str()),
+                seq(tags::REFERENCED_STUDY_SEQUENCE, vec![]),
+                text(
+                    tags::ACCESSION_NUMBER,
+                    VR::SH,
+                    self.accession.as_deref().unwrap_or(""),
+                ),
+                text(
+                    tags::REQUESTED_PROCEDURE_ID,
+                    VR::SH,
+                    &o.requested_procedure_id,
+                ),
+                text(
+                    tags::REQUESTED_PROCEDURE_DESCRIPTION,
+                    VR::LO,
+                    &o.requested_procedure_description,
+                ),
+                seq(tags::REQUESTED_PROCEDURE_CODE_SEQUENCE, vec![]),
+                empty(tags::PLACER_ORDER_NUMBER_IMAGING_SERVICE_REQUEST, VR::LO),
+                empty(tags::FILLER_ORDER_NUMBER_IMAGING_SERVICE_REQUEST, VR::LO),
+            ])],
+        ))
     }
 }
 
@@ -236,8 +405,14 @@ fn new_object(exam: &Exam, sop_class: &str, content_us: i64) -> (InMemDicomObjec
         el(tags::INSTANCE_CREATION_TIME, VR::TM, time.as_str()),
         el(tags::PATIENT_NAME, VR::PN, name),
         el(tags::PATIENT_ID, VR::LO, id),
-        empty(tags::PATIENT_BIRTH_DATE, VR::DA),
-        empty(tags::PATIENT_SEX, VR::CS),
+        match &exam.birth_date {
+            Some(d) => el(tags::PATIENT_BIRTH_DATE, VR::DA, d.as_str()),
+            None => empty(tags::PATIENT_BIRTH_DATE, VR::DA),
+        },
+        match &exam.sex {
+            Some(x) => el(tags::PATIENT_SEX, VR::CS, x.as_str()),
+            None => empty(tags::PATIENT_SEX, VR::CS),
+        },
         el(tags::STUDY_INSTANCE_UID, VR::UI, exam.study_uid.as_str()),
         el(tags::STUDY_DATE, VR::DA, study_date.as_str()),
         el(tags::STUDY_TIME, VR::TM, study_time.as_str()),
@@ -259,6 +434,27 @@ fn new_object(exam: &Exam, sop_class: &str, content_us: i64) -> (InMemDicomObjec
         el(tags::CONTENT_TIME, VR::TM, time.as_str()),
     ] {
         obj.put(e);
+    }
+    if let Some(o) = exam
+        .order
+        .as_ref()
+        .filter(|o| !o.requested_procedure_description.is_empty())
+    {
+        obj.put(el(
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            o.requested_procedure_description.as_str(),
+        ));
+    }
+    // The order: Request Attributes (General Series of the images and the Segmentation), or the
+    // report's Referenced Request.
+    let request = if sop_class == uids::COMPREHENSIVE3_DSR_STORAGE {
+        exam.referenced_request()
+    } else {
+        exam.request_attributes()
+    };
+    if let Some(r) = request {
+        obj.put(r);
     }
     (obj, uid)
 }
@@ -704,6 +900,48 @@ mod tests {
             assert!(digits.bytes().all(|c| c.is_ascii_digit()));
             assert!(!digits.starts_with('0'), "no leading zero: {u}");
         }
+    }
+
+    #[test]
+    fn a_worklist_item_becomes_the_exam_or_is_refused_by_name() {
+        let mut item = worklist::WorklistItem {
+            patient_id: "PID-1".into(),
+            patient_name: "ROE^ANNA".into(),
+            patient_birth_date: "19800101".into(),
+            patient_sex: "F".into(),
+            accession_number: "ACC1".into(),
+            study_instance_uid: "1.2.3.4".into(),
+            requested_procedure_id: "RP1".into(),
+            scheduled_procedure_step_id: "SPS1".into(),
+            ..Default::default()
+        };
+        let e = Exam::from_worklist(&item, 0).unwrap();
+        assert_eq!(e.study_uid, "1.2.3.4");
+        assert_eq!(e.birth_date.as_deref(), Some("19800101"));
+        assert_eq!(e.order.as_ref().unwrap().step_id, "SPS1");
+        let seq = e.request_attributes().unwrap();
+        assert_eq!(seq.items().unwrap().len(), 1);
+        for (field, bad) in [
+            ("StudyInstanceUID", "1.02.3"),
+            ("StudyInstanceUID", "1.2.x"),
+            ("PatientBirthDate", "1980-01-01"),
+            ("PatientSex", "female"),
+        ] {
+            let mut b = item.clone();
+            match field {
+                "StudyInstanceUID" => b.study_instance_uid = bad.into(),
+                "PatientBirthDate" => b.patient_birth_date = bad.into(),
+                _ => b.patient_sex = bad.into(),
+            }
+            let err = Exam::from_worklist(&b, 0).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        // No Study Instance UID in the item: a new study.
+        item.study_instance_uid.clear();
+        assert!(Exam::from_worklist(&item, 0)
+            .unwrap()
+            .study_uid
+            .starts_with("2.25."));
     }
 
     #[test]

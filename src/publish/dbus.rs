@@ -113,6 +113,9 @@ pub struct Props {
     /// The OpenIGTLink server: listen (s), clients (u), frames_sent (t), frames_dropped (t);
     /// empty when `[igtl]` is off.
     pub igtl: Values,
+    /// The Modality Worklist: peer (s), items (u), last_answer_us (x, 0: never), error (s,
+    /// empty when the last query answered); empty without `[dicom] worklist`.
+    pub worklist: Values,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -217,6 +220,11 @@ impl Daemon1 {
     }
 
     #[zbus(property)]
+    fn worklist(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().worklist)
+    }
+
+    #[zbus(property)]
     fn igtl(&self) -> HashMap<String, OwnedVariant> {
         to_dict(&self.props().igtl)
     }
@@ -262,6 +270,18 @@ impl Daemon1 {
         accession: String,
     ) -> Result<(), Error> {
         self.ask(|tx| Command::SetExam(patient_id, patient_name, accession, tx))
+            .await
+    }
+
+    /// Asks the Modality Worklist again now (`[dicom] worklist`).
+    async fn refresh_worklist(&self) -> Result<(), Error> {
+        self.ask(Command::RefreshWorklist).await
+    }
+
+    /// Starts the exam of the worklist item with this accession number and scheduled
+    /// procedure step id: its patient, study and order go into every object that follows.
+    async fn select_worklist_item(&self, accession: String, step_id: String) -> Result<(), Error> {
+        self.ask(|tx| Command::SelectWorklistItem(accession, step_id, tx))
             .await
     }
 
@@ -481,8 +501,10 @@ mod tests {
                 ("LoadExtraModel", "ss"),
                 ("LoadModel", "s"),
                 ("Pause", "b"),
+                ("RefreshWorklist", ""),
                 ("Reload", ""),
                 ("RollbackModel", "i"),
+                ("SelectWorklistItem", "ss"),
                 ("SetExam", "sss"),
                 ("SetThreshold", "d"),
                 ("Snapshot", "")

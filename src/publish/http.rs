@@ -2,7 +2,9 @@
 //! `/` the viewer page, `/stream.mjpg` (multipart/x-mixed-replace, one JPEG per part with
 //! `X-Sequence` and `X-Timestamp-Us` headers), `/snapshot.jpg`, `/events` (Server-Sent Events: one
 //! JSON object per published measurement, per state change and a status line twice a second),
-//! `/metrics` (Prometheus text), `/healthz`, and `POST /api/pause`, `POST /api/snapshot`.
+//! `/metrics` (Prometheus text), `/healthz`, `POST /api/pause`, `POST /api/snapshot`, the
+//! worklist (`GET /api/worklist`, `POST /api/worklist/refresh`, `POST /api/worklist/select`) and
+//! `POST /api/exam` (the `SetExam` form).
 //! Handlers read what the supervisor and the encoder publish and forward actions as the same
 //! [`Command`]s D-Bus methods send, so this module owns no state. Must not depend on the pipeline's
 //! threads.
@@ -102,6 +104,8 @@ pub struct HttpState {
     pub max_clients: usize,
     /// The review queue (snapshots) and the site data folder accepted labels go to.
     pub review: Arc<crate::daemon::review::Review>,
+    /// The Modality Worklist (`[dicom] worklist`; read here, selected through [`Command`]s).
+    pub worklist: Option<Arc<crate::daemon::worklist::Worklist>>,
 }
 
 /// A streaming client's permit, or the 503 that refuses one more.
@@ -130,6 +134,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/pause", post(api_pause))
         .route("/api/snapshot", post(api_snapshot))
+        .route("/api/exam", post(api_exam))
+        .route("/api/worklist", get(api_worklist))
+        .route("/api/worklist/refresh", post(api_worklist_refresh))
+        .route("/api/worklist/select", post(api_worklist_select))
         .route("/review", get(review_page))
         .route("/api/review", get(api_review_list))
         .route(
@@ -500,6 +508,104 @@ async fn api_snapshot(
     }
     match ask(&s.commands, Command::Snapshot).await {
         Ok(path) => axum_json(&serde_json::json!({ "path": path })).into_response(),
+        Err(e) => dbus_error_response(e),
+    }
+}
+
+/// `GET /api/worklist`: `{"configured", "peer", "items": [...], "last_answer_us", "last_query_us",
+/// "error"}`; the items' keys are the DICOM keywords (as `pocusd dicom worklist --json`). It
+/// holds patient names, so it follows the viewer's token rule like the actions.
+async fn api_worklist(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    let v = match &s.worklist {
+        Some(w) => {
+            let mut v = serde_json::to_value(w.state()).unwrap_or_default();
+            v["configured"] = serde_json::Value::Bool(true);
+            v
+        }
+        None => serde_json::json!({"configured": false, "items": []}),
+    };
+    axum_json(&v).into_response()
+}
+
+async fn api_worklist_refresh(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<TokenQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    match ask(&s.commands, Command::RefreshWorklist).await {
+        Ok(()) => axum_json(&serde_json::json!({"refreshing": true})).into_response(),
+        Err(e) => dbus_error_response(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SelectQuery {
+    token: Option<String>,
+    accession: Option<String>,
+    step_id: Option<String>,
+}
+
+/// `POST /api/worklist/select?accession=A&step_id=S`: `SelectWorklistItem`.
+async fn api_worklist_select(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<SelectQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    let (Some(accession), Some(step_id)) = (q.accession, q.step_id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "give the item's accession number and scheduled procedure step id: POST /api/worklist/select?accession=A&step_id=S\n",
+        )
+            .into_response();
+    };
+    match ask(&s.commands, |tx| {
+        Command::SelectWorklistItem(accession, step_id, tx)
+    })
+    .await
+    {
+        Ok(()) => axum_json(&serde_json::json!({"selected": true})).into_response(),
+        Err(e) => dbus_error_response(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExamQuery {
+    token: Option<String>,
+    patient_id: Option<String>,
+    patient_name: Option<String>,
+    accession: Option<String>,
+}
+
+/// `POST /api/exam?patient_id=&patient_name=&accession=`: `SetExam`, for carts without a
+/// worklist.
+async fn api_exam(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ExamQuery>,
+) -> Response {
+    if !authorised(&s, &headers, q.token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORISED).into_response();
+    }
+    let (id, name, acc) = (
+        q.patient_id.unwrap_or_default(),
+        q.patient_name.unwrap_or_default(),
+        q.accession.unwrap_or_default(),
+    );
+    match ask(&s.commands, |tx| Command::SetExam(id, name, acc, tx)).await {
+        Ok(()) => axum_json(&serde_json::json!({"exam": true})).into_response(),
         Err(e) => dbus_error_response(e),
     }
 }

@@ -46,6 +46,8 @@ pub trait Daemon1 {
     fn dicom_queue(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn igtl(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn worklist(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
 
     #[zbus(signal)]
     fn measurement(
@@ -181,6 +183,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         // An older daemon without the property reads as 0.
         "dicom_queue": p.dicom_queue().await.unwrap_or(0),
         "igtl": p.igtl().await.map(|d| dict_json(&d)).unwrap_or_default(),
+        "worklist": p.worklist().await.map(|d| dict_json(&d)).unwrap_or_default(),
     }))
 }
 
@@ -381,12 +384,50 @@ pub fn human(v: &serde_json::Value) -> String {
         "      DICOM: {} snapshots waiting to be sent\n",
         v["dicom_queue"].as_u64().unwrap_or(0)
     );
+    s += &worklist_line(&v["worklist"], crate::clock::realtime_us());
     s
+}
+
+/// The `Worklist:` line: the provider, its last answer's age, or why it is not answering and
+/// that the last list is kept. Empty without a worklist.
+fn worklist_line(w: &serde_json::Value, now_us: i64) -> String {
+    let Some(peer) = w["peer"].as_str() else {
+        return String::new();
+    };
+    let items = w["items"].as_u64().unwrap_or(0);
+    let answered = w["last_answer_us"].as_i64().filter(|&t| t > 0);
+    let ago = |t: i64| format!("{:.0} s ago", (now_us - t).max(0) as f64 / 1e6);
+    match (w["error"].as_str().filter(|e| !e.is_empty()), answered) {
+        (None, Some(t)) => format!("   Worklist: {peer}, {items} scheduled steps, answered {}\n", ago(t)),
+        (None, None) => format!("   Worklist: {peer}, not asked yet\n"),
+        (Some(e), Some(t)) => format!(
+            "   Worklist: {peer} NOT ANSWERING: {e}; keeping the last list ({items} steps, answered {})\n",
+            ago(t)
+        ),
+        (Some(e), None) => format!("   Worklist: {peer} NOT ANSWERING: {e}; it never answered\n"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worklist_line_says_when_it_answered_or_why_not() {
+        let ok = serde_json::json!({"peer": "WL@h:1", "items": 2, "last_answer_us": 1_000_000, "error": ""});
+        assert_eq!(
+            worklist_line(&ok, 13_000_000),
+            "   Worklist: WL@h:1, 2 scheduled steps, answered 12 s ago\n"
+        );
+        let down = serde_json::json!({"peer": "WL@h:1", "items": 2, "last_answer_us": 1_000_000, "error": "cannot reach"});
+        let line = worklist_line(&down, 13_000_000);
+        assert!(
+            line.contains("NOT ANSWERING: cannot reach")
+                && line.contains("keeping the last list (2 steps"),
+            "{line}"
+        );
+        assert_eq!(worklist_line(&serde_json::json!({}), 0), "");
+    }
 
     #[test]
     fn a_doubtful_last_measurement_is_said_with_its_reasons_in_words() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use crate::daemon_support::*;
-use crate::viewer::{http, metric, viewer_addr};
+use crate::viewer::{chromium, http, metric, viewer_addr};
 
 /// The address a log line names after `marker` (e.g. "OpenIGTLink server on ").
 fn logged_addr(d: &Daemon, marker: &str) -> String {
@@ -836,25 +836,9 @@ fn listed(o: &std::process::Output) -> Vec<serde_json::Value> {
 #[ignore = "needs dcmtk and orthanc from scripts/setup.sh; scripts/test.sh runs it"]
 fn the_worklist_lists_this_stations_steps_from_wlmscpfs_and_orthanc_and_echo_checks_peers() {
     let tmp = tempfile::tempdir().unwrap();
-    // dcmtk's worklist provider: one folder per called AE title, a lockfile in it.
+    let (mut wl, port) = wlmscpfs(tmp.path());
     let db = tmp.path().join("wl");
-    worklist_files(&db.join("WORKLIST"));
-    std::fs::write(db.join("WORKLIST/lockfile"), "").unwrap();
-    let port = free_port();
-    let mut wl = Command::new("wlmscpfs")
-        .arg("-dfp")
-        .arg(&db)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wlmscpfs runs (scripts/setup.sh installs dcmtk)");
     let peer = format!("WORKLIST@127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "wlmscpfs did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let items = listed(&common::run(&[
         "dicom", "worklist", "--from", &peer, "--json",
     ]));
@@ -902,4 +886,123 @@ fn the_worklist_lists_this_stations_steps_from_wlmscpfs_and_orthanc_and_echo_che
     let e = common::stderr(&o);
     assert!(e.contains(&closed) && e.contains("cannot reach"), "{e}");
     orthanc.stop();
+}
+
+/// wlmscpfs serving `worklist_files` as AE title WORKLIST on a free port; returns it and the port.
+fn wlmscpfs(dir: &Path) -> (Child, u16) {
+    let db = dir.join("wl");
+    worklist_files(&db.join("WORKLIST"));
+    std::fs::write(db.join("WORKLIST/lockfile"), "").unwrap();
+    let port = free_port();
+    let child = Command::new("wlmscpfs")
+        .arg("-dfp")
+        .arg(&db)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wlmscpfs runs (scripts/setup.sh installs dcmtk)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "wlmscpfs did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, port)
+}
+
+#[test]
+#[ignore = "needs dcmtk and chromium from scripts/setup.sh; scripts/test.sh runs it"]
+fn the_daemon_lists_the_worklist_in_the_viewer_and_a_selected_item_fills_the_snapshots() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wl, port) = wlmscpfs(tmp.path());
+    let mut cmd = daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("state"),
+        &["--source", "demo?fps=15"],
+    );
+    cmd.env(
+        "POCUSD__DICOM__WORKLIST",
+        format!("WORKLIST@127.0.0.1:{port}"),
+    );
+    cmd.env("POCUSD__DICOM__WORKLIST_POLL_S", "5");
+    let mut d = Daemon::spawn(cmd, tmp.path());
+    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
+    wait_for("the worklist answered", Duration::from_secs(60), || {
+        get(&bus, "Worklist").contains("'items': <uint64 1>")
+    });
+    let addr = viewer_addr(&d);
+    let (code, _, body) = http(addr, "GET", "/api/worklist", "");
+    assert_eq!(code, 200);
+    let w: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(w["items"][0]["PatientID"], "PID-77", "{w}");
+    assert!(w["error"].is_null(), "{w}");
+    // The viewer lists it, with the button that selects it.
+    // Chromium dumps at the load event, which can come before the page's first worklist fetch
+    // has answered: asked again (up to 10 times).
+    let mut dom = String::new();
+    for _ in 0..10 {
+        dom = common::stdout(&chromium(&["--dump-dom"], &format!("http://{addr}/"), 4000));
+        if dom.contains("ROE^ANNA (PID-77)") {
+            break;
+        }
+    }
+    assert!(dom.contains("ROE^ANNA (PID-77)"), "{dom}");
+    assert!(dom.contains("data-accession=\"ACC-PID-77\""), "{dom}");
+    assert!(dom.contains("data-step=\"SPS-mine\""), "{dom}");
+
+    // Selecting (what the button posts) puts the item into the next snapshot's files.
+    let (code, _, body) = http(
+        addr,
+        "POST",
+        "/api/worklist/select?accession=ACC-PID-77&step_id=SPS-mine",
+        "",
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let dir = snapshot_with_exam(&bus, &d, None);
+    for f in ["image.dcm", "seg.dcm", "sr.dcm"] {
+        let t = dump(&dir.join(f));
+        assert_eq!(tag_value(&t, "(0010,0020)"), "PID-77", "{f}");
+        assert_eq!(tag_value(&t, "(0010,0010)"), "ROE^ANNA", "{f}");
+        assert_eq!(tag_value(&t, "(0010,0030)"), "19800101", "{f}");
+        assert_eq!(tag_value(&t, "(0008,0050)"), "ACC-PID-77", "{f}");
+        assert_eq!(
+            tag_value(&t, "(0020,000d)"),
+            "1.2.826.0.1.3680043.2.1143.4",
+            "{f}"
+        );
+        assert!(t.contains("[SPS-mine]") || f == "sr.dcm", "{f}: {t}");
+        assert!(t.contains("[RP1]"), "{f}: {t}");
+    }
+    check_snapshot_files(&dir);
+    // D-Bus: an unknown item is refused by name; a known one is accepted.
+    let o = call(&bus, "SelectWorklistItem", &["NOPE", "SPS-mine"]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("NOPE"),
+        "{}",
+        common::stderr(&o)
+    );
+    let o = call(&bus, "SelectWorklistItem", &["ACC-PID-77", "SPS-mine"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+
+    // The worklist goes down: the last list stays and status says so.
+    let _ = wl.kill();
+    let _ = wl.wait();
+    let o = call(&bus, "RefreshWorklist", &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    wait_for("the failure seen", Duration::from_secs(60), || {
+        get(&bus, "Worklist").contains("cannot reach")
+    });
+    let (_, human) = status(&bus, false);
+    assert!(
+        human.contains("NOT ANSWERING") && human.contains("keeping the last list (1 steps"),
+        "{human}"
+    );
+    let (_, _, body) = http(addr, "GET", "/api/worklist", "");
+    let w: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(w["items"].as_array().unwrap().len(), 1, "{w}");
+    assert!(w["error"].as_str().unwrap().contains("cannot reach"), "{w}");
+    assert!(d.stop().success(), "{}", d.log());
 }

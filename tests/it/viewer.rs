@@ -439,7 +439,7 @@ fn a_network_viewer_needs_a_token_for_actions() {
 
 /// Headless Chromium (Debian's package) on `url`: `--dump-dom` or `--screenshot` after `ms` of
 /// real time (`--timeout` stops loading, the MJPEG stream never finishes by itself).
-fn chromium(mode: &[&str], url: &str, ms: u32) -> Output {
+pub(crate) fn chromium(mode: &[&str], url: &str, ms: u32) -> Output {
     let profile = tempfile::tempdir().unwrap();
     std::process::Command::new("timeout")
         .args([
