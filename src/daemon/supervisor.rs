@@ -436,6 +436,14 @@ impl Supervisor {
                 .worklist
                 .as_ref()
                 .map_or_else(Values::new, |w| w.state().values()),
+            pacs: match (&self.spool, &self.cfg.dicom.store) {
+                (Some(s), Some(peer)) => super::worklist::peer_values(
+                    &peer.to_string(),
+                    s.last_answer_us(),
+                    s.last_error().as_deref(),
+                ),
+                _ => Values::new(),
+            },
         };
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
         self.publish_http(&p);
@@ -641,6 +649,7 @@ pub(super) async fn emit_changes(
         dicom_queue => dicom_queue_changed,
         igtl => igtl_changed,
         worklist => worklist_changed,
+        pacs => pacs_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

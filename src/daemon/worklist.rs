@@ -38,19 +38,26 @@ impl WorklistState {
     /// The D-Bus `Worklist` property: `peer` (s), `items` (u), `last_answer_us` (x, 0: never),
     /// `error` (s, empty when the last query answered).
     pub fn values(&self) -> Values {
-        Values::from([
-            ("peer".to_string(), Val::S(self.peer.clone())),
-            ("items".to_string(), Val::U(self.items.len() as u64)),
-            (
-                "last_answer_us".to_string(),
-                Val::I(self.last_answer_us.unwrap_or(0)),
-            ),
-            (
-                "error".to_string(),
-                Val::S(self.error.clone().unwrap_or_default()),
-            ),
-        ])
+        let mut v = peer_values(&self.peer, self.last_answer_us, self.error.as_deref());
+        v.insert("items".to_string(), Val::U(self.items.len() as u64));
+        v
     }
+}
+
+/// A DICOM peer's reachability as D-Bus properties carry it (`Worklist`, `Pacs`): `peer` (s),
+/// `last_answer_us` (x, 0: never), `error` (s, empty when it last answered).
+pub fn peer_values(peer: &str, last_answer_us: Option<i64>, error: Option<&str>) -> Values {
+    Values::from([
+        ("peer".to_string(), Val::S(peer.to_string())),
+        (
+            "last_answer_us".to_string(),
+            Val::I(last_answer_us.unwrap_or(0)),
+        ),
+        (
+            "error".to_string(),
+            Val::S(error.unwrap_or_default().to_string()),
+        ),
+    ])
 }
 
 /// The worklist and its polling thread.

@@ -29,6 +29,8 @@ pub struct Spool {
     dropped: AtomicU64,
     wake: Slot<()>,
     last_error: std::sync::Mutex<Option<String>>,
+    /// When the peer last answered, CLOCK_REALTIME µs (0: not yet).
+    last_answer_us: std::sync::atomic::AtomicI64,
 }
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -106,6 +108,7 @@ impl Spool {
             dropped: AtomicU64::new(0),
             wake: Slot::new(),
             last_error: std::sync::Mutex::new(None),
+            last_answer_us: std::sync::atomic::AtomicI64::new(0),
         }))
     }
 
@@ -127,6 +130,16 @@ impl Spool {
     /// Snapshots dropped over the cap since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// When the peer last answered (an echo at start or a stored snapshot), CLOCK_REALTIME µs.
+    pub fn last_answer_us(&self) -> Option<i64> {
+        Some(self.last_answer_us.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    fn answered(&self) {
+        self.last_answer_us
+            .store(crate::clock::realtime_us(), Ordering::Relaxed);
     }
 
     /// Why the last attempt failed (`None` after a success).
@@ -194,6 +207,14 @@ impl Spool {
 
     /// Sends what waits, oldest first, until `stop`.
     pub fn run(self: Arc<Self>, peer: DicomPeer, calling_aet: String, stop: Arc<AtomicBool>) {
+        // Whether the peer answers is known from the start (C-ECHO), not only at the first send.
+        match super::worklist::echo(&peer, &calling_aet, Duration::from_secs(10)) {
+            Ok(_) => self.answered(),
+            Err(e) => {
+                eprintln!("pocusd: DICOM: {e}; snapshots will wait in the spool until it answers");
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
         let mut backoff = RETRY_FIRST;
         while !stop.load(Ordering::Relaxed) {
             let Some(entry) = entries(&self.dir).into_iter().next() else {
@@ -217,6 +238,7 @@ impl Spool {
                         eprintln!("pocusd: DICOM: {peer} reachable again; sending the spool");
                     }
                     *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.answered();
                     eprintln!(
                         "pocusd: DICOM: stored {} files of {} at {peer} ({} waiting)",
                         stored.len(),

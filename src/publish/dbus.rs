@@ -116,6 +116,9 @@ pub struct Props {
     /// The Modality Worklist: peer (s), items (u), last_answer_us (x, 0: never), error (s,
     /// empty when the last query answered); empty without `[dicom] worklist`.
     pub worklist: Values,
+    /// The PACS of `[dicom] store`: peer (s), last_answer_us (x, 0: never), error (s, empty
+    /// when it last answered); empty without a store.
+    pub pacs: Values,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -222,6 +225,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn worklist(&self) -> HashMap<String, OwnedVariant> {
         to_dict(&self.props().worklist)
+    }
+
+    #[zbus(property)]
+    fn pacs(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().pacs)
     }
 
     #[zbus(property)]

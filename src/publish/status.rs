@@ -48,6 +48,8 @@ pub trait Daemon1 {
     fn igtl(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
     fn worklist(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn pacs(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
 
     #[zbus(signal)]
     fn measurement(
@@ -184,6 +186,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "dicom_queue": p.dicom_queue().await.unwrap_or(0),
         "igtl": p.igtl().await.map(|d| dict_json(&d)).unwrap_or_default(),
         "worklist": p.worklist().await.map(|d| dict_json(&d)).unwrap_or_default(),
+        "pacs": p.pacs().await.map(|d| dict_json(&d)).unwrap_or_default(),
     }))
 }
 
@@ -384,27 +387,33 @@ pub fn human(v: &serde_json::Value) -> String {
         "      DICOM: {} snapshots waiting to be sent\n",
         v["dicom_queue"].as_u64().unwrap_or(0)
     );
-    s += &worklist_line(&v["worklist"], crate::clock::realtime_us());
+    let now_us = crate::clock::realtime_us();
+    s += &peer_line("       PACS", &v["pacs"], now_us, "");
+    let items = v["worklist"]["items"].as_u64().unwrap_or(0);
+    s += &peer_line(
+        "   Worklist",
+        &v["worklist"],
+        now_us,
+        &format!("{items} scheduled steps; "),
+    );
     s
 }
 
-/// The `Worklist:` line: the provider, its last answer's age, or why it is not answering and
-/// that the last list is kept. Empty without a worklist.
-fn worklist_line(w: &serde_json::Value, now_us: i64) -> String {
+/// A DICOM peer's line (`PACS:`, `Worklist:`): when it last answered, or why it is not
+/// answering (with `kept`, what is kept meanwhile). Empty without that peer.
+fn peer_line(label: &str, w: &serde_json::Value, now_us: i64, kept: &str) -> String {
     let Some(peer) = w["peer"].as_str() else {
         return String::new();
     };
-    let items = w["items"].as_u64().unwrap_or(0);
     let answered = w["last_answer_us"].as_i64().filter(|&t| t > 0);
-    let ago = |t: i64| format!("{:.0} s ago", (now_us - t).max(0) as f64 / 1e6);
-    match (w["error"].as_str().filter(|e| !e.is_empty()), answered) {
-        (None, Some(t)) => format!("   Worklist: {peer}, {items} scheduled steps, answered {}\n", ago(t)),
-        (None, None) => format!("   Worklist: {peer}, not asked yet\n"),
-        (Some(e), Some(t)) => format!(
-            "   Worklist: {peer} NOT ANSWERING: {e}; keeping the last list ({items} steps, answered {})\n",
-            ago(t)
-        ),
-        (Some(e), None) => format!("   Worklist: {peer} NOT ANSWERING: {e}; it never answered\n"),
+    let when = match answered {
+        Some(t) => format!("answered {:.0} s ago", (now_us - t).max(0) as f64 / 1e6),
+        None => "never answered".to_string(),
+    };
+    match w["error"].as_str().filter(|e| !e.is_empty()) {
+        None if answered.is_none() => format!("{label}: {peer}, not asked yet\n"),
+        None => format!("{label}: {peer}, {kept}{when}\n"),
+        Some(e) => format!("{label}: {peer} NOT ANSWERING: {e}; {kept}{when}\n"),
     }
 }
 
@@ -413,20 +422,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_worklist_line_says_when_it_answered_or_why_not() {
-        let ok = serde_json::json!({"peer": "WL@h:1", "items": 2, "last_answer_us": 1_000_000, "error": ""});
+    fn a_peer_line_says_when_it_answered_or_why_not() {
+        let ok = serde_json::json!({"peer": "WL@h:1", "last_answer_us": 1_000_000, "error": ""});
         assert_eq!(
-            worklist_line(&ok, 13_000_000),
-            "   Worklist: WL@h:1, 2 scheduled steps, answered 12 s ago\n"
+            peer_line("Worklist", &ok, 13_000_000, "2 steps; "),
+            "Worklist: WL@h:1, 2 steps; answered 12 s ago\n"
         );
-        let down = serde_json::json!({"peer": "WL@h:1", "items": 2, "last_answer_us": 1_000_000, "error": "cannot reach"});
-        let line = worklist_line(&down, 13_000_000);
-        assert!(
-            line.contains("NOT ANSWERING: cannot reach")
-                && line.contains("keeping the last list (2 steps"),
-            "{line}"
+        let down = serde_json::json!({"peer": "WL@h:1", "last_answer_us": 1_000_000, "error": "cannot reach"});
+        assert_eq!(
+            peer_line("Worklist", &down, 13_000_000, "2 steps; "),
+            "Worklist: WL@h:1 NOT ANSWERING: cannot reach; 2 steps; answered 12 s ago\n"
         );
-        assert_eq!(worklist_line(&serde_json::json!({}), 0), "");
+        let never = serde_json::json!({"peer": "P@h:1", "last_answer_us": 0, "error": "refused"});
+        assert_eq!(
+            peer_line("PACS", &never, 5, ""),
+            "PACS: P@h:1 NOT ANSWERING: refused; never answered\n"
+        );
+        assert_eq!(peer_line("PACS", &serde_json::json!({}), 0, ""), "");
     }
 
     #[test]

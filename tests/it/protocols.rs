@@ -710,6 +710,11 @@ fn snapshots_reach_a_real_orthanc_by_hand_and_through_the_spool() {
     let (st, human) = status(&bus, false);
     assert!(st.is_none());
     assert!(human.contains("DICOM: 2 snapshots waiting"), "{human}");
+    assert!(
+        human.contains(&format!("PACS: {} NOT ANSWERING", orthanc.peer()))
+            && human.contains("never answered"),
+        "{human}"
+    );
     orthanc.start();
     wait_for(
         "the spool drained into Orthanc",
@@ -717,6 +722,11 @@ fn snapshots_reach_a_real_orthanc_by_hand_and_through_the_spool() {
         || get(&bus, "DicomQueue").contains("uint32 0"),
     );
     assert_eq!(orthanc.instances(), 4 + 8, "every spooled file arrived");
+    let (_, human) = status(&bus, false);
+    assert!(
+        human.contains(&format!("PACS: {}, answered", orthanc.peer())),
+        "{human}"
+    );
     let log = d.log();
     assert_eq!(
         log.matches("stored 4 files of").count(),
@@ -997,7 +1007,9 @@ fn the_daemon_lists_the_worklist_in_the_viewer_and_a_selected_item_fills_the_sna
     });
     let (_, human) = status(&bus, false);
     assert!(
-        human.contains("NOT ANSWERING") && human.contains("keeping the last list (1 steps"),
+        human.contains("Worklist: WORKLIST@")
+            && human.contains("NOT ANSWERING")
+            && human.contains("1 scheduled steps; answered"),
         "{human}"
     );
     let (_, _, body) = http(addr, "GET", "/api/worklist", "");
