@@ -1016,5 +1016,17 @@ fn the_daemon_lists_the_worklist_in_the_viewer_and_a_selected_item_fills_the_sna
     let w: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(w["items"].as_array().unwrap().len(), 1, "{w}");
     assert!(w["error"].as_str().unwrap().contains("cannot reach"), "{w}");
+    // The viewer's form for carts without a worklist (SetExam): the order is gone with it.
+    let (code, _, body) = http(
+        addr,
+        "POST",
+        "/api/exam?patient_id=PID-9&patient_name=DOE%5EJOHN&accession=A9",
+        "",
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let t = dump(&snapshot_with_exam(&bus, &d, None).join("image.dcm"));
+    assert_eq!(tag_value(&t, "(0010,0020)"), "PID-9");
+    assert_eq!(tag_value(&t, "(0010,0010)"), "DOE^JOHN");
+    assert!(!t.contains("[RP1]"), "{t}");
     assert!(d.stop().success(), "{}", d.log());
 }
