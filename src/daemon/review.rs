@@ -197,6 +197,20 @@ impl Review {
             record.to_string().as_bytes(),
         )
         .map_err(io)?;
+        // The label as DICOM too (a MANUAL Segmentation of the snapshot's image), when the
+        // snapshot has its DICOM files; the label itself is already safe in the site folder.
+        // Its segment type comes from the snapshot's task; without one it is not guessed.
+        let task = meta["task"].as_str().and_then(crate::model::Task::parse);
+        if let (true, Some(task)) = (d.join(crate::dicom::FILES[0]).is_file(), task) {
+            if let Err(e) = crate::dicom::write_label_segmentation(
+                &d,
+                task,
+                &binary,
+                crate::clock::realtime_us(),
+            ) {
+                eprintln!("pocusd: review label {id} kept, but not written as DICOM: {e}");
+            }
+        }
         self.decide(&d, "accepted")?;
         self.enforce_cap();
         Ok(name)

@@ -613,6 +613,87 @@ fn write(obj: InMemDicomObject, path: &Path) -> Result<(), DicomError> {
     })
 }
 
+/// The file an accepted review label is written to, beside the snapshot's objects.
+pub const LABEL_FILE: &str = "label-seg.dcm";
+
+/// Writes an accepted review label as a Segmentation with algorithm type MANUAL
+/// ([`LABEL_FILE`] in the snapshot folder `dir`): derived from the snapshot's `image.dcm`, in
+/// its patient, study and order, a series of its own. `mask`: the label over the whole frame.
+pub fn write_label_segmentation(
+    dir: &Path,
+    task: crate::model::Task,
+    mask: &GrayImage,
+    now_us: i64,
+) -> Result<PathBuf, DicomError> {
+    let image_path = dir.join(FILES[0]);
+    let image = dicom_object::open_file(&image_path).map_err(|e| DicomError::Build {
+        file: LABEL_FILE.into(),
+        message: format!("cannot read {}: {e}", image_path.display()),
+    })?;
+    let text = |tag| {
+        image
+            .element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    let (rows, columns) = (text(tags::ROWS), text(tags::COLUMNS));
+    if (rows, columns) != (mask.height().to_string(), mask.width().to_string()) {
+        return Err(DicomError::BadValue {
+            field: "label",
+            value: format!("{}x{}", mask.width(), mask.height()),
+            reason: "a Segmentation's frames have the source image's size".into(),
+        });
+    }
+    let mut exam = Exam::anonymous(now_us);
+    exam.image_series_uid = text(tags::SERIES_INSTANCE_UID);
+    let source_uid = text(tags::SOP_INSTANCE_UID);
+    let segment = seg::Segment {
+        task,
+        mask,
+        algorithm_name: "",
+        algorithm_version: "",
+    };
+    let (mut o, _) = seg::segmentation(
+        &exam,
+        &seg::SegInput {
+            segments: std::slice::from_ref(&segment),
+            algorithm: seg::SegmentAlgorithm::Manual,
+            source_uid: &source_uid,
+            content_us: now_us,
+            instance: 1,
+        },
+    );
+    // The snapshot's patient, study and order, as they are in its image.
+    for tag in [
+        tags::PATIENT_NAME,
+        tags::PATIENT_ID,
+        tags::PATIENT_BIRTH_DATE,
+        tags::PATIENT_SEX,
+        tags::STUDY_INSTANCE_UID,
+        tags::STUDY_DATE,
+        tags::STUDY_TIME,
+        tags::STUDY_ID,
+        tags::STUDY_DESCRIPTION,
+        tags::ACCESSION_NUMBER,
+        tags::REFERRING_PHYSICIAN_NAME,
+        tags::REQUEST_ATTRIBUTES_SEQUENCE,
+    ] {
+        if let Ok(e) = image.element(tag) {
+            o.put(e.clone());
+        }
+    }
+    o.put(el(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "pocusd accepted labels",
+    ));
+    let path = dir.join(LABEL_FILE);
+    write(o, &path)?;
+    Ok(path)
+}
+
 /// What a snapshot's DICOM files are made of.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotInput<'a> {

@@ -3,6 +3,7 @@ code) and prints what it found as JSON: the TID 1500 measurement groups with eac
 concept, value and unit, and each segment's pixels compared with the snapshot's mask.png.
 
 Usage: dicom_check.py SNAPSHOT_DIR
+       dicom_check.py --seg SEG_FILE --mask MASK_PNG   (only the segmentation's segments)
 """
 import json
 import sys
@@ -13,7 +14,31 @@ import numpy as np
 from PIL import Image
 
 
+def segments(seg_file: Path, mask_png: Path) -> list:
+    seg = hd.seg.segread(seg_file)
+    mask = np.asarray(Image.open(mask_png).convert("L")) > 127
+    source = seg.SourceImageSequence[0].ReferencedSOPInstanceUID
+    out = []
+    for n in seg.segment_numbers:
+        d = seg.get_segment_description(n)
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[source], segment_numbers=[n]
+        )[0, :, :, 0].astype(bool)
+        out.append({
+            "number": int(n),
+            "label": d.segment_label,
+            "type": d.segmented_property_type.value,
+            "algorithm_type": d.algorithm_type.value,
+            "pixels": int(pixels.sum()),
+            "equals_mask_png": bool(pixels.shape == mask.shape and (pixels == mask).all()),
+        })
+    return out
+
+
 def main() -> None:
+    if sys.argv[1] == "--seg":
+        print(json.dumps({"segments": segments(Path(sys.argv[2]), Path(sys.argv[4]))}))
+        return
     snap = Path(sys.argv[1])
     sr = hd.sr.srread(snap / "sr.dcm")
     out = {"template": None, "groups": [], "segments": []}
@@ -44,22 +69,7 @@ def main() -> None:
             "measurements": measurements,
             "evaluations": evaluations,
         })
-    seg = hd.seg.segread(snap / "seg.dcm")
-    mask = np.asarray(Image.open(snap / "mask.png").convert("L")) > 127
-    source = seg.SourceImageSequence[0].ReferencedSOPInstanceUID
-    for n in seg.segment_numbers:
-        d = seg.get_segment_description(n)
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[source], segment_numbers=[n]
-        )[0, :, :, 0].astype(bool)
-        out["segments"].append({
-            "number": int(n),
-            "label": d.segment_label,
-            "type": d.segmented_property_type.value,
-            "algorithm_type": d.algorithm_type.value,
-            "pixels": int(pixels.sum()),
-            "equals_mask_png": bool(pixels.shape == mask.shape and (pixels == mask).all()),
-        })
+    out["segments"] = segments(snap / "seg.dcm", snap / "mask.png")
     print(json.dumps(out))
 
 

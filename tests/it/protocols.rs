@@ -302,21 +302,7 @@ fn check_snapshot_files(dir: &Path) {
         ("seg.dcm", "Segmentation"),
         ("sr.dcm", "Comprehensive3DSR"),
     ] {
-        let p = dir.join(f);
-        assert!(p.is_file(), "{} missing", p.display());
-        let o = Command::new("dciodvfy")
-            .arg(&p)
-            .output()
-            .expect("dciodvfy runs (scripts/setup.sh installs dicom3tools)");
-        let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
-        let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
-        assert!(errors.is_empty(), "dciodvfy {}:\n{report}", p.display());
-        // It recognised the object it checked against its IOD.
-        assert!(
-            report.lines().any(|l| l.trim() == iod),
-            "dciodvfy did not check {} as {iod}:\n{report}",
-            p.display()
-        );
+        dciodvfy_clean(&dir.join(f), iod);
     }
     let o = Command::new("java")
         .args([
@@ -344,12 +330,35 @@ fn check_snapshot_files(dir: &Path) {
     );
 }
 
+/// dciodvfy on `p`: no error, and it checked the file as `iod`.
+pub(crate) fn dciodvfy_clean(p: &Path, iod: &str) {
+    assert!(p.is_file(), "{} missing", p.display());
+    let o = Command::new("dciodvfy")
+        .arg(p)
+        .output()
+        .expect("dciodvfy runs (scripts/setup.sh installs dicom3tools)");
+    let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(errors.is_empty(), "dciodvfy {}:\n{report}", p.display());
+    // It recognised the object it checked against its IOD.
+    assert!(
+        report.lines().any(|l| l.trim() == iod),
+        "dciodvfy did not check {} as {iod}:\n{report}",
+        p.display()
+    );
+}
+
 /// What highdicom reads from a snapshot (tests/it/dicom_check.py).
 fn highdicom_read(dir: &Path) -> serde_json::Value {
+    highdicom_run(&[dir.as_os_str()])
+}
+
+/// tests/it/dicom_check.py with `args`; its JSON.
+pub(crate) fn highdicom_run(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/dicom_check.py");
     let o = Command::new(common::python())
         .arg(&script)
-        .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", common::stderr(&o));
