@@ -687,6 +687,8 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
             "RollbackModel" => (v(&["--", "-1"]), true),
             "LoadExtraModel" => (v(&["fascicle", model.to_str().unwrap()]), true),
             "SetExam" => (v(&["PID-1", "DOE^JANE", "ACC1"]), true),
+            "RefreshWorklist" => (v(&[]), true),
+            "SelectWorklistItem" => (v(&["ACC1", "SPS1"]), true),
             _ => return None,
         })
     };
