@@ -281,6 +281,8 @@ pub struct HttpSection {
     pub token: String,
     pub jpeg_quality: u64,
     pub max_clients: u64,
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 /// Validated `[http]` settings.
@@ -293,6 +295,9 @@ pub struct HttpConfig {
     pub jpeg_quality: u8,
     /// Concurrent `/stream.mjpg` and `/events` clients; more are answered 503.
     pub max_clients: usize,
+    /// The certificate and key (PEM) to serve HTTPS with (`None`: a self-signed pair under
+    /// STATE off loopback, plain HTTP on loopback).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The `[igtl]` section as written.
@@ -1156,12 +1161,29 @@ fn validate_http(h: &HttpSection) -> Result<HttpConfig, ConfigError> {
     }
     let jpeg_quality = int_range("http.jpeg_quality", h.jpeg_quality, 1, 100)? as u8;
     let max_clients = int_range("http.max_clients", h.max_clients, 1, 1024)? as usize;
+    let tls = match (h.tls_cert.trim(), h.tls_key.trim()) {
+        ("", "") => None,
+        (c, k) if !c.is_empty() && !k.is_empty() => Some((c.into(), k.into())),
+        (c, _) => {
+            let (key, value) = if c.is_empty() {
+                ("http.tls_cert", &h.tls_cert)
+            } else {
+                ("http.tls_key", &h.tls_key)
+            };
+            return Err(ConfigError::OutOfRange {
+                key: key.into(),
+                value: format!("{value:?}"),
+                allowed: "a PEM file: http.tls_cert and http.tls_key are given together".into(),
+            });
+        }
+    };
     Ok(HttpConfig {
         enabled: h.enabled,
         listen,
         token,
         jpeg_quality,
         max_clients,
+        tls,
     })
 }
 
@@ -1460,6 +1482,7 @@ mod tests {
             ),
             ("POCUSD__DICOM__SPOOL_MAX_MB", "0", "dicom.spool_max_mb"),
             ("POCUSD__DICOM__WORKLIST", "WL@nohost", "dicom.worklist"),
+            ("POCUSD__HTTP__TLS_CERT", "/etc/cert.pem", "http.tls_key"),
             (
                 "POCUSD__DICOM__WORKLIST_POLL_S",
                 "1",

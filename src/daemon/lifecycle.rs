@@ -135,6 +135,24 @@ impl Supervisor {
                 "configuration refused, the running one is kept: {e:#}"
             ))
         })?;
+        // A rotated certificate is served to new connections at once; a broken one refuses
+        // the whole reload and the running certificate keeps serving.
+        if let Some(tls) = &self.viewer_tls {
+            match tls.reload() {
+                Ok(true) => eprintln!(
+                    "pocusd: viewer certificate {} reloaded: SHA-256 {}",
+                    tls.cert_path().display(),
+                    tls.fingerprints().cert_sha256
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("pocusd: reload refused, the running certificate keeps serving: {e}");
+                    return Err(DbusError::InvalidArgument(format!(
+                        "the viewer's certificate is refused, the running one keeps serving: {e}"
+                    )));
+                }
+            }
+        }
         let mut restart = Vec::new();
         if new.source != self.cfg.source {
             restart.push("[source]");
@@ -257,10 +275,15 @@ impl Supervisor {
     }
 
     /// Tells systemd READY=1 and says in the log what runs where.
-    pub(super) fn announce(&self, bus: Bus, viewer: Option<std::net::SocketAddr>) {
+    pub(super) fn announce(&self, bus: Bus) {
         self.notifier.ready(&self.status_line(&self.emitted));
-        if let Some(addr) = viewer {
-            eprintln!("pocusd: viewer at http://{addr}/");
+        if let Some(addr) = self.viewer {
+            let scheme = if self.viewer_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            eprintln!("pocusd: viewer at {scheme}://{addr}/");
         }
         eprintln!(
             "pocusd: serving {} on the {} bus; source {}; model {}; state folder {}",

@@ -183,12 +183,14 @@ async fn serve(
                 commands: cmd_tx.clone(),
                 worklist: outputs.worklist.clone(),
             };
-            let (task, addr) =
+            let (task, addr, tls) =
                 outputs::serve_http(l, &cfg, &state_dir, links, opts.observer.as_deref())?;
-            (Some(task), Some(addr))
+            (Some(task), Some((addr, tls)))
         }
         None => (None, None),
     };
+    let viewer_tls = viewer.as_ref().and_then(|(_, t)| t.clone());
+    let viewer = viewer.map(|(a, _)| a);
 
     let mut sup = supervisor::Supervisor::new(supervisor::Parts {
         opts: opts.clone(),
@@ -207,9 +209,11 @@ async fn serve(
         igtl: outputs.igtl.clone(),
         spool: outputs.spool.clone(),
         worklist: outputs.worklist.clone(),
+        viewer,
+        viewer_tls,
         bus: bus_object,
     });
-    sup.announce(bus, viewer);
+    sup.announce(bus);
     let mut signals = lifecycle::Signals::watch()?;
     let mut ticker = lifecycle::ticker(sup.notifier.watchdog());
     loop {

@@ -259,17 +259,57 @@ pub(super) struct ViewerLinks {
     pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
 }
 
-/// Serves the viewer on `listener`; returns the server's task and its address.
+/// The viewer's TLS: the configured certificate, or off loopback a self-signed one made once
+/// under `STATE/tls/`; `None` (plain HTTP) on loopback without one.
+fn viewer_tls(
+    cfg: &Config,
+    state_dir: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<Arc<crate::publish::tls::Tls>>> {
+    use crate::publish::tls;
+    let t = match (&cfg.http.tls, addr.ip().is_loopback()) {
+        (Some((cert, key)), _) => tls::Tls::new(cert.clone(), key.clone(), false)
+            .context("http.tls_cert / http.tls_key")?,
+        (None, false) => {
+            let mut names = vec![addr.ip().to_string(), "localhost".to_string()];
+            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(h.trim().to_string());
+            }
+            let dir = state_dir.join("tls");
+            let (cert, key) = tls::self_signed(&dir, names).context(
+                "the viewer listens on a network address and needs a certificate: set http.tls_cert and http.tls_key",
+            )?;
+            tls::Tls::new(cert, key, true)?
+        }
+        (None, true) => return Ok(None),
+    };
+    let fp = t.fingerprints();
+    eprintln!(
+        "pocusd: viewer serves HTTPS only with {}{}: certificate SHA-256 {}, public key sha256/{} (pin one of them in the clients)",
+        t.cert_path().display(),
+        if t.self_signed { " (self-signed)" } else { "" },
+        fp.cert_sha256,
+        fp.spki_sha256_base64
+    );
+    Ok(Some(Arc::new(t)))
+}
+
+/// Serves the viewer on `listener`; returns the server's task, its address and its TLS.
 pub(super) fn serve_http(
     listener: tokio::net::TcpListener,
     cfg: &Config,
     state_dir: &Path,
     links: ViewerLinks,
     observer: Option<&dyn super::Observer>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<()>,
+    std::net::SocketAddr,
+    Option<Arc<crate::publish::tls::Tls>>,
+)> {
     let addr = listener
         .local_addr()
         .context("the viewer socket has no address")?;
+    let tls = viewer_tls(cfg, state_dir, addr)?;
     if let Some(o) = observer {
         o.http_listening(addr);
     }
@@ -279,6 +319,7 @@ pub(super) fn serve_http(
         metrics: links.metrics,
         commands: links.commands,
         worklist: links.worklist,
+        access: Arc::new(http::Access::new(!addr.ip().is_loopback(), tls.is_some())),
         token: cfg.http.token.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.http.max_clients)),
         max_clients: cfg.http.max_clients,
@@ -288,10 +329,11 @@ pub(super) fn serve_http(
             site_max_bytes: cfg.loop_.site_max_mb * 1024 * 1024,
         }),
     });
+    let served = tls.clone();
     let task = tokio::spawn(async move {
-        http::serve(listener, app).await;
+        http::serve(listener, app, served).await;
     });
-    Ok((task, addr))
+    Ok((task, addr, tls))
 }
 
 /// Serves `org.pocusd.Daemon1` (unless `--no-dbus`): the object first, then the name.

@@ -45,6 +45,9 @@ pub(super) struct Parts {
     pub(super) igtl: Option<Arc<crate::publish::igtl::Server>>,
     pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
     pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
+    /// The viewer's address and TLS (`None`: no viewer; plain HTTP).
+    pub(super) viewer: Option<std::net::SocketAddr>,
+    pub(super) viewer_tls: Option<Arc<crate::publish::tls::Tls>>,
     pub(super) bus: Option<BusObject>,
 }
 
@@ -169,6 +172,9 @@ pub(super) struct Supervisor {
     /// The DICOM spool (`[dicom] store`).
     pub(super) spool: Option<Arc<crate::dicom::spool::Spool>>,
     pub(super) worklist: Option<Arc<super::worklist::Worklist>>,
+    /// The viewer's address and TLS (`None`: no viewer; plain HTTP).
+    pub(super) viewer: Option<std::net::SocketAddr>,
+    pub(super) viewer_tls: Option<Arc<crate::publish::tls::Tls>>,
     /// The newest history record of `models_dir` (the `Training` property).
     pub(super) training: Values,
     /// The history file's (mtime, length) when last read.
@@ -232,6 +238,8 @@ impl Supervisor {
             ))),
             spool: p.spool,
             worklist: p.worklist,
+            viewer: p.viewer,
+            viewer_tls: p.viewer_tls,
             training: Values::new(),
             training_stamp: None,
             training_fault: None,
@@ -436,6 +444,7 @@ impl Supervisor {
                 .worklist
                 .as_ref()
                 .map_or_else(Values::new, |w| w.state().values()),
+            viewer: self.viewer_values(),
             pacs: match (&self.spool, &self.cfg.dicom.store) {
                 (Some(s), Some(peer)) => super::worklist::peer_values(
                     &peer.to_string(),
@@ -448,6 +457,30 @@ impl Supervisor {
         *self.props.lock().unwrap_or_else(|p| p.into_inner()) = p.clone();
         self.publish_http(&p);
         p
+    }
+
+    /// The `Viewer` property: `url` (s), `tls` (b), `self_signed` (b), `cert_sha256` (s),
+    /// `spki_sha256` (s, base64); empty without a viewer.
+    fn viewer_values(&self) -> Values {
+        let Some(addr) = self.viewer else {
+            return Values::new();
+        };
+        let scheme = if self.viewer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut v = Values::from([
+            ("url".to_string(), Val::S(format!("{scheme}://{addr}/"))),
+            ("tls".to_string(), Val::B(self.viewer_tls.is_some())),
+        ]);
+        if let Some(t) = &self.viewer_tls {
+            let fp = t.fingerprints();
+            v.insert("self_signed".into(), Val::B(t.self_signed));
+            v.insert("cert_sha256".into(), Val::S(fp.cert_sha256));
+            v.insert("spki_sha256".into(), Val::S(fp.spki_sha256_base64));
+        }
+        v
     }
 
     /// The viewer's side of a property refresh: metrics, a state event on change, a status event.
@@ -650,6 +683,7 @@ pub(super) async fn emit_changes(
         igtl => igtl_changed,
         worklist => worklist_changed,
         pacs => pacs_changed,
+        viewer => viewer_changed,
     );
     if let Err(e) = r {
         eprintln!("pocusd: cannot emit PropertiesChanged: {e}");

@@ -119,6 +119,9 @@ pub struct Props {
     /// The PACS of `[dicom] store`: peer (s), last_answer_us (x, 0: never), error (s, empty
     /// when it last answered); empty without a store.
     pub pacs: Values,
+    /// The viewer: url (s), tls (b), self_signed (b), cert_sha256 (s), spki_sha256 (s);
+    /// empty without one.
+    pub viewer: Values,
 }
 
 pub use crate::daemon::command::{ask, Command, Error};
@@ -230,6 +233,11 @@ impl Daemon1 {
     #[zbus(property)]
     fn pacs(&self) -> HashMap<String, OwnedVariant> {
         to_dict(&self.props().pacs)
+    }
+
+    #[zbus(property)]
+    fn viewer(&self) -> HashMap<String, OwnedVariant> {
+        to_dict(&self.props().viewer)
     }
 
     #[zbus(property)]

@@ -106,6 +106,109 @@ pub struct HttpState {
     pub review: Arc<crate::daemon::review::Review>,
     /// The Modality Worklist (`[dicom] worklist`; read here, selected through [`Command`]s).
     pub worklist: Option<Arc<crate::daemon::worklist::Worklist>>,
+    /// Who may do what: off loopback, every route but `/healthz`, `/metrics` and `/login`
+    /// needs the token (header) or a login session (cookie).
+    pub access: Arc<Access>,
+}
+
+/// The viewer's access rule off loopback: sessions made by `/login`, and the failed attempts
+/// that rate-limit it.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// The listener is on a network address (not loopback).
+    pub network: bool,
+    /// Served over TLS (cookies are `Secure`, responses carry HSTS).
+    pub tls: bool,
+    sessions: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    failures: Mutex<std::collections::HashMap<std::net::IpAddr, Vec<std::time::Instant>>>,
+}
+
+/// How long a login session lasts.
+const SESSION_LIFE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// Failed logins from one address within [`FAILURE_WINDOW`] before it must wait.
+const MAX_FAILURES: usize = 5;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// The session cookie's name.
+const COOKIE: &str = "pocusd_session";
+
+/// Equal in time independent of where they differ (the token comparison).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let diff = (0..a.len().max(b.len())).fold(a.len() ^ b.len(), |d, i| {
+        d | (*a.get(i).unwrap_or(&0) ^ *b.get(i).unwrap_or(&0)) as usize
+    });
+    diff == 0
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    if !ok {
+        // Never a predictable session id: no id at all (the login then fails, and says so).
+        return String::new();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Access {
+    pub fn new(network: bool, tls: bool) -> Self {
+        Self {
+            network,
+            tls,
+            ..Default::default()
+        }
+    }
+
+    fn session_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(id) = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| {
+                c.trim()
+                    .strip_prefix(&format!("{COOKIE}="))
+                    .map(str::to_string)
+            })
+            .next()
+        else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .any(|(k, until)| same(k.as_bytes(), id.as_bytes()) && *until > now)
+    }
+
+    fn new_session(&self) -> Option<String> {
+        let id = random_hex(32);
+        if id.is_empty() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, until| *until > now);
+        sessions.insert(id.clone(), now + SESSION_LIFE);
+        Some(id)
+    }
+
+    /// Failed attempts from `ip` within the window (after dropping older ones).
+    fn recent_failures(&self, ip: std::net::IpAddr) -> usize {
+        let now = std::time::Instant::now();
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let v = f.entry(ip).or_default();
+        v.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+        v.len()
+    }
+
+    fn fail(&self, ip: std::net::IpAddr) -> usize {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let v = f.entry(ip).or_default();
+        v.push(std::time::Instant::now());
+        v.len()
+    }
 }
 
 /// A streaming client's permit, or the 503 that refuses one more.
@@ -138,12 +241,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/worklist", get(api_worklist))
         .route("/api/worklist/refresh", post(api_worklist_refresh))
         .route("/api/worklist/select", post(api_worklist_select))
+        .route("/login", get(login_page).post(login))
         .route("/review", get(review_page))
         .route("/api/review", get(api_review_list))
         .route(
             "/api/review/{id}/{file}",
             get(api_review_file).post(api_review_decide),
         )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -163,28 +268,84 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Serves `app` on `listener` until the task is dropped: HTTP/1.1 through hyper with a
 /// [`HEADER_READ_TIMEOUT`] (a connection that never completes its headers, or sends only blank
 /// lines, is closed), one task per connection.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<super::tls::Tls>>,
+) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
             // Out of descriptors, or the like: wait a moment instead of spinning.
             Err(_) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let _ = b
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            match tls {
+                None => serve_connection(stream, peer, app).await,
+                Some(tls) => {
+                    // A TLS connection opens with a handshake record (0x16); anything else is
+                    // plain HTTP, answered in plain words and closed.
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await;
+                    if !matches!(peeked, Ok(Ok(1))) {
+                        return;
+                    }
+                    if first[0] != 0x16 {
+                        let _ = refuse_plain(stream).await;
+                        return;
+                    }
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(s, peer, app).await,
+                        // A failed handshake (an untrusted certificate, a scanner) says nothing.
+                        _ => {}
+                    }
+                }
+            }
         });
     }
+}
+
+/// The answer to plain HTTP on the TLS listener.
+async fn refuse_plain(mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = "this viewer serves HTTPS only (it carries patient data over the network): open https:// instead of http://\n";
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Where a request came from (for the login's rate limit and its log lines).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Serves one connection (plain or TLS) with HTTP/1.1, each request tagged with its [`Peer`].
+async fn serve_connection<S>(stream: S, peer: std::net::SocketAddr, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service =
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        });
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let _ = b
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 fn part_header(f: &super::jpeg::JpegFrame) -> Bytes {
@@ -432,11 +593,168 @@ fn authorised(s: &HttpState, headers: &HeaderMap, query_token: Option<&str>) -> 
     let Some(token) = &s.token else {
         return true;
     };
-    let bearer = headers
+    // Off loopback [`guard`] let the request through only with the token or a session.
+    if s.access.network {
+        return true;
+    }
+    let matches = |t: Option<&str>| t.is_some_and(|t| same(t.as_bytes(), token.as_bytes()));
+    matches(bearer(headers)) || matches(query_token)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    bearer == Some(token.as_str()) || query_token == Some(token.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Off loopback: every route but `/healthz`, `/metrics` and `/login` needs the token in the
+/// `Authorization` header or a login session; a token in the URL is refused, saying why. Over
+/// TLS every response carries HSTS.
+async fn guard(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let open = matches!(path, "/healthz" | "/metrics" | "/login");
+    if s.access.network && !open {
+        let in_url = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+        if in_url {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a token in the URL is refused on a network address (URLs end up in browser history, proxy logs and Referer headers): send \"Authorization: Bearer TOKEN\", or log in once at /login\n",
+            )
+                .into_response();
+        }
+        let token_ok = match (&s.token, bearer(req.headers())) {
+            (Some(t), Some(b)) => same(b.as_bytes(), t.as_bytes()),
+            _ => false,
+        };
+        if !token_ok && !s.access.session_ok(req.headers()) {
+            let next = urlencode(path);
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                format!(
+                    "<!DOCTYPE html><title>pocusd: log in</title><p>This viewer needs its token: <a href=\"/login?next={next}\">log in</a>, or send \"Authorization: Bearer TOKEN\".</p>\n"
+                ),
+            )
+                .into_response();
+        }
+    }
+    let mut r = next.run(req).await;
+    if s.access.tls {
+        r.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    r
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_string())
+        .unwrap_or_default()
+}
+
+#[derive(serde::Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path on this server (an open redirect would send the session elsewhere).
+fn local_path(next: Option<String>) -> String {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or_else(|| "/".into())
+}
+
+/// `GET /login`: the form that takes the token once.
+async fn login_page(axum::extract::Query(q): axum::extract::Query<NextQuery>) -> Response {
+    let next = local_path(q.next);
+    let esc = next
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        format!(
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>pocusd: log in</title></head>\
+<body style=\"font-family: system-ui, sans-serif; background: #101418; color: #e8eef2; display: flex; justify-content: center; padding-top: 15vh\">\
+<form method=\"post\" action=\"/login\"><h1>pocusd</h1><p>The viewer's token (http.token):</p>\
+<input type=\"hidden\" name=\"next\" value=\"{esc}\"><input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" autofocus style=\"font-size: 1.2rem\">\
+<button type=\"submit\" style=\"font-size: 1.2rem\">Log in</button></form></body></html>\n"
+        ),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+/// `POST /login` (form: `token`, `next`): a session cookie and a redirect to `next`, or 401;
+/// after [`MAX_FAILURES`] failures from one address within a minute, 429 until it passes.
+/// Failures are logged with the address, never with what was typed.
+async fn login(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let ip = peer.ip();
+    if s.access.recent_failures(ip) >= MAX_FAILURES {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "60")],
+            "too many failed logins from this address: wait a minute\n",
+        )
+            .into_response();
+    }
+    let form: Option<LoginForm> = serde_urlencoded::from_bytes(&body).ok();
+    let ok = match (&s.token, &form) {
+        (Some(t), Some(f)) => same(f.token.as_bytes(), t.as_bytes()),
+        // No token configured (loopback only): nothing to log in to.
+        (None, _) => true,
+        _ => false,
+    };
+    if !ok {
+        let n = s.access.fail(ip);
+        eprintln!("pocusd: viewer login failed from {ip} ({n} in the last minute)");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!DOCTYPE html><title>pocusd: log in</title><p>Wrong token. <a href=\"/login\">Try again</a>.</p>\n",
+        )
+            .into_response();
+    }
+    let Some(id) = s.access.new_session() else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot make a session id (/dev/urandom unreadable); send the token in the Authorization header\n",
+        )
+            .into_response();
+    };
+    eprintln!("pocusd: viewer login from {ip}");
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_LIFE.as_secs(),
+        if s.access.tls { "; Secure" } else { "" }
+    );
+    let to = local_path(form.and_then(|f| f.next));
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, to)],
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]

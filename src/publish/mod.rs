@@ -14,6 +14,7 @@ pub mod igtl;
 pub mod jpeg;
 pub mod measurement;
 pub mod status;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -50,6 +50,8 @@ pub trait Daemon1 {
     fn worklist(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     #[zbus(property)]
     fn pacs(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(property)]
+    fn viewer(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
 
     #[zbus(signal)]
     fn measurement(
@@ -187,6 +189,7 @@ pub async fn read_all(p: &Daemon1Proxy<'_>) -> zbus::Result<serde_json::Value> {
         "igtl": p.igtl().await.map(|d| dict_json(&d)).unwrap_or_default(),
         "worklist": p.worklist().await.map(|d| dict_json(&d)).unwrap_or_default(),
         "pacs": p.pacs().await.map(|d| dict_json(&d)).unwrap_or_default(),
+        "viewer": p.viewer().await.map(|d| dict_json(&d)).unwrap_or_default(),
     }))
 }
 
@@ -387,6 +390,20 @@ pub fn human(v: &serde_json::Value) -> String {
         "      DICOM: {} snapshots waiting to be sent\n",
         v["dicom_queue"].as_u64().unwrap_or(0)
     );
+    let w = &v["viewer"];
+    if let Some(url) = w["url"].as_str() {
+        s +=
+            &match w["cert_sha256"].as_str() {
+                Some(fp) => {
+                    format!(
+                "     Viewer: {url} (TLS{}; certificate SHA-256 {fp}; public key sha256/{})\n",
+                if w["self_signed"].as_bool() == Some(true) { ", self-signed" } else { "" },
+                w["spki_sha256"].as_str().unwrap_or("")
+            )
+                }
+                None => format!("     Viewer: {url}\n"),
+            };
+    }
     let now_us = crate::clock::realtime_us();
     s += &peer_line("       PACS", &v["pacs"], now_us, "");
     let items = v["worklist"]["items"].as_u64().unwrap_or(0);

@@ -23,6 +23,7 @@ mod reliability;
 mod review;
 mod roi;
 mod roi_contract;
+mod security;
 mod shipped_models;
 mod sources;
 mod synth;

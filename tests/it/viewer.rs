@@ -384,7 +384,10 @@ fn viewer_stream_events_metrics_health_and_a_stalled_client() {
 }
 
 #[test]
-fn a_network_viewer_needs_a_token_for_actions() {
+fn a_network_viewer_without_a_token_does_not_start() {
+    // What the viewer does off loopback (HTTPS only, the token on every route) is checked in
+    // tests/it/security.rs inside a network namespace; here only the refusal to start without a
+    // token, which listens on nothing.
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();
     let o = ds::daemon_cmd(&bus, true, tmp.path(), &[])
@@ -396,44 +399,6 @@ fn a_network_viewer_needs_a_token_for_actions() {
         common::stderr(&o).contains("http.token"),
         "{}",
         common::stderr(&o)
-    );
-
-    let mut cmd = ds::daemon_cmd(
-        &bus,
-        true,
-        &tmp.path().join("state"),
-        &["--source", "demo?fps=10"],
-    );
-    cmd.env("POCUSD__HTTP__LISTEN", "0.0.0.0:0")
-        .env("POCUSD__HTTP__TOKEN", "s3cret");
-    let d = Daemon::spawn(cmd, tmp.path());
-    let mut addr = viewer_addr(&d);
-    addr.set_ip("127.0.0.1".parse().unwrap());
-    assert_eq!(
-        http(addr, "GET", "/healthz", "").0,
-        200,
-        "reading needs no token"
-    );
-    let (st, _, body) = http(addr, "POST", "/api/pause?paused=true", "");
-    assert_eq!(st, 401);
-    assert!(String::from_utf8_lossy(&body).contains("http.token"));
-    assert_eq!(
-        http(addr, "POST", "/api/pause?paused=true&token=wrong", "").0,
-        401
-    );
-    assert_eq!(
-        http(
-            addr,
-            "POST",
-            "/api/pause?paused=true",
-            "Authorization: Bearer s3cret\r\n"
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        http(addr, "POST", "/api/pause?paused=false&token=s3cret", "").0,
-        200
     );
 }
 
