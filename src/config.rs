@@ -330,6 +330,10 @@ pub struct DicomSection {
     pub spool_max_mb: u64,
     pub worklist: String,
     pub worklist_poll_s: u64,
+    pub tls: bool,
+    pub tls_ca: String,
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 /// A DICOM peer, `AET@HOST:PORT`.
@@ -401,6 +405,15 @@ pub struct DicomConfig {
     pub worklist: Option<DicomPeer>,
     /// How often the daemon asks the worklist again.
     pub worklist_poll_s: u64,
+    /// TLS for the store and the worklist (`None`: plain DICOM).
+    pub tls: Option<DicomTls>,
+}
+
+/// `[dicom] tls`: the CA that signs the peers' certificates, and our client certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomTls {
+    pub ca: std::path::PathBuf,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The `[output]` section as written.
@@ -1231,7 +1244,42 @@ fn validate_dicom(s: &DicomSection) -> Result<DicomConfig, ConfigError> {
         spool_max_mb: int_range("dicom.spool_max_mb", s.spool_max_mb, 1, 10_000_000)?,
         worklist,
         worklist_poll_s: int_range("dicom.worklist_poll_s", s.worklist_poll_s, 5, 86_400)?,
+        tls: validate_dicom_tls(s)?,
     })
+}
+
+fn validate_dicom_tls(s: &DicomSection) -> Result<Option<DicomTls>, ConfigError> {
+    let (ca, cert, key) = (s.tls_ca.trim(), s.tls_cert.trim(), s.tls_key.trim());
+    if !s.tls {
+        return Ok(None);
+    }
+    if ca.is_empty() {
+        return Err(ConfigError::OutOfRange {
+            key: "dicom.tls_ca".into(),
+            value: "\"\"".into(),
+            allowed: "the PEM file of the CA that signs the PACS's and the worklist's certificates (dicom.tls = true needs it)".into(),
+        });
+    }
+    let client = match (cert, key) {
+        ("", "") => None,
+        (c, k) if !c.is_empty() && !k.is_empty() => Some((c.into(), k.into())),
+        (c, _) => {
+            let (key, value) = if c.is_empty() {
+                ("dicom.tls_cert", &s.tls_cert)
+            } else {
+                ("dicom.tls_key", &s.tls_key)
+            };
+            return Err(ConfigError::OutOfRange {
+                key: key.into(),
+                value: format!("{value:?}"),
+                allowed: "a PEM file: dicom.tls_cert and dicom.tls_key are given together".into(),
+            });
+        }
+    };
+    Ok(Some(DicomTls {
+        ca: ca.into(),
+        client,
+    }))
 }
 
 fn validate_storage(s: &StorageSection) -> Result<StorageConfig, ConfigError> {
@@ -1483,6 +1531,7 @@ mod tests {
             ("POCUSD__DICOM__SPOOL_MAX_MB", "0", "dicom.spool_max_mb"),
             ("POCUSD__DICOM__WORKLIST", "WL@nohost", "dicom.worklist"),
             ("POCUSD__HTTP__TLS_CERT", "/etc/cert.pem", "http.tls_key"),
+            ("POCUSD__DICOM__TLS", "true", "dicom.tls_ca"),
             (
                 "POCUSD__DICOM__WORKLIST_POLL_S",
                 "1",

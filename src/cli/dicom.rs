@@ -61,6 +61,17 @@ pub fn today() -> String {
     format!("{y:04}{m:02}{d:02}")
 }
 
+/// The TLS client configuration of `[dicom] tls`, if on.
+fn tls(cfg: &Config) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    cfg.dicom
+        .tls
+        .as_ref()
+        .map(|t| {
+            pocusd::dicom::net::tls_client_config(t).map_err(|e| anyhow::anyhow!("dicom.tls: {e}"))
+        })
+        .transpose()
+}
+
 fn calling<'a>(given: &'a Option<String>, cfg: &'a Config) -> anyhow::Result<&'a str> {
     let calling = given.as_deref().unwrap_or(&cfg.dicom.calling_aet);
     pocusd::config::check_aet(calling).map_err(|e| anyhow::anyhow!("--calling-aet: {e}"))?;
@@ -85,6 +96,7 @@ fn cmd_worklist(cfg: &Config, a: &WorklistArgs) -> anyhow::Result<()> {
         calling,
         &date,
         Duration::from_secs(a.timeout_s.max(1)),
+        tls(cfg)?.as_ref(),
     )
     .with_context(|| format!("asking the worklist {peer}"))?;
     if a.json {
@@ -118,9 +130,13 @@ fn cmd_echo(cfg: &Config, a: &EchoArgs) -> anyhow::Result<()> {
         )?,
     };
     let calling = calling(&a.calling_aet, cfg)?;
-    let rtt =
-        pocusd::dicom::worklist::echo(&peer, calling, Duration::from_secs(a.timeout_s.max(1)))
-            .with_context(|| format!("C-ECHO to {peer}"))?;
+    let rtt = pocusd::dicom::worklist::echo(
+        &peer,
+        calling,
+        Duration::from_secs(a.timeout_s.max(1)),
+        tls(cfg)?.as_ref(),
+    )
+    .with_context(|| format!("C-ECHO to {peer}"))?;
     println!(
         "{peer} answered C-ECHO in {:.1} ms",
         rtt.as_secs_f64() * 1e3
@@ -179,6 +195,7 @@ pub fn cmd_dicom(cfg: &Config, cmd: &DicomCommand) -> anyhow::Result<()> {
             anyhow::bail!("{} does not exist", p.display());
         }
     }
+    let tls = tls(cfg)?;
     let mut total = 0;
     for (name, files) in groups {
         let stored = pocusd::dicom::net::send_files(
@@ -186,6 +203,7 @@ pub fn cmd_dicom(cfg: &Config, cmd: &DicomCommand) -> anyhow::Result<()> {
             calling,
             &files,
             Duration::from_secs(a.timeout_s.max(1)),
+            tls.as_ref(),
         )
         .with_context(|| format!("sending {name}"))?;
         for s in &stored {

@@ -71,6 +71,15 @@ impl Outputs {
         start_id: &Arc<str>,
         viewer: bool,
     ) -> anyhow::Result<Self> {
+        // DICOM over TLS: one client configuration for the store and the worklist; a file that
+        // cannot be read stops start-up with its name.
+        let dicom_tls = match &cfg.dicom.tls {
+            Some(t) => Some(
+                crate::dicom::net::tls_client_config(t)
+                    .map_err(|e| anyhow::anyhow!("dicom.tls: {e}"))?,
+            ),
+            None => None,
+        };
         let spool = match &cfg.dicom.store {
             Some(peer) => {
                 let dir = state_dir.join("dicom-spool");
@@ -81,15 +90,16 @@ impl Outputs {
                             dir.display()
                         )
                     })?;
-                let (s, p, aet, stop) = (
+                let (s, p, aet, tls, stop) = (
                     spool.clone(),
                     peer.clone(),
                     cfg.dicom.calling_aet.clone(),
+                    dicom_tls.clone(),
                     shared.stop.clone(),
                 );
                 std::thread::Builder::new()
                     .name("pocusd-dicom".into())
-                    .spawn(move || s.run(p, aet, stop))
+                    .spawn(move || s.run(p, aet, tls, stop))
                     .context("cannot start the DICOM sender thread")?;
                 eprintln!(
                     "pocusd: snapshots go to {peer} as {} (spool {}, {} waiting)",
@@ -111,6 +121,7 @@ impl Outputs {
                     super::worklist::Worklist::start(
                         peer.clone(),
                         cfg.dicom.calling_aet.clone(),
+                        dicom_tls.clone(),
                         std::time::Duration::from_secs(cfg.dicom.worklist_poll_s),
                         shared.stop.clone(),
                     )

@@ -73,6 +73,7 @@ impl Worklist {
     pub fn start(
         peer: DicomPeer,
         calling_aet: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
         poll: Duration,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Arc<Self>> {
@@ -93,7 +94,7 @@ impl Worklist {
                     if !woken && Instant::now() < next {
                         continue;
                     }
-                    me.query_once(&peer, &calling_aet);
+                    me.query_once(&peer, &calling_aet, tls.as_ref());
                     next = Instant::now() + poll;
                 }
             })?;
@@ -102,12 +103,23 @@ impl Worklist {
         Ok(w)
     }
 
-    fn query_once(&self, peer: &DicomPeer, calling_aet: &str) {
+    fn query_once(
+        &self,
+        peer: &DicomPeer,
+        calling_aet: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) {
         let now_us = crate::clock::realtime_us();
         let (y, m, d, ..) = crate::clock::utc_parts(now_us.div_euclid(1_000_000));
         let date = format!("{y:04}{m:02}{d:02}");
-        let answer =
-            crate::dicom::worklist::query(peer, calling_aet, calling_aet, &date, QUERY_TIMEOUT);
+        let answer = crate::dicom::worklist::query(
+            peer,
+            calling_aet,
+            calling_aet,
+            &date,
+            QUERY_TIMEOUT,
+            tls,
+        );
         let mut s = self.lock();
         s.last_query_us = Some(now_us);
         match answer {

@@ -4,6 +4,7 @@
 //! Must not depend on the daemon; does network I/O only.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -15,7 +16,84 @@ use dicom_transfer_syntax_registry::entries::{
 use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 
-use crate::config::DicomPeer;
+use crate::config::{DicomPeer, DicomTls};
+
+/// The rustls client configuration of `[dicom] tls`: the CA's certificates as the only roots,
+/// and our client certificate when given. The error names the file.
+pub fn tls_client_config(t: &DicomTls) -> Result<Arc<rustls::ClientConfig>, String> {
+    use pki_types::pem::PemObject;
+    use pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read(&t.ca)?) {
+        let c = c.map_err(|e| format!("{} holds no PEM certificate: {e}", t.ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", t.ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", t.ca.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match &t.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// An association to `peer`, plain or TLS, handed to a function generic over the stream.
+pub(super) trait OnAssociation {
+    type Out;
+    fn run<S>(self, assoc: dicom_ul::ClientAssociation<S>) -> Self::Out
+    where
+        S: dicom_ul::association::client::CloseSocket + std::io::Read + std::io::Write;
+}
+
+/// Establishes `options` with `peer` (over TLS with `tls`) and runs `f` on it; a failure to
+/// connect (or a refused certificate) is `Err(message)`.
+pub(super) fn associate<F: OnAssociation>(
+    options: ClientAssociationOptions<'_>,
+    peer: &DicomPeer,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    f: F,
+) -> Result<F::Out, String> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&peer.addr)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the host name resolves to no address".to_string())?;
+    match tls {
+        None => Ok(f.run(options.establish(addr).map_err(|e| e.to_string())?)),
+        Some(config) => {
+            let host = peer
+                .addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or(&peer.addr);
+            let assoc = options
+                .tls_config(config.clone())
+                .server_name(host)
+                .establish_tls(addr)
+                .map_err(|e| {
+                    format!("{e} over TLS; is its certificate signed by dicom.tls_ca and made out to {host}?")
+                })?;
+            Ok(f.run(assoc))
+        }
+    }
+}
 
 /// What goes wrong sending.
 #[derive(Debug, thiserror::Error)]
@@ -143,16 +221,13 @@ pub fn send_files(
     calling_aet: &str,
     files: &[PathBuf],
     timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Vec<Stored>, SendError> {
     let items = files
         .iter()
         .map(|p| read_item(p))
         .collect::<Result<Vec<_>, _>>()?;
     let who = peer.to_string();
-    let proto = |message: String| SendError::Protocol {
-        peer: who.clone(),
-        message,
-    };
     let mut classes: Vec<&str> = items.iter().map(|i| i.sop_class.as_str()).collect();
     classes.sort_unstable();
     classes.dedup();
@@ -171,20 +246,48 @@ pub fn send_files(
             ],
         );
     }
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&peer.addr)
-        .map_err(|e| SendError::Connect {
-            peer: who.clone(),
-            message: e.to_string(),
-        })?
-        .next()
-        .ok_or_else(|| SendError::Connect {
-            peer: who.clone(),
-            message: "the host name resolves to no address".into(),
-        })?;
-    let mut assoc = options.establish(addr).map_err(|e| SendError::Connect {
+    struct Send<'a> {
+        items: &'a [Item],
+        who: &'a str,
+    }
+    impl OnAssociation for Send<'_> {
+        type Out = Result<Vec<Stored>, SendError>;
+        fn run<S>(self, assoc: dicom_ul::ClientAssociation<S>) -> Self::Out
+        where
+            S: dicom_ul::association::client::CloseSocket + std::io::Read + std::io::Write,
+        {
+            send_on(assoc, self.items, self.who)
+        }
+    }
+    associate(
+        options,
+        peer,
+        tls,
+        Send {
+            items: &items,
+            who: &who,
+        },
+    )
+    .map_err(|message| SendError::Connect {
         peer: who.clone(),
-        message: e.to_string(),
-    })?;
+        message,
+    })?
+}
+
+/// Sends `items` on an open association, stopping at the first failure.
+fn send_on<S>(
+    mut assoc: dicom_ul::ClientAssociation<S>,
+    items: &[Item],
+    who: &str,
+) -> Result<Vec<Stored>, SendError>
+where
+    S: dicom_ul::association::client::CloseSocket + std::io::Read + std::io::Write,
+{
+    let who = who.to_string();
+    let proto = |message: String| SendError::Protocol {
+        peer: who.clone(),
+        message,
+    };
     let mut stored = Vec::new();
     for (n, item) in items.iter().enumerate() {
         let pc = assoc
@@ -260,9 +363,10 @@ pub fn send_files(
 }
 
 /// Reads PDUs until a whole command arrives; returns its Status (0000,0900).
-fn read_status(
-    assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
-) -> Result<u16, String> {
+fn read_status<S>(assoc: &mut dicom_ul::ClientAssociation<S>) -> Result<u16, String>
+where
+    S: dicom_ul::association::client::CloseSocket + std::io::Read + std::io::Write,
+{
     let mut command = Vec::new();
     loop {
         match assoc

@@ -206,9 +206,15 @@ impl Spool {
     }
 
     /// Sends what waits, oldest first, until `stop`.
-    pub fn run(self: Arc<Self>, peer: DicomPeer, calling_aet: String, stop: Arc<AtomicBool>) {
+    pub fn run(
+        self: Arc<Self>,
+        peer: DicomPeer,
+        calling_aet: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        stop: Arc<AtomicBool>,
+    ) {
         // Whether the peer answers is known from the start (C-ECHO), not only at the first send.
-        match super::worklist::echo(&peer, &calling_aet, Duration::from_secs(10)) {
+        match super::worklist::echo(&peer, &calling_aet, Duration::from_secs(10), tls.as_ref()) {
             Ok(_) => self.answered(),
             Err(e) => {
                 eprintln!("pocusd: DICOM: {e}; snapshots will wait in the spool until it answers");
@@ -226,7 +232,13 @@ impl Spool {
             let result = if files.is_empty() {
                 Ok(Vec::new())
             } else {
-                super::net::send_files(&peer, &calling_aet, &files, Duration::from_secs(30))
+                super::net::send_files(
+                    &peer,
+                    &calling_aet,
+                    &files,
+                    Duration::from_secs(30),
+                    tls.as_ref(),
+                )
             };
             match result {
                 Ok(stored) => {

@@ -18,9 +18,11 @@ use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use serde::Serialize;
 
-use super::net::command_set;
+use super::net::{associate, command_set, OnAssociation};
 use super::{el, empty};
 use crate::config::DicomPeer;
+use dicom_ul::association::client::CloseSocket;
+use std::sync::Arc;
 
 /// Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -137,27 +139,20 @@ fn item_of(o: &InMemDicomObject) -> WorklistItem {
     }
 }
 
-type Assoc = dicom_ul::ClientAssociation<std::net::TcpStream>;
+/// What the association functions below need of a stream (plain TCP or TLS).
+trait Stream: CloseSocket + std::io::Read + std::io::Write {}
+impl<S: CloseSocket + std::io::Read + std::io::Write> Stream for S {}
 
-/// Opens an association proposing `sop_class`; returns it with the accepted context's id and
-/// whether it is explicit VR.
-fn associate(
-    peer: &DicomPeer,
-    calling_aet: &str,
+type Assoc<S> = dicom_ul::ClientAssociation<S>;
+
+/// The association options proposing `sop_class`.
+fn options<'a>(
+    peer: &'a DicomPeer,
+    calling_aet: &'a str,
     sop_class: &'static str,
-    service: &'static str,
     timeout: Duration,
-) -> Result<(Assoc, u8, bool), NetError> {
-    let who = peer.to_string();
-    let connect = |message: String| NetError::Connect {
-        peer: who.clone(),
-        message,
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&peer.addr)
-        .map_err(|e| connect(e.to_string()))?
-        .next()
-        .ok_or_else(|| connect("the host name resolves to no address".into()))?;
-    let assoc = ClientAssociationOptions::new()
+) -> ClientAssociationOptions<'a> {
+    ClientAssociationOptions::new()
         .calling_ae_title(calling_aet)
         .called_ae_title(peer.aet.as_str())
         .read_timeout(timeout)
@@ -170,25 +165,32 @@ fn associate(
                 IMPLICIT_VR_LITTLE_ENDIAN.uid(),
             ],
         )
-        .establish(addr)
-        .map_err(|e| connect(e.to_string()))?;
+}
+
+/// The accepted presentation context's id and whether it is explicit VR.
+fn context<S: Stream>(
+    assoc: &Assoc<S>,
+    who: &str,
+    service: &'static str,
+    sop_class: &'static str,
+) -> Result<(u8, bool), NetError> {
     let pc = assoc
         .presentation_contexts()
         .iter()
         .find(|pc| pc.reason == PresentationContextResultReason::Acceptance)
         .cloned()
         .ok_or_else(|| NetError::Rejected {
-            peer: who.clone(),
+            peer: who.to_string(),
             service,
             sop_class,
         })?;
     let explicit = pc.transfer_syntax.trim_end_matches('\0') != IMPLICIT_VR_LITTLE_ENDIAN.uid();
-    Ok((assoc, pc.id, explicit))
+    Ok((pc.id, explicit))
 }
 
 /// Reads one message: its command set, and its data set when the command says one follows.
-fn receive(
-    assoc: &mut Assoc,
+fn receive<S: Stream>(
+    assoc: &mut Assoc<S>,
     explicit: bool,
 ) -> Result<(InMemDicomObject, Option<InMemDicomObject>), String> {
     let (mut command, mut data) = (Vec::new(), Vec::new());
@@ -248,15 +250,36 @@ fn status_of(c: &InMemDicomObject) -> Option<u16> {
     c.get(tags::STATUS).and_then(|e| e.to_int::<u16>().ok())
 }
 
-/// C-ECHO: whether `peer` answers; returns the round trip.
-pub fn echo(peer: &DicomPeer, calling_aet: &str, timeout: Duration) -> Result<Duration, NetError> {
+/// C-ECHO: whether `peer` answers (over TLS with `tls`); returns the round trip.
+pub fn echo(
+    peer: &DicomPeer,
+    calling_aet: &str,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Duration, NetError> {
     let t = Instant::now();
     let who = peer.to_string();
-    let proto = |message: String| NetError::Protocol {
+    struct Echo<'a>(&'a str);
+    impl OnAssociation for Echo<'_> {
+        type Out = Result<(), NetError>;
+        fn run<S: CloseSocket + std::io::Read + std::io::Write>(self, a: Assoc<S>) -> Self::Out {
+            echo_on(a, self.0)
+        }
+    }
+    let options = options(peer, calling_aet, VERIFICATION, timeout);
+    associate(options, peer, tls, Echo(&who)).map_err(|message| NetError::Connect {
         peer: who.clone(),
         message,
+    })??;
+    Ok(t.elapsed())
+}
+
+fn echo_on<S: Stream>(mut assoc: Assoc<S>, who: &str) -> Result<(), NetError> {
+    let proto = |message: String| NetError::Protocol {
+        peer: who.to_string(),
+        message,
     };
-    let (mut assoc, pc, explicit) = associate(peer, calling_aet, VERIFICATION, "C-ECHO", timeout)?;
+    let (pc, explicit) = context(&assoc, who, "C-ECHO", VERIFICATION)?;
     let cmd = command_set(vec![
         el(tags::AFFECTED_SOP_CLASS_UID, VR::UI, VERIFICATION),
         el(tags::COMMAND_FIELD, VR::US, 0x0030u16),
@@ -268,9 +291,9 @@ pub fn echo(peer: &DicomPeer, calling_aet: &str, timeout: Duration) -> Result<Du
     let (c, _) = receive(&mut assoc, explicit).map_err(&proto)?;
     let _ = assoc.release();
     match status_of(&c) {
-        Some(0) => Ok(t.elapsed()),
+        Some(0) => Ok(()),
         Some(status) => Err(NetError::Status {
-            peer: who,
+            peer: who.to_string(),
             service: "C-ECHO",
             status,
         }),
@@ -278,7 +301,7 @@ pub fn echo(peer: &DicomPeer, calling_aet: &str, timeout: Duration) -> Result<Du
     }
 }
 
-fn send_command(assoc: &mut Assoc, pc: u8, cmd: Vec<u8>) -> Result<(), String> {
+fn send_command<S: Stream>(assoc: &mut Assoc<S>, pc: u8, cmd: Vec<u8>) -> Result<(), String> {
     assoc
         .send(&Pdu::PData {
             data: vec![PDataValue {
@@ -299,19 +322,44 @@ pub fn query(
     station_aet: &str,
     date: &str,
     timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Vec<WorklistItem>, NetError> {
     let who = peer.to_string();
-    let proto = |message: String| NetError::Protocol {
+    let options = options(peer, calling_aet, WORKLIST_FIND, timeout);
+    let find = Find {
+        who: &who,
+        calling_aet,
+        station_aet,
+        date,
+    };
+    associate(options, peer, tls, find).map_err(|message| NetError::Connect {
         peer: who.clone(),
         message,
+    })?
+}
+
+/// A worklist query's parameters.
+struct Find<'a> {
+    who: &'a str,
+    calling_aet: &'a str,
+    station_aet: &'a str,
+    date: &'a str,
+}
+
+impl OnAssociation for Find<'_> {
+    type Out = Result<Vec<WorklistItem>, NetError>;
+    fn run<S: CloseSocket + std::io::Read + std::io::Write>(self, a: Assoc<S>) -> Self::Out {
+        query_on(a, &self)
+    }
+}
+
+fn query_on<S: Stream>(mut assoc: Assoc<S>, q: &Find<'_>) -> Result<Vec<WorklistItem>, NetError> {
+    let (who, calling_aet, station_aet, date) = (q.who, q.calling_aet, q.station_aet, q.date);
+    let proto = |message: String| NetError::Protocol {
+        peer: who.to_string(),
+        message,
     };
-    let (mut assoc, pc, explicit) = associate(
-        peer,
-        calling_aet,
-        WORKLIST_FIND,
-        "Modality Worklist C-FIND",
-        timeout,
-    )?;
+    let (pc, explicit) = context(&assoc, who, "Modality Worklist C-FIND", WORKLIST_FIND)?;
     let cmd = command_set(vec![
         el(tags::AFFECTED_SOP_CLASS_UID, VR::UI, WORKLIST_FIND),
         el(tags::COMMAND_FIELD, VR::US, 0x0020u16),
@@ -355,7 +403,7 @@ pub fn query(
             Some(status) => {
                 let _ = assoc.abort();
                 return Err(NetError::Status {
-                    peer: who,
+                    peer: who.to_string(),
                     service: "Modality Worklist C-FIND",
                     status,
                 });

@@ -553,6 +553,8 @@ struct Orthanc {
     pub http_port: u16,
     /// A folder of worklist files served by Orthanc's ModalityWorklists plugin.
     pub worklists: Option<PathBuf>,
+    /// DICOM TLS: certificate, key and the CA it trusts (PEM).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -573,6 +575,7 @@ impl Orthanc {
             http_port: free_port(),
             dir,
             worklists: None,
+            tls: None,
         }
     }
 
@@ -589,6 +592,13 @@ impl Orthanc {
             "DicomCheckCalledAet": true,
             "Plugins": [],
         });
+        if let Some((cert, key, ca)) = &self.tls {
+            cfg["DicomTlsEnabled"] = serde_json::json!(true);
+            cfg["DicomTlsCertificate"] = serde_json::json!(cert);
+            cfg["DicomTlsPrivateKey"] = serde_json::json!(key);
+            cfg["DicomTlsTrustedCertificates"] = serde_json::json!(ca);
+            cfg["DicomTlsRemoteCertificateRequired"] = serde_json::json!(false);
+        }
         if let Some(w) = &self.worklists {
             cfg["Plugins"] =
                 serde_json::json!(["/usr/share/orthanc/plugins/libModalityWorklists.so"]);
@@ -1038,4 +1048,198 @@ fn the_daemon_lists_the_worklist_in_the_viewer_and_a_selected_item_fills_the_sna
     assert_eq!(tag_value(&t, "(0010,0010)"), "DOE^JOHN");
     assert!(!t.contains("[RP1]"), "{t}");
     assert!(d.stop().success(), "{}", d.log());
+}
+
+/// A CA (`NAME-ca.pem`) and a server certificate it signed for 127.0.0.1 (`srv.pem`, `srv.key`)
+/// in `dir`, made with openssl; returns (ca, cert, key).
+fn test_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |f: &str| dir.join(f);
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            common::stderr(&o)
+        );
+    };
+    let ca = format!("{name}-ca.pem");
+    let ca_key = format!("{name}-ca.key");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pocusd-test-ca",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    run(&a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+    ]);
+    run(&a);
+    std::fs::write(p("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "srv.pem",
+    ]);
+    (p(&ca), p("srv.pem"), p("srv.key"))
+}
+
+#[test]
+#[ignore = "needs dcmtk, orthanc and openssl from scripts/setup.sh; scripts/test.sh runs it"]
+fn dicom_over_tls_reaches_storescp_and_orthanc_and_a_wrong_ca_keeps_the_spool() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    let (ca, cert, key) = test_pki(&pki, "good");
+    let (other_ca, _, _) = test_pki(&tmp.path().join("other"), "other");
+    // dcmtk's storescp over TLS.
+    let received = tmp.path().join("received");
+    std::fs::create_dir_all(&received).unwrap();
+    let port = free_port();
+    let mut scp = Command::new("storescp")
+        .arg("+tls")
+        .arg(&key)
+        .arg(&cert)
+        .args(["-ic", "-od"])
+        .arg(&received)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp runs (scripts/setup.sh installs dcmtk)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "storescp did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = format!("STORESCP@127.0.0.1:{port}");
+    // The daemon's spool sends a snapshot over TLS.
+    let mut cmd = daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("a/state"),
+        &["--source", "demo?fps=15"],
+    );
+    cmd.env("POCUSD__DICOM__STORE", &peer)
+        .env("POCUSD__DICOM__TLS", "true")
+        .env("POCUSD__DICOM__TLS_CA", &ca);
+    std::fs::create_dir_all(tmp.path().join("a")).unwrap();
+    let mut d = Daemon::spawn(cmd, &tmp.path().join("a"));
+    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
+    let snap = snapshot_with_exam(&bus, &d, None);
+    wait_for(
+        "the snapshot stored over TLS",
+        Duration::from_secs(60),
+        || std::fs::read_dir(&received).map(|r| r.count()).unwrap_or(0) == 4,
+    );
+    let (_, human) = status(&bus, false);
+    assert!(
+        human.contains(&format!("PACS: {peer}, answered")),
+        "{human}"
+    );
+    assert!(d.stop().success(), "{}", d.log());
+
+    // A CA that did not sign the peer's certificate: refused naming the peer; the spool keeps
+    // the snapshot.
+    let mut cmd = daemon_cmd(
+        &bus,
+        true,
+        &tmp.path().join("b/state"),
+        &["--source", "demo?fps=15"],
+    );
+    cmd.env("POCUSD__DICOM__STORE", &peer)
+        .env("POCUSD__DICOM__TLS", "true")
+        .env("POCUSD__DICOM__TLS_CA", &other_ca);
+    std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+    let mut d = Daemon::spawn(cmd, &tmp.path().join("b"));
+    wait_for("streaming", Duration::from_secs(60), || state_of(&bus) == 1);
+    snapshot_with_exam(&bus, &d, None);
+    wait_for("the refusal seen", Duration::from_secs(60), || {
+        get(&bus, "Pacs").contains("TLS")
+    });
+    let (_, human) = status(&bus, false);
+    assert!(
+        human.contains(&format!("PACS: {peer} NOT ANSWERING")) && human.contains("dicom.tls_ca"),
+        "{human}"
+    );
+    wait_for(
+        "the snapshot waiting in the spool",
+        Duration::from_secs(30),
+        || get(&bus, "DicomQueue").contains("uint32 1"),
+    );
+    assert!(d.log().contains("1 snapshots wait in"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_dir(&received).unwrap().count(),
+        4,
+        "nothing more arrived"
+    );
+    assert!(d.stop().success(), "{}", d.log());
+    let _ = scp.kill();
+    let _ = scp.wait();
+
+    // Orthanc with DicomTlsEnabled: C-ECHO and `pocusd dicom send` over TLS.
+    let mut orthanc = Orthanc::new(&tmp.path().join("orthanc"));
+    orthanc.tls = Some((cert.clone(), key.clone(), ca.clone()));
+    orthanc.start();
+    let cfg = tmp.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!("[dicom]\ntls = true\ntls_ca = \"{}\"\n", ca.display()),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_string_lossy().to_string();
+    let o = common::run(&["--config", &cfg_s, "dicom", "echo", "--to", &orthanc.peer()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = common::run(&[
+        "--config",
+        &cfg_s,
+        "dicom",
+        "send",
+        snap.to_str().unwrap(),
+        "--to",
+        &orthanc.peer(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(orthanc.instances(), 4);
+    // Plain DICOM to Orthanc's TLS port does not get through.
+    let o = common::run(&["dicom", "echo", "--to", &orthanc.peer(), "--timeout-s", "5"]);
+    assert!(!o.status.success());
+    orthanc.stop();
 }
