@@ -7,6 +7,10 @@ waits for the answer and prints one JSON object: {"accepted", "width", "height",
 "stroke": [[x, y], ...] in frame pixels}.
 
 usage: cdp_review.py URL X0 Y0 X1 Y1 [mouse|touch]   (stroke end points in frame pixels)
+
+With POCUSD_CDP_SPKI set, Chromium trusts the server certificate whose public key has that
+base64 SHA-256 (--ignore-certificate-errors-spki-list); with POCUSD_CDP_TOKEN set, it first logs
+in on the server's /login page by typing the token (see login()).
 """
 import json
 import os
@@ -17,7 +21,7 @@ import time
 
 
 class Chromium:
-    def __init__(self):
+    def __init__(self, extra_args=()):
         self.profile = tempfile.TemporaryDirectory()
         to_child_r, self.to_child_w = os.pipe()
         self.from_child_r, from_child_w = os.pipe()
@@ -32,7 +36,8 @@ class Chromium:
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", "--hide-scrollbars", "--window-size=1280,800",
-             "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}", "about:blank"],
+             "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}", *extra_args,
+             "about:blank"],
             # Not close_fds: it would close 3 and 4 after preexec_fn; every other descriptor of
             # this process is close-on-exec (os.pipe's are).
             close_fds=False, preexec_fn=fds,
@@ -85,15 +90,44 @@ class Chromium:
         self.proc.kill()
         self.proc.wait()
 
+    def open(self, url):
+        """A new tab on url, attached."""
+        target = self.send("Target.createTarget", {"url": url}, session=False)["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                 session=False)["sessionId"]
+
+    def login(self, origin, token, next_path="/"):
+        """Opens origin/login?next=..., types the token into the form and presses Enter (real
+        key events); waits for the redirect to next_path."""
+        self.open(f"{origin}/login?next={next_path}")
+        self.wait("document.getElementById('token') !== null", 30)
+        self.eval("document.getElementById('token').focus()")
+        self.send("Input.insertText", {"text": token})
+        for t in ("keyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", {"type": t, "key": "Enter", "code": "Enter",
+                                                 "windowsVirtualKeyCode": 13, "text": "\r"})
+        self.wait(f"location.pathname === {json.dumps(next_path)} && document.readyState === 'complete'", 30)
+
+
+def browser_from_env():
+    """A Chromium as POCUSD_CDP_SPKI asks."""
+    spki = os.environ.get("POCUSD_CDP_SPKI")
+    return Chromium([f"--ignore-certificate-errors-spki-list={spki}"] if spki else [])
+
 
 def main():
     url = sys.argv[1]
     x0, y0, x1, y1 = (float(v) for v in sys.argv[2:6])
     kind = sys.argv[6] if len(sys.argv) > 6 else "mouse"
-    c = Chromium()
+    c = browser_from_env()
     try:
-        target = c.send("Target.createTarget", {"url": url}, session=False)["targetId"]
-        c.session = c.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
+        token = os.environ.get("POCUSD_CDP_TOKEN")
+        if token:
+            origin = "/".join(url.split("/")[:3])
+            c.login(origin, token)
+            c.send("Page.navigate", {"url": url})
+        else:
+            c.open(url)
         c.wait("window.reviewState && window.reviewState.ready", 30)
         geo = c.eval("""(() => { const r = document.getElementById('canvas').getBoundingClientRect();
             return {left: r.left, top: r.top, width: r.width, height: r.height,

@@ -4,7 +4,9 @@
 //! in the daemon. Checked with real clients: curl against the daemon's self-signed certificate
 //! (HTTPS only, the token rule on every route but /healthz and /metrics, the refusal of a token
 //! in a URL, the login's session cookie and its rate limit), openssl s_client (the protocol and
-//! the certificate), a certificate rotated with Reload() served without a restart.
+//! the certificate), headless Chromium pinned to the certificate's public key (401 without the
+//! cookie, the login typed in, the viewer streaming, /review painting and accepting), a
+//! certificate rotated with Reload() served without a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -186,6 +188,69 @@ fn off_loopback_the_viewer_is_https_only_and_every_route_needs_the_token() {
     );
     assert_eq!(curl(&d, &cert, &["-b", &jar_s], &url("/")).0, 200);
     assert_eq!(curl(&d, &cert, &["-b", &jar_s], &url("/api/review")).0, 200);
+    // Headless Chromium pinned to the certificate's public key, through the login.
+    let viewer = get(&bus, "Viewer");
+    let spki = viewer
+        .split("'spki_sha256': <'")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("{viewer}"))
+        .to_string();
+    let origin = format!("https://{ADDR}");
+    let script = |name: &str| repo().join("tests").join(name);
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", d.pid()))
+        .args(["timeout", "120", "python3"])
+        .arg(script("cdp_login.py"))
+        .args([origin.as_str(), TOKEN])
+        .env("POCUSD_CDP_SPKI", &spki)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cdp_login.py: {}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    for (path, code) in v["without_cookie"].as_object().unwrap() {
+        assert_eq!(code, 401, "{path} without the cookie: {v}");
+    }
+    assert_eq!(v["token_in_url"]["status"], 401, "{v}");
+    assert!(
+        v["token_in_url"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{v}"
+    );
+    assert!(
+        v["seq"].as_u64().is_some() && v["stream_width"].as_u64() > Some(0),
+        "{v}"
+    );
+    assert_eq!(v["cookie_visible_to_js"], false, "HttpOnly: {v}");
+    // /review paints and accepts through the login.
+    let o = call(&bus, "Snapshot", &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let snap = common::stdout(&o).split('\'').nth(1).unwrap().to_string();
+    let id = Path::new(&snap)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", d.pid()))
+        .args(["timeout", "120", "python3"])
+        .arg(script("cdp_review.py"))
+        .arg(format!("{origin}/review?id={id}"))
+        .args(["10", "12", "60", "12", "mouse"])
+        .env("POCUSD_CDP_SPKI", &spki)
+        .env("POCUSD_CDP_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cdp_review.py: {}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["accepted"], format!("{id}.png"), "{v}");
+    assert!(tmp
+        .path()
+        .join(format!("state/labelled/masks/{id}.png"))
+        .is_file());
+
     // Wrong tokens: 401 each, then 429; logged with the address, never with what was typed.
     for i in 0..5 {
         let (code, _) = curl(&d, &cert, &["--data", "token=guess-xyz"], &url("/login"));
