@@ -161,15 +161,21 @@ fn off_loopback_the_viewer_is_https_only_and_every_route_needs_the_token() {
         out.starts_with("HTTP/1.1 400") && out.contains("HTTPS only"),
         "{out}"
     );
-    // openssl: TLS 1.3 with this certificate.
-    let o = Command::new("nsenter")
-        .arg(format!("--net=/proc/{}/ns/net", d.pid()))
-        .args(["openssl", "s_client", "-connect", ADDR, "-brief"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let report = format!("{}{}", common::stdout(&o), common::stderr(&o));
+    // openssl: TLS 1.3, and the certificate it is shown is the one logged.
+    let o = inside(
+        &d,
+        "bash",
+        &[
+            "-c",
+            &format!("openssl s_client -connect {ADDR} -brief </dev/null 2>&1; openssl s_client -connect {ADDR} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"),
+        ],
+    );
+    let report = common::stdout(&o);
     assert!(report.contains("TLSv1.3"), "{report}");
+    assert!(
+        report.contains(&fp),
+        "the served certificate is {fp}:\n{report}"
+    );
 
     // The login: a session cookie (HttpOnly, Secure, SameSite=Strict) that opens the pages.
     let jar = tmp.path().join("jar");
