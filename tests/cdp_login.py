@@ -18,7 +18,8 @@ def main():
     out = {}
     try:
         c.open(f"{origin}/healthz")
-        c.wait("document.readyState === 'complete'", 30)
+        # The new tab starts on about:blank: wait for this origin's page.
+        c.wait(f"location.origin === {json.dumps(origin)} && document.readyState === 'complete'", 30)
         # Without the cookie: every page and stream answers 401; a token in the URL is refused.
         out["without_cookie"] = c.eval("""(async () => {
             const r = {};

@@ -971,6 +971,73 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_mask_is_still_a_segmentation() {
+        let (w, h) = (16, 8);
+        let frame = GrayImage::new(w, h);
+        let empty = GrayImage::new(w, h);
+        let overlay = RgbImage {
+            width: w,
+            height: h,
+            data: vec![0; w * h * 3],
+        };
+        let record = Measurement {
+            seq: 1,
+            timestamp_us: 1_790_000_000_000_000,
+            task: crate::model::Task::Region,
+            width: w,
+            height: h,
+            roi: crate::frame::Rect::full(w, h),
+            measurements: Default::default(),
+            confidence: 0.0,
+            flag: None,
+            doubt: [crate::postprocess::quality::Doubt::NoStructure]
+                .into_iter()
+                .collect(),
+            extra_doubt: vec![],
+            model_sha256: std::sync::Arc::from("ab"),
+            truth: None,
+            calibration: Default::default(),
+            manual: crate::postprocess::Calibration::None,
+            start_id: std::sync::Arc::from("s"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let primary = sr::Algorithm {
+            name: "fetal-head.onnx".into(),
+            version: "ab".into(),
+        };
+        write_snapshot(
+            dir.path(),
+            &Exam::anonymous(0),
+            1,
+            SnapshotInput {
+                frame: &frame,
+                mask: &empty,
+                overlay: &overlay,
+                record: &record,
+                extra_masks: &[],
+                primary: &primary,
+                extras: &[],
+            },
+        )
+        .unwrap();
+        let seg = dicom_object::open_file(dir.path().join("seg.dcm")).unwrap();
+        let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+        assert_eq!(bits.len(), w * h / 8);
+        assert!(bits.iter().all(|&b| b == 0), "an empty frame");
+        assert_eq!(
+            seg.element(tags::NUMBER_OF_FRAMES)
+                .unwrap()
+                .to_int::<u32>()
+                .unwrap(),
+            1
+        );
+        // The report still says why there is no number.
+        let sr = std::fs::read(dir.path().join("sr.dcm")).unwrap();
+        let text = String::from_utf8_lossy(&sr);
+        assert!(text.contains("no_structure") && text.contains("doubtful"));
+    }
+
+    #[test]
     fn uids_are_uuid_derived_and_distinct() {
         let (a, b) = (new_uid(), new_uid());
         assert_ne!(a, b);

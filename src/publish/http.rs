@@ -630,10 +630,23 @@ async fn guard(
             )
                 .into_response();
         }
-        let token_ok = match (&s.token, bearer(req.headers())) {
+        // A wrong bearer token counts as a failed attempt like a wrong login: after
+        // MAX_FAILURES in a minute the address waits, whatever it sends.
+        let ip = req.extensions().get::<Peer>().map(|p| p.0.ip());
+        if let Some(ip) = ip {
+            if s.access.recent_failures(ip) >= MAX_FAILURES {
+                return too_many();
+            }
+        }
+        let given = bearer(req.headers());
+        let token_ok = match (&s.token, given) {
             (Some(t), Some(b)) => same(b.as_bytes(), t.as_bytes()),
             _ => false,
         };
+        if let (Some(ip), Some(_), false) = (ip, given, token_ok) {
+            let n = s.access.fail(ip);
+            eprintln!("pocusd: wrong viewer token from {ip} ({n} in the last minute)");
+        }
         if !token_ok && !s.access.session_ok(req.headers()) {
             let next = urlencode(path);
             return (
@@ -671,6 +684,16 @@ struct NextQuery {
 fn local_path(next: Option<String>) -> String {
     next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
         .unwrap_or_else(|| "/".into())
+}
+
+/// The answer to an address over its failed attempts.
+fn too_many() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "60")],
+        "too many failed attempts from this address (wrong token): wait a minute\n",
+    )
+        .into_response()
 }
 
 /// `GET /login`: the form that takes the token once.
@@ -712,12 +735,7 @@ async fn login(
 ) -> Response {
     let ip = peer.ip();
     if s.access.recent_failures(ip) >= MAX_FAILURES {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "60")],
-            "too many failed logins from this address: wait a minute\n",
-        )
-            .into_response();
+        return too_many();
     }
     let form: Option<LoginForm> = serde_urlencoded::from_bytes(&body).ok();
     let ok = match (&s.token, &form) {

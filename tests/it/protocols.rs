@@ -434,6 +434,49 @@ fn a_fetal_head_snapshot_reports_its_circumference_in_tid_1500() {
 
 #[test]
 #[ignore = "needs dicom3tools, dcmtk, PixelMed and highdicom from scripts/setup.sh; scripts/test.sh runs it"]
+fn a_fascicle_model_snapshot_reports_length_and_angle_in_tid_1500() {
+    let bus = Bus::session();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = calibrated_daemon(
+        &bus,
+        tmp.path(),
+        &[
+            "--source",
+            "demo?fps=15&furniture=1",
+            "--model",
+            "models/fascicle.onnx",
+        ],
+    );
+    let dir = snapshot_with_exam(&bus, &d, None);
+    check_snapshot_files(&dir);
+    let found = highdicom_read(&dir);
+    let record = record_of(&dir);
+    let segments = found["segments"].as_array().unwrap();
+    assert_eq!(segments[0]["label"], "fascicles", "{found}");
+    assert_eq!(segments[0]["equals_mask_png"], true, "{found}");
+    let groups = found["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "one model, one group: {found}");
+    match record["measurements"]["pennation_angle_deg"].as_f64() {
+        Some(angle) => {
+            let m = measurement(&found, "1483009");
+            assert_eq!(m["unit"], "deg", "{found}");
+            assert!(
+                (m["value"].as_f64().unwrap() - angle).abs() < 1e-5,
+                "{found}"
+            );
+        }
+        // Without aponeuroses of its own the fascicle model gives no pennation: then the
+        // report has no angle either, and says why.
+        None => assert!(
+            !groups[0]["evaluations"].as_array().unwrap().is_empty(),
+            "{found}"
+        ),
+    }
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+#[ignore = "needs dicom3tools, dcmtk, PixelMed and highdicom from scripts/setup.sh; scripts/test.sh runs it"]
 fn snapshots_write_dicom_that_dciodvfy_pixelmed_and_highdicom_accept() {
     let bus = Bus::session();
     let tmp = tempfile::tempdir().unwrap();

@@ -257,25 +257,6 @@ fn off_loopback_the_viewer_is_https_only_and_every_route_needs_the_token() {
         .join(format!("state/labelled/masks/{id}.png"))
         .is_file());
 
-    // Wrong tokens: 401 each, then 429; logged with the address, never with what was typed.
-    for i in 0..5 {
-        let (code, _) = curl(&d, &cert, &["--data", "token=guess-xyz"], &url("/login"));
-        assert_eq!(code, 401, "attempt {i}");
-    }
-    let (code, out) = curl(
-        &d,
-        &cert,
-        &["--data", &format!("token={TOKEN}")],
-        &url("/login"),
-    );
-    assert_eq!(code, 429, "{out}");
-    let log = d.log();
-    assert!(
-        log.contains("viewer login failed from 10.77.0.1 (5 in the last minute)"),
-        "{log}"
-    );
-    assert!(!log.contains("guess-xyz") && !log.contains(TOKEN), "{log}");
-
     // A rotated certificate is served after Reload(), without a restart.
     let key = tmp.path().join("state/tls/key.pem");
     let o = Command::new("openssl")
@@ -321,6 +302,39 @@ fn off_loopback_the_viewer_is_https_only_and_every_route_needs_the_token() {
         "the new fingerprint published",
         Duration::from_secs(30),
         || get(&bus, "Viewer").contains(&rotated),
+    );
+    // Wrong tokens, typed on /login or sent as a header: 401 each, then 429 for the address
+    // whatever it sends; logged with the address, never with what was sent.
+    for i in 0..3 {
+        let (code, _) = curl(&d, &cert, &["--data", "token=guess-xyz"], &url("/login"));
+        assert_eq!(code, 401, "login attempt {i}");
+    }
+    for i in 0..2 {
+        let (code, _) = curl(
+            &d,
+            &cert,
+            &["-H", "Authorization: Bearer guess-abc"],
+            &url("/api/review"),
+        );
+        assert_eq!(code, 401, "header attempt {i}");
+    }
+    let (code, out) = curl(
+        &d,
+        &cert,
+        &["--data", &format!("token={TOKEN}")],
+        &url("/login"),
+    );
+    assert_eq!(code, 429, "{out}");
+    assert_eq!(curl(&d, &cert, &["-H", &bearer], &url("/")).0, 429);
+    let log = d.log();
+    assert!(
+        log.contains("viewer login failed from 10.77.0.1 (3 in the last minute)")
+            && log.contains("wrong viewer token from 10.77.0.1 (5 in the last minute)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("guess-xyz") && !log.contains("guess-abc") && !log.contains(TOKEN),
+        "{log}"
     );
     assert!(d.stop().success(), "{}", d.log());
 }
