@@ -8,7 +8,7 @@ APT_PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavdevice-dev libavfilter-dev libswresample-dev
   ffmpeg dbus dbus-daemon dbus-bin dbus-system-bus-common libglib2.0-bin
-  systemd util-linux passwd chromium
+  systemd util-linux passwd chromium dpkg-dev binutils
   python3 python3-venv
   dicom3tools dcmtk orthanc libpixelmed-java default-jre-headless
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the installed units under a real systemd: boots a Debian 12 root (debootstrap, cached
-# outside the repository) with systemd-nspawn, installs pocusd into it with scripts/install.sh
-# --root, and checks from inside the booted root:
+# outside the repository) with systemd-nspawn, installs pocusd into it by unpacking the package
+# scripts/package.sh makes (scripts/package-check.sh tests apt and the maintainer scripts), and checks from inside the booted root:
 #   - pocusd.service reaches active (running) at boot, with the daemon's status text;
 #   - the system-bus policy refuses a method call from an unprivileged user and lets an operator
 #     (group pocusd-operators) call it; everyone may read properties;
@@ -62,8 +62,7 @@ if [ -z "$BINARY" ]; then
   BINARY=target/debug/pocusd
   [ -x "$BINARY" ] || cargo build --all-features --locked
 fi
-# The debug binary carries ~400 MB of debug info the check does not need.
-STRIPPED=$(mktemp /tmp/pocusd-check-bin.XXXXXX)
+PKG=$(mktemp -d /tmp/pocusd-check-deb.XXXXXX)
 LEADER=""; NSPAWN=""
 cleanup() {
   if [ -n "$NSPAWN" ] && kill -0 "$NSPAWN" 2>/dev/null; then
@@ -72,14 +71,15 @@ cleanup() {
     kill "$NSPAWN" 2>/dev/null || true
     wait "$NSPAWN" 2>/dev/null || true
   fi
-  rm -f "$STRIPPED"
+  rm -rf "$PKG"
 }
 trap cleanup EXIT
-objcopy --strip-debug "$BINARY" "$STRIPPED"
 
 # A fresh install every run: units, policy, models, binary; state and config from the last run go.
+# The package's files (its binary stripped), unpacked.
 rm -rf "$ROOT/var/lib/pocusd" "$ROOT/etc/pocusd"
-scripts/install.sh --root "$ROOT" --binary "$STRIPPED" >/dev/null
+scripts/package.sh --binary "$BINARY" --out "$PKG" --version 0.0.0+systemdcheck --compression none >/dev/null
+dpkg-deb -x "$PKG"/pocusd_0.0.0+systemdcheck_amd64.deb "$ROOT"
 # Install what the package's postinst would do on a real system: enable the service and the timer.
 systemctl --root="$ROOT" enable pocusd.service pocusd-train.timer >/dev/null 2>&1
 # Two callers for the policy check: an operator and a plain user (created at first boot by
@@ -89,7 +89,7 @@ u checkop - "pocusd-check operator"
 u checkuser - "pocusd-check plain user"
 m checkop pocusd-operators
 EOF
-say "installed $(basename "$BINARY") (stripped) into the root"
+say "installed the package's files ($(basename "$BINARY"), stripped) into the root"
 
 LOG=$(mktemp /tmp/pocusd-nspawn.XXXXXX.log)
 # CAP_IPC_LOCK: without it nspawn's seccomp filter refuses mlock to everything in the container,

@@ -19,4 +19,7 @@ cargo test --all-features -- --include-ignored
 echo "== the units under a real systemd (systemd-nspawn; about 90 s with a new root, 20 s cached)"
 scripts/systemd-check.sh --binary target/debug/pocusd
 
+echo "== the Debian package: lintian, apt install in a fresh minimal root, upgrade, remove, purge (about 2 min)"
+scripts/package-check.sh --binary target/debug/pocusd
+
 echo "== all tests passed"

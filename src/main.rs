@@ -99,6 +99,24 @@ enum Command {
     /// DICOM: send snapshots to a PACS (`pocusd dicom send DIR --to AET@HOST:PORT`).
     #[command(subcommand)]
     Dicom(cli::dicom::DicomCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Write the manual pages (pocusd.1 and one per subcommand, e.g. pocusd-run.1) into a folder.
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell, e.g. `pocusd completions bash > /usr/share/bash-completion/completions/pocusd`.
+    #[arg(value_name = "SHELL")]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+struct ManpagesArgs {
+    /// Folder to write the pages into (created when missing); `man -l DIR/pocusd.1` reads one.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +199,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .is_ok_and(|c| c.dbus.bus == config::Bus::Session);
             return pocusd::daemon::status::print_status(session, args.json);
         }
+        // Neither reads the configuration: they run while packaging, and on a cart whose
+        // configuration is broken.
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "pocusd", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("writing the completion script"))
+                }
+                _ => Ok(()),
+            };
+        }
+        Command::Manpages(args) => {
+            let written =
+                cli::manpages::write_all(<Cli as clap::CommandFactory>::command(), &args.dir)?;
+            eprintln!(
+                "pocusd: wrote {} manual pages into {}",
+                written.len(),
+                args.dir.display()
+            );
+            return Ok(());
+        }
         _ => {}
     }
     let mut cfg = config::load(cli.config.as_deref())?;
@@ -215,7 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => {
             cli::bench::cmd_bench(&cfg, cli.config.clone(), cli.source.as_deref(), cmd)
         }
-        Command::Run(_) | Command::Status(_) => unreachable!("dispatched above"),
+        Command::Run(_) | Command::Status(_) | Command::Completions(_) | Command::Manpages(_) => {
+            unreachable!("dispatched above")
+        }
         Command::Config(ConfigCommand::Check) => {
             println!(
                 "# effective configuration; layers: {}",

@@ -9,6 +9,7 @@ pub mod data;
 pub mod dicom;
 pub mod engine;
 pub mod image;
+pub mod manpages;
 pub mod models;
 #[cfg(feature = "train")]
 pub mod nightly;

@@ -757,25 +757,80 @@ fn system_bus_policy_only_pocusd_owns_operators_call_everyone_reads() {
 }
 
 #[test]
-fn systemd_units_verify_and_score_and_install_puts_files_where_units_expect() {
+fn systemd_units_verify_and_score_and_the_package_puts_files_where_units_expect() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
+    let out = tmp.path().join("deb");
     let o = Command::new("bash")
-        .arg(common::script("install.sh"))
-        .args([
-            "--root",
-            root.to_str().unwrap(),
-            "--binary",
-            env!("CARGO_BIN_EXE_pocusd"),
-        ])
+        .arg(common::script("package.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_pocusd"), "--out"])
+        .arg(&out)
+        .args(["--version", "0.0.1+test", "--compression", "none"])
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "install.sh: {}{}",
+        "package.sh: {}{}",
         common::stdout(&o),
         common::stderr(&o)
     );
+    let deb = out.join("pocusd_0.0.1+test_amd64.deb");
+    let field = |name: &str| {
+        let o = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "dpkg-deb -f: {}", common::stderr(&o));
+        common::stdout(&o).trim().to_string()
+    };
+    assert_eq!(field("Version"), "0.0.1+test");
+    // The libraries the binary links (dpkg-shlibdeps) and what no library reveals.
+    let depends = field("Depends");
+    for dep in [
+        "libavformat59",
+        "libc6",
+        "dbus",
+        "systemd",
+        "init-system-helpers",
+    ] {
+        assert!(depends.contains(dep), "Depends lacks {dep}: {depends}");
+    }
+    let o = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("conffiles")
+        .output()
+        .unwrap();
+    assert_eq!(common::stdout(&o).trim(), "/etc/pocusd/pocusd.toml");
+    let o = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg-deb -x: {}", common::stderr(&o));
+    // A manual page per subcommand at any depth, completions for three shells.
+    for page in [
+        "pocusd",
+        "pocusd-run",
+        "pocusd-loop-nightly",
+        "pocusd-dicom-worklist",
+    ] {
+        let p = root.join(format!("usr/share/man/man1/{page}.1.gz"));
+        assert!(p.is_file(), "{page}.1.gz not packaged");
+    }
+    let bash =
+        std::fs::read_to_string(root.join("usr/share/bash-completion/completions/pocusd")).unwrap();
+    assert!(bash.contains("complete -F _pocusd") && bash.contains("nightly"));
+    assert!(root
+        .join("usr/share/zsh/vendor-completions/_pocusd")
+        .is_file());
+    assert!(root
+        .join("usr/share/fish/vendor_completions.d/pocusd.fish")
+        .is_file());
+    assert!(root.join("usr/share/doc/pocusd/copyright").is_file());
     let units = root.join("usr/lib/systemd/system");
     let main = std::fs::read_to_string(units.join("pocusd.service")).unwrap();
 
@@ -898,14 +953,4 @@ fn systemd_units_verify_and_score_and_install_puts_files_where_units_expect() {
             .unwrap();
         assert!(score <= limit, "{unit}: exposure {score} > {limit}");
     }
-
-    // Uninstall removes what it installed and keeps the configuration.
-    let o = Command::new("bash")
-        .arg(common::script("install.sh"))
-        .args(["--root", root.to_str().unwrap(), "--uninstall"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(!root.join("usr/bin/pocusd").exists() && !units.join("pocusd.service").exists());
-    assert!(root.join("etc/pocusd/pocusd.toml").exists());
 }
