@@ -91,6 +91,8 @@ n_models=0
 for m in models/*.onnx; do
   put 0644 "$m" "/usr/share/pocusd/models/${m#models/}"
   n_models=$((n_models + 1))
+  # The unfolded network beside a model, when shipped: the nightly loop fine-tunes from it.
+  if [ -f "${m%.onnx}.bpk" ]; then put 0644 "${m%.onnx}.bpk" "/usr/share/pocusd/models/$(basename "${m%.onnx}").bpk"; fi
 done
 [ "$n_models" -gt 0 ] || die "no models/*.onnx to package"
 put 0644 models/README.md /usr/share/pocusd/models/README.md

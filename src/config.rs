@@ -513,6 +513,7 @@ pub struct TrainSection {
     pub roi: String,
     pub backend: String,
     pub init: String,
+    pub bn_stats: String,
     pub threads: u64,
     pub preview_augment: u64,
     pub preview_images: u64,

@@ -300,6 +300,13 @@ impl Store {
         Ok((file, sha))
     }
 
+    /// Keeps the unfolded network of a version (`NNNN-<sha8>.bpk` beside its `.onnx`), from which
+    /// the next fine-tuning starts exactly. Written before the version's record.
+    pub fn install_unfolded(&self, version_file: &Path, bytes: &[u8]) -> Result<(), VersionError> {
+        crate::files::write_atomic(&version_file.with_extension("bpk"), bytes)?;
+        Ok(())
+    }
+
     /// Makes `current.onnx` the current version's file again if it differs (after a crash
     /// between an install and its record). Returns whether it rewrote it.
     pub fn repair_current(&self) -> Result<bool, VersionError> {

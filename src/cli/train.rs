@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// Start from a run folder or a pocusd-exported ONNX file. Config: train.init.
     #[arg(long, value_name = "RUN_DIR|MODEL.onnx")]
     init: Option<PathBuf>,
+    /// auto | batch | frozen: batch norms normalise by each batch, or by their running statistics
+    /// left unchanged (exact fine-tuning); auto: frozen with --init. Config: train.bn_stats.
+    #[arg(long, value_name = "MODE")]
+    bn_stats: Option<String>,
     /// Continue a run from its last checkpoint (its own settings; --epochs may extend it).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "init"])]
     resume: Option<PathBuf>,
@@ -150,6 +154,7 @@ fn settings(
         lr,
         seed,
         backend,
+        bn_stats,
         preview_augment,
         threads
     );

@@ -126,6 +126,40 @@ pub fn to_onnx(net: &Unet, spec: &ModelSpec) -> Result<Vec<u8>, ExportError> {
     Ok(unet_graph(&spec, shape, &mut folded))
 }
 
+/// The largest difference between `net` folded for export and the weights of an exported ONNX
+/// file (`inits`), relative to 1 + |weight|: near 0 (rounding only) when the file was exported
+/// from this very network, so an unfolded copy kept beside a file can be checked against it.
+pub fn fold_difference(
+    origin: &str,
+    net: &Unet,
+    inits: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<f32, ExportError> {
+    let folded = Folded::new(net)?;
+    let mut worst = 0.0f32;
+    for (name, (w, b)) in &folded.0 {
+        for (suffix, mine) in [("weight", w), ("bias", b)] {
+            let key = format!("{name}.{suffix}");
+            let (_, theirs) = inits.get(&key).ok_or_else(|| {
+                ExportError::Foreign(origin.into(), format!("it has no weight named {key}"))
+            })?;
+            if theirs.len() != mine.len() {
+                return Err(ExportError::Foreign(
+                    origin.into(),
+                    format!(
+                        "weight {key} has {} values, the network {}",
+                        theirs.len(),
+                        mine.len()
+                    ),
+                ));
+            }
+            for (a, t) in mine.iter().zip(theirs) {
+                worst = worst.max((a - t).abs() / (1.0 + t.abs()));
+            }
+        }
+    }
+    Ok(worst)
+}
+
 /// Initializers of a pocusd-exported ONNX file, by name.
 pub fn onnx_initializers(
     origin: &str,
@@ -214,7 +248,8 @@ fn load_block(
         bn.beta = Param::from_tensor(tensor(origin, inits, &format!("{name}.bias"), [o], device)?);
         bn.gamma = Param::from_tensor(Tensor::ones([o], device));
         bn.running_mean = RunningState::new(Tensor::zeros([o], device));
-        bn.running_var = RunningState::new(Tensor::ones([o], device));
+        // 1 - epsilon: normalising by the running statistics is then exactly the identity.
+        bn.running_var = RunningState::new(Tensor::ones([o], device).mul_scalar(1.0 - bn.epsilon));
     }
     Ok(b)
 }

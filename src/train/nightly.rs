@@ -351,6 +351,10 @@ pub fn run(
             let bytes = std::fs::read(inp.fallback_model)
                 .map_err(io("cannot read the model", inp.fallback_model))?;
             let (file, sha) = store.install(0, &bytes)?;
+            let side = super::trainer::unfolded_path(inp.fallback_model);
+            if let Ok(unfolded) = std::fs::read(&side) {
+                store.install_unfolded(&file, &unfolded)?;
+            }
             let mut r = Record::new(
                 Kind::Base,
                 true,
@@ -514,6 +518,10 @@ pub fn run(
     if promote {
         let version = store.next_version()?;
         let (file, _) = store.install(version, &cand_bytes)?;
+        let side = super::trainer::unfolded_path(&candidate_model);
+        if let Ok(unfolded) = std::fs::read(&side) {
+            store.install_unfolded(&file, &unfolded)?;
+        }
         if let Err(e) = load_model(&file) {
             reason = format!("{reason}; the running daemon did not take it now ({e}); it loads it at its next start");
         }

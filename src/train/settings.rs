@@ -37,6 +37,18 @@ impl Backend {
 }
 
 /// Everything a run needs, validated.
+/// How batch norms normalise while training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnStats {
+    /// By each batch's statistics, moving the running statistics towards them (from scratch).
+    #[default]
+    Batch,
+    /// By the running statistics, which stay as they are; scale and shift still learn. The
+    /// first step of a fine-tuning run then computes exactly the model it started from.
+    Frozen,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
     pub data: Vec<PathBuf>,
@@ -58,6 +70,9 @@ pub struct TrainSettings {
     pub roi_auto: bool,
     pub backend: Backend,
     pub init: Option<PathBuf>,
+    /// How batch norms normalise while training (`[train] bn_stats`).
+    #[serde(default)]
+    pub bn_stats: BnStats,
     /// 0: all cores.
     pub threads: usize,
     pub preview_augment: usize,
@@ -248,7 +263,7 @@ impl TrainSettings {
                 classes,
             },
             loss,
-            lr: range("train.lr", t.lr, 1e-7, 1.0, "1e-7 to 1.0")?,
+            lr: range("train.lr", t.lr, 0.0, 1.0, "0 to 1.0")?,
             lr_final_fraction: prob("train.lr_final_fraction", t.lr_final_fraction)?,
             seed: t.seed,
             roi_auto: match t.roi.as_str() {
@@ -258,6 +273,16 @@ impl TrainSettings {
                 _ => init.as_ref().is_none_or(|c| c.roi != RoiPolicy::Full),
             },
             backend,
+            bn_stats: match t.bn_stats.as_str() {
+                "batch" => BnStats::Batch,
+                "frozen" => BnStats::Frozen,
+                "auto" if path(&t.init).is_some() => BnStats::Frozen,
+                "auto" => BnStats::Batch,
+                other => {
+                    choice("train.bn_stats", other, &["auto", "batch", "frozen"])?;
+                    unreachable!()
+                }
+            },
             init: path(&t.init),
             threads: int("train.threads", t.threads, 0, 256)?,
             preview_augment: int("train.preview_augment", t.preview_augment, 0, 10_000)?,

@@ -21,7 +21,7 @@ use super::augment::{AugmentConfig, Augmenter};
 use super::export;
 use super::loss::dice_iou;
 use super::plot;
-use super::settings::{Backend, TrainSettings};
+use super::settings::{Backend, BnStats, TrainSettings};
 use super::tfevents;
 use super::unet::{Unet, UnetArch};
 use crate::dataset::{self, LoadReport, Sample};
@@ -529,14 +529,51 @@ fn initial_network(
         Ok(loaded)
     } else {
         let bytes = std::fs::read(init).map_err(io(init))?;
-        let loaded = export::load_onnx_weights(&init.display().to_string(), &bytes, net, device)?;
+        let origin = init.display().to_string();
+        let side = unfolded_path(init);
+        let bn = match settings.bn_stats {
+            BnStats::Frozen => "batch norms frozen at their statistics",
+            BnStats::Batch => "batch norms normalising by each batch (bn_stats = batch)",
+        };
+        if side.is_file() {
+            let inits = export::onnx_initializers(&origin, &bytes)?;
+            let unfolded = load_model_file(&side, &settings.arch, device);
+            match unfolded.map(|n| (export::fold_difference(&origin, &n, &inits), n)) {
+                Ok((Ok(diff), n)) if diff <= UNFOLDED_MATCH => {
+                    progress.log(&format!(
+                        "initialised from {} (the unfolded network with its batch-norm statistics; it folds to {}'s weights, largest relative difference {diff:.1e}); {bn}",
+                        side.display(),
+                        init.display()
+                    ));
+                    return Ok(n);
+                }
+                Ok((Ok(diff), _)) => progress.log(&format!(
+                    "warning: {} does not fold to {} (largest relative difference {diff:.1e}): not used",
+                    side.display(),
+                    init.display()
+                )),
+                Ok((Err(e), _)) => progress.log(&format!("warning: {}: {e}: not used", side.display())),
+                Err(e) => progress.log(&format!("warning: {e}: not used")),
+            }
+        }
+        let loaded = export::load_onnx_weights(&origin, &bytes, net, device)?;
         progress.log(&format!(
-            "initialised from {} (ONNX weights matched by name; batch norms start as identities)",
+            "initialised from {} (only the folded ONNX: weights matched by name, batch norms start as identities with the folded bias as their shift and no statistics of the data it was trained on; {bn})",
             init.display()
         ));
         Ok(loaded)
     }
 }
+
+/// The unfolded network kept beside an exported model: `NAME.bpk` beside `NAME.onnx` (burn's
+/// burnpack record of the U-Net with its batch-norm running statistics).
+pub fn unfolded_path(onnx: &Path) -> PathBuf {
+    onnx.with_extension("bpk")
+}
+
+/// Largest relative difference between an unfolded network folded again and the ONNX file it
+/// claims to be (f32 rounding of the fold is around 1e-7).
+const UNFOLDED_MATCH: f32 = 1e-5;
 
 fn new_run_id(settings: &TrainSettings) -> String {
     let t = now();
@@ -919,6 +956,9 @@ pub fn train(
         ),
     };
 
+    if settings.bn_stats == BnStats::Frozen {
+        net = net.with_frozen_bn_stats();
+    }
     let (w, h) = (settings.input_width, settings.input_height);
     let mut augmenter = Augmenter::new(settings.augment);
     let no_aug = settings.augment == AugmentConfig::none();
@@ -1095,6 +1135,9 @@ pub fn export_run(run: &Path, which: Checkpoint, out: &Path) -> Result<ModelSpec
     let (net, info, _, dice) = load_checkpoint(run, which, &device)?;
     let spec = info.spec(dice.filter(|d| d.is_finite()));
     let bytes = export::to_onnx(&net, &spec)?;
+    // The unfolded network first: an ONNX file never stands beside a stale .bpk of another run
+    // (one that does not fold to it is ignored by `--init` anyway).
+    write_atomic(&unfolded_path(out), &model_bytes(&net)?)?;
     write_atomic(out, &bytes)?;
     Ok(spec)
 }

@@ -5,7 +5,7 @@
 //! the names the exporter writes into the ONNX file and `--init` matches. Must not depend on the
 //! training loop, files or tract.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -147,6 +147,21 @@ impl Unet {
     pub fn probability(&self, x: Tensor<4>) -> Tensor<4> {
         let logits = self.forward(x);
         foreground_probability(logits)
+    }
+
+    /// Every batch norm normalises by its running statistics and leaves them unchanged, in
+    /// training too (`bn_stats = "frozen"`); scale and shift stay trainable.
+    pub fn with_frozen_bn_stats(mut self) -> Self {
+        let blocks = self
+            .down
+            .iter_mut()
+            .chain(std::iter::once(&mut self.bottom))
+            .chain(self.up.iter_mut().map(|u| &mut u.block));
+        for b in blocks {
+            b.bn1.training = Param::from_bool(false);
+            b.bn2.training = Param::from_bool(false);
+        }
+        self
     }
 
     /// Architecture read back from the weights.

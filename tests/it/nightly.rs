@@ -29,7 +29,7 @@ fn setup(dir: &Path, epochs: u64) -> (PathBuf, PathBuf) {
     );
     let base_run = dir.join("base-run");
     let (site_s, run_s) = (site.to_str().unwrap(), base_run.to_str().unwrap());
-    let o = common::run(&crate::train::small_args(site_s, run_s, "1"));
+    let o = common::run(&crate::train::small_args(site_s, run_s, "3"));
     assert!(o.status.success(), "train: {}", common::stderr(&o));
     let model = base_run.join("model.onnx");
     let cfg = dir.join("pocusd.toml");
@@ -117,6 +117,14 @@ fn nightly_promotes_a_better_model_refuses_a_worse_one_and_rollback_restores_the
     let v = nightly(&cfg);
     assert_eq!(v["promoted"], true, "{v}");
     assert_eq!(v["version"], 1);
+    // The promoted version keeps its unfolded network beside it, version 0 the base's.
+    for version in ["0000-", "0001-"] {
+        let kept = std::fs::read_dir(state.join("models")).unwrap().any(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.starts_with(version) && name.ends_with(".bpk")
+        });
+        assert!(kept, "no {version}*.bpk in models_dir");
+    }
     let site_cur = v["current"]["site"]["dice"].as_f64().unwrap();
     let site_new = v["candidate"]["site"]["dice"].as_f64().unwrap();
     assert!(site_new > site_cur, "{v}");
@@ -323,10 +331,18 @@ fn a_nightly_run_killed_mid_epoch_changes_nothing_and_the_next_run_resumes_it() 
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    // Version 0 is the base model with the unfolded copy exported beside it (what the next
+    // fine-tuning starts from exactly), current.onnx and the history.
     assert_eq!(
         files.len(),
-        3,
-        "version 0, current.onnx, history: {files:?}"
+        4,
+        "version 0 (.onnx and .bpk), current.onnx, history: {files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("0000-") && f.ends_with(".bpk")),
+        "no unfolded copy of version 0: {files:?}"
     );
     assert_eq!(
         history(&state).len(),

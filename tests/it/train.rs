@@ -750,3 +750,125 @@ fn train_survives_ten_sigkills_with_no_partial_file() {
     LoadedModel::load(&model, &SpecOverrides::default()).expect("the exported model loads");
     eprintln!("train: {kills} SIGKILLs, resumed each time");
 }
+
+/// Probabilities of an ONNX file on `inputs` (tract, as served).
+fn probabilities(model: &Path, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(model).unwrap();
+    let mut m = LoadedModel::from_bytes(&bytes, model, &SpecOverrides::default()).unwrap();
+    inputs.iter().map(|x| m.run(x).unwrap().to_vec()).collect()
+}
+
+fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// Fine-tuning starts from exactly the model it is given: one epoch at learning rate 0 from
+/// `--init MODEL.onnx` exports the same model (within 1e-4 on every pixel), from the unfolded
+/// `MODEL.bpk` kept beside it and from the folded ONNX alone, because batch norms are frozen at
+/// their statistics (`bn_stats = "auto"` with --init). Normalising by each batch instead (the old
+/// behaviour) does not reproduce it: that is what made the labelled loop start by relearning.
+#[test]
+fn fine_tuning_at_learning_rate_0_reproduces_the_init_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    synth_dataset(
+        &ds,
+        &[
+            "--count", "8", "--width", "64", "--height", "64", "--seed", "5",
+        ],
+    );
+    let ds_s = ds.to_str().unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let out_s = out.to_str().unwrap();
+        let mut args = small_args(ds_s, out_s, "2");
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "train {extra:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let export = |run_dir: &Path, out: &Path| {
+        let o = run(&[
+            "export",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "export: {}", stderr(&o));
+    };
+    let base_run = tmp.path().join("base");
+    train(&base_run, &["--lr", "0.01"]);
+    let base = tmp.path().join("base.onnx");
+    export(&base_run, &base);
+    assert!(
+        tmp.path().join("base.bpk").is_file(),
+        "export wrote no unfolded base.bpk beside base.onnx"
+    );
+    // The same model without its unfolded copy.
+    let folded_only = tmp.path().join("folded-only.onnx");
+    std::fs::copy(&base, &folded_only).unwrap();
+
+    let mut rng = SplitMix64::new(3);
+    let mut inputs: Vec<Vec<f32>> = (0..2)
+        .map(|_| (0..64 * 64).map(|_| rng.next_f64() as f32).collect())
+        .collect();
+    let phantom = pocusd::synth::sample(
+        pocusd::synth::PhantomConfig {
+            width: 64,
+            height: 64,
+            ..Default::default()
+        },
+        4,
+    );
+    inputs.push(
+        phantom
+            .image
+            .as_slice()
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect(),
+    );
+    let want = probabilities(&base, &inputs);
+
+    let fine_tune = |name: &str, init: &Path, extra: &[&str]| {
+        let run_dir = tmp.path().join(name);
+        let run_s = run_dir.to_str().unwrap().to_string();
+        let mut args = small_args(ds_s, &run_s, "1");
+        args.extend_from_slice(&["--init", init.to_str().unwrap(), "--lr", "0"]);
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "fine-tune {name}: {}", stderr(&o));
+        let model = tmp.path().join(format!("{name}.onnx"));
+        export(&run_dir, &model);
+        let d = max_difference(&want, &probabilities(&model, &inputs));
+        eprintln!("{name}: largest probability difference to the init model {d:.2e}");
+        (stderr(&o), d)
+    };
+    let (log, d) = fine_tune("from-bpk", &base, &[]);
+    assert!(
+        log.contains("base.bpk") && log.contains("batch norms frozen"),
+        "the run does not say it started from the unfolded copy: {log}"
+    );
+    assert!(
+        d < 1e-4,
+        "lr 0 from base.onnx + base.bpk changed outputs by {d}"
+    );
+    let (log, d) = fine_tune("from-onnx", &folded_only, &[]);
+    assert!(
+        log.contains("only the folded ONNX"),
+        "the run does not say it had only the folded ONNX: {log}"
+    );
+    assert!(
+        d < 1e-4,
+        "lr 0 from the folded ONNX alone changed outputs by {d}"
+    );
+    let (_, d) = fine_tune("batch-stats", &base, &["--bn-stats", "batch"]);
+    assert!(
+        d > 1e-3,
+        "normalising by each batch at lr 0 should move the model (the running statistics move), moved {d}"
+    );
+}
