@@ -14,6 +14,11 @@
 # (the recipe: --width, --depth, --input, --loss, --task ...; default task aponeurosis). Each run
 # is resumable: run the script again with the same --out and it continues where it stopped.
 # The split folders hold symbolic links to the data, never copies.
+# --adapt [EPOCHS]: then, per group, adaptation without labels: the left-out group's images are
+# halved by a stable hash of the name (the loop's site split, FNV-1a + splitmix64); the fold's
+# model re-estimates its batch-norm statistics on half A (`pocusd train --init last.onnx --lr 0
+# --bn-stats batch`, no augmentation, EPOCHS passes, default 10: no weight changes, the masks of
+# half A are never used) and base and adapted model are both scored on half B. Prints both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/train-run.sh
@@ -22,14 +27,18 @@ DATA=${POCUSD_DATA:-../shared/data}/dl_track
 OUT=${XDG_CACHE_HOME:-$HOME/.cache}/pocusd/groupout
 EPOCHS=10
 MIN_GROUP=20
+ADAPT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=${2:?}; shift 2 ;;
     --out) OUT=${2:?}; shift 2 ;;
     --epochs) EPOCHS=${2:?}; shift 2 ;;
     --min-group) MIN_GROUP=${2:?}; shift 2 ;;
+    --adapt)
+      ADAPT=10; shift
+      case "${1:-}" in [0-9]*) ADAPT=$1; shift ;; esac ;;
     --) shift; break ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "groupout.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -137,3 +146,77 @@ mean = sum(r["dice"] for r in rows) / len(rows)
 weighted = sum(r["dice"] * r["images"] for r in rows) / n
 print(f"mean Dice over groups {mean:.3f}; over images {weighted:.3f} ({n} images)")
 EOF
+
+[ "$ADAPT" -gt 0 ] || exit 0
+
+# Adaptation without labels, per group (see the header).
+NOAUG="$OUT/noaug.toml"
+{ echo "[train]"; for k in hflip vflip rotate scale elastic noise blur brightness_contrast; do echo "aug_${k}_p = 0.0"; done; } >"$NOAUG"
+# The loop's stable split by name (versions::in_validation: FNV-1a 64, splitmix64's finaliser).
+half_of() {
+  python3 - "$1" <<'PY'
+import sys
+m = 0xFFFFFFFFFFFFFFFF
+h = 0xcbf29ce484222325
+for b in sys.argv[1].encode():
+    h = ((h ^ b) * 0x100000001b3) & m
+h ^= h >> 30; h = (h * 0xbf58476d1ce4e5b9) & m
+h ^= h >> 27; h = (h * 0x94d049bb133111eb) & m
+h ^= h >> 31
+print("b" if h % 1000 < 500 else "a")
+PY
+}
+for g in "${SIZE_GROUPS[@]}"; do
+  split="$OUT/split-$g" run="$OUT/run-$g" ad="$OUT/adapt-$g"
+  # A run exported before the unfolded network was kept: export it again.
+  if [ ! -f "$run/last.bpk" ]; then
+    "$BIN" export --run "$run" --checkpoint last --out "$run/last.onnx.part"
+    mv "$run/last.onnx.bpk" "$run/last.bpk"
+    mv "$run/last.onnx.part" "$run/last.onnx"
+  fi
+  if [ ! -f "$ad/adapted.onnx" ]; then
+    rm -rf "$ad"
+    mkdir -p "$ad/a/images" "$ad/a/masks" "$ad/b/images" "$ad/b/masks"
+    for f in "$split/val/images"/*; do
+      name=$(basename "$f")
+      half=$(half_of "$name")
+      ln -s "$(readlink -f "$f")" "$ad/$half/images/$name"
+      ln -s "$(readlink -f "$split/val/masks/$name")" "$ad/$half/masks/$name"
+    done
+    echo "groupout: $g adapting on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
+    "$BIN" --config "$NOAUG" train --init "$run/last.onnx" --data "$ad/a" --val "$ad/a" --out "$ad/run" \
+      --lr 0 --bn-stats batch --epochs "$ADAPT" >"$ad/train.log" 2>&1 || { tail -5 "$ad/train.log"; exit 1; }
+    "$BIN" export --run "$ad/run" --checkpoint last --out "$ad/adapted.onnx.part"
+    mv "$ad/adapted.onnx.bpk" "$ad/adapted.bpk"
+    mv "$ad/adapted.onnx.part" "$ad/adapted.onnx"
+  fi
+  "$BIN" eval --model "$run/last.onnx" --data "$ad/b" --json >"$ad/base.json"
+  "$BIN" eval --model "$ad/adapted.onnx" --data "$ad/b" --json >"$ad/adapted.json"
+done
+python3 - "$OUT" "$ADAPT" "${SIZE_GROUPS[@]}" <<'PY'
+import json, sys
+out, epochs, groups = sys.argv[1], sys.argv[2], sys.argv[3:]
+print(f"\nadaptation without labels (batch-norm statistics re-estimated on half A, {epochs} passes), scored on half B:")
+print(f"{'left out':<10} {'images':>6} {'Dice base':>9} {'adapted':>8} {'within 10% base':>15} {'adapted':>8}")
+pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
+tot = {"base": [0, 0], "adapted": [0, 0]}
+dice = {"base": [], "adapted": []}
+for g in groups:
+    r = {k: json.load(open(f"{out}/adapt-{g}/{k}.json")) for k in ("base", "adapted")}
+    row = []
+    for k in ("base", "adapted"):
+        dice[k].append(r[k]["dice"])
+        # Within 10 % of the reference thickness, over every image with a reference (an image
+        # the model gives no thickness for counts as a miss).
+        refs = [(p.get("thickness_px"), p["reference_thickness_px"]) for p in r[k]["per_image"]
+                if p.get("reference_thickness_px")]
+        hits = sum(1 for t, ref in refs if t is not None and abs(t - ref) / ref <= 0.10)
+        tot[k][0] += hits
+        tot[k][1] += len(refs)
+        row.append((r[k]["dice"], hits / len(refs) if refs else None))
+    print(f"{g:<10} {r['base']['images']:>6} {row[0][0]:>9.3f} {row[1][0]:>8.3f} {pct(row[0][1]):>15} {pct(row[1][1]):>8}")
+for k in ("base", "adapted"):
+    n, d = tot[k][1], tot[k][0]
+    share = f"{100 * d / n:.1f} %" if n else "-"
+    print(f"{k}: mean Dice over groups {sum(dice[k]) / len(dice[k]):.3f}; within 10 % pooled {share} ({d} of {n})")
+PY

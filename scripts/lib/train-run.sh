@@ -16,5 +16,7 @@ train_and_export() {
     "$bin" train --out "$run" "$@"
   fi
   "$bin" export --run "$run" --checkpoint last --out "$run/last.onnx.part"
+  # export keeps the unfolded network beside its output (last.onnx.part -> last.onnx.bpk).
+  mv "$run/last.onnx.bpk" "$run/last.bpk"
   mv "$run/last.onnx.part" "$run/last.onnx"
 }
