@@ -41,7 +41,11 @@ impl Backend {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BnStats {
-    /// By each batch's statistics, moving the running statistics towards them (from scratch).
+    /// Decided when the network is made: frozen when `--init` gave only a folded ONNX file (its
+    /// batch norms are identities with no statistics of any data), batch otherwise.
+    Auto,
+    /// By each batch's statistics, moving the running statistics towards them (from scratch;
+    /// fine-tuning from an unfolded network this also adapts the statistics to the new data).
     #[default]
     Batch,
     /// By the running statistics, which stay as they are; scale and shift still learn. The
@@ -276,7 +280,7 @@ impl TrainSettings {
             bn_stats: match t.bn_stats.as_str() {
                 "batch" => BnStats::Batch,
                 "frozen" => BnStats::Frozen,
-                "auto" if path(&t.init).is_some() => BnStats::Frozen,
+                "auto" if path(&t.init).is_some() => BnStats::Auto,
                 "auto" => BnStats::Batch,
                 other => {
                     choice("train.bn_stats", other, &["auto", "batch", "frozen"])?;

@@ -497,15 +497,25 @@ fn model_bytes(net: &Unet) -> Result<Vec<u8>, TrainError> {
         .map_err(|e| TrainError::Invalid(format!("cannot serialise the network: {e}")))
 }
 
-/// A network to start from, per `--init`.
+/// `bn_stats = "auto"` made definite: frozen for a network that came from a folded ONNX file
+/// alone, batch otherwise.
+fn resolve_bn_stats(configured: BnStats, folded_only: bool) -> BnStats {
+    match configured {
+        BnStats::Auto if folded_only => BnStats::Frozen,
+        BnStats::Auto => BnStats::Batch,
+        other => other,
+    }
+}
+
+/// A network to start from, per `--init`, and whether it came from a folded ONNX file alone.
 fn initial_network(
     settings: &TrainSettings,
     device: &Device,
     progress: &mut dyn Progress,
-) -> Result<Unet, TrainError> {
+) -> Result<(Unet, bool), TrainError> {
     let net = Unet::new(&settings.arch, device);
     let Some(init) = &settings.init else {
-        return Ok(net);
+        return Ok((net, false));
     };
     if init.is_dir() {
         let (loaded, info, _, dice) = load_checkpoint(init, Checkpoint::BestDice, device)?;
@@ -526,14 +536,14 @@ fn initial_network(
             dice.map(|d| format!("{d:.4}"))
                 .unwrap_or_else(|| "-".into())
         ));
-        Ok(loaded)
+        Ok((loaded, false))
     } else {
         let bytes = std::fs::read(init).map_err(io(init))?;
         let origin = init.display().to_string();
         let side = unfolded_path(init);
-        let bn = match settings.bn_stats {
+        let bn = |folded_only: bool| match resolve_bn_stats(settings.bn_stats, folded_only) {
             BnStats::Frozen => "batch norms frozen at their statistics",
-            BnStats::Batch => "batch norms normalising by each batch (bn_stats = batch)",
+            _ => "batch norms normalising by each batch, their statistics moving to the data's",
         };
         if side.is_file() {
             let inits = export::onnx_initializers(&origin, &bytes)?;
@@ -541,11 +551,12 @@ fn initial_network(
             match unfolded.map(|n| (export::fold_difference(&origin, &n, &inits), n)) {
                 Ok((Ok(diff), n)) if diff <= UNFOLDED_MATCH => {
                     progress.log(&format!(
-                        "initialised from {} (the unfolded network with its batch-norm statistics; it folds to {}'s weights, largest relative difference {diff:.1e}); {bn}",
+                        "initialised from {} (the unfolded network with its batch-norm statistics; it folds to {}'s weights, largest relative difference {diff:.1e}); {}",
                         side.display(),
-                        init.display()
+                        init.display(),
+                        bn(false)
                     ));
-                    return Ok(n);
+                    return Ok((n, false));
                 }
                 Ok((Ok(diff), _)) => progress.log(&format!(
                     "warning: {} does not fold to {} (largest relative difference {diff:.1e}): not used",
@@ -558,10 +569,11 @@ fn initial_network(
         }
         let loaded = export::load_onnx_weights(&origin, &bytes, net, device)?;
         progress.log(&format!(
-            "initialised from {} (only the folded ONNX: weights matched by name, batch norms start as identities with the folded bias as their shift and no statistics of the data it was trained on; {bn})",
-            init.display()
+            "initialised from {} (only the folded ONNX: weights matched by name, batch norms start as identities with the folded bias as their shift and no statistics of the data it was trained on); {}",
+            init.display(),
+            bn(true)
         ));
-        Ok(loaded)
+        Ok((loaded, true))
     }
 }
 
@@ -917,6 +929,7 @@ pub fn train(
     base.seed(settings.seed);
     device.seed(settings.seed);
     let mut optim: ModuleOptimizer = AdamConfig::new().init();
+    let mut folded_only_init = None;
     let (mut net, mut state) = match state {
         Some(st) => {
             let ck = checkpoint_dir(&run);
@@ -939,23 +952,47 @@ pub fn train(
             ));
             (net, st)
         }
-        None => (
-            initial_network(&settings, &device, progress)?,
-            RunState {
-                format: RUN_FORMAT,
-                run_id: info.run_id.clone(),
-                epochs_done: 0,
-                step: 0,
-                best_loss: None,
-                best_dice: None,
-                history: Vec::new(),
-                start_time: now(),
-                model_file: String::new(),
-                optimizer_file: String::new(),
-            },
-        ),
+        None => {
+            let (net, folded_only) = initial_network(&settings, &device, progress)?;
+            folded_only_init = Some(folded_only);
+            (
+                net,
+                RunState {
+                    format: RUN_FORMAT,
+                    run_id: info.run_id.clone(),
+                    epochs_done: 0,
+                    step: 0,
+                    best_loss: None,
+                    best_dice: None,
+                    history: Vec::new(),
+                    start_time: now(),
+                    model_file: String::new(),
+                    optimizer_file: String::new(),
+                },
+            )
+        }
     };
 
+    // `auto` made definite once for the whole run; run.json keeps the decision for --resume (a
+    // run stopped before that asks the files again: an ONNX file with no unfolded copy).
+    let mut settings = settings;
+    if settings.bn_stats == BnStats::Auto {
+        let folded_only = folded_only_init.unwrap_or_else(|| {
+            settings
+                .init
+                .as_deref()
+                .is_some_and(|p| p.is_file() && !unfolded_path(p).is_file())
+        });
+        settings.bn_stats = resolve_bn_stats(BnStats::Auto, folded_only);
+        let mut info = info.clone();
+        info.settings.bn_stats = settings.bn_stats;
+        write_atomic(
+            &run.join("run.json"),
+            serde_json::to_string_pretty(&info)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+    }
     if settings.bn_stats == BnStats::Frozen {
         net = net.with_frozen_bn_stats();
     }

@@ -29,7 +29,7 @@ fn setup(dir: &Path, epochs: u64) -> (PathBuf, PathBuf) {
     );
     let base_run = dir.join("base-run");
     let (site_s, run_s) = (site.to_str().unwrap(), base_run.to_str().unwrap());
-    let o = common::run(&crate::train::small_args(site_s, run_s, "3"));
+    let o = common::run(&crate::train::small_args(site_s, run_s, "1"));
     assert!(o.status.success(), "train: {}", common::stderr(&o));
     let model = base_run.join("model.onnx");
     let cfg = dir.join("pocusd.toml");
