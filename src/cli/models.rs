@@ -22,6 +22,27 @@ pub enum ModelsCommand {
     List(ListArgs),
     /// Make an earlier model version current (default: the one the current version replaced).
     Rollback(RollbackArgs),
+    /// Write MODEL.bpk beside a folded MODEL.onnx whose training run is gone: the unfolded network
+    /// with batch-norm statistics measured on its training images (what fine-tuning starts from).
+    #[cfg(feature = "train")]
+    Unfold(UnfoldArgs),
+}
+
+#[cfg(feature = "train")]
+#[derive(Args, Debug)]
+pub struct UnfoldArgs {
+    /// The ONNX model (exported by pocusd).
+    model: PathBuf,
+    /// Images (images/ + masks/, as for training) to measure the statistics on; the model's
+    /// training data. Repeatable.
+    #[arg(long, value_name = "DIR", required = true)]
+    data: Vec<PathBuf>,
+    /// Output file; default: the model's path with .bpk.
+    #[arg(long, value_name = "FILE.bpk")]
+    out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -86,7 +107,34 @@ pub fn cmd_models(cfg: &Config, cmd: &ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::Meta(a) => cmd_meta(cfg, a),
         ModelsCommand::List(a) => cmd_list(cfg, a),
         ModelsCommand::Rollback(a) => cmd_rollback(cfg, a),
+        #[cfg(feature = "train")]
+        ModelsCommand::Unfold(a) => cmd_unfold(a),
     }
+}
+
+#[cfg(feature = "train")]
+fn cmd_unfold(a: &UnfoldArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| pocusd::train::trainer::unfolded_path(&a.model));
+    let mut progress = pocusd::train::trainer::ConsoleProgress::new();
+    let r = pocusd::train::trainer::unfold_with_data(&a.model, &a.data, &out, &mut progress)
+        .with_context(|| format!("unfolding {}", a.model.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "wrote {}: {} batch norms with statistics of {} images; folds back to {} within {:.1e}",
+            r.out.display(),
+            r.batch_norms,
+            r.images,
+            r.model.display(),
+            r.fold_difference
+        );
+    }
+    Ok(())
 }
 
 fn store_of(cfg: &Config) -> pocusd::versions::Store {

@@ -1183,3 +1183,71 @@ pub fn export_run(run: &Path, which: Checkpoint, out: &Path) -> Result<ModelSpec
 pub fn run_task(run: &Path) -> Result<Task, TrainError> {
     Ok(RunInfo::load(run)?.settings.task)
 }
+
+/// What [`unfold_with_data`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnfoldReport {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub images: usize,
+    pub batch_norms: usize,
+    /// Largest relative difference between the calibrated network folded again and the file.
+    pub fold_difference: f32,
+}
+
+/// Calibrated unfolding of a folded ONNX file whose training run is gone: loads its weights
+/// (batch norms as identities), measures every batch norm's input over the images of `data`
+/// (prepared by the model's own contract: region of interest, CLAHE, size) and writes the
+/// network with those statistics ([`Unet::with_data_statistics`]) to `out`, after checking it
+/// folds back to the file's weights. Not the original run's running averages, but the same
+/// model in inference mode and nearly the same normalised by a batch of such data.
+pub fn unfold_with_data(
+    model: &Path,
+    data: &[PathBuf],
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<UnfoldReport, TrainError> {
+    let origin = model.display().to_string();
+    let bytes = std::fs::read(model).map_err(io(model))?;
+    let loaded = crate::infer::LoadedModel::from_bytes(
+        &bytes,
+        model,
+        &crate::model::SpecOverrides::default(),
+    )
+    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?;
+    let spec = loaded.spec().clone();
+    let inits = export::onnx_initializers(&origin, &bytes)?;
+    let arch = export::onnx_arch(&origin, &inits)?;
+    let device = device_for(Backend::Flex);
+    let net = export::load_onnx_weights(&origin, &bytes, Unet::new(&arch, &device), &device)?;
+    let (samples, report) = dataset::load(data, |w| progress.log(&format!("warning: {w}")))?;
+    progress.log(&format!("calibration data: {report}"));
+    let prepared = prepare(&samples, &spec)?;
+    if prepared.is_empty() {
+        return Err(TrainError::Invalid(
+            "no images to measure the batch-norm statistics on".into(),
+        ));
+    }
+    let (w, h) = (spec.input_width, spec.input_height);
+    let mut acc = super::unet::Moments::default();
+    let all: Vec<usize> = (0..prepared.len()).collect();
+    for chunk in all.chunks(8) {
+        let (x, _) = batch_tensors(&prepared, chunk, w, h, None, 0, 0, &device);
+        net.accumulate_moments(x, &mut acc);
+    }
+    let net = net.with_data_statistics(&acc);
+    let fold_difference = export::fold_difference(&origin, &net, &inits)?;
+    if fold_difference > UNFOLDED_MATCH {
+        return Err(TrainError::Invalid(format!(
+            "the calibrated network does not fold back to {origin} (largest relative difference {fold_difference:.1e}); nothing written"
+        )));
+    }
+    write_atomic(out, &model_bytes(&net)?)?;
+    Ok(UnfoldReport {
+        model: model.to_path_buf(),
+        out: out.to_path_buf(),
+        images: prepared.len(),
+        batch_norms: acc.layers(),
+        fold_difference,
+    })
+}

@@ -5,12 +5,12 @@
 //! the names the exporter writes into the ONNX file and `--init` matches. Must not depend on the
 //! training loop, files or tract.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// Architecture of a U-Net.
@@ -65,6 +65,102 @@ impl ConvBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = relu(self.bn1.forward(self.conv1.forward(x)));
         relu(self.bn2.forward(self.conv2.forward(x)))
+    }
+
+    /// As `forward`, adding each batch norm's input to `acc` (conv1's, then conv2's).
+    fn forward_moments(&self, x: Tensor<4>, acc: &mut Moments, at: &mut usize) -> Tensor<4> {
+        let u = self.conv1.forward(x);
+        acc.add(*at, &u);
+        *at += 1;
+        let x = relu(self.bn1.forward(u));
+        let u = self.conv2.forward(x);
+        acc.add(*at, &u);
+        *at += 1;
+        relu(self.bn2.forward(u))
+    }
+
+    fn calibrate(&mut self, acc: &Moments, at: &mut usize) {
+        for bn in [&mut self.bn1, &mut self.bn2] {
+            let (mean, var) = acc.mean_var(*at);
+            *at += 1;
+            let device = bn.gamma.val().device();
+            let eps = bn.epsilon as f32;
+            let beta: Vec<f32> = bn
+                .beta
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap_or_default();
+            let c = mean.len();
+            let gamma: Vec<f32> = var.iter().map(|v| (v + eps).sqrt()).collect();
+            let shift: Vec<f32> = (0..c)
+                .map(|i| mean[i] + beta.get(i).copied().unwrap_or(0.0))
+                .collect();
+            let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+            bn.gamma = Param::from_tensor(t(gamma));
+            bn.beta = Param::from_tensor(t(shift));
+            bn.running_mean = RunningState::new(t(mean));
+            bn.running_var = RunningState::new(t(var));
+        }
+    }
+}
+
+/// Per-channel sums of every batch norm's input, in network order (encoder blocks, bottom,
+/// decoder blocks; conv1 then conv2 of each).
+#[derive(Debug, Default)]
+pub struct Moments {
+    /// (sum, sum of squares) per channel, and the values counted per channel.
+    layers: Vec<(Vec<f64>, Vec<f64>, f64)>,
+}
+
+impl Moments {
+    fn add(&mut self, at: usize, u: &Tensor<4>) {
+        let [n, c, h, w] = u.dims();
+        let sum = |t: Tensor<4>| -> Vec<f32> {
+            t.sum_dim(0)
+                .sum_dim(2)
+                .sum_dim(3)
+                .reshape([c])
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap_or_default()
+        };
+        let s = sum(u.clone());
+        let q = sum(u.clone().powi_scalar(2));
+        if self.layers.len() <= at {
+            self.layers.resize(at + 1, (Vec::new(), Vec::new(), 0.0));
+        }
+        let layer = &mut self.layers[at];
+        if layer.0.len() != c {
+            *layer = (vec![0.0; c], vec![0.0; c], 0.0);
+        }
+        for i in 0..c.min(s.len()).min(q.len()) {
+            layer.0[i] += f64::from(s[i]);
+            layer.1[i] += f64::from(q[i]);
+        }
+        layer.2 += (n * h * w) as f64;
+    }
+
+    /// Mean and (population) variance per channel of layer `at`.
+    fn mean_var(&self, at: usize) -> (Vec<f32>, Vec<f32>) {
+        let Some((s, q, n)) = self.layers.get(at) else {
+            return (Vec::new(), Vec::new());
+        };
+        let n = n.max(1.0);
+        let mean: Vec<f64> = s.iter().map(|v| v / n).collect();
+        let var = q
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| ((q / n - m * m).max(0.0)) as f32)
+            .collect();
+        (mean.into_iter().map(|m| m as f32).collect(), var)
+    }
+
+    /// Batch norms seen.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
     }
 }
 
@@ -147,6 +243,45 @@ impl Unet {
     pub fn probability(&self, x: Tensor<4>) -> Tensor<4> {
         let logits = self.forward(x);
         foreground_probability(logits)
+    }
+
+    /// Adds the input statistics of every batch norm for the images `x` to `acc` (the network
+    /// computing as it is, its batch norms in inference mode on a non-autodiff device).
+    pub fn accumulate_moments(&self, x: Tensor<4>, acc: &mut Moments) {
+        let mut at = 0;
+        let mut skips = Vec::with_capacity(self.down.len());
+        let mut x = x;
+        for block in &self.down {
+            let y = block.forward_moments(x, acc, &mut at);
+            x = self.pool.forward(y.clone());
+            skips.push(y);
+        }
+        x = self.bottom.forward_moments(x, acc, &mut at);
+        for up in &self.up {
+            let Some(skip) = skips.pop() else { break };
+            let u = up.up.forward(x);
+            x = up
+                .block
+                .forward_moments(Tensor::cat(vec![u, skip], 1), acc, &mut at);
+        }
+    }
+
+    /// Calibrated unfolding: for a network loaded from a folded ONNX file (each batch norm an
+    /// identity with the folded bias as its shift), gives every batch norm the mean and variance
+    /// of its input over data (`acc`) as running statistics, with the scale and shift that keep
+    /// the network's output unchanged in inference mode: gamma = sqrt(var + eps), beta = mean +
+    /// the folded bias. Normalising by a batch of that data then computes nearly the same model,
+    /// which a folded file alone cannot.
+    pub fn with_data_statistics(mut self, acc: &Moments) -> Self {
+        let mut at = 0;
+        for b in self.down.iter_mut() {
+            b.calibrate(acc, &mut at);
+        }
+        self.bottom.calibrate(acc, &mut at);
+        for u in self.up.iter_mut() {
+            u.block.calibrate(acc, &mut at);
+        }
+        self
     }
 
     /// Every batch norm normalises by its running statistics and leaves them unchanged, in

@@ -883,4 +883,36 @@ fn fine_tuning_at_learning_rate_0_reproduces_the_init_model() {
         d > 1e-3,
         "normalising by each batch at lr 0 should move the model (the running statistics move), moved {d}"
     );
+
+    // A folded file whose run is gone gets its unfolded copy back from its training images
+    // (`pocusd models unfold`): the same model frozen, and normalised by each batch it stays
+    // near the model, where the identity batch norms of the folded file alone do not.
+    let identity = tmp.path().join("identity.onnx");
+    std::fs::copy(&base, &identity).unwrap();
+    let (_, d_identity) = fine_tune("identity-batch", &identity, &["--bn-stats", "batch"]);
+    let o = run(&[
+        "models",
+        "unfold",
+        folded_only.to_str().unwrap(),
+        "--data",
+        ds_s,
+        "--json",
+    ]);
+    assert!(o.status.success(), "models unfold: {}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["batch_norms"], 14, "{r}");
+    assert_eq!(r["images"], 8, "{r}");
+    assert!(r["fold_difference"].as_f64().unwrap() <= 1e-5, "{r}");
+    assert!(tmp.path().join("folded-only.bpk").is_file());
+    let (log, d) = fine_tune("unfolded-frozen", &folded_only, &["--bn-stats", "frozen"]);
+    assert!(log.contains("folded-only.bpk"), "{log}");
+    assert!(
+        d < 1e-4,
+        "lr 0 from the calibrated unfolding, frozen, moved {d}"
+    );
+    let (_, d_calibrated) = fine_tune("unfolded-batch", &folded_only, &[]);
+    assert!(
+        d_calibrated * 5.0 < d_identity,
+        "by each batch, the calibrated unfolding moved the model by {d_calibrated}, the identity batch norms by {d_identity}"
+    );
 }
