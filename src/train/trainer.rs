@@ -1251,3 +1251,15 @@ pub fn unfold_with_data(
         fold_difference,
     })
 }
+
+/// The largest relative difference between the unfolded copy beside `onnx` (`NAME.bpk`), folded
+/// again, and the file's weights (what `--init` checks before using the copy).
+pub fn unfolded_fold_difference(onnx: &Path) -> Result<f32, TrainError> {
+    let origin = onnx.display().to_string();
+    let bytes = std::fs::read(onnx).map_err(io(onnx))?;
+    let inits = export::onnx_initializers(&origin, &bytes)?;
+    let arch = export::onnx_arch(&origin, &inits)?;
+    let device = device_for(Backend::Flex);
+    let net = load_model_file(&unfolded_path(onnx), &arch, &device)?;
+    Ok(export::fold_difference(&origin, &net, &inits)?)
+}

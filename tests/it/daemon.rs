@@ -891,6 +891,10 @@ fn systemd_units_verify_and_score_and_the_package_puts_files_where_units_expect(
             shipped += 1;
             let p = root.join("usr/share/pocusd/models").join(&name);
             assert!(p.is_file(), "shipped model {name:?} not installed");
+            assert!(
+                p.with_extension("bpk").is_file(),
+                "the unfolded copy of {name:?} not installed"
+            );
         }
     }
     assert!(shipped >= 3, "models/ holds {shipped} ONNX files");

@@ -224,3 +224,21 @@ fn shipped_fascicle_model_on_held_out_real_data() {
     assert!(f("orientation_err_deg_median") <= FASC_ORIENT_ERR_DEG);
     assert!(f("fragment_recall") >= FASC_RECALL);
 }
+
+/// Every shipped model has its unfolded copy beside it (`models/NAME.bpk`, what the cart's
+/// fine-tuning starts from), and the copy folds back to the shipped file's weights.
+#[test]
+fn every_shipped_model_has_an_unfolded_copy_that_folds_back_to_it() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "onnx") {
+            let d = pocusd::train::trainer::unfolded_fold_difference(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(d <= 1e-5, "{}: its .bpk folds back within {d}", p.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked} shipped models");
+}
