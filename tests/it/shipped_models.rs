@@ -227,6 +227,7 @@ fn shipped_fascicle_model_on_held_out_real_data() {
 
 /// Every shipped model has its unfolded copy beside it (`models/NAME.bpk`, what the cart's
 /// fine-tuning starts from), and the copy folds back to the shipped file's weights.
+#[cfg(feature = "train")]
 #[test]
 fn every_shipped_model_has_an_unfolded_copy_that_folds_back_to_it() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
