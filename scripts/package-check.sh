@@ -120,8 +120,12 @@ LOG="$WORK/nspawn.log"
 systemd-nspawn -b -D "$ROOT" --keep-unit --register=no --console=pipe --private-network -q \
   --capability=CAP_IPC_LOCK >"$LOG" 2>&1 &
 NSPAWN=$!
+# The container's init: nspawn's child whose name is systemd (a first child can be nspawn's own
+# short-lived intermediate process, gone a moment later).
 for _ in $(seq 100); do
-  LEADER=$(pgrep -P "$NSPAWN" | head -1 || true)
+  for p in $(pgrep -P "$NSPAWN" || true); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ] && LEADER=$p
+  done
   [ -n "$LEADER" ] && break
   kill -0 "$NSPAWN" 2>/dev/null || { cat "$LOG"; fail "systemd-nspawn exited at start"; }
   sleep 0.1
