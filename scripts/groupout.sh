@@ -169,11 +169,7 @@ PY
 for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g" ad="$OUT/adapt-$g"
   # A run exported before the unfolded network was kept: export it again.
-  if [ ! -f "$run/last.bpk" ]; then
-    "$BIN" export --run "$run" --checkpoint last --out "$run/last.onnx.part"
-    mv "$run/last.onnx.bpk" "$run/last.bpk"
-    mv "$run/last.onnx.part" "$run/last.onnx"
-  fi
+  [ -f "$run/last.bpk" ] || "$BIN" export --run "$run" --checkpoint last --out "$run/last.onnx"
   if [ ! -f "$ad/adapted.onnx" ]; then
     rm -rf "$ad"
     mkdir -p "$ad/a/images" "$ad/a/masks" "$ad/b/images" "$ad/b/masks"
@@ -186,9 +182,7 @@ for g in "${SIZE_GROUPS[@]}"; do
     echo "groupout: $g adapting on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
     "$BIN" --config "$NOAUG" train --init "$run/last.onnx" --data "$ad/a" --val "$ad/a" --out "$ad/run" \
       --lr 0 --bn-stats batch --epochs "$ADAPT" >"$ad/train.log" 2>&1 || { tail -5 "$ad/train.log"; exit 1; }
-    "$BIN" export --run "$ad/run" --checkpoint last --out "$ad/adapted.onnx.part"
-    mv "$ad/adapted.onnx.bpk" "$ad/adapted.bpk"
-    mv "$ad/adapted.onnx.part" "$ad/adapted.onnx"
+    "$BIN" export --run "$ad/run" --checkpoint last --out "$ad/adapted.onnx"
   fi
   "$BIN" eval --model "$run/last.onnx" --data "$ad/b" --json >"$ad/base.json"
   "$BIN" eval --model "$ad/adapted.onnx" --data "$ad/b" --json >"$ad/adapted.json"

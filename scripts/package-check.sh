@@ -51,14 +51,12 @@ if [ -z "$BINARY" ]; then
 fi
 
 WORK=$(mktemp -d /tmp/pocusd-package-check.XXXXXX)
-ROOT=""; LEADER=""; NSPAWN=""
+ROOT=""
+# Commands inside the root get a clean environment (apt must not see the host's).
+IN_ROOT_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8)
+. scripts/lib/nspawn.sh
 cleanup() {
-  if [ -n "$NSPAWN" ] && kill -0 "$NSPAWN" 2>/dev/null; then
-    [ -n "$LEADER" ] && nsenter -t "$LEADER" -a systemctl poweroff >/dev/null 2>&1 || true
-    for _ in $(seq 50); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 0.2; done
-    kill "$NSPAWN" 2>/dev/null || true
-    wait "$NSPAWN" 2>/dev/null || true
-  fi
+  nspawn_stop
   [ -n "$ROOT" ] && rm -rf "$ROOT"
   rm -rf "$WORK"
 }
@@ -109,56 +107,14 @@ say "fresh root: $ROOT (no FFmpeg libraries, no dbus)"
 
 # The dependencies are resolved and fetched from Debian before boot (the booted root has a
 # private network, so the daemon's ports stay inside it); the install itself runs booted.
-APT_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8)
 cached=$(ls "$ROOT"/var/cache/apt/archives/ | grep -c '\.deb$' || true)
-systemd-nspawn -q -D "$ROOT" --register=no --keep-unit --pipe "${APT_ENV[@]}" sh -c \
+systemd-nspawn -q -D "$ROOT" --register=no --keep-unit --pipe "${IN_ROOT_ENV[@]}" sh -c \
   "apt-get update -q && apt-get install -y -q --download-only /root/$(basename "$DEB_A")" \
   >"$WORK/download.log" 2>&1 || { tail -20 "$WORK/download.log"; fail "apt-get could not resolve or fetch the Depends"; }
 say "apt resolved the Depends and fetched $(( $(ls "$ROOT"/var/cache/apt/archives/ | grep -c '\.deb$' || true) - cached )) packages from $MIRROR"
 
-LOG="$WORK/nspawn.log"
-systemd-nspawn -b -D "$ROOT" --keep-unit --register=no --console=pipe --private-network -q \
-  --capability=CAP_IPC_LOCK >"$LOG" 2>&1 &
-NSPAWN=$!
-# The container's init: nspawn's child whose name is systemd (a first child can be nspawn's own
-# short-lived intermediate process, gone a moment later).
-for _ in $(seq 100); do
-  for p in $(pgrep -P "$NSPAWN" || true); do
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ] && LEADER=$p
-  done
-  [ -n "$LEADER" ] && break
-  kill -0 "$NSPAWN" 2>/dev/null || { cat "$LOG"; fail "systemd-nspawn exited at start"; }
-  sleep 0.1
-done
-[ -n "$LEADER" ] || fail "no init process in the container after 10 s"
-in_root() { nsenter -t "$LEADER" -a "${APT_ENV[@]}" "$@"; }
-for _ in $(seq 100); do
-  st=$(in_root systemctl is-system-running 2>/dev/null || true)
-  case "$st" in running|degraded) break ;; esac
-  sleep 0.3
-done
+nspawn_boot "$ROOT" "$WORK/nspawn.log"
 say "booted: system $(in_root systemctl is-system-running 2>/dev/null || true)"
-
-prop() { in_root systemctl show -P "$1" pocusd.service; }
-wait_active() { # $1: deadline in seconds; $2: a MainPID that must have changed (optional)
-  local end=$(( $(date +%s) + $1 ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    if [ "$(prop ActiveState)" = active ] && [ "$(prop SubState)" = running ] \
-       && [ -n "$(prop StatusText)" ] && [ "$(prop MainPID)" != "${2:-}" ] && [ "$(prop MainPID)" != 0 ]; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  return 1
-}
-wait_status() { # $1: text; $2: seconds; $3: what failed
-  local end=$(( $(date +%s) + $2 ))
-  until prop StatusText | grep "$1" >/dev/null; do
-    [ "$(date +%s)" -lt "$end" ] || fail "$3 (status: $(prop StatusText))"
-    sleep 0.3
-  done
-}
-journal() { in_root journalctl -b -u pocusd --no-pager | tail -30; }
 
 # 4. The first install.
 in_root apt-get install -y -q "/root/$(basename "$DEB_A")" >"$WORK/install.log" 2>&1 \

@@ -63,14 +63,9 @@ if [ -z "$BINARY" ]; then
   [ -x "$BINARY" ] || cargo build --all-features --locked
 fi
 PKG=$(mktemp -d /tmp/pocusd-check-deb.XXXXXX)
-LEADER=""; NSPAWN=""
+. scripts/lib/nspawn.sh
 cleanup() {
-  if [ -n "$NSPAWN" ] && kill -0 "$NSPAWN" 2>/dev/null; then
-    [ -n "$LEADER" ] && nsenter -t "$LEADER" -a systemctl poweroff >/dev/null 2>&1 || true
-    for _ in $(seq 50); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 0.2; done
-    kill "$NSPAWN" 2>/dev/null || true
-    wait "$NSPAWN" 2>/dev/null || true
-  fi
+  nspawn_stop
   rm -rf "$PKG"
 }
 trap cleanup EXIT
@@ -92,60 +87,15 @@ EOF
 say "installed the package's files ($(basename "$BINARY"), stripped) into the root"
 
 LOG=$(mktemp /tmp/pocusd-nspawn.XXXXXX.log)
-# CAP_IPC_LOCK: without it nspawn's seccomp filter refuses mlock to everything in the container,
-# which libgcrypt (loaded through libavformat) reports as "using insecure memory"; a host has no
-# such filter (systemd/README.md). --private-network: the daemon's port 8080 stays in the root.
-systemd-nspawn -b -D "$ROOT" --keep-unit --register=no --console=pipe --private-network -q \
-  --capability=CAP_IPC_LOCK \
-  >"$LOG" 2>&1 &
-NSPAWN=$!
-# The container's init: nspawn's child whose name is systemd (a first child can be nspawn's own
-# short-lived intermediate process, gone a moment later).
-for _ in $(seq 100); do
-  for p in $(pgrep -P "$NSPAWN" || true); do
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ] && LEADER=$p
-  done
-  [ -n "$LEADER" ] && break
-  kill -0 "$NSPAWN" 2>/dev/null || { cat "$LOG"; fail "systemd-nspawn exited at start"; }
-  sleep 0.1
-done
-[ -n "$LEADER" ] || fail "no init process in the container after 10 s"
-in_root() { nsenter -t "$LEADER" -a "$@"; }
-for _ in $(seq 100); do
-  in_root systemctl is-system-running >/dev/null 2>&1 && break
-  st=$(in_root systemctl is-system-running 2>/dev/null || true)
-  case "$st" in running|degraded) break ;; esac
-  sleep 0.3
-done
+nspawn_boot "$ROOT" "$LOG"
 say "booted: system $(in_root systemctl is-system-running 2>/dev/null || true) (init pid $LEADER on the host)"
 failed=$(in_root systemctl --failed --plain --no-legend --no-pager 2>/dev/null || true)
 [ -z "$failed" ] || say "failed units in the root (not pocusd's): $failed"
 
-prop() { in_root systemctl show -P "$1" pocusd.service; }
-wait_active() { # $1: deadline in seconds; $2: a MainPID that must have changed (optional)
-  local end=$(( $(date +%s) + $1 ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    if [ "$(prop ActiveState)" = active ] && [ "$(prop SubState)" = running ] \
-       && [ -n "$(prop StatusText)" ] && [ "$(prop MainPID)" != "${2:-}" ] && [ "$(prop MainPID)" != 0 ]; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  return 1
-}
-
 # 1. Started at boot, active (running) with its status text (READY=1 and STATUS= over sd_notify).
-wait_active 90 || { in_root journalctl -b -u pocusd --no-pager | tail -30; fail "pocusd.service not active (running) 90 s after boot"; }
+wait_active 90 || { journal; fail "pocusd.service not active (running) 90 s after boot"; }
 PID1=$(prop MainPID)
 say "pocusd.service active (running), MainPID $PID1, status: \"$(prop StatusText)\""
-# Waits until the unit's status text contains $1, or fails after $2 seconds saying $3.
-wait_status() {
-  local end=$(( $(date +%s) + $2 ))
-  until prop StatusText | grep "$1" >/dev/null; do
-    [ "$(date +%s)" -lt "$end" ] || fail "$3 (status: $(prop StatusText))"
-    sleep 0.3
-  done
-}
 # Wait for frames: the status text says streaming once measurements flow.
 wait_status streaming 60 "no 'streaming' status text within 60 s"
 say "streaming: \"$(prop StatusText)\""
@@ -176,7 +126,7 @@ restarts0=$(prop NRestarts)
 in_root systemctl kill --kill-whom=main --signal=SIGSTOP pocusd.service
 t_stop=$(date +%s.%N)
 say "SIGSTOP sent to MainPID $PID1 (WatchdogSec=$(prop WatchdogUSec))"
-wait_active 90 "$PID1" || { in_root journalctl -b -u pocusd --no-pager | tail -30; fail "the unit did not restart within 90 s of SIGSTOP"; }
+wait_active 90 "$PID1" || { journal; fail "the unit did not restart within 90 s of SIGSTOP"; }
 t_back=$(date +%s.%N)
 restarts1=$(prop NRestarts)
 [ "$restarts1" -gt "$restarts0" ] || fail "NRestarts did not grow ($restarts0 -> $restarts1)"

@@ -15,8 +15,7 @@ train_and_export() {
     echo "$what: training $*"
     "$bin" train --out "$run" "$@"
   fi
-  "$bin" export --run "$run" --checkpoint last --out "$run/last.onnx.part"
-  # export keeps the unfolded network beside its output (last.onnx.part -> last.onnx.bpk).
-  mv "$run/last.onnx.bpk" "$run/last.bpk"
-  mv "$run/last.onnx.part" "$run/last.onnx"
+  # export writes both files atomically, last.bpk (the unfolded network) before last.onnx, so a
+  # last.onnx found above always has its copy.
+  "$bin" export --run "$run" --checkpoint last --out "$run/last.onnx"
 }

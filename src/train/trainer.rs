@@ -547,9 +547,8 @@ fn initial_network(
         };
         if side.is_file() {
             let inits = export::onnx_initializers(&origin, &bytes)?;
-            let unfolded = load_model_file(&side, &settings.arch, device);
-            match unfolded.map(|n| (export::fold_difference(&origin, &n, &inits), n)) {
-                Ok((Ok(diff), n)) if diff <= UNFOLDED_MATCH => {
+            match load_unfolded(init, &inits, &settings.arch, device) {
+                Ok((n, diff)) if diff <= UNFOLDED_MATCH => {
                     progress.log(&format!(
                         "initialised from {} (the unfolded network with its batch-norm statistics; it folds to {}'s weights, largest relative difference {diff:.1e}); {}",
                         side.display(),
@@ -558,13 +557,12 @@ fn initial_network(
                     ));
                     return Ok((n, false));
                 }
-                Ok((Ok(diff), _)) => progress.log(&format!(
+                Ok((_, diff)) => progress.log(&format!(
                     "warning: {} does not fold to {} (largest relative difference {diff:.1e}): not used",
                     side.display(),
                     init.display()
                 )),
-                Ok((Err(e), _)) => progress.log(&format!("warning: {}: {e}: not used", side.display())),
-                Err(e) => progress.log(&format!("warning: {e}: not used")),
+                Err(e) => progress.log(&format!("warning: {}: {e}: not used", side.display())),
             }
         }
         let loaded = export::load_onnx_weights(&origin, &bytes, net, device)?;
@@ -575,6 +573,15 @@ fn initial_network(
         ));
         Ok((loaded, true))
     }
+}
+
+fn write_run_info(run: &Path, info: &RunInfo) -> Result<(), TrainError> {
+    write_atomic(
+        &run.join("run.json"),
+        serde_json::to_string_pretty(info)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
 }
 
 /// The unfolded network kept beside an exported model: `NAME.bpk` beside `NAME.onnx` (burn's
@@ -896,12 +903,7 @@ pub fn train(
             info
         }
     };
-    write_atomic(
-        &run.join("run.json"),
-        serde_json::to_string_pretty(&info)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    write_run_info(&run, &info)?;
     progress.log(&format!(
         "run {} in {}: {} training, {} validation images at {}x{}, U-Net depth {} width {}, loss {}, backend {}",
         info.run_id,
@@ -986,12 +988,7 @@ pub fn train(
         settings.bn_stats = resolve_bn_stats(BnStats::Auto, folded_only);
         let mut info = info.clone();
         info.settings.bn_stats = settings.bn_stats;
-        write_atomic(
-            &run.join("run.json"),
-            serde_json::to_string_pretty(&info)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        write_run_info(&run, &info)?;
     }
     if settings.bn_stats == BnStats::Frozen {
         net = net.with_frozen_bn_stats();
@@ -1259,7 +1256,18 @@ pub fn unfolded_fold_difference(onnx: &Path) -> Result<f32, TrainError> {
     let bytes = std::fs::read(onnx).map_err(io(onnx))?;
     let inits = export::onnx_initializers(&origin, &bytes)?;
     let arch = export::onnx_arch(&origin, &inits)?;
-    let device = device_for(Backend::Flex);
-    let net = load_model_file(&unfolded_path(onnx), &arch, &device)?;
-    Ok(export::fold_difference(&origin, &net, &inits)?)
+    Ok(load_unfolded(onnx, &inits, &arch, &device_for(Backend::Flex))?.1)
+}
+
+/// The unfolded copy beside `onnx` and how far it is, folded again, from the file's weights
+/// `inits` (largest difference relative to 1 + |weight|).
+fn load_unfolded(
+    onnx: &Path,
+    inits: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    arch: &UnetArch,
+    device: &Device,
+) -> Result<(Unet, f32), TrainError> {
+    let net = load_model_file(&unfolded_path(onnx), arch, device)?;
+    let diff = export::fold_difference(&onnx.display().to_string(), &net, inits)?;
+    Ok((net, diff))
 }
