@@ -217,6 +217,13 @@ pub struct LoopSection {
     pub unlabelled_data: String,
     pub unlabelled_per_hour: u64,
     pub unlabelled_max_mb: u64,
+    pub unlabelled_adaptation: String,
+    pub min_unlabelled_frames: u64,
+    pub max_unlabelled_frames: u64,
+    pub unlabelled_held_back: f64,
+    pub bn_passes: u64,
+    pub phantom_images: u64,
+    pub max_phantom_drop: f64,
 }
 
 /// Validated `[loop]` settings; folders left empty are `None` (their defaults live under the
@@ -247,6 +254,30 @@ pub struct LoopConfig {
     pub unlabelled_per_hour: u64,
     /// Cap of the unlabelled folder; over it the oldest frames are dropped.
     pub unlabelled_max_mb: u64,
+    /// With too few accepted labels, adapt on the unlabelled frames (`bn-stats`), or not (`off`).
+    pub unlabelled_adaptation: UnlabelledAdaptation,
+    /// Fewer unlabelled frames than this: no adaptation without labels.
+    pub min_unlabelled_frames: u64,
+    /// The newest this many unlabelled frames are used (the nightly run's time is bounded by it).
+    pub max_unlabelled_frames: u64,
+    /// Fraction of the unlabelled frames (by a stable hash of the name) held back to judge the
+    /// adapted model; the rest are adapted to.
+    pub unlabelled_held_back: f64,
+    /// Passes of the batch-norm statistics over the frames.
+    pub bn_passes: u64,
+    /// Images of the project's phantom set a candidate adapted without labels is scored on.
+    pub phantom_images: u64,
+    /// Largest loss on the phantom set (Dice, and the task's error) a candidate adapted without
+    /// labels may have.
+    pub max_phantom_drop: f64,
+}
+
+/// What `pocusd loop nightly` does with the unlabelled frames when a site has too few labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlabelledAdaptation {
+    Off,
+    /// Re-estimate the batch-norm statistics on the site's frames.
+    BnStats,
 }
 
 impl LoopConfig {
@@ -1331,6 +1362,38 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
         unlabelled_data: path(&l.unlabelled_data),
         unlabelled_per_hour: int_range("loop.unlabelled_per_hour", l.unlabelled_per_hour, 0, 3600)?,
         unlabelled_max_mb: int_range("loop.unlabelled_max_mb", l.unlabelled_max_mb, 1, 10_000_000)?,
+        unlabelled_adaptation: match l.unlabelled_adaptation.as_str() {
+            "off" => UnlabelledAdaptation::Off,
+            "bn-stats" => UnlabelledAdaptation::BnStats,
+            other => {
+                return Err(ConfigError::OutOfRange {
+                    key: "loop.unlabelled_adaptation".into(),
+                    value: other.into(),
+                    allowed: "bn-stats or off".into(),
+                })
+            }
+        },
+        min_unlabelled_frames: int_range(
+            "loop.min_unlabelled_frames",
+            l.min_unlabelled_frames,
+            1,
+            1_000_000,
+        )?,
+        max_unlabelled_frames: int_range(
+            "loop.max_unlabelled_frames",
+            l.max_unlabelled_frames,
+            1,
+            1_000_000,
+        )?,
+        unlabelled_held_back: float(
+            "loop.unlabelled_held_back",
+            l.unlabelled_held_back,
+            0.1,
+            0.5,
+        )?,
+        bn_passes: int_range("loop.bn_passes", l.bn_passes, 1, 10)?,
+        phantom_images: int_range("loop.phantom_images", l.phantom_images, 4, 1000)?,
+        max_phantom_drop: float("loop.max_phantom_drop", l.max_phantom_drop, 0.0, 1.0)?,
     })
 }
 

@@ -402,6 +402,68 @@ fn list_images(images_dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
     Ok(names)
 }
 
+/// The quality gate on images without labels (site frames held back from an adaptation): each
+/// image through the one [`Analyzer`] path as a still image (the mirrored check always on), the
+/// verdict counted without the model's own confidence. Unreadable images are skipped and
+/// counted in `note`.
+pub fn evidence_on(
+    model: &mut LoadedModel,
+    images: &[PathBuf],
+    clahe_threads: NonZeroUsize,
+    post: PostprocessConfig,
+    note: &mut dyn FnMut(String),
+) -> crate::versions::EvidenceScore {
+    let post_cfg = PostprocessConfig {
+        calibration: Calibration::None,
+        smoothing: Smoothing::Off,
+        ..post
+    };
+    let tolerance = post_cfg.quality.mirror_tolerance;
+    let roi = RoiChoice::default().resolve(model.spec().roi);
+    let mut analyzer = Analyzer::new(
+        model,
+        roi.mode,
+        Tracking::PerImage,
+        clahe_threads,
+        post_cfg,
+        OverlayStyle::default(),
+    );
+    let mut score = crate::versions::EvidenceScore::default();
+    let mut diffs = Vec::new();
+    for path in images {
+        let analysed = imageio::read_gray(path)
+            .map_err(|e| e.to_string())
+            .and_then(|img| {
+                let v = img.view().map_err(|e| e.to_string())?;
+                analyzer
+                    .analyse(model, v)
+                    .map(|a| (a.doubt, a.evidence))
+                    .map_err(|e| e.to_string())
+            });
+        let (doubt, evidence) = match analysed {
+            Ok(r) => r,
+            Err(e) => {
+                note(format!("skipped {}: {e}", path.display()));
+                continue;
+            }
+        };
+        score.frames += 1;
+        let evidence_doubt = doubt
+            .iter()
+            .filter(|d| !matches!(d, Doubt::LowConfidence | Doubt::Jump));
+        score.ok += usize::from(evidence_doubt.count() == 0);
+        score.confident += usize::from(!doubt.contains(Doubt::LowConfidence));
+        if let Some(d) = evidence.mirror_diff {
+            score.mirror_agrees += usize::from(d <= tolerance);
+            if d < 1.0 {
+                diffs.push(d);
+            }
+        }
+    }
+    score.mirror_diff_mean = mean(&diffs);
+    score
+}
+
 /// Scores `model` on `opts.data`. `note` receives one line per skipped image and the validation
 /// summary (the command line prints them on stderr).
 pub fn evaluate(

@@ -147,6 +147,47 @@ impl Geometry {
     }
 }
 
+/// Another scanner's look on a rendered phantom image (the mask is untouched): the grey levels
+/// times `gain` (clipped at white, as a gain turned up saturates) and a separable gaussian blur of
+/// standard deviation `blur_px` (coarser speckle, lower lateral and axial resolution). `gain` 1
+/// and `blur_px` 0 leave the image as it is.
+pub fn restyle(image: &mut GrayImage, gain: f64, blur_px: f64) {
+    let (w, h) = (image.width(), image.height());
+    let px = image.as_mut_slice();
+    if gain != 1.0 {
+        for v in px.iter_mut() {
+            *v = (f64::from(*v) * gain).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    if blur_px <= 0.0 || w == 0 || h == 0 {
+        return;
+    }
+    let r = (3.0 * blur_px).ceil() as isize;
+    let kernel: Vec<f64> = (-r..=r)
+        .map(|i| (-((i * i) as f64) / (2.0 * blur_px * blur_px)).exp())
+        .collect();
+    let total: f64 = kernel.iter().sum();
+    let mut a: Vec<f64> = px.iter().map(|&v| f64::from(v)).collect();
+    let mut b = vec![0.0; a.len()];
+    for (step, len, lines, stride) in [(1usize, w, h, w), (w, h, w, 1usize)] {
+        for line in 0..lines {
+            let base = line * stride;
+            for i in 0..len {
+                let mut acc = 0.0;
+                for (k, kv) in kernel.iter().enumerate() {
+                    let j = (i as isize + k as isize - r).clamp(0, len as isize - 1) as usize;
+                    acc += kv * a[base + j * step];
+                }
+                b[base + i * step] = acc / total;
+            }
+        }
+        std::mem::swap(&mut a, &mut b);
+    }
+    for (v, f) in px.iter_mut().zip(&a) {
+        *v = f.round().clamp(0.0, 255.0) as u8;
+    }
+}
+
 /// Ramanujan's second approximation of an ellipse's perimeter.
 pub fn ellipse_circumference(a: f64, b: f64) -> f64 {
     let h = ((a - b) / (a + b)).powi(2);

@@ -48,7 +48,7 @@ pub enum VersionError {
 
 /// One model's scores on one data set: `dice` and `error` (the median relative thickness error
 /// for aponeurosis models, the mean relative circumference error for region models; fractions).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub dice: Option<f64>,
     pub error: Option<f64>,
@@ -59,11 +59,53 @@ pub struct Score {
     pub error_mm: Option<f64>,
 }
 
-/// A model's scores on the site-validation images and on the locked test set (if any).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// The quality gate's verdicts on site frames without labels, counting only evidence that does not
+/// come from the model's own confidence (`eval::evidence_on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceScore {
+    /// Frames scored.
+    pub frames: usize,
+    /// Frames whose verdict is `ok` leaving out `low_confidence` (and `jump`: the frames are a
+    /// thinned sample, not a stream): the geometry holds and the mirrored frame agrees.
+    pub ok: usize,
+    /// Frames whose mirrored copy gives a number within `[quality] mirror_tolerance`.
+    pub mirror_agrees: usize,
+    /// Mean |number - mirrored number| / number over the frames with both.
+    pub mirror_diff_mean: Option<f64>,
+    /// Frames the model's own confidence passes (reported; never counted for promotion).
+    pub confident: usize,
+}
+
+/// How much lower the mean mirrored-frame difference must be to count as better evidence when
+/// two models pass the gate on as many frames (a tenth: below that it is noise).
+pub const MIRROR_IMPROVEMENT: f64 = 0.9;
+
+impl EvidenceScore {
+    /// Whether this is better evidence than `other` on the same frames: more frames ok, or as
+    /// many and a mean mirrored-frame difference under [`MIRROR_IMPROVEMENT`] of `other`'s. The
+    /// model's own confidence plays no part.
+    pub fn improves_on(&self, other: &EvidenceScore) -> bool {
+        if self.ok != other.ok {
+            return self.ok > other.ok;
+        }
+        match (self.mirror_diff_mean, other.mirror_diff_mean) {
+            (Some(a), Some(b)) => a < MIRROR_IMPROVEMENT * b,
+            _ => false,
+        }
+    }
+}
+
+/// A model's scores on the site-validation images and on the locked test set (if any); for an
+/// adaptation without labels, on the project's phantom set and the gate's evidence on held-back
+/// site frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     pub site: Option<Score>,
     pub test: Option<Score>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phantom: Option<Score>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<EvidenceScore>,
 }
 
 /// How many images a run saw.
@@ -74,6 +116,36 @@ pub struct DataCounts {
     pub site_val: usize,
     pub base_images: usize,
     pub test_images: usize,
+    /// Unlabelled site frames: those the model adapted to, and those held back to judge it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlabelled_adapt: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlabelled_held_back: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub phantom_images: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// How a nightly run changed the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adaptation {
+    /// Fine-tuned on the site's accepted labels.
+    Labelled,
+    /// Batch-norm statistics re-estimated on the site's unlabelled frames.
+    BnStats,
+}
+
+impl Adaptation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Adaptation::Labelled => "labelled",
+            Adaptation::BnStats => "bn-stats",
+        }
+    }
 }
 
 /// What a history record is.
@@ -125,6 +197,9 @@ pub struct Record {
     /// The training run folder of a nightly run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<PathBuf>,
+    /// A nightly run's kind of adaptation (absent in records written before there were two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<Adaptation>,
 }
 
 impl Record {
@@ -143,6 +218,7 @@ impl Record {
             current: None,
             candidate: None,
             run: None,
+            adaptation: None,
         }
     }
 }

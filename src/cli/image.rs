@@ -72,6 +72,13 @@ pub struct SynthArgs {
     /// The depth the image shows in mm (the scale of the furniture's ruler).
     #[arg(long, default_value_t = 40.0)]
     depth_mm: f64,
+    /// Another scanner's look: grey levels times this gain, clipped at white (0.25 to 4).
+    #[arg(long, default_value_t = 1.0)]
+    style_gain: f64,
+    /// Another scanner's look: a gaussian blur of this standard deviation in pixels, coarser
+    /// speckle and resolution (0 to 8; the mask is not blurred).
+    #[arg(long, default_value_t = 0.0)]
+    style_blur: f64,
     /// Print one JSON object instead of a summary line.
     #[arg(long)]
     json: bool,
@@ -162,6 +169,12 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
     if !(5.0..=400.0).contains(&args.depth_mm) {
         anyhow::bail!("--depth-mm {}: allowed 5 to 400", args.depth_mm);
     }
+    if !(0.25..=4.0).contains(&args.style_gain) {
+        anyhow::bail!("--style-gain {}: allowed 0.25 to 4", args.style_gain);
+    }
+    if !(0.0..=8.0).contains(&args.style_blur) {
+        anyhow::bail!("--style-blur {}: allowed 0 to 8", args.style_blur);
+    }
     let layout = pocusd::synth::Layout::parse(&args.layout).ok_or_else(|| {
         anyhow::anyhow!(
             "--layout {}: allowed {}",
@@ -186,7 +199,8 @@ pub fn cmd_synth(args: &SynthArgs) -> anyhow::Result<()> {
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
     let mm_per_px = synth::Phantom::new(cfg).mm_per_px();
     for i in 0..args.count {
-        let s = synth::sample(cfg, i as u64);
+        let mut s = synth::sample(cfg, i as u64);
+        synth::restyle(&mut s.image, args.style_gain, args.style_blur);
         let name = format!("synth_{i:05}.png");
         imageio::write_gray(&images.join(&name), &s.image)?;
         imageio::write_gray(&masks.join(&name), &s.mask)?;

@@ -26,6 +26,35 @@ pub enum ModelsCommand {
     /// with batch-norm statistics measured on its training images (what fine-tuning starts from).
     #[cfg(feature = "train")]
     Unfold(UnfoldArgs),
+    /// Adapt MODEL.onnx to a scanner without labels: its batch-norm statistics re-estimated on a
+    /// folder of that scanner's images (what `pocusd loop nightly` does with the unlabelled
+    /// frames); writes OUT.onnx and OUT.bpk. Decides nothing: score the result with `pocusd eval`.
+    #[cfg(feature = "train")]
+    Adapt(AdaptArgs),
+}
+
+#[cfg(feature = "train")]
+#[derive(Args, Debug)]
+pub struct AdaptArgs {
+    /// The ONNX model, with its unfolded copy MODEL.bpk beside it.
+    model: PathBuf,
+    /// Images of the scanner to adapt to: a folder of images (or its images/); masks are never
+    /// read. Repeatable.
+    #[arg(long, value_name = "DIR", required = true)]
+    frames: Vec<PathBuf>,
+    /// The adapted model (ONNX; its unfolded copy goes beside it with .bpk).
+    #[arg(long, value_name = "FILE.onnx")]
+    out: PathBuf,
+    /// Passes of the statistics over the images (the first normalising by each batch).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    passes: u32,
+    /// Frames per batch: the batch size the model was trained with (its running variances are
+    /// variances within such batches).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=256))]
+    batch: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[cfg(feature = "train")]
@@ -109,7 +138,53 @@ pub fn cmd_models(cfg: &Config, cmd: &ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::Rollback(a) => cmd_rollback(cfg, a),
         #[cfg(feature = "train")]
         ModelsCommand::Unfold(a) => cmd_unfold(a),
+        #[cfg(feature = "train")]
+        ModelsCommand::Adapt(a) => cmd_adapt(a),
     }
+}
+
+#[cfg(feature = "train")]
+fn cmd_adapt(a: &AdaptArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let frames: Vec<PathBuf> = a
+        .frames
+        .iter()
+        .flat_map(|d| pocusd::train::nightly::unlabelled_frames(d, usize::MAX))
+        .collect();
+    if frames.is_empty() {
+        anyhow::bail!(
+            "no PNG or JPEG images in {} (nor in its images/)",
+            a.frames
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut progress = pocusd::train::trainer::ConsoleProgress::new();
+    let r = pocusd::train::adapt::reestimate_bn_stats(
+        &a.model,
+        &frames,
+        &a.out,
+        a.passes as usize,
+        a.batch as usize,
+        &mut progress,
+    )
+    .with_context(|| format!("adapting {}", a.model.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "wrote {}: {} batch norms re-estimated on {} images ({} skipped) in {:.1} s; mean shift {:.3} standard deviations",
+            r.out.display(),
+            r.batch_norms,
+            r.frames,
+            r.skipped,
+            r.seconds,
+            r.shift
+        );
+    }
+    Ok(())
 }
 
 #[cfg(feature = "train")]

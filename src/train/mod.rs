@@ -4,6 +4,7 @@
 //! previews, resume), the ONNX exporter, and the nightly fine-tune-and-promote run of `pocusd loop
 //! nightly`. Must not depend on daemon, publish or source.
 
+pub mod adapt;
 pub mod augment;
 pub mod bench;
 pub use crate::dataset;

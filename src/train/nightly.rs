@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use super::settings::TrainSettings;
 use super::trainer::{self, Progress};
+use crate::config::UnlabelledAdaptation;
 use crate::config::{LoopConfig, TrainSection};
 use crate::eval::{self, EvalOptions, TaskScore};
 use crate::infer::LoadedModel;
@@ -22,7 +23,7 @@ use crate::model::{SpecOverrides, Task};
 use crate::postprocess::PostprocessConfig;
 use crate::preprocess::clahe::ClaheParams;
 use crate::preprocess::roi::RoiChoice;
-use crate::versions::{self, DataCounts, Kind, Record, Score, Scores, Store};
+use crate::versions::{self, Adaptation, DataCounts, Kind, Record, Score, Scores, Store};
 
 #[derive(Debug, Error)]
 pub enum NightlyError {
@@ -65,6 +66,8 @@ pub struct NightlyOutcome {
     pub candidate: Option<Scores>,
     /// The run folder, when a run took place.
     pub run: Option<PathBuf>,
+    /// What kind of run it was (`labelled`, `bn-stats`), when one took place.
+    pub adaptation: Option<Adaptation>,
 }
 
 /// Image names of a dataset folder that have a mask of the same name.
@@ -325,55 +328,41 @@ pub fn run(
                 current: None,
                 candidate: None,
                 run,
+                adaptation: None,
             })
         };
     let runs = inp.state.join("runs");
     let resumed = unfinished_run(&runs);
     if resumed.is_none() && (site_images as u64) < cfg.min_site_images {
-        return record_only(
-            format!(
-                "too few site images: {site_images} accepted labels in {}, [loop] min_site_images is {}",
-                site.display(),
-                cfg.min_site_images
-            ),
-            None,
+        let too_few = format!(
+            "too few site images: {site_images} accepted labels in {}, [loop] min_site_images is {}",
+            site.display(),
+            cfg.min_site_images
         );
-    }
-    // The model to start from: the current version, else the configured or shipped one (then
-    // imported as version 0, so a rollback can return to it).
-    store.repair_current()?;
-    let current_rec = store.current_record()?;
-    let current_model = match &current_rec {
-        Some(r) => r.model.clone().ok_or_else(|| {
-            NightlyError::Invalid("the current history record names no model file".into())
-        })?,
-        None => {
-            let bytes = std::fs::read(inp.fallback_model)
-                .map_err(io("cannot read the model", inp.fallback_model))?;
-            let (file, sha) = store.install(0, &bytes)?;
-            let side = super::trainer::unfolded_path(inp.fallback_model);
-            if let Ok(unfolded) = std::fs::read(&side) {
-                store.install_unfolded(&file, &unfolded)?;
-            }
-            let mut r = Record::new(
-                Kind::Base,
-                true,
-                format!(
-                    "the model the cart ran before its first promotion: {}",
-                    inp.fallback_model.display()
-                ),
-            );
-            r.version = Some(0);
-            r.sha256 = Some(sha);
-            r.model = Some(file.clone());
-            store.append(&r)?;
-            progress.log(&format!(
-                "imported {} as model version 0",
-                inp.fallback_model.display()
-            ));
-            file
+        if cfg.unlabelled_adaptation == UnlabelledAdaptation::Off {
+            return record_only(too_few, None);
         }
-    };
+        let dir = cfg.unlabelled_data(inp.state);
+        let frames = unlabelled_frames(&dir, cfg.max_unlabelled_frames as usize);
+        if (frames.len() as u64) < cfg.min_unlabelled_frames {
+            return record_only(
+                format!(
+                    "{too_few}; and too few unlabelled frames to adapt without labels: {} in {}, [loop] min_unlabelled_frames is {}",
+                    frames.len(),
+                    dir.display(),
+                    cfg.min_unlabelled_frames
+                ),
+                None,
+            );
+        }
+        progress.log(&format!(
+            "{too_few}: adapting to the site's {} unlabelled frames in {} instead",
+            frames.len(),
+            dir.display()
+        ));
+        return run_unlabelled(inp, &store, &frames, site_images, progress, load_model);
+    }
+    let current_model = current_model(inp, &store, progress)?;
     let parent = store.current_record()?.and_then(|r| r.version);
 
     let (run, counts) = match resumed {
@@ -490,51 +479,401 @@ pub fn run(
         Ok(Scores {
             site: Some(site),
             test,
+            ..Default::default()
         })
     };
     let current = score_all(&mut current_loaded)?;
     let candidate = score_all(&mut load(&candidate_model)?)?;
     counts.test_images = current.test.map_or(0, |t| t.images);
-    let (promote, mut reason) = decide(&current, &candidate, cfg.max_dice_drop);
-    let cand_bytes =
-        std::fs::read(&candidate_model).map_err(io("cannot read", &candidate_model))?;
-    let mut r = Record::new(Kind::Nightly, promote, reason.clone());
+    let (promote, reason) = decide(&current, &candidate, cfg.max_dice_drop);
+    let mut r = Record::new(Kind::Nightly, promote, reason);
     r.parent = parent;
     r.data = counts;
     r.current = Some(current);
     r.candidate = Some(candidate);
     r.run = Some(run.clone());
+    r.adaptation = Some(Adaptation::Labelled);
+    finish(&store, r, &candidate_model, &run, load_model)
+}
+
+/// Ends a run that scored a candidate: installs it as the next version when `r.promoted` (with
+/// its unfolded copy) and hands it to a running daemon, appends the history record and writes the
+/// run's report.
+fn finish(
+    store: &Store,
+    mut r: Record,
+    candidate_model: &Path,
+    run: &Path,
+    load_model: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> Result<NightlyOutcome, NightlyError> {
+    let cand_bytes = std::fs::read(candidate_model).map_err(io("cannot read", candidate_model))?;
     r.sha256 = Some(versions::sha256_hex(&cand_bytes));
-    let mut outcome = NightlyOutcome {
-        promoted: promote,
-        reason: reason.clone(),
-        version: None,
-        model: None,
-        site_images: counts.site_images,
-        current: Some(current),
-        candidate: Some(candidate),
-        run: Some(run.clone()),
-    };
-    if promote {
+    if r.promoted {
         let version = store.next_version()?;
         let (file, _) = store.install(version, &cand_bytes)?;
-        let side = super::trainer::unfolded_path(&candidate_model);
+        let side = super::trainer::unfolded_path(candidate_model);
         if let Ok(unfolded) = std::fs::read(&side) {
             store.install_unfolded(&file, &unfolded)?;
         }
         if let Err(e) = load_model(&file) {
-            reason = format!("{reason}; the running daemon did not take it now ({e}); it loads it at its next start");
+            r.reason = format!(
+                "{}; the running daemon did not take it now ({e}); it loads it at its next start",
+                r.reason
+            );
         }
         r.version = Some(version);
-        r.model = Some(file.clone());
-        r.reason = reason.clone();
-        outcome.version = Some(version);
-        outcome.model = Some(file);
-        outcome.reason = reason;
+        r.model = Some(file);
     }
+    let outcome = NightlyOutcome {
+        promoted: r.promoted,
+        reason: r.reason.clone(),
+        version: r.version,
+        model: r.model.clone(),
+        site_images: r.data.site_images,
+        current: r.current,
+        candidate: r.candidate,
+        run: Some(run.to_path_buf()),
+        adaptation: r.adaptation,
+    };
     store.append(&r)?;
-    write_report(&run, &outcome)?;
+    write_report(run, &outcome)?;
     Ok(outcome)
+}
+
+/// The model to start from: the current version, else the configured or shipped one (then
+/// imported as version 0 with its unfolded copy, so a rollback can return to it).
+fn current_model(
+    inp: &NightlyInputs,
+    store: &Store,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf, NightlyError> {
+    store.repair_current()?;
+    if let Some(r) = store.current_record()? {
+        return r.model.ok_or_else(|| {
+            NightlyError::Invalid("the current history record names no model file".into())
+        });
+    }
+    let bytes = std::fs::read(inp.fallback_model)
+        .map_err(io("cannot read the model", inp.fallback_model))?;
+    let (file, sha) = store.install(0, &bytes)?;
+    let side = super::trainer::unfolded_path(inp.fallback_model);
+    if let Ok(unfolded) = std::fs::read(&side) {
+        store.install_unfolded(&file, &unfolded)?;
+    }
+    let mut r = Record::new(
+        Kind::Base,
+        true,
+        format!(
+            "the model the cart ran before its first promotion: {}",
+            inp.fallback_model.display()
+        ),
+    );
+    r.version = Some(0);
+    r.sha256 = Some(sha);
+    r.model = Some(file.clone());
+    store.append(&r)?;
+    progress.log(&format!(
+        "imported {} as model version 0",
+        inp.fallback_model.display()
+    ));
+    Ok(file)
+}
+
+/// The images of an unlabelled folder (`NAME.png` as the daemon keeps them, or any folder of
+/// images, or its `images/`), the newest `max` by name (the daemon's names sort by time).
+pub fn unlabelled_frames(dir: &Path, max: usize) -> Vec<PathBuf> {
+    let list = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_file()
+                            && p.file_name().is_some_and(|n| {
+                                let n = n.to_string_lossy();
+                                !n.starts_with('.') && crate::dataset::has_image_ext(&n)
+                            })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = list(dir);
+    if v.is_empty() {
+        v = list(&dir.join("images"));
+    }
+    v.sort();
+    let skip = v.len().saturating_sub(max);
+    v.split_off(skip)
+}
+
+/// Writes the project's phantom set for `task` into `dir` (`images/`, `masks/`), `count` images.
+fn write_phantom_set(dir: &Path, task: Task, count: u64) -> Result<(), NightlyError> {
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    for sub in ["images", "masks"] {
+        std::fs::create_dir_all(tmp.join(sub)).map_err(io("cannot create", &tmp))?;
+    }
+    let cfg = crate::synth::PhantomConfig {
+        width: 320,
+        height: 240,
+        task,
+        seed: 27,
+        ..Default::default()
+    };
+    for i in 0..count {
+        let s = crate::synth::sample(cfg, i);
+        let name = format!("phantom_{i:04}.png");
+        for (sub, img) in [("images", &s.image), ("masks", &s.mask)] {
+            let p = tmp.join(sub).join(&name);
+            crate::imageio::write_gray(&p, img)
+                .map_err(|e| NightlyError::Invalid(format!("{}: {e}", p.display())))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(io("cannot rename", &tmp))
+}
+
+/// Whether a candidate adapted without labels may replace the current model, and why (or why
+/// not): the locked test set (when configured) loses no more than `max_dice_drop` Dice and its
+/// error does not rise; the phantom set loses no more than `max_phantom_drop` in Dice or error;
+/// and on the held-back site frames the gate finds more frames ok by evidence that is not the
+/// model's own confidence. A model that only grew more confident gains nothing here.
+pub fn decide_unlabelled(
+    current: &Scores,
+    candidate: &Scores,
+    max_dice_drop: f64,
+    max_phantom_drop: f64,
+) -> (bool, String) {
+    let f = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.4}"));
+    if let (Some(ct), Some(nt)) = (current.test, candidate.test) {
+        if let Some(why) = worse(&ct, &nt, max_dice_drop, 0.0, "test") {
+            return (false, why);
+        }
+    }
+    match (current.phantom, candidate.phantom) {
+        (Some(cp), Some(np)) => {
+            if let Some(why) = worse(&cp, &np, max_phantom_drop, max_phantom_drop, "phantom") {
+                return (false, why);
+            }
+        }
+        _ => return (false, "no phantom-set score".into()),
+    }
+    let (Some(ch), Some(nh)) = (current.held_back, candidate.held_back) else {
+        return (false, "no held-back frames scored".into());
+    };
+    let mirror = |e: &versions::EvidenceScore| {
+        e.mirror_diff_mean
+            .map_or("none".to_string(), |v| format!("{v:.4}"))
+    };
+    if !nh.improves_on(&ch) {
+        return (
+            false,
+            format!(
+                "the gate's evidence on the {} held-back site frames did not improve: {} ok by geometry and mirrored frame against the current model's {}, mean mirrored difference {} against {} (confident by its own measure: {} against {}, which does not count)",
+                nh.frames,
+                nh.ok,
+                ch.ok,
+                mirror(&nh),
+                mirror(&ch),
+                nh.confident,
+                ch.confident
+            ),
+        );
+    }
+    let (cp, np) = (
+        current.phantom.unwrap_or_default(),
+        candidate.phantom.unwrap_or_default(),
+    );
+    (
+        true,
+        format!(
+            "on the {} held-back site frames the gate finds {} ok against {}, mean mirrored difference {} against {}; phantom Dice {} against {}{}",
+            nh.frames,
+            nh.ok,
+            ch.ok,
+            mirror(&nh),
+            mirror(&ch),
+            f(np.dice),
+            f(cp.dice),
+            match (current.test, candidate.test) {
+                (Some(ct), Some(nt)) => format!(
+                    "; test Dice {} against {}, error {} against {}",
+                    f(nt.dice),
+                    f(ct.dice),
+                    f(nt.error),
+                    f(ct.error)
+                ),
+                _ => String::new(),
+            }
+        ),
+    )
+}
+
+/// Why `new` is worse than `cur` on a set beyond the allowed Dice drop and error rise, if it is.
+fn worse(cur: &Score, new: &Score, dice_drop: f64, error_rise: f64, set: &str) -> Option<String> {
+    let f = |v: f64| format!("{v:.4}");
+    match (cur.dice, new.dice) {
+        (Some(c), Some(n)) if n < c - dice_drop => {
+            return Some(format!(
+                "{set} Dice {} is more than {dice_drop} below the current model's {}",
+                f(n),
+                f(c)
+            ))
+        }
+        (Some(_), None) => return Some(format!("the candidate has no {set} Dice")),
+        _ => {}
+    }
+    match (cur.error, new.error) {
+        (Some(c), Some(n)) if n > c + error_rise => Some(format!(
+            "{set} error {} is higher than the current model's {}{}",
+            f(n),
+            f(c),
+            if error_rise > 0.0 {
+                format!(" by more than {error_rise}")
+            } else {
+                String::new()
+            }
+        )),
+        (Some(_), None) => Some(format!("the candidate has no {set} error")),
+        _ => None,
+    }
+}
+
+/// A nightly run without labels: the current model's batch-norm statistics re-estimated on the
+/// site's unlabelled frames (less those held back), both models scored, the candidate promoted
+/// by [`decide_unlabelled`].
+fn run_unlabelled(
+    inp: &NightlyInputs,
+    store: &Store,
+    frames: &[PathBuf],
+    site_images: usize,
+    progress: &mut dyn Progress,
+    load_model: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> Result<NightlyOutcome, NightlyError> {
+    let cfg = inp.cfg;
+    let current_model = current_model(inp, store, progress)?;
+    let parent = store.current_record()?.and_then(|r| r.version);
+    let stamp = crate::clock::rfc3339_us(crate::clock::realtime_us())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(15)
+        .collect::<String>();
+    let run = inp.state.join("runs").join(format!("adapt-{stamp}Z"));
+    std::fs::create_dir_all(&run).map_err(io("cannot create", &run))?;
+    let (held, adapt): (Vec<PathBuf>, Vec<PathBuf>) = frames.iter().cloned().partition(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        versions::in_validation(&name.unwrap_or_default(), cfg.unlabelled_held_back)
+    });
+    let mut counts = DataCounts {
+        site_images,
+        unlabelled_adapt: adapt.len(),
+        unlabelled_held_back: held.len(),
+        phantom_images: cfg.phantom_images as usize,
+        ..Default::default()
+    };
+    let mut r = Record::new(Kind::Nightly, false, String::new());
+    r.parent = parent;
+    r.run = Some(run.clone());
+    r.adaptation = Some(Adaptation::BnStats);
+    let refuse = |mut r: Record, reason: String, counts: DataCounts| {
+        r.reason = reason;
+        r.data = counts;
+        let outcome = NightlyOutcome {
+            promoted: false,
+            reason: r.reason.clone(),
+            version: None,
+            model: None,
+            site_images,
+            current: r.current,
+            candidate: r.candidate,
+            run: Some(run.clone()),
+            adaptation: r.adaptation,
+        };
+        store.append(&r)?;
+        write_report(&run, &outcome)?;
+        Ok(outcome)
+    };
+    if adapt.is_empty() || held.is_empty() {
+        return refuse(
+            r,
+            format!(
+                "the {} unlabelled frames split into {} to adapt to and {} held back; both need at least one",
+                frames.len(),
+                adapt.len(),
+                held.len()
+            ),
+            counts,
+        );
+    }
+    let candidate_model = run.join("candidate.onnx");
+    let report = match super::adapt::reestimate_bn_stats(
+        &current_model,
+        &adapt,
+        &candidate_model,
+        cfg.bn_passes as usize,
+        inp.train.batch as usize,
+        progress,
+    ) {
+        Ok(rep) => rep,
+        Err(e) => {
+            return refuse(
+                r,
+                format!("adaptation without labels failed: {e}; the current model stays"),
+                counts,
+            )
+        }
+    };
+    progress.log(&format!(
+        "re-estimated {} batch norms on {} frames in {:.1} s (the site's features are {:.3} running standard deviations from the model's training data on average)",
+        report.batch_norms, report.frames, report.seconds, report.shift
+    ));
+    let phantom = run.join("phantom");
+    let mut current_loaded = LoadedModel::load(&current_model, &SpecOverrides::default())
+        .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
+    write_phantom_set(&phantom, current_loaded.spec().task, cfg.phantom_images)?;
+    let mut score_all = |m: &mut LoadedModel| -> Result<Scores, NightlyError> {
+        let phantom = score(m, &phantom, None, inp.post, inp.clahe_threads)?;
+        let test = match &cfg.test_data {
+            Some(d) => Some(score(
+                m,
+                d,
+                cfg.test_mm_csv.as_deref(),
+                inp.post,
+                inp.clahe_threads,
+            )?),
+            None => None,
+        };
+        let held_back = eval::evidence_on(m, &held, inp.clahe_threads, inp.post, &mut |l| {
+            progress.log(&l)
+        });
+        Ok(Scores {
+            site: None,
+            test,
+            phantom: Some(phantom),
+            held_back: Some(held_back),
+        })
+    };
+    let current = score_all(&mut current_loaded)?;
+    let mut cand_loaded = LoadedModel::load(&candidate_model, &SpecOverrides::default())
+        .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
+    let candidate = score_all(&mut cand_loaded)?;
+    counts.test_images = current.test.map_or(0, |t| t.images);
+    let (promote, reason) = decide_unlabelled(
+        &current,
+        &candidate,
+        cfg.max_dice_drop,
+        cfg.max_phantom_drop,
+    );
+    r.current = Some(current);
+    r.candidate = Some(candidate);
+    if !promote {
+        return refuse(r, reason, counts);
+    }
+    r.promoted = true;
+    r.reason = reason;
+    r.data = counts;
+    finish(store, r, &candidate_model, &run, load_model)
 }
 
 fn read_counts(run: &Path) -> Option<DataCounts> {
@@ -560,10 +899,12 @@ mod tests {
         let cur = Scores {
             site: s(0.70, 0.05),
             test: s(0.80, 0.02),
+            ..Default::default()
         };
         let good = Scores {
             site: s(0.75, 0.04),
             test: s(0.797, 0.02),
+            ..Default::default()
         };
         assert!(decide(&cur, &good, 0.005).0);
         let same_site = Scores {
@@ -587,5 +928,77 @@ mod tests {
         // Without a test set the site decides.
         let (a, b) = (Scores { test: None, ..cur }, Scores { test: None, ..good });
         assert!(decide(&a, &b, 0.005).0);
+    }
+
+    fn ev(ok: usize, mirror: f64, confident: usize) -> Option<versions::EvidenceScore> {
+        Some(versions::EvidenceScore {
+            frames: 20,
+            ok,
+            mirror_agrees: ok,
+            mirror_diff_mean: Some(mirror),
+            confident,
+        })
+    }
+
+    #[test]
+    fn the_promotion_rule_without_labels() {
+        let cur = Scores {
+            phantom: s(0.80, 0.03),
+            held_back: ev(14, 0.05, 12),
+            ..Default::default()
+        };
+        let better = Scores {
+            phantom: s(0.79, 0.035),
+            held_back: ev(16, 0.04, 12),
+            ..Default::default()
+        };
+        assert!(decide_unlabelled(&cur, &better, 0.005, 0.02).0);
+        // As many frames ok: the mirrored frames must agree clearly better.
+        let tie = Scores {
+            held_back: ev(14, 0.03, 12),
+            ..better
+        };
+        assert!(decide_unlabelled(&cur, &tie, 0.005, 0.02).0);
+        let tie_noise = Scores {
+            held_back: ev(14, 0.047, 12),
+            ..better
+        };
+        assert!(!decide_unlabelled(&cur, &tie_noise, 0.005, 0.02).0);
+        // Only more confident: refused.
+        let confident = Scores {
+            held_back: ev(14, 0.05, 20),
+            ..better
+        };
+        let (ok, why) = decide_unlabelled(&cur, &confident, 0.005, 0.02);
+        assert!(!ok && why.contains("did not improve"), "{why}");
+        // The phantom set counts in any case; the test set when there is one.
+        let phantom = Scores {
+            phantom: s(0.77, 0.03),
+            ..better
+        };
+        let (ok, why) = decide_unlabelled(&cur, &phantom, 0.005, 0.02);
+        assert!(!ok && why.contains("phantom Dice"), "{why}");
+        let with_test = |c: &Scores, t| Scores { test: t, ..*c };
+        let (ok, why) = decide_unlabelled(
+            &with_test(&cur, s(0.85, 0.02)),
+            &with_test(&better, s(0.84, 0.02)),
+            0.005,
+            0.02,
+        );
+        assert!(!ok && why.contains("test Dice"), "{why}");
+        assert!(
+            decide_unlabelled(
+                &with_test(&cur, s(0.85, 0.02)),
+                &with_test(&better, s(0.848, 0.02)),
+                0.005,
+                0.02
+            )
+            .0
+        );
+        let no_phantom = Scores {
+            phantom: None,
+            ..better
+        };
+        assert!(!decide_unlabelled(&cur, &no_phantom, 0.005, 0.02).0);
     }
 }

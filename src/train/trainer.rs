@@ -489,7 +489,7 @@ fn load_state(dir: &Path) -> Result<RunState, TrainError> {
         .map_err(|e| TrainError::Invalid(format!("{} is damaged: {e}", path.display())))
 }
 
-fn model_bytes(net: &Unet) -> Result<Vec<u8>, TrainError> {
+pub(crate) fn model_bytes(net: &Unet) -> Result<Vec<u8>, TrainError> {
     net.clone()
         .into_record()
         .into_bytes()
@@ -592,7 +592,7 @@ pub fn unfolded_path(onnx: &Path) -> PathBuf {
 
 /// Largest relative difference between an unfolded network folded again and the ONNX file it
 /// claims to be (f32 rounding of the fold is around 1e-7).
-const UNFOLDED_MATCH: f32 = 1e-5;
+pub(crate) const UNFOLDED_MATCH: f32 = 1e-5;
 
 fn new_run_id(settings: &TrainSettings) -> String {
     let t = now();
@@ -1261,7 +1261,7 @@ pub fn unfolded_fold_difference(onnx: &Path) -> Result<f32, TrainError> {
 
 /// The unfolded copy beside `onnx` and how far it is, folded again, from the file's weights
 /// `inits` (largest difference relative to 1 + |weight|).
-fn load_unfolded(
+pub(crate) fn load_unfolded(
     onnx: &Path,
     inits: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
     arch: &UnetArch,

@@ -67,16 +67,45 @@ impl ConvBlock {
         relu(self.bn2.forward(self.conv2.forward(x)))
     }
 
-    /// As `forward`, adding each batch norm's input to `acc` (conv1's, then conv2's).
-    fn forward_moments(&self, x: Tensor<4>, acc: &mut Moments, at: &mut usize) -> Tensor<4> {
+    /// As `forward`, adding each batch norm's input to `acc` (conv1's, then conv2's); with
+    /// `by_batch` each batch norm normalises by the batch's own statistics instead of its running
+    /// ones.
+    fn forward_moments(
+        &self,
+        x: Tensor<4>,
+        acc: &mut Moments,
+        at: &mut usize,
+        by_batch: bool,
+    ) -> Tensor<4> {
+        let norm = |bn: &BatchNorm, u: Tensor<4>| {
+            if by_batch {
+                batch_normalised(bn, u)
+            } else {
+                bn.forward(u)
+            }
+        };
         let u = self.conv1.forward(x);
         acc.add(*at, &u);
         *at += 1;
-        let x = relu(self.bn1.forward(u));
+        let x = relu(norm(&self.bn1, u));
         let u = self.conv2.forward(x);
         acc.add(*at, &u);
         *at += 1;
-        relu(self.bn2.forward(u))
+        relu(norm(&self.bn2, u))
+    }
+
+    /// Sets each batch norm's running statistics to the measured ones (scale and shift kept):
+    /// the mean, and the variance within a batch as training tracks it.
+    fn restate(&mut self, acc: &Moments, at: &mut usize) {
+        for bn in [&mut self.bn1, &mut self.bn2] {
+            let (mean, var) = acc.mean_within_var(*at);
+            *at += 1;
+            let device = bn.gamma.val().device();
+            let c = mean.len();
+            let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+            bn.running_mean = RunningState::new(t(mean));
+            bn.running_var = RunningState::new(t(var));
+        }
     }
 
     fn calibrate(&mut self, acc: &Moments, at: &mut usize) {
@@ -110,8 +139,18 @@ impl ConvBlock {
 /// decoder blocks; conv1 then conv2 of each).
 #[derive(Debug, Default)]
 pub struct Moments {
-    /// (sum, sum of squares) per channel, and the values counted per channel.
-    layers: Vec<(Vec<f64>, Vec<f64>, f64)>,
+    layers: Vec<LayerMoments>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LayerMoments {
+    /// Sum and sum of squares per channel over everything seen.
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// Per channel: the variance within each batch times the values it counted, summed.
+    within: Vec<f64>,
+    /// Values counted per channel.
+    count: f64,
 }
 
 impl Moments {
@@ -130,32 +169,56 @@ impl Moments {
         let s = sum(u.clone());
         let q = sum(u.clone().powi_scalar(2));
         if self.layers.len() <= at {
-            self.layers.resize(at + 1, (Vec::new(), Vec::new(), 0.0));
+            self.layers.resize(at + 1, LayerMoments::default());
         }
         let layer = &mut self.layers[at];
-        if layer.0.len() != c {
-            *layer = (vec![0.0; c], vec![0.0; c], 0.0);
+        if layer.sum.len() != c {
+            *layer = LayerMoments {
+                sum: vec![0.0; c],
+                sum_sq: vec![0.0; c],
+                within: vec![0.0; c],
+                count: 0.0,
+            };
         }
+        let k = (n * h * w) as f64;
         for i in 0..c.min(s.len()).min(q.len()) {
-            layer.0[i] += f64::from(s[i]);
-            layer.1[i] += f64::from(q[i]);
+            let (s, q) = (f64::from(s[i]), f64::from(q[i]));
+            layer.sum[i] += s;
+            layer.sum_sq[i] += q;
+            let m = s / k;
+            layer.within[i] += (q - k * m * m).max(0.0);
         }
-        layer.2 += (n * h * w) as f64;
+        layer.count += k;
     }
 
     /// Mean and (population) variance per channel of layer `at`.
     fn mean_var(&self, at: usize) -> (Vec<f32>, Vec<f32>) {
-        let Some((s, q, n)) = self.layers.get(at) else {
+        let Some(l) = self.layers.get(at) else {
             return (Vec::new(), Vec::new());
         };
-        let n = n.max(1.0);
-        let mean: Vec<f64> = s.iter().map(|v| v / n).collect();
-        let var = q
+        let n = l.count.max(1.0);
+        let mean: Vec<f64> = l.sum.iter().map(|v| v / n).collect();
+        let var = l
+            .sum_sq
             .iter()
             .zip(&mean)
             .map(|(q, m)| ((q / n - m * m).max(0.0)) as f32)
             .collect();
         (mean.into_iter().map(|m| m as f32).collect(), var)
+    }
+
+    /// Mean per channel of layer `at` and the variance within a batch, averaged over the batches
+    /// (what a batch norm's running variance tracks in training: the spread between batches'
+    /// means is not in it).
+    fn mean_within_var(&self, at: usize) -> (Vec<f32>, Vec<f32>) {
+        let Some(l) = self.layers.get(at) else {
+            return (Vec::new(), Vec::new());
+        };
+        let n = l.count.max(1.0);
+        (
+            l.sum.iter().map(|v| (v / n) as f32).collect(),
+            l.within.iter().map(|v| (v / n) as f32).collect(),
+        )
     }
 
     /// Batch norms seen.
@@ -248,22 +311,69 @@ impl Unet {
     /// Adds the input statistics of every batch norm for the images `x` to `acc` (the network
     /// computing as it is, its batch norms in inference mode on a non-autodiff device).
     pub fn accumulate_moments(&self, x: Tensor<4>, acc: &mut Moments) {
+        self.moments(x, acc, false);
+    }
+
+    /// As [`Unet::accumulate_moments`], each batch norm normalising by the batch's own
+    /// statistics (what training mode computes): every layer's input then has the statistics it
+    /// would have with all earlier batch norms re-estimated on this data, in one pass.
+    pub fn accumulate_batch_moments(&self, x: Tensor<4>, acc: &mut Moments) {
+        self.moments(x, acc, true);
+    }
+
+    fn moments(&self, x: Tensor<4>, acc: &mut Moments, by_batch: bool) {
         let mut at = 0;
         let mut skips = Vec::with_capacity(self.down.len());
         let mut x = x;
         for block in &self.down {
-            let y = block.forward_moments(x, acc, &mut at);
+            let y = block.forward_moments(x, acc, &mut at, by_batch);
             x = self.pool.forward(y.clone());
             skips.push(y);
         }
-        x = self.bottom.forward_moments(x, acc, &mut at);
+        x = self.bottom.forward_moments(x, acc, &mut at, by_batch);
         for up in &self.up {
             let Some(skip) = skips.pop() else { break };
             let u = up.up.forward(x);
             x = up
                 .block
-                .forward_moments(Tensor::cat(vec![u, skip], 1), acc, &mut at);
+                .forward_moments(Tensor::cat(vec![u, skip], 1), acc, &mut at, by_batch);
         }
+    }
+
+    /// Adaptation of the batch-norm statistics: every batch norm's running mean and variance
+    /// become those measured over data (`acc`: the mean, and the variance within its batches),
+    /// its learnt scale and shift unchanged, so the network normalises a new scanner's features
+    /// as it learnt to normalise its training data's.
+    pub fn with_running_statistics(mut self, acc: &Moments) -> Self {
+        let mut at = 0;
+        for b in self.down.iter_mut() {
+            b.restate(acc, &mut at);
+        }
+        self.bottom.restate(acc, &mut at);
+        for u in self.up.iter_mut() {
+            u.block.restate(acc, &mut at);
+        }
+        self
+    }
+
+    /// The running statistics of every batch norm, in network order: (mean, variance) per
+    /// channel.
+    pub fn running_statistics(&self) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let blocks = self
+            .down
+            .iter()
+            .chain(std::iter::once(&self.bottom))
+            .chain(self.up.iter().map(|u| &u.block));
+        let v = |t: Tensor<1>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default()
+        };
+        blocks
+            .flat_map(|b| [&b.bn1, &b.bn2])
+            .map(|bn| (v(bn.running_mean.value()), v(bn.running_var.value())))
+            .collect()
     }
 
     /// Calibrated unfolding: for a network loaded from a folded ONNX file (each batch norm an
@@ -310,6 +420,23 @@ impl Unet {
             classes,
         }
     }
+}
+
+/// `bn` applied with the statistics of `u` itself (per channel over batch and space), as a
+/// batch norm computes in training, without touching its running statistics.
+fn batch_normalised(bn: &BatchNorm, u: Tensor<4>) -> Tensor<4> {
+    let [_, c, _, _] = u.dims();
+    let mean = u.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+    let centred = u - mean;
+    let var = centred
+        .clone()
+        .powi_scalar(2)
+        .mean_dim(0)
+        .mean_dim(2)
+        .mean_dim(3);
+    let scale = bn.gamma.val().reshape([1, c, 1, 1]);
+    let shift = bn.beta.val().reshape([1, c, 1, 1]);
+    centred / var.add_scalar(bn.epsilon).sqrt() * scale + shift
 }
 
 /// Foreground probability from logits (see [`Unet::probability`]).

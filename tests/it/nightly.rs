@@ -368,3 +368,214 @@ fn a_nightly_run_killed_mid_epoch_changes_nothing_and_the_next_run_resumes_it() 
     );
     assert_eq!(h[1]["run"], v["run"]);
 }
+
+/// Scores `model` on a labelled folder with `pocusd eval`: (Dice, images ok by the gate leaving
+/// out the model's own confidence).
+fn eval_dice(model: &Path, data: &Path) -> (f64, usize) {
+    let o = common::run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "eval: {}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let ok = v["per_image"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["doubt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d == "low_confidence" || d == "jump")
+        })
+        .count();
+    (v["dice"].as_f64().unwrap(), ok)
+}
+
+/// Issue 27: with no accepted labels, `pocusd loop nightly` adapts the current model to the
+/// site's unlabelled frames (batch-norm statistics re-estimated from its unfolded copy). The site
+/// is phantom frames of a shifted style (darker, coarser speckle) on which the base model loses
+/// the aponeuroses; the adapted model is promoted when the rule allows it, and is refused when it
+/// would make the locked test set (the project's style) worse, when the phantom set loses more
+/// than `max_phantom_drop`, and when the model has no unfolded copy.
+#[test]
+fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_forbids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = ["--width", "320", "--height", "240"];
+    let synth = |name: &str, args: &[&str]| {
+        let p = d.join(name);
+        let mut all = args.to_vec();
+        all.extend_from_slice(&size);
+        common::synth_dataset(&p, &all);
+        p
+    };
+    let base = synth("base", &["--count", "40", "--seed", "3"]);
+    // The site: the same anatomy darker and with coarser speckle; its masks are only for
+    // checking the outcome here, the loop sees the images alone.
+    let site = synth(
+        "site",
+        &[
+            "--count",
+            "60",
+            "--seed",
+            "11",
+            "--style-gain",
+            "0.85",
+            "--style-blur",
+            "3",
+        ],
+    );
+    let test = synth("test", &["--count", "16", "--seed", "9"]);
+    let frames = d.join("unlabelled");
+    std::fs::create_dir_all(&frames).unwrap();
+    for e in std::fs::read_dir(site.join("images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), frames.join(e.file_name())).unwrap();
+    }
+    // The base model, trained without augmentation, its statistics then measured on its own
+    // training images (so what follows measures the site's shift, not the run's last steps).
+    let noaug = d.join("noaug.toml");
+    std::fs::write(
+        &noaug,
+        "[train]\naug_hflip_p = 0.0\naug_vflip_p = 0.0\naug_rotate_p = 0.0\naug_scale_p = 0.0\n\
+         aug_elastic_p = 0.0\naug_noise_p = 0.0\naug_blur_p = 0.0\naug_brightness_contrast_p = 0.0\n",
+    )
+    .unwrap();
+    let run = d.join("base-run");
+    let mut args = vec!["--config", noaug.to_str().unwrap()];
+    args.extend(crate::train::small_args(
+        base.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "8",
+    ));
+    let o = common::run(&args);
+    assert!(o.status.success(), "train: {}", common::stderr(&o));
+    let model = d.join("base.onnx");
+    let o = common::run(&[
+        "models",
+        "adapt",
+        run.join("model.onnx").to_str().unwrap(),
+        "--frames",
+        base.join("images").to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--batch",
+        "4",
+    ]);
+    assert!(o.status.success(), "models adapt: {}", common::stderr(&o));
+    assert!(d.join("base.bpk").is_file());
+
+    let state = d.join("state");
+    let config = |name: &str, model: &Path, extra: &str| {
+        let p = d.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "[storage]\ndir = \"{}\"\n[model]\npath = \"{}\"\n[loop]\nunlabelled_data = \"{}\"\n\
+                 min_unlabelled_frames = 20\n{extra}[train]\nbatch = 4\nthreads = 1\n",
+                state.display(),
+                model.display(),
+                frames.display(),
+            ),
+        )
+        .unwrap();
+        p
+    };
+    // Turned off: only the labelled loop's refusal.
+    let v = nightly(&config(
+        "off.toml",
+        &model,
+        "unlabelled_adaptation = \"off\"\n",
+    ));
+    assert_eq!(v["promoted"], false);
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("too few site images: 0") && !why.contains("unlabelled"),
+        "{v}"
+    );
+
+    // A locked test set of the project's style: the adapted model loses on it.
+    let with_test = format!(
+        "test_data = \"{}\"\nmax_phantom_drop = 0.1\n",
+        test.display()
+    );
+    let v = nightly(&config("test.toml", &model, &with_test));
+    assert_eq!(v["promoted"], false, "{v}");
+    assert_eq!(v["adaptation"], "bn-stats", "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(why.contains("test Dice"), "{v}");
+    let h = history(&state);
+    let last = h.last().unwrap();
+    assert_eq!(last["adaptation"], "bn-stats");
+    assert!(
+        last["data"]["unlabelled_adapt"].as_u64().unwrap() > 20,
+        "{last}"
+    );
+    assert!(
+        last["data"]["unlabelled_held_back"].as_u64().unwrap() >= 10,
+        "{last}"
+    );
+    let current = state.join("models/current.onnx");
+    let before = sha256(&current);
+    assert_eq!(before, sha256(&model), "version 0 is the configured model");
+
+    // The phantom set at a tight tolerance.
+    let v = nightly(&config("phantom.toml", &model, "max_phantom_drop = 0.02\n"));
+    assert_eq!(v["promoted"], false, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("phantom Dice"),
+        "{v}"
+    );
+    assert_eq!(sha256(&current), before);
+
+    // Allowed: promoted, on the evidence of the held-back frames.
+    let v = nightly(&config("adapt.toml", &model, "max_phantom_drop = 0.1\n"));
+    assert_eq!(v["promoted"], true, "{v}");
+    assert_eq!(v["version"], 1);
+    let (cur, cand) = (&v["current"]["held_back"], &v["candidate"]["held_back"]);
+    assert!(cand["ok"].as_u64() > cur["ok"].as_u64(), "{v}");
+    let promoted = PathBuf::from(v["model"].as_str().unwrap());
+    assert_eq!(sha256(&current), sha256(&promoted));
+    assert!(promoted.with_extension("bpk").is_file());
+    // Better on the site's own (withheld) masks.
+    let (dice_base, ok_base) = eval_dice(&model, &site);
+    let (dice_new, ok_new) = eval_dice(&promoted, &site);
+    assert!(
+        dice_new > dice_base + 0.1 && ok_new > ok_base,
+        "site Dice {dice_base:.3} -> {dice_new:.3}, ok {ok_base} -> {ok_new}"
+    );
+    let h = history(&state);
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last["promoted"].as_bool(), last["adaptation"].as_str()),
+        (Some(true), Some("bn-stats"))
+    );
+
+    // A folded model alone cannot be adapted: said, nothing changes.
+    let folded = d.join("folded.onnx");
+    std::fs::copy(run.join("model.onnx"), &folded).unwrap();
+    let other = d.join("state2");
+    let cfg = config("folded.toml", &folded, "")
+        .to_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&state.display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let v = nightly(Path::new(&cfg));
+    assert_eq!(v["promoted"], false);
+    assert!(
+        v["reason"].as_str().unwrap().contains("no unfolded copy"),
+        "{v}"
+    );
+}

@@ -1,0 +1,212 @@
+//! Adaptation without labels: a model's batch-norm statistics re-estimated on a site's own frames
+//! (images only, never masks). Starts from the exact model (the unfolded copy beside its ONNX file,
+//! `NAME.bpk`, checked to fold back to it) and changes nothing but each batch norm's running mean
+//! and variance: one pass in which every batch norm normalises by the batch's own statistics (so
+//! each layer sees its input as it is with all earlier layers already adapted), then refinement
+//! passes with the statistics just measured. The learnt scale and shift, the convolutions and the
+//! model's input contract stay as they are; the result is written as ONNX with its unfolded copy
+//! beside it. Whether the adapted model is better is not decided here (`nightly` does, on frames
+//! held back and on labelled sets). Must not depend on the daemon, D-Bus, eval or tract beyond
+//! reading the model's contract.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::export;
+use super::settings::Backend;
+use super::trainer::{
+    device_for, load_unfolded, model_bytes, unfolded_path, write_atomic, Progress, TrainError,
+    UNFOLDED_MATCH,
+};
+use super::unet::Moments;
+use crate::preprocess::roi::Tracking;
+use crate::preprocess::Preprocessor;
+use burn::tensor::{Tensor, TensorData};
+
+/// What [`reestimate_bn_stats`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptReport {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    /// Frames the statistics were measured on.
+    pub frames: usize,
+    /// Frames that could not be read or prepared (skipped, named in the progress log).
+    pub skipped: usize,
+    pub batch_norms: usize,
+    /// Statistics passes (the first normalising by each batch).
+    pub passes: usize,
+    /// How far the site is from the data the model learnt on: the mean over batch norms and
+    /// channels of |site mean - running mean| / sqrt(running variance + eps).
+    pub shift: f64,
+    /// The same measure between the last two passes (how settled the statistics are).
+    pub last_change: f64,
+    pub seconds: f64,
+}
+
+/// Mean over layers and channels of |a.mean - b.mean| / sqrt(b.var + eps).
+fn distance(a: &[(Vec<f32>, Vec<f32>)], b: &[(Vec<f32>, Vec<f32>)], eps: f64) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for ((am, _), (bm, bv)) in a.iter().zip(b) {
+        for ((x, y), v) in am.iter().zip(bm).zip(bv) {
+            sum += (f64::from(*x) - f64::from(*y)).abs() / (f64::from(*v) + eps).sqrt();
+            n += 1;
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// The images of `frames` prepared by the model's contract (region of interest, CLAHE, size,
+/// normalisation), at model resolution; unreadable ones are logged and counted.
+fn prepare_frames(
+    frames: &[PathBuf],
+    spec: &crate::model::ModelSpec,
+    progress: &mut dyn Progress,
+) -> (Vec<Vec<f32>>, usize) {
+    let mut pre = Preprocessor::new(spec, spec.roi.into(), Tracking::PerImage, NonZeroUsize::MIN);
+    let mut out = Vec::with_capacity(frames.len());
+    let mut skipped = 0;
+    for p in frames {
+        let image = crate::imageio::read_gray(p)
+            .map_err(|e| e.to_string())
+            .and_then(|img| {
+                let view = img.view().map_err(|e| e.to_string())?;
+                pre.process(view)
+                    .map(<[f32]>::to_vec)
+                    .map_err(|e| e.to_string())
+            });
+        match image {
+            Ok(image) => out.push(image),
+            Err(e) => {
+                progress.log(&format!("skipped {}: {e}", p.display()));
+                skipped += 1;
+            }
+        }
+    }
+    (out, skipped)
+}
+
+/// Re-estimates the batch-norm statistics of `model` (an exported ONNX file with its exact
+/// unfolded copy beside it) on the images `frames`, in `passes` passes (at least 1) over batches
+/// of `batch` frames (the batch size the model was trained with: a batch norm's running variance
+/// is the variance within such batches), and writes
+/// the adapted model to `out` (ONNX with the same contract, `trained_on` saying what was done)
+/// with its unfolded copy. Refuses a model without an exact unfolded copy: a folded file alone
+/// has no statistics to re-estimate (its batch norms are gone into the convolutions).
+pub fn reestimate_bn_stats(
+    model: &Path,
+    frames: &[PathBuf],
+    out: &Path,
+    passes: usize,
+    batch: usize,
+    progress: &mut dyn Progress,
+) -> Result<AdaptReport, TrainError> {
+    let t0 = std::time::Instant::now();
+    let origin = model.display().to_string();
+    let bytes = std::fs::read(model).map_err(|source| TrainError::Io {
+        path: model.to_path_buf(),
+        source,
+    })?;
+    let loaded = crate::infer::LoadedModel::from_bytes(
+        &bytes,
+        model,
+        &crate::model::SpecOverrides::default(),
+    )
+    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?;
+    let spec = loaded.spec().clone();
+    let inits = export::onnx_initializers(&origin, &bytes)?;
+    let arch = export::onnx_arch(&origin, &inits)?;
+    let device = device_for(Backend::Flex);
+    let side = unfolded_path(model);
+    if !side.is_file() {
+        return Err(TrainError::Invalid(format!(
+            "{origin} has no unfolded copy ({}): its batch-norm statistics are folded into the convolutions, so there is nothing to re-estimate; export the model with `pocusd export` (which writes it) or make one with `pocusd models unfold`",
+            side.display()
+        )));
+    }
+    let (net, diff) = load_unfolded(model, &inits, &arch, &device)?;
+    if diff > UNFOLDED_MATCH {
+        return Err(TrainError::Invalid(format!(
+            "{} does not fold back to {origin} (largest relative difference {diff:.1e}): it is another model's; not adapted",
+            side.display()
+        )));
+    }
+    let (prepared, skipped) = prepare_frames(frames, &spec, progress);
+    if prepared.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "none of the {} frames could be read; nothing to adapt to",
+            frames.len()
+        )));
+    }
+    let (w, h) = (spec.input_width, spec.input_height);
+    let source = net.running_statistics();
+    let passes = passes.max(1);
+    let mut net = net;
+    let mut previous = source.clone();
+    let mut last_change = 0.0;
+    for pass in 0..passes {
+        let mut acc = Moments::default();
+        for chunk in prepared.chunks(batch.max(2)) {
+            let x: Vec<f32> = chunk.concat();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(x, [chunk.len(), spec.channels, h, w]),
+                &device,
+            );
+            if pass == 0 {
+                net.accumulate_batch_moments(x, &mut acc);
+            } else {
+                net.accumulate_moments(x, &mut acc);
+            }
+        }
+        net = net.with_running_statistics(&acc);
+        let now = net.running_statistics();
+        last_change = distance(&now, &previous, 1e-5);
+        progress.log(&format!(
+            "batch-norm statistics pass {}/{passes} over {} frames: change {last_change:.4}",
+            pass + 1,
+            prepared.len()
+        ));
+        previous = now;
+    }
+    let shift = distance(&previous, &source, 1e-5);
+    let mut spec = spec;
+    spec.trained_on = Some(format!(
+        "{}; batch-norm statistics re-estimated on {} site frames without labels",
+        spec.trained_on.as_deref().unwrap_or("unknown data"),
+        prepared.len()
+    ));
+    spec.val_dice = None;
+    let onnx = export::to_onnx(&net, &spec)?;
+    write_atomic(&unfolded_path(out), &model_bytes(&net)?)?;
+    write_atomic(out, &onnx)?;
+    Ok(AdaptReport {
+        model: model.to_path_buf(),
+        out: out.to_path_buf(),
+        frames: prepared.len(),
+        skipped,
+        batch_norms: source.len(),
+        passes,
+        shift,
+        last_change,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance_is_in_units_of_the_reference_spread() {
+        let a = vec![(vec![1.0, 2.0], vec![1.0, 1.0])];
+        let b = vec![(vec![0.0, 2.0], vec![4.0 - 1e-5, 1.0 - 1e-5])];
+        // |1 - 0| / 2 and 0, averaged.
+        assert!((distance(&a, &b, 1e-5) - 0.25).abs() < 1e-6);
+        assert_eq!(distance(&a, &a, 1e-5), 0.0);
+    }
+}
