@@ -14,11 +14,14 @@
 # (the recipe: --width, --depth, --input, --loss, --task ...; default task aponeurosis). Each run
 # is resumable: run the script again with the same --out and it continues where it stopped.
 # The split folders hold symbolic links to the data, never copies.
-# --adapt [EPOCHS]: then, per group, adaptation without labels: the left-out group's images are
+# --adapt [PASSES]: then, per group, adaptation without labels: the left-out group's images are
 # halved by a stable hash of the name (the loop's site split, FNV-1a + splitmix64); the fold's
-# model re-estimates its batch-norm statistics on half A (`pocusd train --init last.onnx --lr 0
-# --bn-stats batch`, no augmentation, EPOCHS passes, default 10: no weight changes, the masks of
-# half A are never used) and base and adapted model are both scored on half B. Prints both.
+# model re-estimates its batch-norm statistics on half A's images (`pocusd models adapt
+# last.onnx --frames A --batch 8 --passes PASSES`, default 2, what `pocusd loop nightly` does; the
+# masks of half A are never read) and base and adapted model are both scored on half B. Prints
+# both, and what the nightly promotion rule would choose from half B's gate evidence alone
+# (more images ok leaving out the model's confidence, or as many and a mean mirrored difference
+# under 0.9x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/train-run.sh
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --epochs) EPOCHS=${2:?}; shift 2 ;;
     --min-group) MIN_GROUP=${2:?}; shift 2 ;;
     --adapt)
-      ADAPT=10; shift
+      ADAPT=2; shift
       case "${1:-}" in [0-9]*) ADAPT=$1; shift ;; esac ;;
     --) shift; break ;;
     -h|--help) sed -n 2,20p "$0"; exit 0 ;;
@@ -150,8 +153,6 @@ EOF
 [ "$ADAPT" -gt 0 ] || exit 0
 
 # Adaptation without labels, per group (see the header).
-NOAUG="$OUT/noaug.toml"
-{ echo "[train]"; for k in hflip vflip rotate scale elastic noise blur brightness_contrast; do echo "aug_${k}_p = 0.0"; done; } >"$NOAUG"
 # The loop's stable split by name (versions::in_validation: FNV-1a 64, splitmix64's finaliser).
 half_of() {
   python3 - "$1" <<'PY'
@@ -180,9 +181,8 @@ for g in "${SIZE_GROUPS[@]}"; do
       ln -s "$(readlink -f "$split/val/masks/$name")" "$ad/$half/masks/$name"
     done
     echo "groupout: $g adapting on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
-    "$BIN" --config "$NOAUG" train --init "$run/last.onnx" --data "$ad/a" --val "$ad/a" --out "$ad/run" \
-      --lr 0 --bn-stats batch --epochs "$ADAPT" >"$ad/train.log" 2>&1 || { tail -5 "$ad/train.log"; exit 1; }
-    "$BIN" export --run "$ad/run" --checkpoint last --out "$ad/adapted.onnx"
+    "$BIN" models adapt "$run/last.onnx" --frames "$ad/a/images" --out "$ad/adapted.onnx" \
+      --batch 8 --passes "$ADAPT" >"$ad/adapt.log" 2>&1 || { tail -5 "$ad/adapt.log"; exit 1; }
   fi
   "$BIN" eval --model "$run/last.onnx" --data "$ad/b" --json >"$ad/base.json"
   "$BIN" eval --model "$ad/adapted.onnx" --data "$ad/b" --json >"$ad/adapted.json"
@@ -191,14 +191,25 @@ python3 - "$OUT" "$ADAPT" "${SIZE_GROUPS[@]}" <<'PY'
 import json, sys
 out, epochs, groups = sys.argv[1], sys.argv[2], sys.argv[3:]
 print(f"\nadaptation without labels (batch-norm statistics re-estimated on half A, {epochs} passes), scored on half B:")
-print(f"{'left out':<10} {'images':>6} {'Dice base':>9} {'adapted':>8} {'within 10% base':>15} {'adapted':>8}")
+print(f"{'left out':<10} {'images':>6} {'Dice base':>9} {'adapted':>8} {'within 10% base':>15} {'adapted':>8} {'ok base':>7} {'adapted':>7} {'rule':>7}")
 pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
-tot = {"base": [0, 0], "adapted": [0, 0]}
-dice = {"base": [], "adapted": []}
+tot = {"base": [0, 0], "adapted": [0, 0], "rule": [0, 0]}
+dice = {"base": [], "adapted": [], "rule": []}
+
+def evidence(r):
+    """Images ok leaving out the model's own confidence, and the mean mirrored difference."""
+    ok = sum(1 for p in r["per_image"] if all(d in ("low_confidence", "jump") for d in p["doubt"]))
+    m = [p["evidence"]["mirror_diff"] for p in r["per_image"]
+         if p["evidence"].get("mirror_diff") is not None and p["evidence"]["mirror_diff"] < 1]
+    return ok, (sum(m) / len(m) if m else None)
+
 for g in groups:
     r = {k: json.load(open(f"{out}/adapt-{g}/{k}.json")) for k in ("base", "adapted")}
+    (ob, mb), (oa, ma) = evidence(r["base"]), evidence(r["adapted"])
+    promote = oa > ob or (oa == ob and ma is not None and mb is not None and ma < 0.9 * mb)
+    r["rule"] = r["adapted"] if promote else r["base"]
     row = []
-    for k in ("base", "adapted"):
+    for k in ("base", "adapted", "rule"):
         dice[k].append(r[k]["dice"])
         # Within 10 % of the reference thickness, over every image with a reference (an image
         # the model gives no thickness for counts as a miss).
@@ -208,9 +219,10 @@ for g in groups:
         tot[k][0] += hits
         tot[k][1] += len(refs)
         row.append((r[k]["dice"], hits / len(refs) if refs else None))
-    print(f"{g:<10} {r['base']['images']:>6} {row[0][0]:>9.3f} {row[1][0]:>8.3f} {pct(row[0][1]):>15} {pct(row[1][1]):>8}")
-for k in ("base", "adapted"):
+    print(f"{g:<10} {r['base']['images']:>6} {row[0][0]:>9.3f} {row[1][0]:>8.3f} {pct(row[0][1]):>15} {pct(row[1][1]):>8} {ob:>7} {oa:>7} {'adapted' if promote else 'base':>7}")
+for k in ("base", "adapted", "rule"):
     n, d = tot[k][1], tot[k][0]
     share = f"{100 * d / n:.1f} %" if n else "-"
-    print(f"{k}: mean Dice over groups {sum(dice[k]) / len(dice[k]):.3f}; within 10 % pooled {share} ({d} of {n})")
+    name = {"base": "base", "adapted": "adapted", "rule": "as the rule chose"}[k]
+    print(f"{name}: mean Dice over groups {sum(dice[k]) / len(dice[k]):.3f}; within 10 % pooled {share} ({d} of {n})")
 PY

@@ -236,6 +236,9 @@ pub struct Version {
     pub current: bool,
     /// The scores the version had when it was made current (its own, as the candidate).
     pub scores: Option<Scores>,
+    /// How a nightly version was made (`labelled`, `bn-stats`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<Adaptation>,
 }
 
 /// The versions folder.
@@ -348,6 +351,7 @@ impl Store {
                 reason: r.reason.clone(),
                 current: Some(v) == current,
                 scores: r.candidate,
+                adaptation: r.adaptation,
             });
         }
         Ok(out)

@@ -241,19 +241,22 @@ fn cmd_list(cfg: &Config, a: &ListArgs) -> anyhow::Result<()> {
     }
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
-        "  {:>7}  {:<8}  {:<24}  {:<8}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "  {:>7}  {:<8}  {:<24}  {:<17}  {:>9}  {:>9}  {:>9}  {:>9}",
         "version", "sha256", "time", "kind", "site dice", "site err", "test dice", "test err"
     );
     for v in &versions {
         let site = v.scores.and_then(|s| s.site);
         let test = v.scores.and_then(|s| s.test);
         println!(
-            "{} {:>7}  {:<8}  {:<24}  {:<8}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "{} {:>7}  {:<8}  {:<24}  {:<17}  {:>9}  {:>9}  {:>9}  {:>9}",
             if v.current { "*" } else { " " },
             v.version,
             &v.sha256[..8.min(v.sha256.len())],
             v.time.get(..19).unwrap_or(&v.time),
-            v.kind.as_str(),
+            match v.adaptation {
+                Some(a) => format!("{} {}", v.kind.as_str(), a.as_str()),
+                None => v.kind.as_str().to_string(),
+            },
             f(site.and_then(|s| s.dice)),
             f(site.and_then(|s| s.error)),
             f(test.and_then(|s| s.dice)),

@@ -38,6 +38,9 @@ impl Supervisor {
         v.insert("time".into(), Val::S(r.time.clone()));
         v.insert("kind".into(), Val::S(r.kind.as_str().into()));
         v.insert("promoted".into(), Val::B(r.promoted));
+        if let Some(a) = r.adaptation {
+            v.insert("adaptation".into(), Val::S(a.as_str().into()));
+        }
         v.insert("reason".into(), Val::S(r.reason.clone()));
         if let Some(x) = r.version {
             v.insert("version".into(), Val::U(u64::from(x)));

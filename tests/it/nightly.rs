@@ -198,6 +198,7 @@ fn nightly_promotes_a_better_model_refuses_a_worse_one_and_rollback_restores_the
     let l: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     assert_eq!(l["current"], 1, "{l}");
     assert_eq!(l["versions"].as_array().unwrap().len(), 2, "{l}");
+    assert_eq!(l["versions"][1]["adaptation"], "labelled", "{l}");
 
     // The daemon starts on current.onnx (not [model] path) and rolls back live.
     let bus = ds::Bus::session();
@@ -555,6 +556,16 @@ fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_fo
     assert_eq!(
         (last["promoted"].as_bool(), last["adaptation"].as_str()),
         (Some(true), Some("bn-stats"))
+    );
+    let adapt_cfg = d.join("adapt.toml");
+    let o = common::run(&["--config", adapt_cfg.to_str().unwrap(), "models", "list"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let listed = common::stdout(&o);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("nightly bn-stats")),
+        "{listed}"
     );
 
     // A folded model alone cannot be adapted: said, nothing changes.
