@@ -222,6 +222,8 @@ pub struct LoopSection {
     pub max_unlabelled_frames: u64,
     pub unlabelled_held_back: f64,
     pub bn_passes: u64,
+    pub self_training_epochs: u64,
+    pub self_training_lr: f64,
     pub phantom_images: u64,
     pub max_phantom_drop: f64,
 }
@@ -265,6 +267,9 @@ pub struct LoopConfig {
     pub unlabelled_held_back: f64,
     /// Passes of the batch-norm statistics over the frames.
     pub bn_passes: u64,
+    /// Self-training: fine-tuning epochs and learning rate on the pseudo-labels.
+    pub self_training_epochs: u64,
+    pub self_training_lr: f64,
     /// Images of the project's phantom set a candidate adapted without labels is scored on.
     pub phantom_images: u64,
     /// Largest loss on the phantom set (Dice, and the task's error) a candidate adapted without
@@ -278,6 +283,9 @@ pub enum UnlabelledAdaptation {
     Off,
     /// Re-estimate the batch-norm statistics on the site's frames.
     BnStats,
+    /// The batch-norm statistics, then fine-tuning on the frames the gate marks ok, the model's
+    /// own masks as labels.
+    SelfTraining,
 }
 
 impl LoopConfig {
@@ -1365,11 +1373,12 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
         unlabelled_adaptation: match l.unlabelled_adaptation.as_str() {
             "off" => UnlabelledAdaptation::Off,
             "bn-stats" => UnlabelledAdaptation::BnStats,
+            "self-training" => UnlabelledAdaptation::SelfTraining,
             other => {
                 return Err(ConfigError::OutOfRange {
                     key: "loop.unlabelled_adaptation".into(),
                     value: other.into(),
-                    allowed: "bn-stats or off".into(),
+                    allowed: "self-training, bn-stats or off".into(),
                 })
             }
         },
@@ -1392,6 +1401,13 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
             0.5,
         )?,
         bn_passes: int_range("loop.bn_passes", l.bn_passes, 1, 10)?,
+        self_training_epochs: int_range(
+            "loop.self_training_epochs",
+            l.self_training_epochs,
+            1,
+            100,
+        )?,
+        self_training_lr: float("loop.self_training_lr", l.self_training_lr, 1e-7, 1.0)?,
         phantom_images: int_range("loop.phantom_images", l.phantom_images, 4, 1000)?,
         max_phantom_drop: float("loop.max_phantom_drop", l.max_phantom_drop, 0.0, 1.0)?,
     })

@@ -137,6 +137,9 @@ pub enum Adaptation {
     Labelled,
     /// Batch-norm statistics re-estimated on the site's unlabelled frames.
     BnStats,
+    /// The batch-norm statistics, then fine-tuning on the unlabelled frames the gate marked ok
+    /// with the model's own masks.
+    SelfTraining,
 }
 
 impl Adaptation {
@@ -144,6 +147,7 @@ impl Adaptation {
         match self {
             Adaptation::Labelled => "labelled",
             Adaptation::BnStats => "bn-stats",
+            Adaptation::SelfTraining => "self-training",
         }
     }
 }

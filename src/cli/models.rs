@@ -52,6 +52,17 @@ pub struct AdaptArgs {
     /// variances within such batches).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=256))]
     batch: u32,
+    /// Then self-training: fine-tune the adapted model on the images the quality gate marks ok,
+    /// its own masks as labels (`[train]` settings for the rest; the pseudo-labels and the run
+    /// go to OUT's folder as NAME.self-training/).
+    #[arg(long)]
+    self_training: bool,
+    /// Self-training epochs.
+    #[arg(long, default_value_t = 4, requires = "self_training", value_parser = clap::value_parser!(u64).range(1..=100))]
+    epochs: u64,
+    /// Self-training learning rate.
+    #[arg(long, default_value_t = 1e-4, requires = "self_training")]
+    lr: f64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -139,12 +150,12 @@ pub fn cmd_models(cfg: &Config, cmd: &ModelsCommand) -> anyhow::Result<()> {
         #[cfg(feature = "train")]
         ModelsCommand::Unfold(a) => cmd_unfold(a),
         #[cfg(feature = "train")]
-        ModelsCommand::Adapt(a) => cmd_adapt(a),
+        ModelsCommand::Adapt(a) => cmd_adapt(cfg, a),
     }
 }
 
 #[cfg(feature = "train")]
-fn cmd_adapt(a: &AdaptArgs) -> anyhow::Result<()> {
+fn cmd_adapt(cfg: &Config, a: &AdaptArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let frames: Vec<PathBuf> = a
         .frames
@@ -162,20 +173,50 @@ fn cmd_adapt(a: &AdaptArgs) -> anyhow::Result<()> {
         );
     }
     let mut progress = pocusd::train::trainer::ConsoleProgress::new();
+    // With self-training the statistics step is an intermediate file beside OUT.
+    let bn_out = if a.self_training {
+        a.out.with_extension("bn-stats.onnx")
+    } else {
+        a.out.clone()
+    };
     let r = pocusd::train::adapt::reestimate_bn_stats(
         &a.model,
         &frames,
-        &a.out,
+        &bn_out,
         a.passes as usize,
         a.batch as usize,
         &mut progress,
     )
     .with_context(|| format!("adapting {}", a.model.display()))?;
+    let st = if a.self_training {
+        if !(a.lr > 0.0 && a.lr <= 1.0) {
+            anyhow::bail!("--lr {}: allowed above 0 up to 1", a.lr);
+        }
+        let how = pocusd::train::adapt::SelfTraining {
+            train: &cfg.raw.train,
+            clahe: cfg.preprocess.clahe,
+            epochs: a.epochs,
+            lr: a.lr,
+            post: cfg.postprocess,
+            clahe_threads: super::clahe_threads(cfg),
+            min_frames: 1,
+        };
+        let work = a.out.with_extension("self-training");
+        Some(
+            pocusd::train::adapt::self_train(&r.out, &frames, &work, &a.out, &how, &mut progress)
+                .with_context(|| format!("self-training {}", a.out.display()))?,
+        )
+    } else {
+        None
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!(
+            "{}",
+            serde_json::json!({"bn_stats": r, "self_training": st})
+        );
     } else {
         println!(
-            "wrote {}: {} batch norms re-estimated on {} images ({} skipped) in {:.1} s; mean shift {:.3} standard deviations",
+            "{}: {} batch norms re-estimated on {} images ({} skipped) in {:.1} s; mean shift {:.3} standard deviations",
             r.out.display(),
             r.batch_norms,
             r.frames,
@@ -183,6 +224,16 @@ fn cmd_adapt(a: &AdaptArgs) -> anyhow::Result<()> {
             r.seconds,
             r.shift
         );
+        if let Some(st) = &st {
+            println!(
+                "{}: then self-trained {} epochs on the {} of {} images the gate marked ok ({:.0} s)",
+                st.out.display(),
+                st.epochs,
+                st.pseudo_labels,
+                st.frames,
+                st.seconds
+            );
+        }
     }
     Ok(())
 }

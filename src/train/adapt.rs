@@ -1,13 +1,14 @@
-//! Adaptation without labels: a model's batch-norm statistics re-estimated on a site's own frames
-//! (images only, never masks). Starts from the exact model (the unfolded copy beside its ONNX file,
-//! `NAME.bpk`, checked to fold back to it) and changes nothing but each batch norm's running mean
-//! and variance: one pass in which every batch norm normalises by the batch's own statistics (so
-//! each layer sees its input as it is with all earlier layers already adapted), then refinement
-//! passes with the statistics just measured. The learnt scale and shift, the convolutions and the
-//! model's input contract stay as they are; the result is written as ONNX with its unfolded copy
-//! beside it. Whether the adapted model is better is not decided here (`nightly` does, on frames
-//! held back and on labelled sets). Must not depend on the daemon, D-Bus, eval or tract beyond
-//! reading the model's contract.
+//! Adaptation without labels, two ways, both from the exact model (the unfolded copy beside its
+//! ONNX file, `NAME.bpk`, checked to fold back to it) and both on a site's own frames (images only,
+//! never masks). Batch-norm statistics ([`reestimate_bn_stats`]): nothing changes but each batch
+//! norm's running mean and variance, in one pass in which every batch norm normalises by the
+//! batch's own statistics (so each layer sees its input as it is with all earlier layers already
+//! adapted), then refinement passes with the statistics just measured. Self-training
+//! ([`self_train`]): the model's own masks on the frames the quality gate marks `ok` become
+//! pseudo-labels it is fine-tuned on. Either way the model's input contract stays as it is and the
+//! result is written as ONNX with its unfolded copy beside it. Whether the adapted model is better
+//! is not decided here (`nightly` does, on frames held back and on labelled sets). Must not depend
+//! on the daemon, D-Bus or sources.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::export;
-use super::settings::Backend;
+use super::settings::{Backend, TrainSettings};
 use super::trainer::{
     device_for, load_unfolded, model_bytes, unfolded_path, write_atomic, Progress, TrainError,
     UNFOLDED_MATCH,
@@ -193,6 +194,190 @@ pub fn reestimate_bn_stats(
         passes,
         shift,
         last_change,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The settings to fine-tune `model` (its architecture, input, task and region-of-interest
+/// policy, from its unfolded copy when there is one) on `data`, validated on `val`, into the run
+/// folder `out`; everything else from `base` (batch, threads, augmentation, ...). `how`: epochs,
+/// learning rate, loss.
+pub fn fine_tuning(
+    base: &crate::config::TrainSection,
+    clahe: Option<crate::preprocess::clahe::ClaheParams>,
+    model: &Path,
+    data: &Path,
+    val: &Path,
+    out: &Path,
+    how: (u64, f64, &str),
+) -> Result<TrainSettings, TrainError> {
+    let origin = model.display().to_string();
+    let bytes = std::fs::read(model).map_err(|source| TrainError::Io {
+        path: model.to_path_buf(),
+        source,
+    })?;
+    let spec = crate::infer::LoadedModel::from_bytes(
+        &bytes,
+        model,
+        &crate::model::SpecOverrides::default(),
+    )
+    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?
+    .spec()
+    .clone();
+    let arch = export::onnx_arch(&origin, &export::onnx_initializers(&origin, &bytes)?)?;
+    let mut t = base.clone();
+    t.data = vec![data.display().to_string()];
+    t.val = val.display().to_string();
+    t.out = out.display().to_string();
+    t.task = spec.task.as_str().into();
+    t.input = format!("{}x{}", spec.input_width, spec.input_height);
+    t.width = arch.base_width as u64;
+    t.depth = arch.depth as u64;
+    t.head = if arch.classes >= 2 {
+        "softmax"
+    } else {
+        "sigmoid"
+    }
+    .into();
+    t.init = origin;
+    (t.epochs, t.lr) = (how.0, how.1);
+    t.loss = how.2.into();
+    t.roi = "model".into();
+    t.preview_augment = 0;
+    TrainSettings::from_section(&t, clahe).map_err(|e| TrainError::Invalid(e.to_string()))
+}
+
+/// How [`self_train`] fine-tunes.
+#[derive(Debug, Clone)]
+pub struct SelfTraining<'a> {
+    /// Everything the fine-tuning does not set itself (batch, threads, augmentation, ...).
+    pub train: &'a crate::config::TrainSection,
+    pub clahe: Option<crate::preprocess::clahe::ClaheParams>,
+    pub epochs: u64,
+    pub lr: f64,
+    /// The quality gate's settings (what marks a frame `ok`).
+    pub post: crate::postprocess::PostprocessConfig,
+    pub clahe_threads: NonZeroUsize,
+    /// Fewest frames marked `ok` worth learning from.
+    pub min_frames: usize,
+}
+
+/// What [`self_train`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SelfTrainReport {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    /// Frames looked at, and those the gate marked `ok` (the pseudo-labels).
+    pub frames: usize,
+    pub pseudo_labels: usize,
+    pub epochs: u64,
+    pub seconds: f64,
+}
+
+/// Self-training: `model`'s masks on the frames the quality gate marks `ok` (confidence
+/// included: a pseudo-label must be one the model stands behind) become a labelled set in
+/// `work/pseudo` (links to the images, the masks written), `model` is fine-tuned on it from its
+/// unfolded copy into `work/run`, and the last epoch is written to `out` with its unfolded copy.
+pub fn self_train(
+    model: &Path,
+    frames: &[PathBuf],
+    work: &Path,
+    out: &Path,
+    how: &SelfTraining,
+    progress: &mut dyn Progress,
+) -> Result<SelfTrainReport, TrainError> {
+    let t0 = std::time::Instant::now();
+    if !unfolded_path(model).is_file() {
+        return Err(TrainError::Invalid(format!(
+            "{} has no unfolded copy ({}): self-training starts from the exact model; export it with `pocusd export` or make one with `pocusd models unfold`",
+            model.display(),
+            unfolded_path(model).display()
+        )));
+    }
+    let pseudo = work.join("pseudo");
+    let _ = std::fs::remove_dir_all(&pseudo);
+    for sub in ["images", "masks"] {
+        let p = pseudo.join(sub);
+        std::fs::create_dir_all(&p).map_err(|source| TrainError::Io { path: p, source })?;
+    }
+    let mut m = crate::infer::LoadedModel::load(model, &crate::model::SpecOverrides::default())
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", model.display())))?;
+    let post = crate::postprocess::PostprocessConfig {
+        calibration: crate::postprocess::Calibration::None,
+        smoothing: crate::postprocess::Smoothing::Off,
+        ..how.post
+    };
+    let roi = crate::preprocess::roi::RoiChoice::default().resolve(m.spec().roi);
+    let mut analyzer = crate::analyzer::Analyzer::new(
+        &m,
+        roi.mode,
+        Tracking::PerImage,
+        how.clahe_threads,
+        post,
+        crate::postprocess::overlay::OverlayStyle::default(),
+    );
+    let mut kept = 0;
+    for (i, p) in frames.iter().enumerate() {
+        let Ok(img) = crate::imageio::read_gray(p) else {
+            progress.log(&format!("skipped {}: unreadable", p.display()));
+            continue;
+        };
+        let ok = img
+            .view()
+            .ok()
+            .and_then(|v| analyzer.analyse(&mut m, v).ok())
+            .is_some_and(|a| a.doubt.is_empty());
+        if !ok {
+            continue;
+        }
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("png");
+        let name = format!("f{i:06}.{ext}");
+        let link = pseudo.join("images").join(&name);
+        let target = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        std::os::unix::fs::symlink(&target, &link)
+            .map_err(|source| TrainError::Io { path: link, source })?;
+        let mask = analyzer.mask_image(img.width(), img.height());
+        let mpath = pseudo.join("masks").join(&name);
+        crate::imageio::write_gray(&mpath, &mask)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", mpath.display())))?;
+        kept += 1;
+    }
+    progress.log(&format!(
+        "self-training: {kept} of {} frames marked ok by the gate are the pseudo-labels",
+        frames.len()
+    ));
+    if kept < how.min_frames.max(1) {
+        return Err(TrainError::Invalid(format!(
+            "only {kept} of {} frames are marked ok by the quality gate; self-training needs at least {}",
+            frames.len(),
+            how.min_frames.max(1)
+        )));
+    }
+    let run = work.join("run");
+    let settings = fine_tuning(
+        how.train,
+        how.clahe,
+        model,
+        &pseudo,
+        &pseudo,
+        &run,
+        (how.epochs, how.lr, "dice-bce"),
+    )?;
+    let resume = run.join("checkpoints/last.json").is_file();
+    if !resume && run.exists() {
+        std::fs::remove_dir_all(&run).map_err(|source| TrainError::Io {
+            path: run.clone(),
+            source,
+        })?;
+    }
+    super::trainer::train(&settings, resume, None, progress)?;
+    super::trainer::export_run(&run, super::trainer::Checkpoint::Last, out)?;
+    Ok(SelfTrainReport {
+        model: model.to_path_buf(),
+        out: out.to_path_buf(),
+        frames: frames.len(),
+        pseudo_labels: kept,
+        epochs: how.epochs,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::settings::TrainSettings;
 use super::trainer::{self, Progress};
 use crate::config::UnlabelledAdaptation;
 use crate::config::{LoopConfig, TrainSection};
@@ -406,36 +405,16 @@ pub fn run(
     };
     // Loaded once: its contract sets the fine-tuning, then it is scored.
     let mut current_loaded = load(&current_model)?;
-    let spec = current_loaded.spec().clone();
-    let bytes = std::fs::read(&current_model).map_err(io("cannot read", &current_model))?;
-    let arch = super::export::onnx_arch(
-        &current_model.display().to_string(),
-        &super::export::onnx_initializers(&current_model.display().to_string(), &bytes)
-            .map_err(|e| NightlyError::Invalid(e.to_string()))?,
+    let settings = super::adapt::fine_tuning(
+        inp.train,
+        inp.clahe,
+        &current_model,
+        &run.join("data/train"),
+        &run.join("data/site-val"),
+        &run.join("train"),
+        (cfg.epochs, cfg.lr, &cfg.loss),
     )
-    .map_err(|e| NightlyError::Invalid(e.to_string()))?;
-    let mut t = inp.train.clone();
-    t.data = vec![run.join("data/train").display().to_string()];
-    t.val = run.join("data/site-val").display().to_string();
-    t.out = run.join("train").display().to_string();
-    t.task = spec.task.as_str().into();
-    t.input = format!("{}x{}", spec.input_width, spec.input_height);
-    t.width = arch.base_width as u64;
-    t.depth = arch.depth as u64;
-    t.head = if arch.classes >= 2 {
-        "softmax"
-    } else {
-        "sigmoid"
-    }
-    .into();
-    t.init = current_model.display().to_string();
-    t.epochs = cfg.epochs;
-    t.lr = cfg.lr;
-    t.loss = cfg.loss.clone();
-    t.roi = "model".into();
-    t.preview_augment = 0;
-    let settings = TrainSettings::from_section(&t, inp.clahe)
-        .map_err(|e| NightlyError::Invalid(format!("training settings: {e}")))?;
+    .map_err(|e| NightlyError::Invalid(format!("training settings: {e}")))?;
     // A finished training (killed while scoring) is kept; one with a completed epoch resumes;
     // one without starts over.
     let train_dir = run.join("train");
@@ -828,6 +807,39 @@ fn run_unlabelled(
         "re-estimated {} batch norms on {} frames in {:.1} s (the site's features are {:.3} running standard deviations from the model's training data on average)",
         report.batch_norms, report.frames, report.seconds, report.shift
     ));
+    let mut candidate_model = candidate_model;
+    if cfg.unlabelled_adaptation == UnlabelledAdaptation::SelfTraining {
+        let how = super::adapt::SelfTraining {
+            train: inp.train,
+            clahe: inp.clahe,
+            epochs: cfg.self_training_epochs,
+            lr: cfg.self_training_lr,
+            post: inp.post,
+            clahe_threads: inp.clahe_threads,
+            min_frames: 10,
+        };
+        let out = run.join("self-trained.onnx");
+        match super::adapt::self_train(
+            &candidate_model,
+            &adapt,
+            &run.join("self-training"),
+            &out,
+            &how,
+            progress,
+        ) {
+            Ok(rep) => {
+                progress.log(&format!(
+                    "self-trained on {} pseudo-labels in {:.0} s",
+                    rep.pseudo_labels, rep.seconds
+                ));
+                candidate_model = out;
+                r.adaptation = Some(Adaptation::SelfTraining);
+            }
+            Err(e) => progress.log(&format!(
+                "self-training not done ({e}); judging the batch-norm statistics alone"
+            )),
+        }
+    }
     let phantom = run.join("phantom");
     let mut current_loaded = LoadedModel::load(&current_model, &SpecOverrides::default())
         .map_err(|e| NightlyError::Invalid(format!("{e}")))?;

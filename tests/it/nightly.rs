@@ -502,8 +502,9 @@ fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_fo
     );
 
     // A locked test set of the project's style: the adapted model loses on it.
+    let bn = "unlabelled_adaptation = \"bn-stats\"\n";
     let with_test = format!(
-        "test_data = \"{}\"\nmax_phantom_drop = 0.1\n",
+        "{bn}test_data = \"{}\"\nmax_phantom_drop = 0.1\n",
         test.display()
     );
     let v = nightly(&config("test.toml", &model, &with_test));
@@ -527,7 +528,11 @@ fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_fo
     assert_eq!(before, sha256(&model), "version 0 is the configured model");
 
     // The phantom set at a tight tolerance.
-    let v = nightly(&config("phantom.toml", &model, "max_phantom_drop = 0.02\n"));
+    let v = nightly(&config(
+        "phantom.toml",
+        &model,
+        &format!("{bn}max_phantom_drop = 0.02\n"),
+    ));
     assert_eq!(v["promoted"], false, "{v}");
     assert!(
         v["reason"].as_str().unwrap().contains("phantom Dice"),
@@ -536,7 +541,11 @@ fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_fo
     assert_eq!(sha256(&current), before);
 
     // Allowed: promoted, on the evidence of the held-back frames.
-    let v = nightly(&config("adapt.toml", &model, "max_phantom_drop = 0.1\n"));
+    let v = nightly(&config(
+        "adapt.toml",
+        &model,
+        &format!("{bn}max_phantom_drop = 0.1\n"),
+    ));
     assert_eq!(v["promoted"], true, "{v}");
     assert_eq!(v["version"], 1);
     let (cur, cand) = (&v["current"]["held_back"], &v["candidate"]["held_back"]);
@@ -566,6 +575,37 @@ fn nightly_adapts_without_labels_to_a_shifted_style_and_refuses_what_the_rule_fo
             .lines()
             .any(|l| l.starts_with('*') && l.contains("nightly bn-stats")),
         "{listed}"
+    );
+
+    // Self-training on top (the default): the frames the gate marks ok become pseudo-labels (the
+    // confidence thresholds relaxed for this small model), the run is judged by the same rule and
+    // recorded as self-training.
+    let st = config(
+        "self.toml",
+        &model,
+        "self_training_epochs = 1\nmax_phantom_drop = 0.1\n",
+    );
+    std::fs::write(
+        &st,
+        std::fs::read_to_string(&st).unwrap()
+            + "[postprocess]\nmin_confidence = 0.0\nmax_uncertain_fraction = 1.0\n",
+    )
+    .unwrap();
+    let v = nightly(&st);
+    assert_eq!(v["adaptation"], "self-training", "{v}");
+    let adapt_run = PathBuf::from(v["run"].as_str().unwrap());
+    let pseudo = std::fs::read_dir(adapt_run.join("self-training/pseudo/masks"))
+        .unwrap()
+        .count();
+    assert!(pseudo >= 10, "{pseudo} pseudo-labels");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("held-back site frames") || why.contains("phantom"),
+        "{v}"
+    );
+    assert_eq!(
+        history(&state).last().unwrap()["adaptation"],
+        "self-training"
     );
 
     // A folded model alone cannot be adapted: said, nothing changes.
