@@ -21,7 +21,10 @@
 # masks of half A are never read) and base and adapted model are both scored on half B. Prints
 # both, and what the nightly promotion rule would choose from half B's gate evidence alone
 # (more images ok leaving out the model's confidence, or as many and a mean mirrored difference
-# under 0.9x).
+# under 0.9x). --adapt --self-training: the nightly default, the statistics and then
+# self-training (`models adapt --self-training --epochs ${SELF_TRAINING_EPOCHS:-4}`, the images of
+# half A the gate marks ok with the model's own masks); kept apart from the statistics alone
+# (adapted-st.* beside adapted.*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/train-run.sh
@@ -31,6 +34,8 @@ OUT=${XDG_CACHE_HOME:-$HOME/.cache}/pocusd/groupout
 EPOCHS=10
 MIN_GROUP=20
 ADAPT=0
+SELF_TRAINING=0
+SELF_TRAINING_EPOCHS=${SELF_TRAINING_EPOCHS:-4}
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=${2:?}; shift 2 ;;
@@ -40,8 +45,9 @@ while [ $# -gt 0 ]; do
     --adapt)
       ADAPT=2; shift
       case "${1:-}" in [0-9]*) ADAPT=$1; shift ;; esac ;;
+    --self-training) SELF_TRAINING=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,27p "$0"; exit 0 ;;
     *) echo "groupout.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -151,6 +157,12 @@ print(f"mean Dice over groups {mean:.3f}; over images {weighted:.3f} ({n} images
 EOF
 
 [ "$ADAPT" -gt 0 ] || exit 0
+if [ "$SELF_TRAINING" = 1 ]; then
+  METHOD="then self-training on the images the gate marks ok, $SELF_TRAINING_EPOCHS epochs"
+  ADAPTED=adapted-st ADAPT_ARGS=(--self-training --epochs "$SELF_TRAINING_EPOCHS")
+else
+  METHOD="batch-norm statistics" ADAPTED=adapted ADAPT_ARGS=()
+fi
 
 # Adaptation without labels, per group (see the header).
 # The loop's stable split by name (versions::in_validation: FNV-1a 64, splitmix64's finaliser).
@@ -171,7 +183,7 @@ for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g" ad="$OUT/adapt-$g"
   # A run exported before the unfolded network was kept: export it again.
   [ -f "$run/last.bpk" ] || "$BIN" export --run "$run" --checkpoint last --out "$run/last.onnx"
-  if [ ! -f "$ad/adapted.onnx" ]; then
+  if [ ! -d "$ad/b/images" ]; then
     rm -rf "$ad"
     mkdir -p "$ad/a/images" "$ad/a/masks" "$ad/b/images" "$ad/b/masks"
     for f in "$split/val/images"/*; do
@@ -180,17 +192,19 @@ for g in "${SIZE_GROUPS[@]}"; do
       ln -s "$(readlink -f "$f")" "$ad/$half/images/$name"
       ln -s "$(readlink -f "$split/val/masks/$name")" "$ad/$half/masks/$name"
     done
-    echo "groupout: $g adapting on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
-    "$BIN" models adapt "$run/last.onnx" --frames "$ad/a/images" --out "$ad/adapted.onnx" \
-      --batch 8 --passes "$ADAPT" >"$ad/adapt.log" 2>&1 || { tail -5 "$ad/adapt.log"; exit 1; }
+  fi
+  if [ ! -f "$ad/$ADAPTED.onnx" ]; then
+    echo "groupout: $g adapting ($METHOD) on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
+    "$BIN" models adapt "$run/last.onnx" --frames "$ad/a/images" --out "$ad/$ADAPTED.onnx" \
+      --batch 8 --passes "$ADAPT" "${ADAPT_ARGS[@]}" >"$ad/$ADAPTED.log" 2>&1 || { tail -5 "$ad/$ADAPTED.log"; exit 1; }
   fi
   "$BIN" eval --model "$run/last.onnx" --data "$ad/b" --json >"$ad/base.json"
-  "$BIN" eval --model "$ad/adapted.onnx" --data "$ad/b" --json >"$ad/adapted.json"
+  "$BIN" eval --model "$ad/$ADAPTED.onnx" --data "$ad/b" --json >"$ad/$ADAPTED.json"
 done
-python3 - "$OUT" "$ADAPT" "${SIZE_GROUPS[@]}" <<'PY'
+python3 - "$OUT" "$ADAPT" "$ADAPTED" "$METHOD" "${SIZE_GROUPS[@]}" <<'PY'
 import json, sys
-out, epochs, groups = sys.argv[1], sys.argv[2], sys.argv[3:]
-print(f"\nadaptation without labels (batch-norm statistics re-estimated on half A, {epochs} passes), scored on half B:")
+out, epochs, adapted, method, groups = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+print(f"\nadaptation without labels ({method}; batch-norm statistics re-estimated on half A, {epochs} passes), scored on half B:")
 print(f"{'left out':<10} {'images':>6} {'Dice base':>9} {'adapted':>8} {'within 10% base':>15} {'adapted':>8} {'ok base':>7} {'adapted':>7} {'rule':>7}")
 pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
 tot = {"base": [0, 0], "adapted": [0, 0], "rule": [0, 0]}
@@ -204,7 +218,7 @@ def evidence(r):
     return ok, (sum(m) / len(m) if m else None)
 
 for g in groups:
-    r = {k: json.load(open(f"{out}/adapt-{g}/{k}.json")) for k in ("base", "adapted")}
+    r = {k: json.load(open(f"{out}/adapt-{g}/{f}.json")) for k, f in (("base", "base"), ("adapted", adapted))}
     (ob, mb), (oa, ma) = evidence(r["base"]), evidence(r["adapted"])
     promote = oa > ob or (oa == ob and ma is not None and mb is not None and ma < 0.9 * mb)
     r["rule"] = r["adapted"] if promote else r["base"]
