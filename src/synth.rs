@@ -1074,6 +1074,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn restyle_keeps_the_mean_under_blur_and_scales_under_gain() {
+        let s = sample(
+            PhantomConfig {
+                width: 96,
+                height: 64,
+                ..Default::default()
+            },
+            0,
+        );
+        let mut same = s.image.clone();
+        restyle(&mut same, 1.0, 0.0);
+        assert_eq!(same.as_slice(), s.image.as_slice());
+        let mean = |g: &GrayImage| {
+            g.as_slice().iter().map(|&v| f64::from(v)).sum::<f64>() / g.as_slice().len() as f64
+        };
+        let rough = |g: &GrayImage| {
+            let p = g.as_slice();
+            p.windows(2)
+                .map(|w| (f64::from(w[0]) - f64::from(w[1])).abs())
+                .sum::<f64>()
+        };
+        let mut blurred = s.image.clone();
+        restyle(&mut blurred, 1.0, 2.0);
+        assert!((mean(&blurred) - mean(&s.image)).abs() < 1.5);
+        assert!(rough(&blurred) < 0.5 * rough(&s.image));
+        let mut darker = s.image.clone();
+        restyle(&mut darker, 0.5, 0.0);
+        assert!((mean(&darker) - 0.5 * mean(&s.image)).abs() < 1.0);
+    }
+
+    #[test]
     fn ramanujan_matches_circle_and_series() {
         assert!((ellipse_circumference(10.0, 10.0) - 2.0 * PI * 10.0).abs() < 1e-12);
         // a=2, b=1: exact perimeter 9.688448220547675...
