@@ -247,6 +247,9 @@ pub fn fine_tuning(
     TrainSettings::from_section(&t, clahe).map_err(|e| TrainError::Invalid(e.to_string()))
 }
 
+/// Pseudo-labels a self-training run validates on (its validation only feeds its curves).
+const PSEUDO_VAL: usize = 32;
+
 /// How [`self_train`] fine-tunes.
 #[derive(Debug, Clone)]
 pub struct SelfTraining<'a> {
@@ -353,13 +356,39 @@ pub fn self_train(
             how.min_frames.max(1)
         )));
     }
+    // No labels to validate on: the run's validation (its curves and best-Dice checkpoint, not
+    // used) is kept to a few pseudo-labels so it costs little.
+    let val = work.join("pseudo-val");
+    let _ = std::fs::remove_dir_all(&val);
+    for sub in ["images", "masks"] {
+        let dir = val.join(sub);
+        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir, source })?;
+    }
+    let mut names: Vec<_> = std::fs::read_dir(pseudo.join("masks"))
+        .map_err(|source| TrainError::Io {
+            path: pseudo.join("masks"),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    let step = (names.len() / PSEUDO_VAL).max(1);
+    for name in names.iter().step_by(step).take(PSEUDO_VAL) {
+        for sub in ["images", "masks"] {
+            let from = std::fs::canonicalize(pseudo.join(sub).join(name))
+                .unwrap_or_else(|_| pseudo.join(sub).join(name));
+            let to = val.join(sub).join(name);
+            std::os::unix::fs::symlink(&from, &to)
+                .map_err(|source| TrainError::Io { path: to, source })?;
+        }
+    }
     let run = work.join("run");
     let settings = fine_tuning(
         how.train,
         how.clahe,
         model,
         &pseudo,
-        &pseudo,
+        &val,
         &run,
         (how.epochs, how.lr, "dice-bce"),
     )?;
