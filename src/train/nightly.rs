@@ -719,10 +719,53 @@ fn worse(cur: &Score, new: &Score, dice_drop: f64, error_rise: f64, set: &str) -
     }
 }
 
+/// Run folders of adaptations without labels kept whole (each holds pseudo-labels and a training
+/// run, about 30 MB for 2,000 frames); older ones are removed when a new one ends.
+pub const KEEP_ADAPT_RUNS: usize = 7;
+
+/// Removes all but the newest `keep` `adapt-*` folders of `runs` (their names sort by time).
+fn prune_adapt_runs(runs: &Path, keep: usize, progress: &mut dyn Progress) {
+    let Ok(rd) = std::fs::read_dir(runs) else {
+        return;
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("adapt-"))
+        })
+        .collect();
+    v.sort();
+    let old = v.len().saturating_sub(keep);
+    for p in &v[..old] {
+        if let Err(e) = std::fs::remove_dir_all(p) {
+            progress.log(&format!(
+                "warning: cannot remove the old run {}: {e}",
+                p.display()
+            ));
+        }
+    }
+}
+
 /// A nightly run without labels: the current model's batch-norm statistics re-estimated on the
 /// site's unlabelled frames (less those held back), both models scored, the candidate promoted
 /// by [`decide_unlabelled`].
 fn run_unlabelled(
+    inp: &NightlyInputs,
+    store: &Store,
+    frames: &[PathBuf],
+    site_images: usize,
+    progress: &mut dyn Progress,
+    load_model: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> Result<NightlyOutcome, NightlyError> {
+    let outcome = adapt_and_judge(inp, store, frames, site_images, progress, load_model);
+    prune_adapt_runs(&inp.state.join("runs"), KEEP_ADAPT_RUNS, progress);
+    outcome
+}
+
+fn adapt_and_judge(
     inp: &NightlyInputs,
     store: &Store,
     frames: &[PathBuf],
@@ -940,6 +983,29 @@ mod tests {
         // Without a test set the site decides.
         let (a, b) = (Scores { test: None, ..cur }, Scores { test: None, ..good });
         assert!(decide(&a, &b, 0.005).0);
+    }
+
+    #[test]
+    fn old_adaptation_runs_are_pruned_newest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..9 {
+            std::fs::create_dir_all(dir.path().join(format!("adapt-2026120{i}T000000Z/x")))
+                .unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("nightly-20260101T000000Z")).unwrap();
+        prune_adapt_runs(
+            dir.path(),
+            7,
+            &mut crate::train::trainer::ConsoleProgress::new(),
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 8, "{left:?}");
+        assert_eq!(left[0], "adapt-20261202T000000Z");
+        assert!(left.contains(&"nightly-20260101T000000Z".to_string()));
     }
 
     fn ev(ok: usize, mirror: f64, confident: usize) -> Option<versions::EvidenceScore> {
