@@ -14,10 +14,10 @@
 # (the recipe: --width, --depth, --input, --loss, --task ...; default task aponeurosis). Each run
 # is resumable: run the script again with the same --out and it continues where it stopped.
 # The split folders hold symbolic links to the data, never copies.
-# --adapt [PASSES]: then, per group, adaptation without labels: the left-out group's images are
+# --adapt: then, per group, adaptation without labels: the left-out group's images are
 # halved by a stable hash of the name (the loop's site split, FNV-1a + splitmix64); the fold's
 # model re-estimates its batch-norm statistics on half A's images (`pocusd models adapt
-# last.onnx --frames A --batch 8 --passes PASSES`, default 2, what `pocusd loop nightly` does; the
+# last.onnx --frames A --batch 8`, what `pocusd loop nightly` does; the
 # masks of half A are never read) and base and adapted model are both scored on half B. Prints
 # both, and what the nightly promotion rule would choose from half B's gate evidence alone
 # (more images ok leaving out the model's confidence, or as many and a mean mirrored difference
@@ -43,8 +43,7 @@ while [ $# -gt 0 ]; do
     --epochs) EPOCHS=${2:?}; shift 2 ;;
     --min-group) MIN_GROUP=${2:?}; shift 2 ;;
     --adapt)
-      ADAPT=2; shift
-      case "${1:-}" in [0-9]*) ADAPT=$1; shift ;; esac ;;
+      ADAPT=1; shift ;;
     --self-training) SELF_TRAINING=1; shift ;;
     --) shift; break ;;
     -h|--help) sed -n 2,27p "$0"; exit 0 ;;
@@ -196,7 +195,7 @@ for g in "${SIZE_GROUPS[@]}"; do
   if [ ! -f "$ad/$ADAPTED.onnx" ]; then
     echo "groupout: $g adapting ($METHOD) on $(ls "$ad/a/images" | wc -l) images (half A), scoring on $(ls "$ad/b/images" | wc -l) (half B)"
     "$BIN" models adapt "$run/last.onnx" --frames "$ad/a/images" --out "$ad/$ADAPTED.onnx" \
-      --batch 8 --passes "$ADAPT" "${ADAPT_ARGS[@]}" >"$ad/$ADAPTED.log" 2>&1 || { tail -5 "$ad/$ADAPTED.log"; exit 1; }
+      --batch 8 "${ADAPT_ARGS[@]}" >"$ad/$ADAPTED.log" 2>&1 || { tail -5 "$ad/$ADAPTED.log"; exit 1; }
   fi
   "$BIN" eval --model "$run/last.onnx" --data "$ad/b" --json >"$ad/base.json"
   "$BIN" eval --model "$ad/$ADAPTED.onnx" --data "$ad/b" --json >"$ad/$ADAPTED.json"
@@ -204,7 +203,7 @@ done
 python3 - "$OUT" "$ADAPT" "$ADAPTED" "$METHOD" "${SIZE_GROUPS[@]}" <<'PY'
 import json, sys
 out, epochs, adapted, method, groups = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-print(f"\nadaptation without labels ({method}; batch-norm statistics re-estimated on half A, {epochs} passes), scored on half B:")
+print(f"\nadaptation without labels ({method}; batch-norm statistics re-estimated on half A), scored on half B:")
 print(f"{'left out':<10} {'images':>6} {'Dice base':>9} {'adapted':>8} {'within 10% base':>15} {'adapted':>8} {'ok base':>7} {'adapted':>7} {'rule':>7}")
 pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
 tot = {"base": [0, 0], "adapted": [0, 0], "rule": [0, 0]}

@@ -221,7 +221,6 @@ pub struct LoopSection {
     pub min_unlabelled_frames: u64,
     pub max_unlabelled_frames: u64,
     pub unlabelled_held_back: f64,
-    pub bn_passes: u64,
     pub self_training_epochs: u64,
     pub self_training_lr: f64,
     pub phantom_images: u64,
@@ -265,8 +264,6 @@ pub struct LoopConfig {
     /// Fraction of the unlabelled frames (by a stable hash of the name) held back to judge the
     /// adapted model; the rest are adapted to.
     pub unlabelled_held_back: f64,
-    /// Passes of the batch-norm statistics over the frames.
-    pub bn_passes: u64,
     /// Self-training: fine-tuning epochs and learning rate on the pseudo-labels.
     pub self_training_epochs: u64,
     pub self_training_lr: f64,
@@ -1400,7 +1397,6 @@ fn validate_loop(l: &LoopSection) -> Result<LoopConfig, ConfigError> {
             0.1,
             0.5,
         )?,
-        bn_passes: int_range("loop.bn_passes", l.bn_passes, 1, 10)?,
         self_training_epochs: int_range(
             "loop.self_training_epochs",
             l.self_training_epochs,

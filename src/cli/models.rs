@@ -45,9 +45,6 @@ pub struct AdaptArgs {
     /// The adapted model (ONNX; its unfolded copy goes beside it with .bpk).
     #[arg(long, value_name = "FILE.onnx")]
     out: PathBuf,
-    /// Passes of the statistics over the images (the first normalising by each batch).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
-    passes: u32,
     /// Frames per batch: the batch size the model was trained with (its running variances are
     /// variances within such batches).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=256))]
@@ -183,7 +180,6 @@ fn cmd_adapt(cfg: &Config, a: &AdaptArgs) -> anyhow::Result<()> {
         &a.model,
         &frames,
         &bn_out,
-        a.passes as usize,
         a.batch as usize,
         &mut progress,
     )

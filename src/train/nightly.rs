@@ -833,7 +833,6 @@ fn adapt_and_judge(
         &current_model,
         &adapt,
         &candidate_model,
-        cfg.bn_passes as usize,
         inp.train.batch as usize,
         progress,
     ) {
