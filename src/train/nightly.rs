@@ -472,24 +472,29 @@ pub fn run(
     r.candidate = Some(candidate);
     r.run = Some(run.clone());
     r.adaptation = Some(Adaptation::Labelled);
-    finish(&store, r, &candidate_model, &run, load_model)
+    finish(&store, r, Some(&candidate_model), &run, load_model)
 }
 
-/// Ends a run that scored a candidate: installs it as the next version when `r.promoted` (with
-/// its unfolded copy) and hands it to a running daemon, appends the history record and writes the
-/// run's report.
+/// Ends a run: with a candidate, records its sha256 and, when `r.promoted`, installs it as the
+/// next version (with its unfolded copy) and hands it to a running daemon; appends the history
+/// record and writes the run's report.
 fn finish(
     store: &Store,
     mut r: Record,
-    candidate_model: &Path,
+    candidate_model: Option<&Path>,
     run: &Path,
     load_model: &mut dyn FnMut(&Path) -> Result<(), String>,
 ) -> Result<NightlyOutcome, NightlyError> {
-    let cand_bytes = std::fs::read(candidate_model).map_err(io("cannot read", candidate_model))?;
-    r.sha256 = Some(versions::sha256_hex(&cand_bytes));
-    if r.promoted {
+    let candidate = match candidate_model {
+        Some(p) => Some((p, std::fs::read(p).map_err(io("cannot read", p))?)),
+        None => None,
+    };
+    if let Some((_, bytes)) = &candidate {
+        r.sha256 = Some(versions::sha256_hex(bytes));
+    }
+    if let (true, Some((candidate_model, cand_bytes))) = (r.promoted, &candidate) {
         let version = store.next_version()?;
-        let (file, _) = store.install(version, &cand_bytes)?;
+        let (file, _) = store.install(version, cand_bytes)?;
         let side = super::trainer::unfolded_path(candidate_model);
         if let Ok(unfolded) = std::fs::read(&side) {
             store.install_unfolded(&file, &unfolded)?;
@@ -798,35 +803,15 @@ fn adapt_and_judge(
     r.parent = parent;
     r.run = Some(run.clone());
     r.adaptation = Some(Adaptation::BnStats);
-    let refuse = |mut r: Record, reason: String, counts: DataCounts| {
-        r.reason = reason;
-        r.data = counts;
-        let outcome = NightlyOutcome {
-            promoted: false,
-            reason: r.reason.clone(),
-            version: None,
-            model: None,
-            site_images,
-            current: r.current,
-            candidate: r.candidate,
-            run: Some(run.clone()),
-            adaptation: r.adaptation,
-        };
-        store.append(&r)?;
-        write_report(&run, &outcome)?;
-        Ok(outcome)
-    };
+    r.data = counts;
     if adapt.is_empty() || held.is_empty() {
-        return refuse(
-            r,
-            format!(
-                "the {} unlabelled frames split into {} to adapt to and {} held back; both need at least one",
-                frames.len(),
-                adapt.len(),
-                held.len()
-            ),
-            counts,
+        r.reason = format!(
+            "the {} unlabelled frames split into {} to adapt to and {} held back; both need at least one",
+            frames.len(),
+            adapt.len(),
+            held.len()
         );
+        return finish(store, r, None, &run, load_model);
     }
     let candidate_model = run.join("candidate.onnx");
     let report = match super::adapt::reestimate_bn_stats(
@@ -838,11 +823,8 @@ fn adapt_and_judge(
     ) {
         Ok(rep) => rep,
         Err(e) => {
-            return refuse(
-                r,
-                format!("adaptation without labels failed: {e}; the current model stays"),
-                counts,
-            )
+            r.reason = format!("adaptation without labels failed: {e}; the current model stays");
+            return finish(store, r, None, &run, load_model);
         }
     };
     progress.log(&format!(
@@ -921,13 +903,10 @@ fn adapt_and_judge(
     );
     r.current = Some(current);
     r.candidate = Some(candidate);
-    if !promote {
-        return refuse(r, reason, counts);
-    }
-    r.promoted = true;
+    r.promoted = promote;
     r.reason = reason;
     r.data = counts;
-    finish(store, r, &candidate_model, &run, load_model)
+    finish(store, r, Some(&candidate_model), &run, load_model)
 }
 
 fn read_counts(run: &Path) -> Option<DataCounts> {
