@@ -861,19 +861,27 @@ fn igtl_max_fps_limits_each_client_and_an_open_address_is_warned_about() {
 }
 
 /// Worklist files (dump2dcm) in `dir`: today's US step for station POCUSD, one for another
-/// station and one CT step, which a query for this station must not list.
+/// station and one CT step, which a query for this station must not list. Each is there for
+/// today and for tomorrow (UTC, the day the daemon queries), so a test running across midnight
+/// still finds its step after the daemon's next poll.
 fn worklist_files(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let o = Command::new("date")
-        .args(["-u", "+%Y%m%d"])
-        .output()
-        .unwrap();
-    let today = common::stdout(&o).trim().to_string();
-    for (name, station, modality, pid) in [
+    let day = |when: &str| {
+        let o = Command::new("date")
+            .args(["-u", "-d", when, "+%Y%m%d"])
+            .output()
+            .unwrap();
+        common::stdout(&o).trim().to_string()
+    };
+    let days = [("", day("now")), ("-next", day("tomorrow"))];
+    for ((name, station, modality, pid), (suffix, today)) in [
         ("mine", "POCUSD", "US", "PID-77"),
         ("other", "OTHERCART", "US", "PID-88"),
         ("ct", "POCUSD", "CT", "PID-99"),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|item| days.clone().map(|d| (item, d)))
+    {
         let dump = format!(
             "(0008,0005) CS [ISO_IR 100]\n(0008,0050) SH [ACC-{pid}]\n(0010,0010) PN [ROE^ANNA]\n\
              (0010,0020) LO [{pid}]\n(0010,0030) DA [19800101]\n(0010,0040) CS [F]\n\
@@ -883,11 +891,11 @@ fn worklist_files(dir: &Path) {
              (0040,0007) LO [Quadriceps thickness]\n(0040,0009) SH [SPS-{name}]\n(fffe,e00d)\n(fffe,e0dd)\n",
             name.len()
         );
-        let txt = dir.join(format!("{name}.dump"));
+        let txt = dir.join(format!("{name}{suffix}.dump"));
         std::fs::write(&txt, dump).unwrap();
         let o = Command::new("dump2dcm")
             .arg(&txt)
-            .arg(dir.join(format!("{name}.wl")))
+            .arg(dir.join(format!("{name}{suffix}.wl")))
             .output()
             .expect("dump2dcm runs (scripts/setup.sh installs dcmtk)");
         assert!(o.status.success(), "{}", common::stderr(&o));
