@@ -21,8 +21,8 @@ use serde::Serialize;
 use super::export;
 use super::settings::{Backend, TrainSettings};
 use super::trainer::{
-    device_for, load_unfolded, model_bytes, unfolded_path, write_atomic, Progress, TrainError,
-    UNFOLDED_MATCH,
+    device_for, load_unfolded, model_bytes, read_exported, unfolded_path, write_atomic, Exported,
+    Progress, TrainError, UNFOLDED_MATCH,
 };
 use super::unet::Moments;
 use crate::preprocess::roi::Tracking;
@@ -107,19 +107,9 @@ pub fn reestimate_bn_stats(
 ) -> Result<AdaptReport, TrainError> {
     let t0 = std::time::Instant::now();
     let origin = model.display().to_string();
-    let bytes = std::fs::read(model).map_err(|source| TrainError::Io {
-        path: model.to_path_buf(),
-        source,
-    })?;
-    let loaded = crate::infer::LoadedModel::from_bytes(
-        &bytes,
-        model,
-        &crate::model::SpecOverrides::default(),
-    )
-    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?;
-    let spec = loaded.spec().clone();
-    let inits = export::onnx_initializers(&origin, &bytes)?;
-    let arch = export::onnx_arch(&origin, &inits)?;
+    let Exported {
+        spec, inits, arch, ..
+    } = read_exported(model)?;
     let device = device_for(Backend::Flex);
     let side = unfolded_path(model);
     if !side.is_file() {
@@ -195,20 +185,7 @@ pub fn fine_tuning(
     out: &Path,
     how: (u64, f64, &str),
 ) -> Result<TrainSettings, TrainError> {
-    let origin = model.display().to_string();
-    let bytes = std::fs::read(model).map_err(|source| TrainError::Io {
-        path: model.to_path_buf(),
-        source,
-    })?;
-    let spec = crate::infer::LoadedModel::from_bytes(
-        &bytes,
-        model,
-        &crate::model::SpecOverrides::default(),
-    )
-    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?
-    .spec()
-    .clone();
-    let arch = export::onnx_arch(&origin, &export::onnx_initializers(&origin, &bytes)?)?;
+    let Exported { spec, arch, .. } = read_exported(model)?;
     let mut t = base.clone();
     t.data = vec![data.display().to_string()];
     t.val = val.display().to_string();
@@ -223,7 +200,7 @@ pub fn fine_tuning(
         "sigmoid"
     }
     .into();
-    t.init = origin;
+    t.init = model.display().to_string();
     (t.epochs, t.lr) = (how.0, how.1);
     t.loss = how.2.into();
     t.roi = "model".into();

@@ -278,18 +278,24 @@ pub fn decide(current: &Scores, candidate: &Scores, max_dice_drop: f64) -> (bool
             "site-validation Dice {} above {}{}",
             f(ns.dice),
             f(cs.dice),
-            match (current.test, candidate.test) {
-                (Some(ct), Some(nt)) => format!(
-                    "; test Dice {} against {}, error {} against {}",
-                    f(nt.dice),
-                    f(ct.dice),
-                    f(nt.error),
-                    f(ct.error)
-                ),
-                _ => String::new(),
-            }
+            test_summary(current, candidate)
         ),
     )
+}
+
+/// "; test Dice N against C, error N against C" when both models have a test score, else "".
+fn test_summary(current: &Scores, candidate: &Scores) -> String {
+    let f = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.4}"));
+    match (current.test, candidate.test) {
+        (Some(ct), Some(nt)) => format!(
+            "; test Dice {} against {}, error {} against {}",
+            f(nt.dice),
+            f(ct.dice),
+            f(nt.error),
+            f(ct.error)
+        ),
+        _ => String::new(),
+    }
 }
 
 fn write_report(run: &Path, outcome: &NightlyOutcome) -> Result<(), NightlyError> {
@@ -680,16 +686,7 @@ pub fn decide_unlabelled(
             mirror(&ch),
             f(np.dice),
             f(cp.dice),
-            match (current.test, candidate.test) {
-                (Some(ct), Some(nt)) => format!(
-                    "; test Dice {} against {}, error {} against {}",
-                    f(nt.dice),
-                    f(ct.dice),
-                    f(nt.error),
-                    f(ct.error)
-                ),
-                _ => String::new(),
-            }
+            test_summary(current, candidate)
         ),
     )
 }

@@ -1192,6 +1192,37 @@ pub struct UnfoldReport {
     pub fold_difference: f32,
 }
 
+/// An exported model file as the training side needs it: its bytes, its input contract, its
+/// initializers by name and the architecture they imply.
+pub(crate) struct Exported {
+    pub bytes: Vec<u8>,
+    pub spec: ModelSpec,
+    pub inits: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub arch: UnetArch,
+}
+
+/// Reads an ONNX file `pocusd export` wrote (refused with the file's name if it is not one).
+pub(crate) fn read_exported(model: &Path) -> Result<Exported, TrainError> {
+    let origin = model.display().to_string();
+    let bytes = std::fs::read(model).map_err(io(model))?;
+    let spec = crate::infer::LoadedModel::from_bytes(
+        &bytes,
+        model,
+        &crate::model::SpecOverrides::default(),
+    )
+    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?
+    .spec()
+    .clone();
+    let inits = export::onnx_initializers(&origin, &bytes)?;
+    let arch = export::onnx_arch(&origin, &inits)?;
+    Ok(Exported {
+        bytes,
+        spec,
+        inits,
+        arch,
+    })
+}
+
 /// Calibrated unfolding of a folded ONNX file whose training run is gone: loads its weights
 /// (batch norms as identities), measures every batch norm's input over the images of `data`
 /// (prepared by the model's own contract: region of interest, CLAHE, size) and writes the
@@ -1205,16 +1236,12 @@ pub fn unfold_with_data(
     progress: &mut dyn Progress,
 ) -> Result<UnfoldReport, TrainError> {
     let origin = model.display().to_string();
-    let bytes = std::fs::read(model).map_err(io(model))?;
-    let loaded = crate::infer::LoadedModel::from_bytes(
-        &bytes,
-        model,
-        &crate::model::SpecOverrides::default(),
-    )
-    .map_err(|e| TrainError::Invalid(format!("{origin}: {e}")))?;
-    let spec = loaded.spec().clone();
-    let inits = export::onnx_initializers(&origin, &bytes)?;
-    let arch = export::onnx_arch(&origin, &inits)?;
+    let Exported {
+        bytes,
+        spec,
+        inits,
+        arch,
+    } = read_exported(model)?;
     let device = device_for(Backend::Flex);
     let net = export::load_onnx_weights(&origin, &bytes, Unet::new(&arch, &device), &device)?;
     let (samples, report) = dataset::load(data, |w| progress.log(&format!("warning: {w}")))?;
