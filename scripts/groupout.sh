@@ -25,6 +25,11 @@
 # self-training (`models adapt --self-training --epochs ${SELF_TRAINING_EPOCHS:-4}`, the images of
 # half A the gate marks ok with the model's own masks); kept apart from the statistics alone
 # (adapted-st.* beside adapted.*).
+# --pretrain DIR[:DIR...]: each fold's model starts from self-supervised pretraining
+# (`pocusd train --loss reconstruct`, --pretrain-epochs N, default 10, the recipe's --width/--depth/
+# --input/--task/--seed) on the images of those folders (their images/, masks never read) whose
+# size is not the left-out group's: the group left out stays unseen, in the pretraining too. The
+# fold's run then gets --init OUT/pretrain-GROUP/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/train-run.sh
@@ -36,6 +41,8 @@ MIN_GROUP=20
 ADAPT=0
 SELF_TRAINING=0
 SELF_TRAINING_EPOCHS=${SELF_TRAINING_EPOCHS:-4}
+PRETRAIN=
+PRETRAIN_EPOCHS=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=${2:?}; shift 2 ;;
@@ -45,8 +52,10 @@ while [ $# -gt 0 ]; do
     --adapt)
       ADAPT=1; shift ;;
     --self-training) SELF_TRAINING=1; shift ;;
+    --pretrain) PRETRAIN=${2:?}; shift 2 ;;
+    --pretrain-epochs) PRETRAIN_EPOCHS=${2:?}; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n 2,27p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
     *) echo "groupout.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -106,13 +115,75 @@ link_split() { # $1 split dir, $2 group left out
   done <"$OUT/groups.txt"
 }
 
+# Pretraining images for the fold leaving out $2 (size WxH): links in $1/images to every image of
+# the --pretrain folders of another size (stdlib only; names prefixed by their folder).
+link_pretrain() {
+  rm -rf "$1"
+  mkdir -p "$1/images"
+  python3 - "$1/images" "$2" "$PRETRAIN" <<'PY'
+import os, struct, sys
+out, left_out, dirs = sys.argv[1], sys.argv[2], sys.argv[3].split(":")
+def size(path):
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "%dx%d" % struct.unpack(">II", head[16:24])
+    i = 2
+    while head[:2] == b"\xff\xd8" and i + 9 < len(head) and head[i] == 0xFF:
+        marker, length = head[i + 1], struct.unpack(">H", head[i + 2:i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            h, w = struct.unpack(">HH", head[i + 5:i + 9])
+            return f"{w}x{h}"
+        i += 2 + length
+    return None
+n = skipped = 0
+for d in dirs:
+    d = os.path.abspath(d)
+    src = os.path.join(d, "images") if os.path.isdir(os.path.join(d, "images")) else d
+    for name in sorted(os.listdir(src)):
+        if not name.lower().endswith((".png", ".jpg", ".jpeg")):
+            continue
+        if size(os.path.join(src, name)) == left_out:
+            skipped += 1
+            continue
+        os.symlink(os.path.join(src, name), os.path.join(out, f"{os.path.basename(d)}-{name}"))
+        n += 1
+print(f"groupout: pretraining images for {left_out} left out: {n} ({skipped} of that size left out)")
+PY
+}
+# The recipe's arguments that pretraining shares (architecture, input, task, seed).
+PRETRAIN_ARGS=()
+set -- "${TRAIN_ARGS[@]}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --width|--depth|--input|--task|--seed|--config) PRETRAIN_ARGS+=("$1" "${2:?}"); shift 2 ;;
+    *) shift ;;
+  esac
+done
+
 echo "[" >"$OUT/groupout.json.part"
 first=1
 for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g"
   [ -d "$split/val/images" ] || link_split "$split" "$g"
+  INIT_ARGS=()
+  if [ -n "$PRETRAIN" ]; then
+    pre="$OUT/pretrain-$g"
+    if [ ! -f "$pre/done" ]; then
+      [ -d "$pre/images" ] || link_pretrain "$pre" "$g"
+      if [ -f "$pre/run/checkpoints/last.json" ]; then
+        "$BIN" train --resume "$pre/run"
+      else
+        rm -rf "$pre/run"
+        "$BIN" train --out "$pre/run" --data "$pre" --loss reconstruct --epochs "$PRETRAIN_EPOCHS" \
+          --val-fraction 0.05 "${PRETRAIN_ARGS[@]}"
+      fi
+      touch "$pre/done"
+    fi
+    INIT_ARGS=(--init "$pre/run")
+  fi
   train_and_export "$BIN" "$run" "groupout: $g left out ($(ls "$split/train/images" | wc -l) training images)" \
-    --data "$split/train" --val "$split/val" --epochs "$EPOCHS" "${TRAIN_ARGS[@]}"
+    --data "$split/train" --val "$split/val" --epochs "$EPOCHS" "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}"
   "$BIN" eval --model "$run/last.onnx" --data "$split/val" --json >"$run/eval.json"
   [ $first = 1 ] || echo "," >>"$OUT/groupout.json.part"
   first=0

@@ -47,7 +47,9 @@ pub struct TrainArgs {
     /// sigmoid | softmax (two classes). Config: train.head.
     #[arg(long, value_name = "HEAD")]
     head: Option<String>,
-    /// dice-bce | tversky. Config: train.loss.
+    /// dice-bce | tversky | reconstruct (self-supervised pretraining on images without masks:
+    /// the network learns to restore corrupted images; start a labelled run from it with
+    /// --init RUN). Config: train.loss.
     #[arg(long, value_name = "LOSS")]
     loss: Option<String>,
     /// Adam learning rate (cosine decay over the run). Config: train.lr.
@@ -184,7 +186,11 @@ pub fn cmd_train(cfg: &config::Config, roi: Option<&str>, a: &TrainArgs) -> anyh
     if a.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
-        println!("{}", outcome.model.display());
+        // The exported model, or for a pretraining run (nothing exported) the run to --init from.
+        println!(
+            "{}",
+            outcome.model.as_ref().unwrap_or(&outcome.run_dir).display()
+        );
     }
     Ok(())
 }

@@ -21,12 +21,11 @@ use serde::Serialize;
 use super::export;
 use super::settings::{Backend, TrainSettings};
 use super::trainer::{
-    device_for, load_unfolded, model_bytes, read_exported, unfolded_path, write_atomic, Exported,
-    Progress, TrainError, UNFOLDED_MATCH,
+    device_for, load_unfolded, model_bytes, prepare_images, read_exported, unfolded_path,
+    write_atomic, Exported, Progress, TrainError, UNFOLDED_MATCH,
 };
 use super::unet::Moments;
 use crate::preprocess::roi::Tracking;
-use crate::preprocess::Preprocessor;
 use burn::tensor::{Tensor, TensorData};
 
 /// What [`reestimate_bn_stats`] did.
@@ -59,36 +58,6 @@ fn distance(a: &[(Vec<f32>, Vec<f32>)], b: &[(Vec<f32>, Vec<f32>)], eps: f64) ->
     } else {
         sum / n as f64
     }
-}
-
-/// The images of `frames` prepared by the model's contract (region of interest, CLAHE, size,
-/// normalisation), at model resolution; unreadable ones are logged and counted.
-fn prepare_frames(
-    frames: &[PathBuf],
-    spec: &crate::model::ModelSpec,
-    progress: &mut dyn Progress,
-) -> (Vec<Vec<f32>>, usize) {
-    let mut pre = Preprocessor::new(spec, spec.roi.into(), Tracking::PerImage, NonZeroUsize::MIN);
-    let mut out = Vec::with_capacity(frames.len());
-    let mut skipped = 0;
-    for p in frames {
-        let image = crate::imageio::read_gray(p)
-            .map_err(|e| e.to_string())
-            .and_then(|img| {
-                let view = img.view().map_err(|e| e.to_string())?;
-                pre.process(view)
-                    .map(<[f32]>::to_vec)
-                    .map_err(|e| e.to_string())
-            });
-        match image {
-            Ok(image) => out.push(image),
-            Err(e) => {
-                progress.log(&format!("skipped {}: {e}", p.display()));
-                skipped += 1;
-            }
-        }
-    }
-    (out, skipped)
 }
 
 /// Re-estimates the batch-norm statistics of `model` (an exported ONNX file with its exact
@@ -125,7 +94,7 @@ pub fn reestimate_bn_stats(
             side.display()
         )));
     }
-    let (prepared, skipped) = prepare_frames(frames, &spec, progress);
+    let (prepared, skipped) = prepare_images(frames, &spec, progress);
     if prepared.is_empty() {
         return Err(TrainError::Invalid(format!(
             "none of the {} frames could be read; nothing to adapt to",
@@ -137,7 +106,7 @@ pub fn reestimate_bn_stats(
     let mut acc = Moments::default();
     // A batch of one frame has no spread within it.
     for chunk in prepared.chunks(batch.max(2)).filter(|c| c.len() >= 2) {
-        let x: Vec<f32> = chunk.concat();
+        let x: Vec<f32> = chunk.iter().flat_map(|p| p.image.iter().copied()).collect();
         let x = Tensor::<4>::from_data(
             TensorData::new(x, [chunk.len(), spec.channels, h, w]),
             &device,

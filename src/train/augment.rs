@@ -5,7 +5,9 @@
 //! gaussian noise) touches the image only: the last four imitate what differs between scanners
 //! (gain curve, time-gain compensation, lateral resolution). Each
 //! operation has a probability and a strength; the chosen numbers are in `config/default.toml`
-//! (`[train]` `aug_*`). Must not depend on burn or files.
+//! (`[train]` `aug_*`). For self-supervised pretraining the second plane is the image itself (a
+//! grey-level target, not re-thresholded) and [`corrupt`] then spoils the input the network must
+//! restore. Must not depend on burn or files.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +113,60 @@ impl AugmentConfig {
     }
 }
 
+/// Spoils `image` (0..1, `w` x `h`) for self-supervised pretraining, whose target is the image
+/// before this: a random gamma curve (p 0.5, exp(+-0.7)), the pixels shuffled inside small windows
+/// (p 0.5, one 2x2 to 4x4 window per 64 pixels: texture the network must not copy) and one to
+/// four rectangles, each 1/8 to 1/3 of a side, filled with uniform noise (p 0.8: content it must
+/// infer from the context). After the self-supervised restorations of Models Genesis (Zhou et
+/// al., 2019).
+pub fn corrupt(image: &mut [f32], w: usize, h: usize, rng: &mut SplitMix64) {
+    debug_assert!(image.len() == w * h);
+    if w < 8 || h < 8 {
+        return;
+    }
+    if rng.next_f64() < 0.5 {
+        let g = uniform(rng, -0.7, 0.7).exp() as f32;
+        for v in image.iter_mut() {
+            *v = v.clamp(0.0, 1.0).powf(g);
+        }
+    }
+    if rng.next_f64() < 0.5 {
+        let mut cell = Vec::with_capacity(16);
+        for _ in 0..(w * h / 64) {
+            let (bw, bh) = (
+                2 + (rng.next_u64() % 3) as usize,
+                2 + (rng.next_u64() % 3) as usize,
+            );
+            let x0 = (rng.next_u64() % (w - bw + 1) as u64) as usize;
+            let y0 = (rng.next_u64() % (h - bh + 1) as u64) as usize;
+            cell.clear();
+            for y in y0..y0 + bh {
+                cell.extend_from_slice(&image[y * w + x0..y * w + x0 + bw]);
+            }
+            for i in (1..cell.len()).rev() {
+                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+                cell.swap(i, j);
+            }
+            for (k, y) in (y0..y0 + bh).enumerate() {
+                image[y * w + x0..y * w + x0 + bw].copy_from_slice(&cell[k * bw..(k + 1) * bw]);
+            }
+        }
+    }
+    if rng.next_f64() < 0.8 {
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let rw = uniform(rng, w as f64 / 8.0, w as f64 / 3.0) as usize;
+            let rh = uniform(rng, h as f64 / 8.0, h as f64 / 3.0) as usize;
+            let x0 = (rng.next_u64() % (w - rw + 1) as u64) as usize;
+            let y0 = (rng.next_u64() % (h - rh + 1) as u64) as usize;
+            for y in y0..y0 + rh {
+                for v in &mut image[y * w + x0..y * w + x0 + rw] {
+                    *v = rng.next_f64() as f32;
+                }
+            }
+        }
+    }
+}
+
 /// Grid of the elastic field's control points per side.
 const ELASTIC_GRID: usize = 5;
 
@@ -118,6 +174,9 @@ const ELASTIC_GRID: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Augmenter {
     cfg: AugmentConfig,
+    /// Re-threshold the second plane at 0.5 after a geometric change (a mask); off for a
+    /// grey-level target.
+    binary_target: bool,
     map_x: Vec<f32>,
     map_y: Vec<f32>,
     scratch: Vec<f32>,
@@ -163,10 +222,18 @@ impl Augmenter {
     pub fn new(cfg: AugmentConfig) -> Self {
         Self {
             cfg,
+            binary_target: true,
             map_x: Vec::new(),
             map_y: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// The same augmenter for a grey-level target (self-supervised pretraining): geometry moves
+    /// it with the image, without re-thresholding.
+    pub fn with_grey_target(mut self) -> Self {
+        self.binary_target = false;
+        self
     }
 
     /// Augments `image` (values 0..1) and `mask` (0/1), both `w` x `h`, in place, drawing every
@@ -258,8 +325,10 @@ impl Augmenter {
                     plane[i] = sample(&self.scratch, w, h, self.map_x[i], self.map_y[i]);
                 }
             }
-            for m in mask.iter_mut() {
-                *m = if *m >= 0.5 { 1.0 } else { 0.0 };
+            if self.binary_target {
+                for m in mask.iter_mut() {
+                    *m = if *m >= 0.5 { 1.0 } else { 0.0 };
+                }
             }
         }
 
@@ -399,6 +468,45 @@ mod tests {
                 prop_assert_eq!(image[i] >= 0.5, m[i] >= 0.5, "pixel {}", i);
             }
         }
+    }
+
+    /// Pretraining: the grey target follows the geometry without being thresholded, and the
+    /// corruption is seeded, keeps values in 0..1 and changes most images (the network has
+    /// something to restore).
+    #[test]
+    fn grey_target_and_corruption() {
+        let (w, h) = (32, 24);
+        let base: Vec<f32> = (0..w * h)
+            .map(|i| ((i * 37) % 101) as f32 / 100.0)
+            .collect();
+        let mut cfg = AugmentConfig::none();
+        cfg.hflip_p = 1.0;
+        let (mut img, mut target) = (base.clone(), base.clone());
+        Augmenter::new(cfg).with_grey_target().apply(
+            &mut img,
+            &mut target,
+            w,
+            h,
+            &mut SplitMix64::new(3),
+        );
+        assert_eq!(img, target, "the target moves with the image");
+        assert!(
+            target.iter().any(|&v| v > 0.05 && v < 0.95),
+            "not thresholded"
+        );
+        let spoil = |seed| {
+            let mut x = base.clone();
+            corrupt(&mut x, w, h, &mut SplitMix64::new(seed));
+            x
+        };
+        assert_eq!(spoil(9), spoil(9));
+        let mut changed = 0;
+        for seed in 0..20 {
+            let x = spoil(seed);
+            assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+            changed += usize::from(x != base);
+        }
+        assert!(changed >= 15, "{changed} of 20 seeds corrupted the image");
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn step_time(s: &TrainSettings, steps: usize, augment: bool) -> TrainBench {
             augment.then_some(&mut aug),
             1,
             step,
+            s.loss.is_reconstruction(),
             &device,
         );
         let logits = net.forward(x);

@@ -1,7 +1,9 @@
 //! Training losses on logits and the hard scores reported per epoch. Dice + BCE (the seed's first
 //! phase) and Tversky (its fine-tuning phase, alpha weighting false positives and beta false
 //! negatives). Soft Dice and Tversky are computed per image and averaged, so small structures
-//! count as much as large ones. Must not depend on files or the training loop.
+//! count as much as large ones. Reconstruct is the self-supervised pretraining objective: the mean
+//! squared difference between the output and a grey-level target (the clean image). Must not
+//! depend on files or the training loop.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,9 @@ pub enum Loss {
     DiceBce,
     /// 1 - Tversky index: TP / (TP + alpha FP + beta FN).
     Tversky { alpha: f64, beta: f64 },
+    /// Self-supervised pretraining: mean squared difference between the output probability and
+    /// a 0..1 grey-level target (the uncorrupted image), over every pixel.
+    Reconstruct,
 }
 
 impl Loss {
@@ -27,10 +32,17 @@ impl Loss {
         match self {
             Loss::DiceBce => "dice-bce",
             Loss::Tversky { .. } => "tversky",
+            Loss::Reconstruct => "reconstruct",
         }
     }
 
-    /// Scalar loss for logits `[N, C, H, W]` and a 0/1 target `[N, 1, H, W]`.
+    /// Whether the target is an image to reconstruct rather than a mask.
+    pub fn is_reconstruction(&self) -> bool {
+        matches!(self, Loss::Reconstruct)
+    }
+
+    /// Scalar loss for logits `[N, C, H, W]` and a target `[N, 1, H, W]` (0/1, or 0..1 grey
+    /// levels for [`Loss::Reconstruct`]).
     pub fn compute(&self, logits: Tensor<4>, target: Tensor<4>) -> Tensor<1> {
         let [n, c, _, _] = logits.dims();
         let p = foreground_probability(logits.clone());
@@ -62,6 +74,10 @@ impl Loss {
                 let index = tp.clone().add_scalar(SMOOTH)
                     / (tp + fp.mul_scalar(alpha) + fn_.mul_scalar(beta)).add_scalar(SMOOTH);
                 index.neg().add_scalar(1.0).mean()
+            }
+            Loss::Reconstruct => {
+                let d = pf - tf;
+                (d.clone() * d).mean()
             }
         }
     }

@@ -432,7 +432,9 @@ pub fn run(
         if !resume && train_dir.exists() {
             std::fs::remove_dir_all(&train_dir).map_err(io("cannot remove", &train_dir))?;
         }
-        trainer::train(&settings, resume, None, progress).map(|o| o.model)
+        // A segmentation run always exports its model.onnx (only pretraining runs do not).
+        trainer::train(&settings, resume, None, progress)
+            .map(|o| o.model.unwrap_or_else(|| finished.clone()))
     };
     let candidate_model = match trained {
         Ok(m) => m,

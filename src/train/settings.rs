@@ -177,8 +177,9 @@ impl TrainSettings {
                 alpha: prob("train.tversky_alpha", t.tversky_alpha)?,
                 beta: prob("train.tversky_beta", t.tversky_beta)?,
             },
+            "reconstruct" => Loss::Reconstruct,
             other => {
-                choice("train.loss", other, &["dice-bce", "tversky"])?;
+                choice("train.loss", other, &["dice-bce", "tversky", "reconstruct"])?;
                 unreachable!()
             }
         };

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::augment::{AugmentConfig, Augmenter};
+use super::augment::{self, AugmentConfig, Augmenter};
 use super::export;
 use super::loss::dice_iou;
 use super::plot;
@@ -182,6 +182,81 @@ pub fn prepare(samples: &[Sample], spec: &ModelSpec) -> Result<Vec<Prepared>, Tr
     Ok(out)
 }
 
+/// The images at `paths` prepared by the model's contract (region of interest, CLAHE, size,
+/// normalisation), at model resolution, named by their file names, with no mask (an empty
+/// plane); unreadable ones are logged and counted.
+pub(crate) fn prepare_images(
+    paths: &[PathBuf],
+    spec: &ModelSpec,
+    progress: &mut dyn Progress,
+) -> (Vec<Prepared>, usize) {
+    let mut pre = Preprocessor::new(spec, spec.roi.into(), Tracking::PerImage, NonZeroUsize::MIN);
+    let mut out = Vec::with_capacity(paths.len());
+    let mut skipped = 0;
+    for p in paths {
+        let image = imageio::read_gray(p)
+            .map_err(|e| e.to_string())
+            .and_then(|img| {
+                let view = img.view().map_err(|e| e.to_string())?;
+                pre.process(view)
+                    .map(<[f32]>::to_vec)
+                    .map_err(|e| e.to_string())
+            });
+        match image {
+            Ok(image) => out.push(Prepared {
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                image,
+                mask: Vec::new(),
+            }),
+            Err(e) => {
+                progress.log(&format!("skipped {}: {e}", p.display()));
+                skipped += 1;
+            }
+        }
+    }
+    (out, skipped)
+}
+
+/// Images alone for self-supervised pretraining (`loss = "reconstruct"`): every image of each
+/// folder (its `images/` when it has one; masks are never read), prepared by the model's
+/// contract, each named `FOLDER/FILE` with a copy of itself as the target.
+fn load_images_only(
+    dirs: &[PathBuf],
+    spec: &ModelSpec,
+    report: &mut LoadReport,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Prepared>, TrainError> {
+    let mut all = Vec::new();
+    for dir in dirs {
+        let paths = super::nightly::unlabelled_frames(dir, usize::MAX);
+        let (prepared, skipped) = prepare_images(&paths, spec, progress);
+        report.unreadable += skipped;
+        let folder = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        all.extend(prepared.into_iter().map(|p| Prepared {
+            name: format!("{folder}/{}", p.name),
+            mask: p.image.clone(),
+            image: p.image,
+        }));
+    }
+    report.pairs += all.len();
+    if all.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "no readable images in {} (self-supervised pretraining reads DIR/images or the images directly in DIR)",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(all)
+}
+
 /// The device for a backend.
 #[allow(deprecated)] // burn-ndarray is deprecated upstream; kept selectable for comparison.
 pub fn device_for(backend: Backend) -> Device {
@@ -210,7 +285,10 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Builds one augmented batch `[b, 1, h, w]` (image, mask).
+/// Builds one augmented batch `[b, 1, h, w]` (image, mask). With `corrupt` (self-supervised
+/// pretraining, the mask a grey-level copy of the image) the input is then spoilt by
+/// [`augment::corrupt`], seeded like the augmentation, and the target stays as it was.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_tensors(
     set: &[Prepared],
     idx: &[usize],
@@ -219,6 +297,7 @@ pub fn batch_tensors(
     augmenter: Option<&mut Augmenter>,
     seed: u64,
     epoch: usize,
+    corrupt: bool,
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let n = w * h;
@@ -231,6 +310,10 @@ pub fn batch_tensors(
         if let Some(a) = aug.as_deref_mut() {
             let mut rng = SplitMix64::new(mix(seed, epoch as u64 + 1, i as u64));
             a.apply(&mut img, &mut m, w, h, &mut rng);
+        }
+        if corrupt {
+            let mut rng = SplitMix64::new(mix(seed ^ 0x55AA, epoch as u64 + 1, i as u64));
+            augment::corrupt(&mut img, w, h, &mut rng);
         }
         xs.extend_from_slice(&img);
         ys.extend_from_slice(&m);
@@ -278,7 +361,8 @@ pub fn evaluate(
     let mut kept = vec![Vec::new(); keep.len()];
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(settings.batch.max(1)) {
-        let (x, y) = batch_tensors(set, chunk, w, h, None, 0, 0, device);
+        let corrupt = settings.loss.is_reconstruction();
+        let (x, y) = batch_tensors(set, chunk, w, h, None, 0, 0, corrupt, device);
         let logits = net.forward(x);
         let loss = settings.loss.compute(logits.clone(), y.clone());
         loss_sum += to_vec(loss).first().copied().unwrap_or(f32::NAN) as f64 * chunk.len() as f64;
@@ -518,7 +602,15 @@ fn initial_network(
         return Ok((net, false));
     };
     if init.is_dir() {
-        let (loaded, info, _, dice) = load_checkpoint(init, Checkpoint::BestDice, device)?;
+        // A pretraining run's "Dice" compares bright pixels of its restorations: its best
+        // checkpoint is the one that restored the validation images best.
+        let pretrained = RunInfo::load(init)?.settings.loss.is_reconstruction();
+        let which = if pretrained {
+            Checkpoint::BestLoss
+        } else {
+            Checkpoint::BestDice
+        };
+        let (loaded, info, _, dice) = load_checkpoint(init, which, device)?;
         if info.settings.arch != settings.arch {
             return Err(TrainError::Invalid(format!(
                 "--init {}: its U-Net has depth {} and width {}, this run depth {} and width {}; set --depth/--width to match",
@@ -529,13 +621,21 @@ fn initial_network(
                 settings.arch.base_width
             )));
         }
-        progress.log(&format!(
-            "initialised from run {} ({}, best validation Dice {})",
-            info.run_id,
-            init.display(),
-            dice.map(|d| format!("{d:.4}"))
-                .unwrap_or_else(|| "-".into())
-        ));
+        if pretrained {
+            progress.log(&format!(
+                "initialised from the self-supervised pretraining run {} ({}, its best validation loss)",
+                info.run_id,
+                init.display()
+            ));
+        } else {
+            progress.log(&format!(
+                "initialised from run {} ({}, best validation Dice {})",
+                info.run_id,
+                init.display(),
+                dice.map(|d| format!("{d:.4}"))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
         Ok((loaded, false))
     } else {
         let bytes = std::fs::read(init).map_err(io(init))?;
@@ -636,19 +736,44 @@ pub fn load_data(
             "no training data: give --data DIR (a folder with images/ and masks/) or set train.data".into(),
         ));
     }
-    let (samples, report) =
-        dataset::load(&settings.data, |w| progress.log(&format!("warning: {w}")))?;
-    progress.log(&format!("training data: {report}"));
     let spec = spec_for(settings, None, None, None);
-    let all = prepare(&samples, &spec)?;
-    let (train, val) = match &settings.val {
-        Some(v) => {
-            let (vs, vr) = dataset::load(std::slice::from_ref(v), |w| {
-                progress.log(&format!("warning: {w}"))
-            })?;
-            progress.log(&format!("validation data ({}): {vr}", v.display()));
-            (all, prepare(&vs, &spec)?)
-        }
+    let (all, report, val) = if settings.loss.is_reconstruction() {
+        let mut report = LoadReport::default();
+        let all = load_images_only(&settings.data, &spec, &mut report, progress)?;
+        progress.log(&format!(
+            "self-supervised pretraining on {} images without masks ({} unreadable)",
+            all.len(),
+            report.unreadable
+        ));
+        let val = match &settings.val {
+            Some(v) => Some(load_images_only(
+                std::slice::from_ref(v),
+                &spec,
+                &mut LoadReport::default(),
+                progress,
+            )?),
+            None => None,
+        };
+        (all, report, val)
+    } else {
+        let (samples, report) =
+            dataset::load(&settings.data, |w| progress.log(&format!("warning: {w}")))?;
+        progress.log(&format!("training data: {report}"));
+        let all = prepare(&samples, &spec)?;
+        let val = match &settings.val {
+            Some(v) => {
+                let (vs, vr) = dataset::load(std::slice::from_ref(v), |w| {
+                    progress.log(&format!("warning: {w}"))
+                })?;
+                progress.log(&format!("validation data ({}): {vr}", v.display()));
+                Some(prepare(&vs, &spec)?)
+            }
+            None => None,
+        };
+        (all, report, val)
+    };
+    let (train, val) = match val {
+        Some(v) => (all, v),
         None => {
             let held =
                 dataset::validation_blocks(all.len(), settings.val_fraction, settings.val_blocks);
@@ -822,7 +947,7 @@ pub struct TrainOutcome {
     pub epochs_done: usize,
     pub best_dice: Option<Best>,
     pub best_loss: Option<Best>,
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     pub train_images: usize,
     pub val_images: usize,
 }
@@ -995,6 +1120,9 @@ pub fn train(
     }
     let (w, h) = (settings.input_width, settings.input_height);
     let mut augmenter = Augmenter::new(settings.augment);
+    if settings.loss.is_reconstruction() {
+        augmenter = augmenter.with_grey_target();
+    }
     let no_aug = settings.augment == AugmentConfig::none();
     let keep = preview_indices(data.val.len(), settings.preview_images);
     let batch = settings.batch.max(1);
@@ -1018,6 +1146,7 @@ pub fn train(
                 (!no_aug).then_some(&mut augmenter),
                 settings.seed,
                 epoch,
+                settings.loss.is_reconstruction(),
                 &device,
             );
             let logits = net.forward(x);
@@ -1138,6 +1267,27 @@ pub fn train(
         }
     }
 
+    if settings.loss.is_reconstruction() {
+        progress.log(&format!(
+            "done: {} epochs of self-supervised pretraining; best validation loss {}; nothing exported (it segments nothing): start a labelled run from it with --init {}",
+            state.epochs_done,
+            state
+                .best_loss
+                .map(|b| format!("{:.5} (epoch {})", b.value, b.epoch))
+                .unwrap_or_else(|| "-".into()),
+            run.display()
+        ));
+        return Ok(TrainOutcome {
+            run_id: info.run_id.clone(),
+            run_dir: run.clone(),
+            epochs_done: state.epochs_done,
+            best_dice: state.best_dice,
+            best_loss: state.best_loss,
+            model: None,
+            train_images: data.train.len(),
+            val_images: data.val.len(),
+        });
+    }
     // The deployable file: best-by-Dice weights exported next to the checkpoints.
     let model = run.join("model.onnx");
     export_run(&run, Checkpoint::BestDice, &model)?;
@@ -1156,7 +1306,7 @@ pub fn train(
         epochs_done: state.epochs_done,
         best_dice: state.best_dice,
         best_loss: state.best_loss,
-        model,
+        model: Some(model),
         train_images: data.train.len(),
         val_images: data.val.len(),
     })
@@ -1167,6 +1317,14 @@ pub fn train(
 pub fn export_run(run: &Path, which: Checkpoint, out: &Path) -> Result<ModelSpec, TrainError> {
     let device = device_for(Backend::Flex);
     let (net, info, _, dice) = load_checkpoint(run, which, &device)?;
+    if info.settings.loss.is_reconstruction() {
+        // Its output is an image, not a mask: as a model it would measure nonsense.
+        return Err(TrainError::Invalid(format!(
+            "{} is a self-supervised pretraining run (loss reconstruct): its network restores images and segments nothing, so it is not exported as a model; train on labelled images from it (`pocusd train --init {} --data DIR ...`) and export that run",
+            run.display(),
+            run.display()
+        )));
+    }
     let spec = info.spec(dice.filter(|d| d.is_finite()));
     let bytes = export::to_onnx(&net, &spec)?;
     // The unfolded network first: an ONNX file never stands beside a stale .bpk of another run
@@ -1256,7 +1414,7 @@ pub fn unfold_with_data(
     let mut acc = super::unet::Moments::default();
     let all: Vec<usize> = (0..prepared.len()).collect();
     for chunk in all.chunks(8) {
-        let (x, _) = batch_tensors(&prepared, chunk, w, h, None, 0, 0, &device);
+        let (x, _) = batch_tensors(&prepared, chunk, w, h, None, 0, 0, false, &device);
         net.accumulate_moments(x, &mut acc);
     }
     let net = net.with_data_statistics(&acc);

@@ -916,3 +916,81 @@ fn fine_tuning_at_learning_rate_0_reproduces_the_init_model() {
         "by each batch, the calibrated unfolding moved the model by {d_calibrated}, the identity batch norms by {d_identity}"
     );
 }
+
+/// Self-supervised pretraining (`--loss reconstruct`, issue 27 part 4): it learns from a folder
+/// of images alone (no masks/ beside them), restores corrupted validation images better epoch
+/// after epoch, is never exported as a model (its output is an image), and a labelled run starts
+/// from its best-restoring checkpoint.
+#[test]
+fn pretraining_on_images_without_masks_then_a_labelled_run_starts_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    synth_dataset(
+        &ds,
+        &[
+            "--count", "24", "--width", "64", "--height", "64", "--seed", "8",
+        ],
+    );
+    // Only the images: a folder of frames as a cart keeps them.
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for e in std::fs::read_dir(ds.join("images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), frames.join(e.file_name())).unwrap();
+    }
+    let pre = tmp.path().join("pre");
+    let (frames_s, pre_s) = (frames.to_str().unwrap(), pre.to_str().unwrap());
+    let mut args = small_args(frames_s, pre_s, "8");
+    args.extend_from_slice(&[
+        "--loss",
+        "reconstruct",
+        "--lr",
+        "0.01",
+        "--val-fraction",
+        "0.25",
+    ]);
+    let o = run(&args);
+    assert!(o.status.success(), "pretraining: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), pre_s, "it names the run to --init from");
+    assert!(
+        stderr(&o).contains("self-supervised pretraining on 24 images"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!pre.join("model.onnx").exists(), "nothing exported");
+    let st = state(&pre);
+    let val: Vec<f64> = st.history.iter().map(|m| m.val_loss).collect();
+    assert_eq!(val.len(), 8);
+    let best = st.best_loss.expect("a best-loss checkpoint").value;
+    assert!(
+        best < 0.7 * val[0],
+        "restoration did not improve: validation loss by epoch {val:?}"
+    );
+
+    let e = run(&[
+        "export",
+        "--run",
+        pre_s,
+        "--out",
+        tmp.path().join("x.onnx").to_str().unwrap(),
+    ]);
+    assert!(!e.status.success());
+    assert!(
+        stderr(&e).contains("self-supervised pretraining run"),
+        "{}",
+        stderr(&e)
+    );
+    assert!(!tmp.path().join("x.onnx").exists());
+
+    let seg = tmp.path().join("seg");
+    let mut args = small_args(ds.to_str().unwrap(), seg.to_str().unwrap(), "1");
+    args.extend_from_slice(&["--init", pre_s]);
+    let o = run(&args);
+    assert!(o.status.success(), "labelled run: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("initialised from the self-supervised pretraining run"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(seg.join("model.onnx").is_file());
+}
