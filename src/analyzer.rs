@@ -58,11 +58,17 @@ pub struct Analyzer {
 }
 
 /// The frame mirrored left to right through the same model: its own postprocessing and buffers.
+/// With mirrored test-time averaging (the model's `pocusd.tta = mirror`) also the original
+/// frame's probabilities, the average of both and the original's own postprocessing (the check
+/// then compares the original with the mirrored frame, not with their average).
 #[derive(Debug)]
 struct Mirror {
     post: Postprocessor,
     input: Vec<f32>,
     output: Vec<f32>,
+    original: Vec<f32>,
+    averaged: Vec<f32>,
+    original_post: Postprocessor,
 }
 
 /// Mirrors a model input tensor left to right in place (`w` x `h`, `c` channels, in `layout`).
@@ -101,6 +107,8 @@ impl Analyzer {
         let calibrator = post.ruler.map(|r| Calibrator::new(r, per_image));
         let mut mirror_post = Postprocessor::new(model.spec().task, post);
         mirror_post.set_contour_offset_px(model.spec().contour_offset_px);
+        let mut original_post = Postprocessor::new(model.spec().task, post);
+        original_post.set_contour_offset_px(model.spec().contour_offset_px);
         let mut post = Postprocessor::new(model.spec().task, post);
         post.set_contour_offset_px(model.spec().contour_offset_px);
         Self {
@@ -119,6 +127,9 @@ impl Analyzer {
                 post: mirror_post,
                 input: Vec::new(),
                 output: Vec::new(),
+                original: Vec::new(),
+                averaged: Vec::new(),
+                original_post,
             },
             mirror_ms: 0.0,
         }
@@ -196,6 +207,7 @@ impl Analyzer {
         }
         self.post.set_config(cfg);
         self.mirror.post.set_config(cfg);
+        self.mirror.original_post.set_config(cfg);
         for e in &mut self.extras {
             e.set_postprocess(cfg);
         }
@@ -223,17 +235,18 @@ impl Analyzer {
             && matches!(self.post.task(), Task::Aponeurosis | Task::Region)
             && (self.per_image
                 || (q.mirror_every > 0 && self.frames.is_multiple_of(q.mirror_every)));
+        let s = model.spec();
+        let (w, h) = (s.input_width, s.input_height);
+        let (c, layout, out_c, tta) = (s.channels, s.layout, s.output_channels, s.tta_mirror);
         let t0 = std::time::Instant::now();
         let input = self.pre.process(frame)?;
         let t1 = std::time::Instant::now();
-        let (w, h) = (model.spec().input_width, model.spec().input_height);
-        if mirror_due {
+        if mirror_due || tta {
             self.mirror.input.clear();
             self.mirror.input.extend_from_slice(input);
         }
         let probability = model.run(input)?;
         let roi = self.pre.roi();
-        let t2 = std::time::Instant::now();
         // The ruler is read unless a manual calibration wins anyway.
         let ruler = match &mut self.calibrator {
             Some(c) if self.post.config().calibration == Calibration::None => {
@@ -242,26 +255,53 @@ impl Analyzer {
             _ => None,
         };
         self.post.set_ruler(ruler);
-        self.post.process(probability, w, h, roi);
-        if mirror_due {
-            // The same frame mirrored: a model whose answer depends on the probe's direction is
-            // not to be trusted on this frame. A failed run only means no such evidence.
-            let t = std::time::Instant::now();
-            let s = model.spec();
-            let (c, layout) = (s.channels, s.layout);
-            mirror_tensor(&mut self.mirror.input, w, h, c, layout);
-            if let Ok(p) = model.run(&self.mirror.input) {
-                self.mirror.output.clear();
-                self.mirror.output.extend_from_slice(p);
-                mirror_tensor(&mut self.mirror.output, w, h, 1, crate::model::Layout::Nchw);
-                self.mirror.post.process(&self.mirror.output, w, h, roi);
-                let mirrored = self.mirror.post.headline();
-                self.post.apply_mirror(mirrored);
+        let t2;
+        if tta {
+            // Test-time averaging: the mirrored frame's map flipped back and averaged with the
+            // original's; a failed mirrored run fails the frame (half an average is neither).
+            let m = &mut self.mirror;
+            m.original.clear();
+            m.original.extend_from_slice(probability);
+            mirror_tensor(&mut m.input, w, h, c, layout);
+            let p = model.run(&m.input)?;
+            m.output.clear();
+            m.output.extend_from_slice(p);
+            mirror_tensor(&mut m.output, w, h, out_c, crate::model::Layout::Nchw);
+            m.averaged.clear();
+            m.averaged
+                .extend(m.original.iter().zip(&m.output).map(|(a, b)| 0.5 * (a + b)));
+            t2 = std::time::Instant::now();
+            self.post.process(&m.averaged, w, h, roi);
+            if mirror_due {
+                let t = std::time::Instant::now();
+                m.original_post.process(&m.original, w, h, roi);
+                m.post.process(&m.output, w, h, roi);
+                let (original, mirrored) = (m.original_post.headline(), m.post.headline());
+                self.post.apply_mirror_pair(original, mirrored);
+                self.mirror_ms = ms(t.elapsed());
+            } else {
+                self.mirror_ms = 0.0;
             }
-            // Counted as inference.
-            self.mirror_ms = ms(t.elapsed());
         } else {
-            self.mirror_ms = 0.0;
+            t2 = std::time::Instant::now();
+            self.post.process(probability, w, h, roi);
+            if mirror_due {
+                // The same frame mirrored: a model whose answer depends on the probe's direction
+                // is not to be trusted on this frame. A failed run only means no such evidence.
+                let t = std::time::Instant::now();
+                mirror_tensor(&mut self.mirror.input, w, h, c, layout);
+                if let Ok(p) = model.run(&self.mirror.input) {
+                    self.mirror.output.clear();
+                    self.mirror.output.extend_from_slice(p);
+                    mirror_tensor(&mut self.mirror.output, w, h, out_c, crate::model::Layout::Nchw);
+                    self.mirror.post.process(&self.mirror.output, w, h, roi);
+                    let mirrored = self.mirror.post.headline();
+                    self.post.apply_mirror(mirrored);
+                }
+                self.mirror_ms = ms(t.elapsed());
+            } else {
+                self.mirror_ms = 0.0;
+            }
         }
         let frame_no = self.frames;
         self.frames += 1;

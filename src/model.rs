@@ -254,6 +254,10 @@ pub struct ModelSpec {
     /// semi-axes are reduced by it before the circumference (HC18's masks lie ~0.92 px outside
     /// the ellipses of its CSV).
     pub contour_offset_px: f64,
+    /// Mirrored-frame test-time averaging (`pocusd.tta = mirror`; off without the key): every
+    /// frame also runs mirrored left to right and the two probability maps, the mirrored one
+    /// flipped back, are averaged before the postprocessing.
+    pub tta_mirror: bool,
     pub output: OutputKind,
     /// Output channels (1 for sigmoid/logits).
     pub output_channels: usize,
@@ -511,6 +515,11 @@ impl ModelSpec {
                 .filter(|x| x.is_finite() && x.abs() <= 10.0)
                 .ok_or_else(|| bad("contour_offset_px", v, "a number of pixels from -10 to 10"))?,
         };
+        let tta_mirror = match meta("tta").map(str::trim) {
+            None | Some("off") => false,
+            Some("mirror") => true,
+            Some(v) => return Err(bad("tta", v, "off or mirror")),
+        };
         let classes = match meta("classes") {
             Some(v) => v.split(',').map(|c| c.trim().to_string()).collect(),
             None if output_channels == 1 => vec!["background".into(), task.as_str().into()],
@@ -542,6 +551,7 @@ impl ModelSpec {
             clahe,
             roi,
             contour_offset_px,
+            tta_mirror,
             output,
             output_channels,
             classes,
@@ -592,6 +602,9 @@ impl ModelSpec {
         put("roi", self.roi.as_str().into());
         if self.contour_offset_px != 0.0 {
             put("contour_offset_px", self.contour_offset_px.to_string());
+        }
+        if self.tta_mirror {
+            put("tta", "mirror".into());
         }
         put("output", self.output.as_str().into());
         put("classes", self.classes.join(","));

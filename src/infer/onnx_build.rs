@@ -296,6 +296,7 @@ pub fn fixture_spec(
         clahe: None,
         roi: crate::model::RoiPolicy::Full,
         contour_offset_px: 0.0,
+        tta_mirror: false,
         output,
         output_channels,
         classes: vec!["background".into(), task.as_str().into()],

@@ -390,11 +390,23 @@ impl Postprocessor {
     /// Adds the mirrored frame's evidence to the last analysis: its headline number
     /// (`None`: the mirrored frame gave none).
     pub fn apply_mirror(&mut self, mirrored: Option<f64>) {
+        let own = self.headline();
+        self.apply_mirror_pair(own, mirrored);
+    }
+
+    /// The mirrored check between two numbers of this frame, the original frame's and the
+    /// mirrored one's, when the published number is neither (mirrored test-time averaging
+    /// publishes the number of the averaged maps): the evidence and any doubt go on the
+    /// published analysis; one of the two missing counts as full disagreement.
+    pub fn apply_mirror_pair(&mut self, original: Option<f64>, mirrored: Option<f64>) {
         let q = self.cfg.quality;
-        let Some(v) = self.headline().filter(|v| *v > 0.0) else {
+        if self.headline().filter(|v| *v > 0.0).is_none() {
             return;
+        }
+        let diff = match (original.filter(|v| *v > 0.0), mirrored) {
+            (Some(v), Some(m)) => (v - m).abs() / v,
+            _ => 1.0,
         };
-        let diff = mirrored.map_or(1.0, |m| (v - m).abs() / v);
         let a = &mut self.analysis;
         a.evidence.mirror_diff = Some(diff);
         if q.enabled && diff > q.mirror_tolerance {

@@ -377,6 +377,7 @@ pub fn spec_for(
             RoiPolicy::Full
         },
         contour_offset_px: s.contour_offset_px,
+        tta_mirror: false,
         output: if s.arch.classes > 1 {
             OutputKind::Softmax
         } else {

@@ -443,3 +443,81 @@ fn brightness_model_measures_the_phantom() {
     eprintln!("brightness model: {got:.1} px vs truth {truth:.1} px");
     assert!((got - truth).abs() / truth < 0.15, "{got} vs {truth}");
 }
+
+/// Mirrored test-time averaging (`pocusd.tta = mirror`, issue 27): the published map is the
+/// average of a frame's and its mirror's, so a frame and its mirror image give the same number;
+/// the same model without it does not (its answer depends on the probe's direction), and the
+/// mirrored check still compares the original frame with the mirrored one.
+#[test]
+fn mirrored_averaging_makes_a_frame_and_its_mirror_agree() {
+    use pocusd::analyzer::Analyzer;
+    use pocusd::preprocess::roi::{RoiMode, Tracking};
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = root.join("models/aponeurosis.onnx");
+    let tta = tmp.path().join("tta.onnx");
+    let o = common::run(&[
+        "models",
+        "meta",
+        plain.to_str().unwrap(),
+        "--set",
+        "tta=mirror",
+        "--out",
+        tta.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let thickness = |model: &Path, image: &GrayImage| {
+        let mut m = LoadedModel::load(model, &SpecOverrides::default()).unwrap();
+        let mut a = Analyzer::new(
+            &m,
+            RoiMode::Full,
+            Tracking::PerImage,
+            std::num::NonZeroUsize::MIN,
+            PostprocessConfig::default(),
+            Default::default(),
+        );
+        let r = a.analyse(&mut m, image.view().unwrap()).unwrap();
+        (
+            r.measurements.thickness_px.expect("a thickness"),
+            r.evidence.mirror_diff,
+        )
+    };
+    let (mut plain_worst, mut tta_worst) = (0.0f64, 0.0f64);
+    for seed in 0..6u64 {
+        let s = synth::sample(
+            PhantomConfig {
+                width: 320,
+                height: 240,
+                task: Task::Aponeurosis,
+                seed: 40 + seed,
+                ..Default::default()
+            },
+            seed,
+        );
+        let (w, h) = (s.image.width(), s.image.height());
+        let flipped: Vec<u8> = s
+            .image
+            .as_slice()
+            .chunks(w)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect();
+        let mirror = GrayImage::from_vec(w, h, flipped).unwrap();
+        let rel = |a: f64, b: f64| (a - b).abs() / a;
+        let (p, _) = thickness(&plain, &s.image);
+        let (pm, _) = thickness(&plain, &mirror);
+        let (t, diff) = thickness(&tta, &s.image);
+        let (tm, _) = thickness(&tta, &mirror);
+        plain_worst = plain_worst.max(rel(p, pm));
+        tta_worst = tta_worst.max(rel(t, tm));
+        assert!(diff.is_some(), "the mirrored check still ran");
+    }
+    eprintln!("frame against its mirror: plain {plain_worst:.2e}, averaged {tta_worst:.2e}");
+    assert!(
+        tta_worst < 1e-3,
+        "with averaging a frame and its mirror differ by {tta_worst:.2e}"
+    );
+    assert!(
+        plain_worst > 10.0 * tta_worst.max(1e-6),
+        "without averaging they differ by {plain_worst:.2e} only (with it {tta_worst:.2e}): the check shows nothing"
+    );
+}
