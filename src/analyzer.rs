@@ -293,7 +293,13 @@ impl Analyzer {
                 if let Ok(p) = model.run(&self.mirror.input) {
                     self.mirror.output.clear();
                     self.mirror.output.extend_from_slice(p);
-                    mirror_tensor(&mut self.mirror.output, w, h, out_c, crate::model::Layout::Nchw);
+                    mirror_tensor(
+                        &mut self.mirror.output,
+                        w,
+                        h,
+                        out_c,
+                        crate::model::Layout::Nchw,
+                    );
                     self.mirror.post.process(&self.mirror.output, w, h, roi);
                     let mirrored = self.mirror.post.headline();
                     self.post.apply_mirror(mirrored);
