@@ -20,8 +20,8 @@
 # last.onnx --frames A --batch 8`, what `pocusd loop nightly` does; the
 # masks of half A are never read) and base and adapted model are both scored on half B. Prints
 # both, and what the nightly promotion rule would choose from half B's gate evidence alone
-# (more images ok leaving out the model's confidence, or as many and a mean mirrored difference
-# under 0.9x). --adapt --self-training: the nightly default, the statistics and then
+# (more images ok leaving out the model's confidence beyond chance, frame by frame: gained - lost
+# >= 1.645 x sqrt(gained + lost); or as many and a mean mirrored difference under 0.9x). --adapt --self-training: the nightly default, the statistics and then
 # self-training (`models adapt --self-training --epochs ${SELF_TRAINING_EPOCHS:-4}`, the images of
 # half A the gate marks ok with the model's own masks); kept apart from the statistics alone
 # (adapted-st.* beside adapted.*).
@@ -280,17 +280,25 @@ pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"
 tot = {"base": [0, 0], "adapted": [0, 0], "rule": [0, 0]}
 dice = {"base": [], "adapted": [], "rule": []}
 
-def evidence(r):
-    """Images ok leaving out the model's own confidence, and the mean mirrored difference."""
-    ok = sum(1 for p in r["per_image"] if all(d in ("low_confidence", "jump") for d in p["doubt"]))
+def ok_frames(r):
+    """Image -> ok leaving out the model's own confidence."""
+    return {p["image"]: all(d in ("low_confidence", "jump") for d in p["doubt"]) for p in r["per_image"]}
+
+def mirror_mean(r):
     m = [p["evidence"]["mirror_diff"] for p in r["per_image"]
          if p["evidence"].get("mirror_diff") is not None and p["evidence"]["mirror_diff"] < 1]
-    return ok, (sum(m) / len(m) if m else None)
+    return sum(m) / len(m) if m else None
 
 for g in groups:
     r = {k: json.load(open(f"{out}/adapt-{g}/{f}.json")) for k, f in (("base", "base"), ("adapted", adapted))}
-    (ob, mb), (oa, ma) = evidence(r["base"]), evidence(r["adapted"])
-    promote = oa > ob or (oa == ob and ma is not None and mb is not None and ma < 0.9 * mb)
+    fb, fa = ok_frames(r["base"]), ok_frames(r["adapted"])
+    ob, oa = sum(fb.values()), sum(fa.values())
+    mb, ma = mirror_mean(r["base"]), mirror_mean(r["adapted"])
+    # The nightly rule (versions::EvidenceScore::improves_on).
+    gained = sum(1 for k in fa if fa[k] and not fb.get(k, True))
+    lost = sum(1 for k in fa if fb.get(k, False) and not fa[k])
+    promote = (gained > lost and gained - lost >= 1.645 * (gained + lost) ** 0.5) or (
+        oa == ob and ma is not None and mb is not None and ma < 0.9 * mb)
     r["rule"] = r["adapted"] if promote else r["base"]
     row = []
     for k in ("base", "adapted", "rule"):

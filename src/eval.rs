@@ -404,15 +404,16 @@ fn list_images(images_dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
 
 /// The quality gate on images without labels (site frames held back from an adaptation): each
 /// image through the one [`Analyzer`] path as a still image (the mirrored check always on), the
-/// verdict counted without the model's own confidence. Unreadable images are skipped and
-/// counted in `note`.
+/// verdict counted without the model's own confidence; returns the score and each image's
+/// verdict in order (`None`: skipped), for a frame-by-frame comparison of two models. Unreadable
+/// images are skipped and counted in `note`.
 pub fn evidence_on(
     model: &mut LoadedModel,
     images: &[PathBuf],
     clahe_threads: NonZeroUsize,
     post: PostprocessConfig,
     note: &mut dyn FnMut(String),
-) -> crate::versions::EvidenceScore {
+) -> (crate::versions::EvidenceScore, Vec<Option<bool>>) {
     let post_cfg = PostprocessConfig {
         calibration: Calibration::None,
         smoothing: Smoothing::Off,
@@ -430,6 +431,7 @@ pub fn evidence_on(
     );
     let mut score = crate::versions::EvidenceScore::default();
     let mut diffs = Vec::new();
+    let mut per_frame = Vec::with_capacity(images.len());
     for path in images {
         let analysed = imageio::read_gray(path)
             .map_err(|e| e.to_string())
@@ -444,6 +446,7 @@ pub fn evidence_on(
             Ok(r) => r,
             Err(e) => {
                 note(format!("skipped {}: {e}", path.display()));
+                per_frame.push(None);
                 continue;
             }
         };
@@ -451,7 +454,9 @@ pub fn evidence_on(
         let evidence_doubt = doubt
             .iter()
             .filter(|d| !matches!(d, Doubt::LowConfidence | Doubt::Jump));
-        score.ok += usize::from(evidence_doubt.count() == 0);
+        let ok = evidence_doubt.count() == 0;
+        per_frame.push(Some(ok));
+        score.ok += usize::from(ok);
         score.confident += usize::from(!doubt.contains(Doubt::LowConfidence));
         if let Some(d) = evidence.mirror_diff {
             score.mirror_agrees += usize::from(d <= tolerance);
@@ -461,7 +466,7 @@ pub fn evidence_on(
         }
     }
     score.mirror_diff_mean = mean(&diffs);
-    score
+    (score, per_frame)
 }
 
 /// Scores `model` on `opts.data`. `note` receives one line per skipped image and the validation

@@ -662,10 +662,13 @@ pub fn decide_unlabelled(
         return (
             false,
             format!(
-                "the gate's evidence on the {} held-back site frames did not improve: {} ok by geometry and mirrored frame against the current model's {}, mean mirrored difference {} against {} (confident by its own measure: {} against {}, which does not count)",
+                "the gate's evidence on the {} held-back site frames did not improve beyond chance: {} ok by geometry and mirrored frame against the current model's {} ({} gained, {} lost frame by frame; needed: gained - lost >= {} x sqrt(gained + lost)), mean mirrored difference {} against {} (confident by its own measure: {} against {}, which does not count)",
                 nh.frames,
                 nh.ok,
                 ch.ok,
+                nh.gained.map_or("-".into(), |g| g.to_string()),
+                nh.lost.map_or("-".into(), |l| l.to_string()),
+                versions::EVIDENCE_Z,
                 mirror(&nh),
                 mirror(&ch),
                 nh.confident,
@@ -867,7 +870,7 @@ fn adapt_and_judge(
     let mut current_loaded = LoadedModel::load(&current_model, &SpecOverrides::default())
         .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
     write_phantom_set(&phantom, current_loaded.spec().task, cfg.phantom_images)?;
-    let mut score_all = |m: &mut LoadedModel| -> Result<Scores, NightlyError> {
+    let mut score_all = |m: &mut LoadedModel| -> Result<(Scores, Vec<Option<bool>>), NightlyError> {
         let phantom = score(m, &phantom, None, inp.post, inp.clahe_threads)?;
         let test = match &cfg.test_data {
             Some(d) => Some(score(
@@ -879,20 +882,25 @@ fn adapt_and_judge(
             )?),
             None => None,
         };
-        let held_back = eval::evidence_on(m, &held, inp.clahe_threads, inp.post, &mut |l| {
-            progress.log(&l)
-        });
-        Ok(Scores {
+        let (held_back, per_frame) =
+            eval::evidence_on(m, &held, inp.clahe_threads, inp.post, &mut |l| {
+                progress.log(&l)
+            });
+        let scores = Scores {
             site: None,
             test,
             phantom: Some(phantom),
             held_back: Some(held_back),
-        })
+        };
+        Ok((scores, per_frame))
     };
-    let current = score_all(&mut current_loaded)?;
+    let (current, current_frames) = score_all(&mut current_loaded)?;
     let mut cand_loaded = LoadedModel::load(&candidate_model, &SpecOverrides::default())
         .map_err(|e| NightlyError::Invalid(format!("{e}")))?;
-    let candidate = score_all(&mut cand_loaded)?;
+    let (mut candidate, candidate_frames) = score_all(&mut cand_loaded)?;
+    if let Some(h) = candidate.held_back.as_mut() {
+        h.compare_frames(&candidate_frames, &current_frames);
+    }
     counts.test_images = current.test.map_or(0, |t| t.images);
     let (promote, reason) = decide_unlabelled(
         &current,
@@ -992,7 +1000,42 @@ mod tests {
             mirror_agrees: ok,
             mirror_diff_mean: Some(mirror),
             confident,
+            gained: None,
+            lost: None,
         })
+    }
+
+    /// More frames ok counts only beyond chance when the frames are compared one by one: the
+    /// group-out fold where 4 frames were gained and 1 lost came with a worse model.
+    #[test]
+    fn more_frames_ok_must_be_more_than_chance() {
+        let cur = Scores {
+            phantom: s(0.80, 0.03),
+            held_back: ev(16, 0.05, 12),
+            ..Default::default()
+        };
+        let cand = |gained: usize, lost: usize, mirror: f64| {
+            let mut e = ev(16 + gained - lost, mirror, 12);
+            if let Some(e) = e.as_mut() {
+                e.gained = Some(gained);
+                e.lost = Some(lost);
+            }
+            Scores {
+                phantom: s(0.80, 0.03),
+                held_back: e,
+                ..Default::default()
+            }
+        };
+        let (ok, why) = decide_unlabelled(&cur, &cand(4, 1, 0.05), 0.005, 0.02);
+        assert!(!ok && why.contains("did not improve"), "{why}");
+        assert!(decide_unlabelled(&cur, &cand(6, 0, 0.05), 0.005, 0.02).0);
+        assert!(decide_unlabelled(&cur, &cand(9, 2, 0.05), 0.005, 0.02).0);
+        // As many frames ok, some gained and as many lost: the mirrored frames decide.
+        assert!(decide_unlabelled(&cur, &cand(3, 3, 0.03), 0.005, 0.02).0);
+        // A gain short of chance, or fewer frames ok: a closer mirrored frame does not make up
+        // for it (the group-out fold above had one).
+        assert!(!decide_unlabelled(&cur, &cand(4, 1, 0.03), 0.005, 0.02).0);
+        assert!(!decide_unlabelled(&cur, &cand(1, 2, 0.01), 0.005, 0.02).0);
     }
 
     #[test]
