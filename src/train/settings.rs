@@ -88,6 +88,10 @@ pub struct TrainSettings {
     /// `--init` model or run so a fine-tuned model measures like the one it started from.
     #[serde(default)]
     pub contour_offset_px: f64,
+    /// Mirrored test-time averaging (`pocusd.tta = mirror`), carried over from the `--init`
+    /// model or run so a fine-tuned model runs like the one it started from.
+    #[serde(default)]
+    pub tta_mirror: bool,
 }
 
 fn int(key: &str, v: u64, lo: u64, hi: u64) -> Result<usize, ConfigError> {
@@ -106,11 +110,12 @@ fn prob(key: &str, v: f64) -> Result<f64, ConfigError> {
 }
 
 /// What a model started from (`--init`, a run folder or an ONNX file) passes on: its
-/// region-of-interest policy and its masks' contour offset. `None` when it cannot be read (the
-/// run that tries to load its weights reports that, once).
+/// region-of-interest policy, its masks' contour offset and its test-time averaging. `None` when
+/// it cannot be read (the run that tries to load its weights reports that, once).
 struct InitContract {
     roi: RoiPolicy,
     contour_offset_px: f64,
+    tta_mirror: bool,
 }
 
 fn init_contract(init: &std::path::Path) -> Option<InitContract> {
@@ -123,6 +128,7 @@ fn init_contract(init: &std::path::Path) -> Option<InitContract> {
                 RoiPolicy::Full
             },
             contour_offset_px: s.contour_offset_px,
+            tta_mirror: s.tta_mirror,
         });
     }
     let bytes = std::fs::read(init).ok()?;
@@ -136,6 +142,7 @@ fn init_contract(init: &std::path::Path) -> Option<InitContract> {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|x| x.is_finite())
             .unwrap_or(0.0),
+        tta_mirror: get("pocusd.tta").is_some_and(|v| v.trim() == "mirror"),
     })
 }
 
@@ -295,6 +302,7 @@ impl TrainSettings {
             augment,
             clahe,
             contour_offset_px: init.as_ref().map_or(0.0, |c| c.contour_offset_px),
+            tta_mirror: init.as_ref().is_some_and(|c| c.tta_mirror),
         })
     }
 
@@ -377,7 +385,7 @@ pub fn spec_for(
             RoiPolicy::Full
         },
         contour_offset_px: s.contour_offset_px,
-        tta_mirror: false,
+        tta_mirror: s.tta_mirror,
         output: if s.arch.classes > 1 {
             OutputKind::Softmax
         } else {

@@ -307,6 +307,22 @@ fn training_roi_follows_the_init_model() {
     assert!(roi_auto(Path::new(""), "model"));
     assert!(roi_auto(&full, "auto"));
     assert!(!roi_auto(&auto, "none"));
+    // Mirrored test-time averaging is carried over too, into the exported spec.
+    let tta = tmp.path().join("tta.onnx");
+    std::fs::write(
+        &tta,
+        onnx_file::rewrite_metadata(&bytes, &[("pocusd.tta".into(), "mirror".into())], &[])
+            .unwrap(),
+    )
+    .unwrap();
+    let settings = |init: &Path| {
+        let mut t = cfg.raw.train.clone();
+        t.init = init.display().to_string();
+        pocusd::train::settings::TrainSettings::from_section(&t, None).unwrap()
+    };
+    assert!(settings(&tta).tta_mirror);
+    assert!(!settings(&full).tta_mirror);
+    assert!(spec_for(&settings(&tta), None, None, None).tta_mirror);
 }
 
 #[test]
