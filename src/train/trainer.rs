@@ -1267,7 +1267,7 @@ pub fn train(
         }
     }
 
-    if settings.loss.is_reconstruction() {
+    let model = if settings.loss.is_reconstruction() {
         progress.log(&format!(
             "done: {} epochs of self-supervised pretraining; best validation loss {}; nothing exported (it segments nothing): start a labelled run from it with --init {}",
             state.epochs_done,
@@ -1277,36 +1277,29 @@ pub fn train(
                 .unwrap_or_else(|| "-".into()),
             run.display()
         ));
-        return Ok(TrainOutcome {
-            run_id: info.run_id.clone(),
-            run_dir: run.clone(),
-            epochs_done: state.epochs_done,
-            best_dice: state.best_dice,
-            best_loss: state.best_loss,
-            model: None,
-            train_images: data.train.len(),
-            val_images: data.val.len(),
-        });
-    }
-    // The deployable file: best-by-Dice weights exported next to the checkpoints.
-    let model = run.join("model.onnx");
-    export_run(&run, Checkpoint::BestDice, &model)?;
-    progress.log(&format!(
-        "done: {} epochs; best validation Dice {}; exported {}",
-        state.epochs_done,
-        state
-            .best_dice
-            .map(|b| format!("{:.4} (epoch {})", b.value, b.epoch))
-            .unwrap_or_else(|| "-".into()),
-        model.display()
-    ));
+        None
+    } else {
+        // The deployable file: best-by-Dice weights exported next to the checkpoints.
+        let model = run.join("model.onnx");
+        export_run(&run, Checkpoint::BestDice, &model)?;
+        progress.log(&format!(
+            "done: {} epochs; best validation Dice {}; exported {}",
+            state.epochs_done,
+            state
+                .best_dice
+                .map(|b| format!("{:.4} (epoch {})", b.value, b.epoch))
+                .unwrap_or_else(|| "-".into()),
+            model.display()
+        ));
+        Some(model)
+    };
     Ok(TrainOutcome {
         run_id: info.run_id.clone(),
         run_dir: run.clone(),
         epochs_done: state.epochs_done,
         best_dice: state.best_dice,
         best_loss: state.best_loss,
-        model: Some(model),
+        model,
         train_images: data.train.len(),
         val_images: data.val.len(),
     })
