@@ -1,10 +1,11 @@
 //! Fascicle length and pennation angle from a fascicle-fragment mask and the two aponeuroses found
 //! on the same frame (DL_Track's measurement, live). Each fragment (a connected component) becomes
-//! a line segment by its principal axis (orientation, and length from the second moment); the
-//! dominant orientation is the one most fragment length agrees with (within
-//! [`FascicleStage::max_deviation_deg`]), and only fragments that agree with it and lie between the
-//! aponeuroses are kept. Each kept fragment is extended until it meets the superficial and the deep
-//! aponeurosis' inner edges: the fascicle length is the distance between those meeting points, the
+//! a line segment by its principal axis (orientation, and length from the second moment). When the
+//! aponeuroses are known only fragments whose centres lie between them count; the dominant
+//! orientation is the one most of their length agrees with (within
+//! [`FascicleStage::max_deviation_deg`]), and only fragments that agree with it are kept. Each
+//! kept fragment is extended until it meets the superficial and the deep aponeurosis' inner
+//! edges: the fascicle length is the distance between those meeting points, the
 //! pennation angle the angle to the deep aponeurosis, both in millimetres space when calibrated (so
 //! non-square pixels give true angles). Reported: median, count and interquartile spread.
 //! No I/O; depends only on [`super::geometry`].
@@ -139,6 +140,14 @@ impl FascicleStage {
                 length_px: c.principal_length(),
             });
         }
+        // With the aponeuroses known, only fragments inside the muscle vote: a bright line in the
+        // fat above or along an aponeurosis is not a fascicle and would pull the orientation flat.
+        if let Some(apo) = apo {
+            self.segments.retain(|s| {
+                let (cx, cy) = s.centre;
+                cy > ApoLines::y_at(apo.superficial, cx) && cy < ApoLines::y_at(apo.deep, cx)
+            });
+        }
         let dev = self.max_deviation_deg;
         // The orientation most fragment length agrees with.
         let support = |a: f64, segs: &[Segment]| -> f64 {
@@ -180,10 +189,6 @@ impl FascicleStage {
         let w = roi_w as f64;
         for s in &self.segments {
             let (cx, cy) = s.centre;
-            // Between the aponeuroses.
-            if cy <= ApoLines::y_at(apo.superficial, cx) || cy >= ApoLines::y_at(apo.deep, cx) {
-                continue;
-            }
             let (dy, dx) = s.angle_deg.to_radians().sin_cos();
             let meet = |(a, b): (f64, f64)| -> Option<(f64, f64)> {
                 let denom = dy - b * dx;
@@ -227,6 +232,7 @@ impl FascicleStage {
 
 #[cfg(test)]
 mod tests {
+    use super::super::geometry::Labeller;
     use super::*;
 
     #[test]
@@ -234,6 +240,64 @@ mod tests {
         assert!((axial_difference_deg(10.0, -170.0)).abs() < 1e-9);
         assert!((axial_difference_deg(89.0, -89.0) - 2.0).abs() < 1e-9);
         assert!((axial_difference_deg(20.0, 5.0) - 15.0).abs() < 1e-9);
+    }
+
+    /// Draws a 3 px thick line from `a` to `b` into a `w`-wide mask.
+    fn draw(mask: &mut [u8], w: usize, a: (f64, f64), b: (f64, f64)) {
+        let steps = ((b.0 - a.0).hypot(b.1 - a.1) * 4.0) as usize;
+        for i in 0..=steps {
+            let t = i as f64 / steps as f64;
+            let (x, y) = (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1));
+            for dy in -1..=1 {
+                let (xi, yi) = (x as usize, (y as isize + dy) as usize);
+                mask[yi * w + xi] = 255;
+            }
+        }
+    }
+
+    #[test]
+    fn only_fragments_inside_the_muscle_set_the_orientation() {
+        let (w, h) = (200, 120);
+        let mut mask = vec![0u8; w * h];
+        // Two long, nearly flat lines in the fat above the superficial aponeurosis (y = 20) ...
+        draw(&mut mask, w, (10.0, 8.0), (190.0, 12.0));
+        draw(&mut mask, w, (10.0, 14.0), (190.0, 17.0));
+        // ... and three shorter fascicles at 20 degrees between it and the deep one (y = 100).
+        for x0 in [30.0, 80.0, 130.0] {
+            let a = 20f64.to_radians();
+            draw(
+                &mut mask,
+                w,
+                (x0, 40.0),
+                (x0 + 50.0 * a.cos(), 40.0 + 50.0 * a.sin()),
+            );
+        }
+        let mut labeller = Labeller::default();
+        labeller.label(&mask, w, h);
+        let apo = ApoLines {
+            superficial: (20.0, 0.0),
+            deep: (100.0, 0.0),
+        };
+        let mut stage = FascicleStage::default();
+        // Without the aponeuroses the flat lines carry more length and win.
+        let all = stage
+            .measure(&labeller.components, None, None, w)
+            .expect("fragments");
+        assert!(all.orientation_deg.abs() < 5.0, "{all:?}");
+        let inside = stage
+            .measure(&labeller.components, Some(apo), None, w)
+            .expect("fragments");
+        assert!((inside.orientation_deg - 20.0).abs() < 2.0, "{inside:?}");
+        assert_eq!((inside.fragments, inside.count), (3, 3), "{inside:?}");
+        assert!((inside.pennation_deg.expect("pennation") - 20.0).abs() < 2.0);
+        // Nothing between the aponeuroses: no fascicle measured.
+        let empty = ApoLines {
+            superficial: (20.0, 0.0),
+            deep: (22.0, 0.0),
+        };
+        assert!(stage
+            .measure(&labeller.components, Some(empty), None, w)
+            .is_none());
     }
 
     #[test]
