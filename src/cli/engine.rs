@@ -30,6 +30,11 @@ pub struct InferArgs {
     /// Also print a JSON array, one object per image.
     #[arg(long)]
     json: bool,
+    /// An extra model on the same images (repeatable; replaces [model] extra), as for `pocusd
+    /// run`: e.g. models/fascicle.onnx beside the aponeurosis model gives fascicle length and
+    /// pennation angle.
+    #[arg(long, value_name = "FILE.onnx")]
+    extra_model: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -88,8 +93,23 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
         still_postprocess(cfg),
         cfg.overlay,
     );
+    let extra_paths = if args.extra_model.is_empty() {
+        &cfg.model.extra
+    } else {
+        &args.extra_model
+    };
+    for m in pocusd::daemon::load_extra_models(extra_paths, cfg, &model)? {
+        analyzer.set_extra(None, m)?;
+    }
     let sha = model.sha256().to_string();
     let task = model.spec().task;
+    if task == Task::Fascicle {
+        eprintln!(
+            "pocusd: note: a fascicle model alone finds no aponeuroses to extend its fragments to \
+             (orientation only); for fascicle length and pennation angle run the aponeurosis model \
+             with this one as --extra-model"
+        );
+    }
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for path in &args.images {
@@ -109,7 +129,7 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
                 ov.height,
                 &ov.data,
             )?;
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "image": path,
                 "width": img.width(),
                 "height": img.height(),
@@ -128,6 +148,11 @@ pub fn cmd_infer(cfg: &Config, args: &InferArgs) -> anyhow::Result<()> {
                     &cfg.postprocess.calibration,
                 ),
             });
+            // An extra model's own verdict, keyed as in the daemon's measurement (`fascicle_quality`).
+            for (t, d) in &analysis.extra_doubt {
+                v[format!("{}_quality", t.as_str())] = d.quality().into();
+                v[format!("{}_doubt", t.as_str())] = serde_json::to_value(d)?;
+            }
             write_atomic(
                 &args.out.join(format!("{stem}.json")),
                 serde_json::to_string_pretty(&v)?.as_bytes(),

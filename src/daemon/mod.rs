@@ -27,7 +27,7 @@ pub use crate::publish::ffmpeg_out as record;
 pub use crate::publish::jpeg as publish;
 /// The D-Bus client (`pocusd status`) and the outputs, which live in [`crate::publish`].
 pub use crate::publish::{dbus, http, status};
-pub use models::{load_checked, resolve_model};
+pub use models::{load_checked, load_extra_models, resolve_model};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

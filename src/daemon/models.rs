@@ -113,6 +113,16 @@ pub(super) fn load_extras(
     } else {
         &opts.extra_models
     };
+    load_extra_models(paths, cfg, primary)
+}
+
+/// The extra models at `paths`, each checked like the primary, one per task and none with the
+/// primary's task (`pocusd run` and `pocusd infer`).
+pub fn load_extra_models(
+    paths: &[PathBuf],
+    cfg: &Config,
+    primary: &LoadedModel,
+) -> anyhow::Result<Vec<LoadedModel>> {
     let mut out: Vec<LoadedModel> = Vec::new();
     for p in paths {
         let m = load_checked(p, cfg).context("an extra model ([model] extra, --extra-model)")?;
