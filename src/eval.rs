@@ -81,6 +81,9 @@ pub enum TaskScore {
         circumference_mm: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reference_hc_mm: Option<f64>,
+        /// Phantom data (truth.csv beside images/): the drawn ellipse's circumference, px.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truth_circumference_px: Option<f64>,
     },
     Fascicle {
         /// Dominant orientation of the predicted and of the reference fragments, degrees.
@@ -152,6 +155,12 @@ pub struct EvalReport {
     /// first), in mm when the CSV gives the scale, else in pixels. A size bias shows up here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub circumference_bias_by_size: Vec<SizeBias>,
+    /// Region task on phantom data: the same against the drawn ellipse (truth.csv), in pixels.
+    /// The reference masks are measured with the model's `contour_offset_px`, which describes
+    /// the training data's mask convention; a phantom's mask ends exactly on its ellipse, so
+    /// the truth is the fair reference for a phantom.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub truth_circumference_bias_by_size: Vec<SizeBias>,
     /// Fascicle task: median over images of the dominant orientation's error, degrees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orientation_err_deg_median: Option<f64>,
@@ -247,8 +256,16 @@ pub fn recall_within(
     (hit, total)
 }
 
-/// A phantom dataset's truth.csv: filename -> (pennation angle degrees, fascicle length px).
-fn read_truth_csv(path: &Path) -> HashMap<String, (f64, f64)> {
+/// One image's analytic truth from a phantom dataset's truth.csv (`pocusd synth`).
+#[derive(Debug, Clone, Copy, Default)]
+struct PhantomTruth {
+    pennation_angle_deg: Option<f64>,
+    fascicle_length_px: Option<f64>,
+    circumference_px: Option<f64>,
+}
+
+/// A phantom dataset's truth.csv: filename -> its truth (empty without the file).
+fn read_truth_csv(path: &Path) -> HashMap<String, PhantomTruth> {
     let mut map = HashMap::new();
     let Ok(text) = std::fs::read_to_string(path) else {
         return map;
@@ -258,20 +275,24 @@ fn read_truth_csv(path: &Path) -> HashMap<String, (f64, f64)> {
         return map;
     };
     let cols: Vec<&str> = header.split(',').collect();
-    let (Some(ip), Some(il)) = (
-        cols.iter().position(|c| *c == "pennation_angle_deg"),
-        cols.iter().position(|c| *c == "fascicle_length_px"),
-    ) else {
-        return map;
-    };
+    let col = |name: &str| cols.iter().position(|c| *c == name);
+    let (ip, il, ic) = (
+        col("pennation_angle_deg"),
+        col("fascicle_length_px"),
+        col("circumference_px"),
+    );
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
-        if let (Some(n), Some(p), Some(l)) = (
-            f.first(),
-            f.get(ip).and_then(|v| v.parse::<f64>().ok()),
-            f.get(il).and_then(|v| v.parse::<f64>().ok()),
-        ) {
-            map.insert(n.to_string(), (p, l));
+        let get = |i: Option<usize>| i.and_then(|i| f.get(i)?.parse::<f64>().ok());
+        if let Some(n) = f.first() {
+            map.insert(
+                n.to_string(),
+                PhantomTruth {
+                    pennation_angle_deg: get(ip),
+                    fascicle_length_px: get(il),
+                    circumference_px: get(ic),
+                },
+            );
         }
     }
     map
@@ -552,7 +573,7 @@ pub fn evaluate(
     let (mut dice, mut iou, mut failed, mut skipped) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let (mut th_abs, mut th_rel) = (Vec::new(), Vec::new());
     // Circumference (predicted, reference) pairs, in px and, with the CSV, in mm.
-    let (mut c_pairs_px, mut c_pairs_mm) = (Vec::new(), Vec::new());
+    let (mut c_pairs_px, mut c_pairs_mm, mut c_pairs_truth) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_image = Vec::new();
     // Per image: (ok, relative error of the headline number, has a reference number).
     let mut gate: Vec<(bool, Option<f64>, bool)> = Vec::new();
@@ -705,11 +726,11 @@ pub fn evaluate(
                 if let (Some(p), Some(r)) = (pl, rl) {
                     len_rel.push((p - r).abs() / r);
                 }
-                let t = truth.get(&name).copied();
-                if let (Some(p), Some((tp, _))) = (pp, t) {
+                let t = truth.get(&name).copied().unwrap_or_default();
+                if let (Some(p), Some(tp)) = (pp, t.pennation_angle_deg) {
                     t_penn_err.push((p - tp).abs());
                 }
-                if let (Some(p), Some((_, tl))) = (pl, t) {
+                if let (Some(p), Some(tl)) = (pl, t.fascicle_length_px) {
                     t_len_rel.push((p - tl).abs() / tl);
                 }
                 TaskScore::Fascicle {
@@ -721,8 +742,8 @@ pub fn evaluate(
                     reference_pennation_angle_deg: rp,
                     fascicle_length_px: pl,
                     reference_fascicle_length_px: rl,
-                    truth_pennation_angle_deg: t.map(|t| t.0),
-                    truth_fascicle_length_px: t.map(|t| t.1),
+                    truth_pennation_angle_deg: t.pennation_angle_deg,
+                    truth_fascicle_length_px: t.fascicle_length_px,
                 }
             }
             Task::Region => {
@@ -732,6 +753,10 @@ pub fn evaluate(
                 );
                 if let (Some(p), Some(r)) = (p, r) {
                     c_pairs_px.push((p, r));
+                }
+                let t = truth.get(&name).and_then(|t| t.circumference_px);
+                if let (Some(p), Some(t)) = (p, t) {
+                    c_pairs_truth.push((p, t));
                 }
                 let mm = match (p, csv.get(&name)) {
                     (Some(p), Some(&(px_mm, hc_mm))) => {
@@ -748,6 +773,7 @@ pub fn evaluate(
                 TaskScore::Region {
                     circumference_px: p,
                     reference_circumference_px: r,
+                    truth_circumference_px: t,
                     circumference_mm: mm.map(|m| m.0),
                     reference_hc_mm: mm.map(|m| m.1),
                 }
@@ -811,6 +837,7 @@ pub fn evaluate(
         } else {
             bias_by_size(&c_pairs_mm, "mm")
         },
+        truth_circumference_bias_by_size: bias_by_size(&c_pairs_truth, "px"),
         orientation_err_deg_median: med(&orient_err),
         fragment_recall: (recall_total > 0).then(|| recall_hits as f64 / recall_total as f64),
         pennation_err_deg_median: med(&penn_err),

@@ -290,9 +290,19 @@ pub fn cmd_eval(cfg: &Config, args: &EvalArgs) -> anyhow::Result<()> {
             .collect();
         println!("{:<28} {}", "doubt_counts", counts.join(", "));
     }
-    for (i, b) in report.circumference_bias_by_size.iter().enumerate() {
+    let biases = [
+        ("", &report.circumference_bias_by_size),
+        (
+            " against the phantom's truth",
+            &report.truth_circumference_bias_by_size,
+        ),
+    ];
+    for (i, b, against) in biases
+        .iter()
+        .flat_map(|(w, v)| v.iter().enumerate().map(move |(i, b)| (i, b, *w)))
+    {
         println!(
-            "circumference bias, size {}/3  {:+.2} {} ({:+.2} %) over {} images, reference {:.1} to {:.1} {}",
+            "circumference bias{against}, size {}/3  {:+.2} {} ({:+.2} %) over {} images, reference {:.1} to {:.1} {}",
             i + 1,
             b.signed_mean,
             b.unit,
