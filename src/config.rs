@@ -574,6 +574,8 @@ pub struct TrainSection {
     pub aug_depth_gain: f64,
     pub aug_lowres_p: f64,
     pub aug_lowres: f64,
+    pub aug_crop_top_p: f64,
+    pub aug_crop_top: f64,
 }
 
 /// Validated model settings.

@@ -55,6 +55,13 @@ pub struct AugmentConfig {
     pub lowres_p: f64,
     #[serde(default)]
     pub lowres: f64,
+    /// Top crop: the rows above a cut uniform in `0..crop_top` of the height (and never below
+    /// the mask's first row) are dropped and the rest stretched back to the full height, as when
+    /// a scanner shows less above the muscle (thin fat, another depth or region of interest).
+    #[serde(default)]
+    pub crop_top_p: f64,
+    #[serde(default)]
+    pub crop_top: f64,
 }
 
 impl AugmentConfig {
@@ -82,6 +89,8 @@ impl AugmentConfig {
             depth_gain: 0.0,
             lowres_p: 0.0,
             lowres: 1.0,
+            crop_top_p: 0.0,
+            crop_top: 0.0,
         }
     }
 
@@ -109,6 +118,8 @@ impl AugmentConfig {
             depth_gain: 0.6,
             lowres_p: 0.0,
             lowres: 2.0,
+            crop_top_p: 0.0,
+            crop_top: 0.3,
         }
     }
 }
@@ -250,6 +261,33 @@ impl Augmenter {
         let n = w * h;
         debug_assert!(image.len() == n && mask.len() == n);
         let hit = |rng: &mut SplitMix64, p: f64| p > 0.0 && rng.next_f64() < p;
+
+        // Top crop first (its limit is the mask's first row as labelled).
+        if hit(rng, c.crop_top_p) && c.crop_top > 0.0 && h > 2 {
+            let mut cut = uniform(rng, 0.0, c.crop_top) * (h - 1) as f64;
+            if self.binary_target {
+                let first = mask.chunks(w).position(|row| row.iter().any(|&m| m >= 0.5));
+                cut = cut.min(first.unwrap_or(0).saturating_sub(1) as f64);
+            }
+            if cut > 0.0 {
+                let step = (h - 1) as f64 - cut;
+                for plane in [&mut *image, &mut *mask] {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(plane);
+                    for y in 0..h {
+                        let sy = (cut + y as f64 * step / (h - 1) as f64) as f32;
+                        for x in 0..w {
+                            plane[y * w + x] = sample(&self.scratch, w, h, x as f32, sy);
+                        }
+                    }
+                }
+                if self.binary_target {
+                    for m in mask.iter_mut() {
+                        *m = if *m >= 0.5 { 1.0 } else { 0.0 };
+                    }
+                }
+            }
+        }
 
         // Geometry: output pixel (x, y) reads source (sx, sy).
         let hflip = hit(rng, c.hflip_p);
@@ -531,6 +569,53 @@ mod tests {
         let (mut a, mut m) = (base.clone(), mask.clone());
         Augmenter::new(AugmentConfig::none()).apply(&mut a, &mut m, w, h, &mut SplitMix64::new(1));
         assert_eq!((a, m), (base, mask));
+    }
+
+    /// The top crop moves the first band up, never out of view, keeps image and mask aligned
+    /// and keeps the bottom row.
+    #[test]
+    fn top_crop_brings_the_first_band_to_the_edge_without_losing_it() {
+        let (w, h) = (16, 64);
+        // Bright bands where the mask is: rows 20..23 and 44..47.
+        let band = |y: usize| (20..23).contains(&y) || (44..47).contains(&y);
+        let mask: Vec<f32> = (0..w * h).map(|i| band(i / w) as u8 as f32).collect();
+        let base: Vec<f32> = (0..w * h)
+            .map(|i| {
+                if band(i / w) {
+                    1.0
+                } else {
+                    0.1 + (i / w) as f32 / 1000.0
+                }
+            })
+            .collect();
+        let mut c = AugmentConfig::none();
+        c.crop_top_p = 1.0;
+        c.crop_top = 0.8;
+        let mut firsts = Vec::new();
+        for seed in 0..30 {
+            let (mut a, mut m) = (base.clone(), mask.clone());
+            Augmenter::new(c).apply(&mut a, &mut m, w, h, &mut SplitMix64::new(seed));
+            let first = m
+                .chunks(w)
+                .position(|r| r.iter().any(|&v| v >= 0.5))
+                .unwrap();
+            firsts.push(first);
+            for i in 0..w * h {
+                if m[i] >= 0.5 {
+                    assert!(a[i] > 0.5, "seed {seed}: mask pixel {i} on a dark pixel");
+                }
+            }
+            assert_eq!(
+                a[(h - 1) * w..],
+                base[(h - 1) * w..],
+                "seed {seed}: bottom row"
+            );
+        }
+        assert!(firsts.iter().all(|&f| f <= 20), "{firsts:?}");
+        assert!(
+            firsts.iter().filter(|&&f| f <= 5).count() >= 5,
+            "{firsts:?}"
+        );
     }
 
     /// The scanner-like photometry: each changes the image, never the mask, keeps values in

@@ -256,6 +256,8 @@ impl TrainSettings {
             depth_gain: range("train.aug_depth_gain", t.aug_depth_gain, 0.0, 2.0, "0 to 2")?,
             lowres_p: prob("train.aug_lowres_p", t.aug_lowres_p)?,
             lowres: range("train.aug_lowres", t.aug_lowres, 1.0, 4.0, "1 to 4")?,
+            crop_top_p: prob("train.aug_crop_top_p", t.aug_crop_top_p)?,
+            crop_top: range("train.aug_crop_top", t.aug_crop_top, 0.0, 0.8, "0 to 0.8")?,
         };
         Ok(Self {
             data: t.data.iter().filter_map(|d| path(d)).collect(),
