@@ -13,6 +13,15 @@ pub fn run(args: &[&str]) -> Output {
     pocusd().args(args).output().expect("pocusd runs")
 }
 
+/// Runs `pocusd` with `args`, which must succeed (else the test fails with its stderr), and
+/// parses what it printed as JSON.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "pocusd {args:?}: {}", stderr(&o));
+    serde_json::from_str(stdout(&o).trim())
+        .unwrap_or_else(|e| panic!("pocusd {args:?} printed no JSON ({e}): {}", stdout(&o)))
+}
+
 /// The Python with pinned OpenCV that scripts/setup.sh installs. Tests that need it are
 /// `#[ignore]`d so a bare `cargo test` reports them as ignored, and scripts/test.sh runs them with
 /// `--include-ignored`; there, a missing interpreter is a failure, never a skip.

@@ -98,7 +98,7 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
     }
     let head = root.join("models/fetal-head.onnx");
     let hc = data.join("hc18");
-    let o = run(&[
+    let v = common::run_json(&[
         "eval",
         "--model",
         head.to_str().unwrap(),
@@ -110,8 +110,6 @@ fn shipped_models_meet_targets_on_held_out_real_data() {
         hc.join("pixel_size_and_hc.csv").to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     eprintln!(
         "fetal head: dice {} hc mae {} mm",
         v["dice"], v["circumference_mae_mm"]
@@ -166,7 +164,7 @@ fn shipped_fascicle_model_measures_the_phantom_against_its_truth() {
             "3",
         ],
     );
-    let o = run(&[
+    let v = common::run_json(&[
         "eval",
         "--model",
         root.join("models/fascicle.onnx").to_str().unwrap(),
@@ -176,8 +174,6 @@ fn shipped_fascicle_model_measures_the_phantom_against_its_truth() {
         data.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
     eprintln!(
         "fascicle model on 12 phantom images: orientation error {:.2} deg, pennation vs truth {:.2} deg, length vs truth {:.2} %",
@@ -216,7 +212,7 @@ fn shipped_head_model_has_no_size_bias_on_heads_beyond_its_training_range() {
             "3",
         ],
     );
-    let o = run(&[
+    let v = common::run_json(&[
         "eval",
         "--model",
         root.join("models/fetal-head.onnx").to_str().unwrap(),
@@ -224,8 +220,6 @@ fn shipped_head_model_has_no_size_bias_on_heads_beyond_its_training_range() {
         data.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let terciles = v["truth_circumference_bias_by_size"].as_array().unwrap();
     assert_eq!(terciles.len(), 3, "{v}");
     for (i, t) in terciles.iter().enumerate() {
@@ -273,7 +267,7 @@ fn infer_with_the_fascicle_model_as_extra_measures_pennation() {
     for line in truth.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let image = data.join("images").join(f[0]);
-        let o = run(&[
+        let v = common::run_json(&[
             "infer",
             image.to_str().unwrap(),
             "--model",
@@ -284,8 +278,6 @@ fn infer_with_the_fascicle_model_as_extra_measures_pennation() {
             out.to_str().unwrap(),
             "--json",
         ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         let r = &v[0];
         assert!(r["fascicle_quality"].is_string(), "{r}");
         let m = &r["measurements"];
@@ -354,7 +346,7 @@ fn shipped_fascicle_model_on_held_out_real_data() {
         return;
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let o = run(&[
+    let v = common::run_json(&[
         "eval",
         "--model",
         root.join("models/fascicle.onnx").to_str().unwrap(),
@@ -364,8 +356,6 @@ fn shipped_fascicle_model_on_held_out_real_data() {
         "0.15",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
     eprintln!(
         "fascicle model: orientation error {:.2} deg, fragment recall {:.3}, pennation vs reference {:.2} deg",
