@@ -3,7 +3,8 @@
 # data folder are grouped by image size (a proxy for the scanner and its screen layout: in
 # ../shared/data/dl_track 512x512, 660x556 and 800x652 hold 188, 175 and 75 images); for each
 # group, `pocusd train` learns on all the other groups and `pocusd eval` scores the group left
-# out with the run's last checkpoint (no checkpoint is chosen on the held-out group). Prints one
+# out with the run's last checkpoint, or its weight average with `[train] swa_epochs` (no
+# checkpoint is chosen on the held-out group). Prints one
 # row per group and the means; writes OUT/groupout.json.
 #   scripts/groupout.sh [--data DIR] [--out DIR] [--epochs N] [--min-group N] [-- TRAIN ARGS...]
 # Defaults: --data ${POCUSD_DATA:-../shared/data}/dl_track, --out ~/.cache/pocusd/groupout,
@@ -252,7 +253,7 @@ PY
 for g in "${SIZE_GROUPS[@]}"; do
   split="$OUT/split-$g" run="$OUT/run-$g" ad="$OUT/adapt-$g"
   # A run exported before the unfolded network was kept: export it again.
-  [ -f "$run/last.bpk" ] || "$BIN" export --run "$run" --checkpoint last --out "$run/last.onnx"
+  [ -f "$run/last.bpk" ] || "$BIN" export --run "$run" --checkpoint "$(final_checkpoint "$run")" --out "$run/last.onnx"
   if [ ! -d "$ad/b/images" ]; then
     rm -rf "$ad"
     mkdir -p "$ad/a/images" "$ad/a/masks" "$ad/b/images" "$ad/b/masks"

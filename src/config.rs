@@ -545,6 +545,8 @@ pub struct TrainSection {
     pub tversky_beta: f64,
     pub lr: f64,
     pub lr_final_fraction: f64,
+    pub swa_epochs: u64,
+    pub swa_lr_fraction: f64,
     pub seed: u64,
     pub roi: String,
     pub backend: String,

@@ -87,7 +87,7 @@ pub struct ExportArgs {
     /// The run folder.
     #[arg(long, value_name = "RUN_DIR")]
     run: PathBuf,
-    /// best-dice | best-loss | last
+    /// best-dice | best-loss | last | swa (the weight average of `[train] swa_epochs`)
     #[arg(long, default_value = "best-dice")]
     checkpoint: String,
     /// Output ONNX file.
@@ -198,7 +198,7 @@ pub fn cmd_train(cfg: &config::Config, roi: Option<&str>, a: &TrainArgs) -> anyh
 pub fn cmd_export(a: &ExportArgs) -> anyhow::Result<()> {
     let which = Checkpoint::parse(&a.checkpoint).ok_or_else(|| {
         anyhow::anyhow!(
-            "--checkpoint {:?}: expected best-dice, best-loss or last",
+            "--checkpoint {:?}: expected best-dice, best-loss, last or swa",
             a.checkpoint
         )
     })?;

@@ -6,6 +6,7 @@
 
 pub mod adapt;
 pub mod augment;
+pub mod average;
 pub mod bench;
 pub use crate::dataset;
 pub mod export;

@@ -69,6 +69,14 @@ pub struct TrainSettings {
     pub loss: Loss,
     pub lr: f64,
     pub lr_final_fraction: f64,
+    /// Weight averaging (`[train] swa_epochs`, 0: off): the last this many epochs run at the
+    /// constant learning rate `lr * swa_lr_fraction` (the cosine before them decays to it) and
+    /// the run's model is the mean of the weights after each of their steps, its batch-norm
+    /// statistics measured afresh on the training images.
+    #[serde(default)]
+    pub swa_epochs: usize,
+    #[serde(default)]
+    pub swa_lr_fraction: f64,
     pub seed: u64,
     /// Detect the region of interest (true) or use the whole image.
     pub roi_auto: bool,
@@ -279,6 +287,8 @@ impl TrainSettings {
             loss,
             lr: range("train.lr", t.lr, 0.0, 1.0, "0 to 1.0")?,
             lr_final_fraction: prob("train.lr_final_fraction", t.lr_final_fraction)?,
+            swa_epochs: int("train.swa_epochs", t.swa_epochs, 0, 10_000)?,
+            swa_lr_fraction: prob("train.swa_lr_fraction", t.swa_lr_fraction)?,
             seed: t.seed,
             roi_auto: match t.roi.as_str() {
                 "auto" => true,
@@ -308,15 +318,33 @@ impl TrainSettings {
         })
     }
 
-    /// Learning rate for `epoch` (0-based): cosine from `lr` down to `lr * lr_final_fraction`.
+    /// Learning rate for `epoch` (0-based): cosine from `lr` down to `lr * lr_final_fraction`;
+    /// with weight averaging, cosine over the epochs before the averaged ones down to `lr *
+    /// swa_lr_fraction`, then constant.
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        let t = if self.epochs <= 1 {
+        let (span, floor) = if self.swa_epochs > 0 {
+            (
+                self.epochs.saturating_sub(self.swa_epochs),
+                self.swa_lr_fraction,
+            )
+        } else {
+            (self.epochs, self.lr_final_fraction)
+        };
+        let low = self.lr * floor;
+        if epoch + 1 > span {
+            return low;
+        }
+        let t = if span <= 1 {
             0.0
         } else {
-            epoch as f64 / (self.epochs - 1) as f64
+            epoch as f64 / (span - 1) as f64
         };
-        let low = self.lr * self.lr_final_fraction;
         low + (self.lr - low) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// The first epoch (0-based) whose steps are averaged, `None` without weight averaging.
+    pub fn swa_start(&self) -> Option<usize> {
+        (self.swa_epochs > 0).then(|| self.epochs.saturating_sub(self.swa_epochs))
     }
 }
 

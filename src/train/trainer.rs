@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::augment::{self, AugmentConfig, Augmenter};
+use super::average::{settle_statistics, WeightMean};
 use super::export;
 use super::loss::dice_iou;
 use super::plot;
@@ -132,6 +133,15 @@ pub struct RunState {
     /// File names (inside checkpoints/) of the last model and optimizer state.
     pub model_file: String,
     pub optimizer_file: String,
+    /// Weight averaging (`[train] swa_epochs`): the steps averaged so far, the file (inside
+    /// checkpoints/) of their mean with its statistics measured on the training images, and its
+    /// validation Dice.
+    #[serde(default)]
+    pub swa_steps: u64,
+    #[serde(default)]
+    pub swa_file: String,
+    #[serde(default)]
+    pub swa_val_dice: Option<f64>,
 }
 
 pub use super::settings::{spec_for, RunInfo};
@@ -500,6 +510,8 @@ pub enum Checkpoint {
     BestDice,
     BestLoss,
     Last,
+    /// The weight average of `[train] swa_epochs`.
+    Swa,
 }
 
 impl Checkpoint {
@@ -508,6 +520,7 @@ impl Checkpoint {
             "best-dice" => Some(Self::BestDice),
             "best-loss" => Some(Self::BestLoss),
             "last" => Some(Self::Last),
+            "swa" => Some(Self::Swa),
             _ => None,
         }
     }
@@ -538,6 +551,18 @@ pub fn load_checkpoint(
             state.model_file.clone(),
             state.history.last().map(|m| m.val_dice),
         ),
+        Checkpoint::Swa => {
+            if state.swa_file.is_empty() {
+                return Err(TrainError::Invalid(format!(
+                    "{} has no weight average: it ran with [train] swa_epochs = {} and {} of its {} epochs done; export best-dice, best-loss or last",
+                    dir.display(),
+                    info.settings.swa_epochs,
+                    state.epochs_done,
+                    info.settings.epochs
+                )));
+            }
+            (state.swa_file.clone(), state.swa_val_dice)
+        }
     };
     let net = load_model_file(&checkpoint_dir(dir).join(file), &info.settings.arch, device)?;
     Ok((net, info, state, dice))
@@ -607,6 +632,9 @@ fn initial_network(
         let pretrained = RunInfo::load(init)?.settings.loss.is_reconstruction();
         let which = if pretrained {
             Checkpoint::BestLoss
+        } else if !load_state(init)?.swa_file.is_empty() {
+            // What the run exported.
+            Checkpoint::Swa
         } else {
             Checkpoint::BestDice
         };
@@ -1095,6 +1123,9 @@ pub fn train(
                     start_time: now(),
                     model_file: String::new(),
                     optimizer_file: String::new(),
+                    swa_steps: 0,
+                    swa_file: String::new(),
+                    swa_val_dice: None,
                 },
             )
         }
@@ -1124,6 +1155,21 @@ pub fn train(
         augmenter = augmenter.with_grey_target();
     }
     let no_aug = settings.augment == AugmentConfig::none();
+    if settings.swa_epochs >= settings.epochs {
+        return Err(TrainError::Invalid(format!(
+            "[train] swa_epochs = {} must be fewer than the run's {} epochs (the epochs before the averaged ones train the model); lower it or raise --epochs",
+            settings.swa_epochs, settings.epochs
+        )));
+    }
+    let mut mean = if state.swa_file.is_empty() {
+        WeightMean::default()
+    } else {
+        let path = checkpoint_dir(&run).join(&state.swa_file);
+        WeightMean::resume(
+            load_model_file(&path, &settings.arch, &base)?,
+            state.swa_steps,
+        )
+    };
     let keep = preview_indices(data.val.len(), settings.preview_images);
     let batch = settings.batch.max(1);
     for epoch in state.epochs_done..settings.epochs {
@@ -1167,6 +1213,9 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(lr, net, grads);
             state.step += 1;
+            if settings.swa_start().is_some_and(|s| epoch >= s) {
+                mean.add(&net.valid());
+            }
             loss_sum += loss_value * c as f64;
             dice_sum += d;
             iou_sum += i;
@@ -1216,6 +1265,21 @@ pub fn train(
                 value: judge_dice,
             });
         }
+        let old_swa = match (settings.swa_start(), mean.mean()) {
+            (Some(s), Some(avg)) if epoch >= s => {
+                let (averaged, swa_dice) = settled_mean(avg, &data, &settings, &eval_device);
+                let file = format!("swa-{:04}.model.bpk", epoch + 1);
+                write_atomic(&ck.join(&file), &model_bytes(&averaged)?)?;
+                progress.log(&format!(
+                    "weight average of {} steps: validation Dice {swa_dice:.4}",
+                    mean.count()
+                ));
+                state.swa_steps = mean.count();
+                state.swa_val_dice = Some(swa_dice);
+                Some(std::mem::replace(&mut state.swa_file, file))
+            }
+            _ => None,
+        };
         let model_file = format!("epoch-{:04}.model.bpk", epoch + 1);
         let optimizer_file = format!("epoch-{:04}.optim.bpk", epoch + 1);
         write_atomic(&ck.join(&model_file), &bytes)?;
@@ -1243,7 +1307,7 @@ pub fn train(
                 .unwrap_or_default()
                 .as_bytes(),
         )?;
-        for f in [old.0, old.1] {
+        for f in [old.0, old.1].into_iter().chain(old_swa) {
             if !f.is_empty() {
                 let _ = std::fs::remove_file(ck.join(f));
             }
@@ -1279,17 +1343,36 @@ pub fn train(
         ));
         None
     } else {
-        // The deployable file: best-by-Dice weights exported next to the checkpoints.
+        // The deployable file: best-by-Dice weights exported next to the checkpoints, or the
+        // weight average when the run made one.
         let model = run.join("model.onnx");
-        export_run(&run, Checkpoint::BestDice, &model)?;
+        let averaged = !state.swa_file.is_empty();
+        let which = if averaged {
+            Checkpoint::Swa
+        } else {
+            Checkpoint::BestDice
+        };
+        export_run(&run, which, &model)?;
         progress.log(&format!(
-            "done: {} epochs; best validation Dice {}; exported {}",
+            "done: {} epochs; best validation Dice {}; exported {}{}",
             state.epochs_done,
             state
                 .best_dice
                 .map(|b| format!("{:.4} (epoch {})", b.value, b.epoch))
                 .unwrap_or_else(|| "-".into()),
-            model.display()
+            model.display(),
+            if averaged {
+                format!(
+                    " (the weight average of the last {} steps, validation Dice {})",
+                    state.swa_steps,
+                    state
+                        .swa_val_dice
+                        .map(|d| format!("{d:.4}"))
+                        .unwrap_or_else(|| "-".into())
+                )
+            } else {
+                String::new()
+            }
         ));
         Some(model)
     };
@@ -1303,6 +1386,33 @@ pub fn train(
         train_images: data.train.len(),
         val_images: data.val.len(),
     })
+}
+
+/// The weight mean `avg` with its batch-norm statistics measured on the training images (no
+/// augmentation; left as they are when batch norms are frozen) and its validation Dice (the
+/// training Dice without a validation set).
+fn settled_mean(avg: &Unet, data: &Data, settings: &TrainSettings, device: &Device) -> (Unet, f64) {
+    let net = if settings.bn_stats == BnStats::Frozen {
+        avg.clone()
+    } else {
+        let images: Vec<&[f32]> = data.train.iter().map(|p| p.image.as_slice()).collect();
+        settle_statistics(
+            avg.clone(),
+            &images,
+            settings.arch.in_channels,
+            settings.input_width,
+            settings.input_height,
+            settings.batch,
+            device,
+        )
+    };
+    let set = if data.val.is_empty() {
+        &data.train
+    } else {
+        &data.val
+    };
+    let (_, dice, _, _) = evaluate(&net, set, settings, device, &[]);
+    (net, dice)
 }
 
 /// Exports checkpoint `which` of `run` to `out` (ONNX with pocusd metadata); returns the spec

@@ -431,6 +431,156 @@ fn resume_after_sigkill_continues_from_the_last_checkpoint() {
     );
 }
 
+/// `[train] swa_epochs`: the last epochs run at one constant rate, the weights after each of
+/// their steps are averaged, and the average (its batch-norm statistics measured on the training
+/// images) is what the run exports and `--checkpoint swa` gives; a run killed in the middle of
+/// the averaged epochs and resumed ends with the average of the uninterrupted run; a run without
+/// averaging and a setting that leaves nothing to average are refused by name.
+#[test]
+fn weight_averaging_exports_the_mean_of_the_last_epochs_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("ds");
+    synth_dataset(
+        &ds,
+        &[
+            "--count", "12", "--width", "80", "--height", "64", "--seed", "9",
+        ],
+    );
+    let d = ds.to_str().unwrap();
+    let cfg = tmp.path().join("swa.toml");
+    std::fs::write(&cfg, "[train]\nswa_epochs = 4\nswa_lr_fraction = 0.3\n").unwrap();
+    let c = cfg.to_str().unwrap();
+    let with_cfg = |out: &Path| {
+        let mut a = vec!["--config".to_string(), c.to_string()];
+        a.extend(
+            small_args(d, out.to_str().unwrap(), "8")
+                .into_iter()
+                .map(String::from),
+        );
+        a
+    };
+    let full = tmp.path().join("full");
+    let o = pocusd().args(with_cfg(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(the weight average of the last"),
+        "{}",
+        stderr(&o)
+    );
+    let st = state(&full);
+    // Averaged: every step of epochs 5 to 8, at lr 1e-3 x 0.3; the cosine before them ends there.
+    assert_eq!(st.swa_steps, st.step - st.history[3].step);
+    let lrs: Vec<f64> = st.history.iter().map(|m| m.lr).collect();
+    for (e, lr) in lrs.iter().enumerate() {
+        let want = if e >= 3 { 3e-4 } else { lrs[e] };
+        assert!((lr - want).abs() < 1e-12, "epoch {}: lr {lr}", e + 1);
+    }
+    assert!(
+        lrs[0] > lrs[1] && lrs[1] > lrs[2] && lrs[2] > 3e-4,
+        "{lrs:?}"
+    );
+    assert!(full.join("checkpoints").join(&st.swa_file).is_file());
+    assert!(full.join("model.onnx").is_file());
+    // The exported model is the average, not the last weights.
+    let swa = tmp.path().join("swa.onnx");
+    let last = tmp.path().join("last.onnx");
+    for (which, out) in [("swa", &swa), ("last", &last)] {
+        let o = run(&[
+            "export",
+            "--run",
+            full.to_str().unwrap(),
+            "--checkpoint",
+            which,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let outputs = |m: &Path| {
+        let mut model = LoadedModel::load(m, &SpecOverrides::default()).unwrap();
+        let mut rng = SplitMix64::new(3);
+        let x: Vec<f32> = (0..64 * 64).map(|_| rng.next_f64() as f32).collect();
+        model.run(&x).unwrap().to_vec()
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (m, s, l) = (
+        outputs(&full.join("model.onnx")),
+        outputs(&swa),
+        outputs(&last),
+    );
+    assert!(diff(&m, &s) < 1e-6, "model.onnx is not the average");
+    assert!(diff(&s, &l) > 1e-4, "the average equals the last weights");
+
+    // Killed after the first averaged epoch, then resumed.
+    let cut = tmp.path().join("cut");
+    let mut child = pocusd()
+        .args(with_cfg(&cut))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(cut.join("checkpoints/last.json")) {
+            if let Ok(st) = serde_json::from_str::<RunState>(&text) {
+                if st.swa_steps > 0 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no averaged checkpoint within 600 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = run(&["train", "--resume", cut.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resumed = state(&cut);
+    assert_eq!(resumed.swa_steps, st.swa_steps);
+    let (a, b) = (resumed.swa_val_dice.unwrap(), st.swa_val_dice.unwrap());
+    assert!(
+        (a - b).abs() <= 1e-3 * a.abs().max(b.abs()).max(1e-3),
+        "{a} vs {b}"
+    );
+    assert!(
+        diff(&outputs(&cut.join("model.onnx")), &m) < 1e-3,
+        "the resumed run's average differs"
+    );
+
+    // No average to export, and nothing left to train before one.
+    let plain = tmp.path().join("plain");
+    let o = run(&small_args(d, plain.to_str().unwrap(), "1"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "export",
+        "--run",
+        plain.to_str().unwrap(),
+        "--checkpoint",
+        "swa",
+        "--out",
+        tmp.path().join("x.onnx").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no weight average"), "{}", stderr(&o));
+    let bad = tmp.path().join("bad");
+    let mut a = vec!["--config", c];
+    a.extend(small_args(d, bad.to_str().unwrap(), "4"));
+    let o = run(&a);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("swa_epochs = 4"), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_data_gives_clear_messages() {
     let tmp = tempfile::tempdir().unwrap();
