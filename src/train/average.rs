@@ -114,7 +114,7 @@ mod tests {
         let mut c = Collect(Vec::new());
         net.visit(&mut c);
         c.0.into_iter()
-            .map(|d| d.convert::<f32>().to_vec::<f32>().unwrap_or_default())
+            .map(|d| d.convert::<f32>().try_to_vec::<f32>().unwrap_or_default())
             .collect()
     }
 
