@@ -80,24 +80,16 @@ impl WeightMean {
     }
 }
 
-/// `net` with every batch norm's running statistics measured on `images` (each `[channels, h,
-/// w]` values, in batches of `batch`, each batch norm normalising by the batch's own statistics
-/// as in training; the running variance is the variance within such batches). Unchanged when
-/// fewer than two images are given.
-pub fn settle_statistics(
-    net: Unet,
-    images: &[&[f32]],
-    channels: usize,
-    w: usize,
-    h: usize,
-    batch: usize,
-    device: &Device,
-) -> Unet {
+/// `net` with every batch norm's running statistics measured on `batches` (each `[n, channels,
+/// h, w]`; each batch norm normalising by the batch's own statistics as in training; the running
+/// variance is the variance within such batches; batches of one image are passed over).
+/// Unchanged when no batch has two images.
+pub fn settle_statistics(net: Unet, batches: impl IntoIterator<Item = Tensor<4>>) -> Unet {
     let mut acc = Moments::default();
-    for chunk in images.chunks(batch.max(2)).filter(|c| c.len() >= 2) {
-        let x: Vec<f32> = chunk.iter().flat_map(|i| i.iter().copied()).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), channels, h, w]), device);
-        net.accumulate_batch_moments(x, &mut acc);
+    for x in batches {
+        if x.dims()[0] >= 2 {
+            net.accumulate_batch_moments(x, &mut acc);
+        }
     }
     if acc.layers() == 0 {
         return net;
@@ -171,14 +163,17 @@ mod tests {
                     .collect()
             })
             .collect();
-        let refs: Vec<&[f32]> = imgs.iter().map(|v| v.as_slice()).collect();
-        let net = settle_statistics(net, &refs, 1, w, h, 2, &device);
+        let batch = |from: usize, n: usize| {
+            let x: Vec<f32> = imgs[from..from + n].iter().flatten().copied().collect();
+            Tensor::<4>::from_data(TensorData::new(x, [n, 1, h, w]), &device)
+        };
+        let net = settle_statistics(net, [batch(0, 2), batch(2, 2)]);
         let after = net.running_statistics();
         // Fresh batch norms hold mean 0; inputs near 2 give the first one's input a mean of
         // the convolution of them, which is not 0 for random weights.
         assert_ne!(before[0].0, after[0].0);
         // One image only: nothing to measure, unchanged.
-        let one = settle_statistics(net, &refs[..1], 1, w, h, 2, &device);
+        let one = settle_statistics(net, [batch(0, 1)]);
         assert_eq!(one.running_statistics(), after);
     }
 }

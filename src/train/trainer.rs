@@ -1267,7 +1267,14 @@ pub fn train(
         }
         let old_swa = match (settings.swa_start(), mean.mean()) {
             (Some(s), Some(avg)) if epoch >= s => {
-                let (averaged, swa_dice) = settled_mean(avg, &data, &settings, &eval_device);
+                let (averaged, swa_dice) = settled_mean(
+                    avg,
+                    &data,
+                    &settings,
+                    (!no_aug).then_some(&mut augmenter),
+                    epoch,
+                    &eval_device,
+                );
                 let file = format!("swa-{:04}.model.bpk", epoch + 1);
                 write_atomic(&ck.join(&file), &model_bytes(&averaged)?)?;
                 progress.log(&format!(
@@ -1388,23 +1395,42 @@ pub fn train(
     })
 }
 
-/// The weight mean `avg` with its batch-norm statistics measured on the training images (no
-/// augmentation; left as they are when batch norms are frozen) and its validation Dice (the
-/// training Dice without a validation set).
-fn settled_mean(avg: &Unet, data: &Data, settings: &TrainSettings, device: &Device) -> (Unet, f64) {
+/// The weight mean `avg` with its batch-norm statistics measured on the training images as
+/// training shows them (augmented by `augmenter` with the draws of `epoch`, as the running
+/// statistics of training were; left as they are when batch norms are frozen) and its validation
+/// Dice (the training Dice without a validation set).
+fn settled_mean(
+    avg: &Unet,
+    data: &Data,
+    settings: &TrainSettings,
+    mut augmenter: Option<&mut Augmenter>,
+    epoch: usize,
+    device: &Device,
+) -> (Unet, f64) {
     let net = if settings.bn_stats == BnStats::Frozen {
         avg.clone()
     } else {
-        let images: Vec<&[f32]> = data.train.iter().map(|p| p.image.as_slice()).collect();
-        settle_statistics(
-            avg.clone(),
-            &images,
-            settings.arch.in_channels,
-            settings.input_width,
-            settings.input_height,
-            settings.batch,
-            device,
-        )
+        let (w, h) = (settings.input_width, settings.input_height);
+        let order = epoch_order(data.train.len(), settings.seed, epoch);
+        let batches: Vec<Tensor<4>> = order
+            .chunks(settings.batch.max(2))
+            .filter(|c| c.len() > 1)
+            .map(|idx| {
+                batch_tensors(
+                    &data.train,
+                    idx,
+                    w,
+                    h,
+                    augmenter.as_deref_mut(),
+                    settings.seed,
+                    epoch,
+                    false,
+                    device,
+                )
+                .0
+            })
+            .collect();
+        settle_statistics(avg.clone(), batches)
     };
     let set = if data.val.is_empty() {
         &data.train
