@@ -1265,6 +1265,7 @@ pub fn train(
                 value: judge_dice,
             });
         }
+        let mut swa_line = None;
         let old_swa = match (settings.swa_start(), mean.mean()) {
             (Some(s), Some(avg)) if epoch >= s => {
                 let (averaged, swa_dice) = settled_mean(
@@ -1277,7 +1278,7 @@ pub fn train(
                 );
                 let file = format!("swa-{:04}.model.bpk", epoch + 1);
                 write_atomic(&ck.join(&file), &model_bytes(&averaged)?)?;
-                progress.log(&format!(
+                swa_line = Some(format!(
                     "weight average of {} steps: validation Dice {swa_dice:.4}",
                     mean.count()
                 ));
@@ -1320,6 +1321,9 @@ pub fn train(
             }
         }
         progress.epoch_end(&m);
+        if let Some(line) = swa_line {
+            progress.log(&line);
+        }
         if !keep.is_empty() {
             let mut tiles: Vec<(&[f32], [f32; 3])> = Vec::new();
             for (k, &i) in keep.iter().enumerate() {
