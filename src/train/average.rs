@@ -102,6 +102,17 @@ mod tests {
     use super::*;
     use crate::train::unet::UnetArch;
 
+    fn net(depth: usize, base_width: usize) -> (Unet, Device) {
+        let device = crate::train::trainer::device_for(crate::train::settings::Backend::Flex);
+        let arch = UnetArch {
+            depth,
+            base_width,
+            in_channels: 1,
+            classes: 1,
+        };
+        (Unet::new(&arch, &device), device)
+    }
+
     fn weights(net: &Unet) -> Vec<Vec<f32>> {
         let mut c = Collect(Vec::new());
         net.visit(&mut c);
@@ -112,14 +123,7 @@ mod tests {
 
     #[test]
     fn the_mean_of_networks_is_the_mean_of_each_weight() {
-        let device = crate::train::trainer::device_for(crate::train::settings::Backend::Flex);
-        let arch = UnetArch {
-            depth: 2,
-            base_width: 4,
-            in_channels: 1,
-            classes: 1,
-        };
-        let nets: Vec<Unet> = (0..3).map(|_| Unet::new(&arch, &device)).collect();
+        let nets: Vec<Unet> = (0..3).map(|_| net(2, 4).0).collect();
         let mut m = WeightMean::default();
         for n in &nets {
             m.add(n);
@@ -146,14 +150,7 @@ mod tests {
 
     #[test]
     fn settled_statistics_are_those_of_the_images() {
-        let device = crate::train::trainer::device_for(crate::train::settings::Backend::Flex);
-        let arch = UnetArch {
-            depth: 1,
-            base_width: 2,
-            in_channels: 1,
-            classes: 1,
-        };
-        let net = Unet::new(&arch, &device);
+        let (net, device) = net(1, 2);
         let before = net.running_statistics();
         let (w, h) = (8, 8);
         let imgs: Vec<Vec<f32>> = (0..4)

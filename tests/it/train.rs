@@ -76,6 +76,46 @@ fn state(run: &Path) -> RunState {
         .unwrap()
 }
 
+/// The phantom set of the resume tests: 12 images of 80x64.
+fn resume_dataset(dir: &Path) -> PathBuf {
+    let ds = dir.join("ds");
+    synth_dataset(
+        &ds,
+        &[
+            "--count", "12", "--width", "80", "--height", "64", "--seed", "9",
+        ],
+    );
+    ds
+}
+
+/// Waits (at most 600 s) until the run in `run` has committed a checkpoint for which `ready`
+/// holds, then SIGKILLs `child` (no chance to clean up); returns that checkpoint's state.
+fn kill_when(
+    mut child: std::process::Child,
+    run: &Path,
+    ready: impl Fn(&RunState) -> bool,
+) -> RunState {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let seen = loop {
+        if let Ok(text) = std::fs::read_to_string(run.join("checkpoints/last.json")) {
+            if let Ok(st) = serde_json::from_str::<RunState>(&text) {
+                if ready(&st) {
+                    break st;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no such checkpoint within 600 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen
+}
+
 #[test]
 fn overfitting_eight_phantoms_reaches_dice_above_0_9() {
     let tmp = tempfile::tempdir().unwrap();
@@ -250,11 +290,7 @@ fn parity(classes: usize) {
     let x: Vec<f32> = (0..w * h).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
     let a = model.run(&x).unwrap().to_vec();
     let b = model2.run(&x).unwrap();
-    let d = a
-        .iter()
-        .zip(b)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
+    let d = max_abs_difference(&a, b);
     assert!(d < 1e-4, "ONNX -> burn -> ONNX changed outputs by {d}");
 }
 
@@ -328,13 +364,7 @@ fn training_roi_follows_the_init_model() {
 #[test]
 fn resume_after_sigkill_continues_from_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = tmp.path().join("ds");
-    synth_dataset(
-        &ds,
-        &[
-            "--count", "12", "--width", "80", "--height", "64", "--seed", "9",
-        ],
-    );
+    let ds = resume_dataset(tmp.path());
     let d = ds.to_str().unwrap();
     // Reference: the same run without interruption.
     let full = tmp.path().join("full");
@@ -344,29 +374,12 @@ fn resume_after_sigkill_continues_from_the_last_checkpoint() {
     assert_eq!(reference.len(), 6);
 
     let cut = tmp.path().join("cut");
-    let mut child = pocusd()
+    let child = pocusd()
         .args(small_args(d, cut.to_str().unwrap(), "6"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let done_before = loop {
-        if let Ok(text) = std::fs::read_to_string(cut.join("checkpoints/last.json")) {
-            let st: RunState = serde_json::from_str(&text).unwrap();
-            if st.epochs_done >= 2 {
-                break st.epochs_done;
-            }
-        }
-        assert!(Instant::now() < deadline, "no checkpoint within 600 s");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // SIGKILL: no chance to clean up.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let done_before = kill_when(child, &cut, |st| st.epochs_done >= 2).epochs_done;
     let killed = state(&cut);
     assert!(
         killed.epochs_done >= done_before && killed.epochs_done < 6,
@@ -439,13 +452,7 @@ fn resume_after_sigkill_continues_from_the_last_checkpoint() {
 #[test]
 fn weight_averaging_exports_the_mean_of_the_last_epochs_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = tmp.path().join("ds");
-    synth_dataset(
-        &ds,
-        &[
-            "--count", "12", "--width", "80", "--height", "64", "--seed", "9",
-        ],
-    );
+    let ds = resume_dataset(tmp.path());
     let d = ds.to_str().unwrap();
     let cfg = tmp.path().join("swa.toml");
     std::fs::write(&cfg, "[train]\nswa_epochs = 4\nswa_lr_fraction = 0.3\n").unwrap();
@@ -502,48 +509,28 @@ fn weight_averaging_exports_the_mean_of_the_last_epochs_and_resumes() {
         let x: Vec<f32> = (0..64 * 64).map(|_| rng.next_f64() as f32).collect();
         model.run(&x).unwrap().to_vec()
     };
-    let diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max)
-    };
     let (m, s, l) = (
         outputs(&full.join("model.onnx")),
         outputs(&swa),
         outputs(&last),
     );
-    assert!(diff(&m, &s) < 1e-6, "model.onnx is not the average");
-    assert!(diff(&s, &l) > 1e-4, "the average equals the last weights");
+    assert!(
+        max_abs_difference(&m, &s) < 1e-6,
+        "model.onnx is not the average"
+    );
+    assert!(
+        max_abs_difference(&s, &l) > 1e-4,
+        "the average equals the last weights"
+    );
 
     // Killed after the first averaged epoch, then resumed.
     let cut = tmp.path().join("cut");
-    let mut child = pocusd()
+    let child = pocusd()
         .args(with_cfg(&cut))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(cut.join("checkpoints/last.json")) {
-            if let Ok(st) = serde_json::from_str::<RunState>(&text) {
-                if st.swa_steps > 0 {
-                    break;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no averaged checkpoint within 600 s"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(child, &cut, |st| st.swa_steps > 0);
     let o = run(&["train", "--resume", cut.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let resumed = state(&cut);
@@ -554,7 +541,7 @@ fn weight_averaging_exports_the_mean_of_the_last_epochs_and_resumes() {
         "{a} vs {b}"
     );
     assert!(
-        diff(&outputs(&cut.join("model.onnx")), &m) < 1e-3,
+        max_abs_difference(&outputs(&cut.join("model.onnx")), &m) < 1e-3,
         "the resumed run's average differs"
     );
 
@@ -791,11 +778,7 @@ print(n)
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    let worst = ort
-        .iter()
-        .zip(&tract_p)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_difference(&ort, &tract_p);
     assert!(worst < 1e-4, "onnxruntime vs tract: {worst}");
 }
 
@@ -925,9 +908,14 @@ fn probabilities(model: &Path, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
 }
 
 fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let (a, b): (Vec<f32>, Vec<f32>) = (a.concat(), b.concat());
+    max_abs_difference(&a, &b)
+}
+
+/// The largest absolute difference between two equally long outputs.
+fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
+        .zip(b)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0f32, f32::max)
 }
