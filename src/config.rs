@@ -539,6 +539,8 @@ pub struct TrainSection {
     pub input: String,
     pub width: u64,
     pub depth: u64,
+    pub encoder: String,
+    pub encoder_weights: String,
     pub head: String,
     pub loss: String,
     pub tversky_alpha: f64,

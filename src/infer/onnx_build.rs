@@ -25,7 +25,7 @@ pub struct GraphBuilder {
     next: usize,
 }
 
-fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: 7,
@@ -34,7 +34,7 @@ fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     }
 }
 
-fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+pub(crate) fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: 2,
@@ -391,7 +391,7 @@ pub fn brightness_model(
 }
 
 /// Makes the final value's name `name` with an Identity node.
-fn rename_output(mut g: GraphBuilder, x: &str, name: &str) -> GraphBuilder {
+pub(crate) fn rename_output(mut g: GraphBuilder, x: &str, name: &str) -> GraphBuilder {
     g.nodes.push(pb::NodeProto {
         name: name.into(),
         op_type: "Identity".into(),

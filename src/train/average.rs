@@ -109,6 +109,7 @@ mod tests {
             base_width,
             in_channels: 1,
             classes: 1,
+            ..Default::default()
         };
         (Unet::new(&arch, &device), device)
     }

@@ -9,11 +9,16 @@
 use std::collections::HashMap;
 
 use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::BatchNorm;
 use burn::tensor::{Device, Tensor, TensorData};
 use thiserror::Error;
 
-use super::unet::{ConvBlock, Unet, UnetArch};
-use crate::infer::onnx_build::{unet_graph, UnetShape, UnetWeights};
+use super::effnet::{EffEncoder, SKIP_BLOCKS};
+use super::unet::{ConvBlock, Encoder, Unet, UnetArch};
+use crate::infer::onnx_build::{
+    attr_int, attr_ints, rename_output, unet_graph, GraphBuilder, UnetShape, UnetWeights,
+};
 use crate::model::ModelSpec;
 
 /// Export and import failures.
@@ -35,6 +40,36 @@ fn values<const D: usize>(name: &str, t: Tensor<D>) -> Result<Vec<f32>, ExportEr
 /// Folded (weight, bias) of every layer, by name.
 struct Folded(HashMap<String, (Vec<f32>, Vec<f32>)>);
 
+/// `conv`'s weight and bias with `bn` (if any) folded in.
+fn fold_conv(
+    name: &str,
+    conv: &Conv2d,
+    bn: Option<&BatchNorm>,
+) -> Result<(Vec<f32>, Vec<f32>), ExportError> {
+    let w = values(name, conv.weight.val())?;
+    let cout = conv.weight.shape().dims::<4>()[0];
+    let bias = match &conv.bias {
+        Some(p) => values(name, p.val())?,
+        None => vec![0.0; cout],
+    };
+    let Some(bn) = bn else { return Ok((w, bias)) };
+    let gamma = values(name, bn.gamma.val())?;
+    let beta = values(name, bn.beta.val())?;
+    let mean = values(name, bn.running_mean.value())?;
+    let var = values(name, bn.running_var.value())?;
+    let per_out = w.len() / cout.max(1);
+    let mut fw = w;
+    let mut fb = vec![0.0f32; cout];
+    for o in 0..cout.min(gamma.len()) {
+        let scale = gamma[o] / (var[o] + bn.epsilon as f32).sqrt();
+        for v in &mut fw[o * per_out..(o + 1) * per_out] {
+            *v *= scale;
+        }
+        fb[o] = (bias.get(o).copied().unwrap_or(0.0) - mean[o]) * scale + beta[o];
+    }
+    Ok((fw, fb))
+}
+
 fn fold_block(
     out: &mut HashMap<String, (Vec<f32>, Vec<f32>)>,
     prefix: &str,
@@ -42,30 +77,25 @@ fn fold_block(
 ) -> Result<(), ExportError> {
     for (i, conv, bn) in [(1, &b.conv1, &b.bn1), (2, &b.conv2, &b.bn2)] {
         let name = format!("{prefix}.conv{i}");
-        let w = values(&name, conv.weight.val())?;
-        let bias = match &conv.bias {
-            Some(p) => values(&name, p.val())?,
-            None => Vec::new(),
-        };
-        let gamma = values(&name, bn.gamma.val())?;
-        let beta = values(&name, bn.beta.val())?;
-        let mean = values(&name, bn.running_mean.value())?;
-        let var = values(&name, bn.running_var.value())?;
-        let cout = gamma.len();
-        let per_out = w.len() / cout.max(1);
-        let mut fw = w;
-        let mut fb = vec![0.0f32; cout];
-        for o in 0..cout {
-            let scale = gamma[o] / (var[o] + bn.epsilon as f32).sqrt();
-            for v in &mut fw[o * per_out..(o + 1) * per_out] {
-                *v *= scale;
-            }
-            let b0 = bias.get(o).copied().unwrap_or(0.0);
-            fb[o] = (b0 - mean[o]) * scale + beta[o];
-        }
-        out.insert(name, (fw, fb));
+        let folded = fold_conv(&name, conv, Some(bn))?;
+        out.insert(name, folded);
     }
     Ok(())
+}
+
+/// The EfficientNet encoder's convolutions by name, each with what it reads and writes: (name,
+/// convolution, batch norm, whether ReLU6 follows).
+fn encoder_layers(e: &EffEncoder) -> Vec<(String, &Conv2d, &BatchNorm, bool)> {
+    let mut out = vec![("encoder.stem".to_string(), &e.stem, &e.bn0, true)];
+    for (i, b) in e.blocks.iter().enumerate() {
+        let p = format!("encoder.blocks.{i}");
+        if let (Some(ex), Some(b0)) = (&b.expand, &b.bn0) {
+            out.push((format!("{p}.expand"), ex, b0, true));
+        }
+        out.push((format!("{p}.depthwise"), &b.depthwise, &b.bn1, true));
+        out.push((format!("{p}.project"), &b.project, &b.bn2, false));
+    }
+    out
 }
 
 impl Folded {
@@ -73,6 +103,12 @@ impl Folded {
         let mut m = HashMap::new();
         for (i, b) in net.down.iter().enumerate() {
             fold_block(&mut m, &format!("down.{i}"), b)?;
+        }
+        if let Some(e) = &net.encoder {
+            for (name, conv, bn, _) in encoder_layers(e) {
+                let folded = fold_conv(&name, conv, Some(bn))?;
+                m.insert(name, folded);
+            }
         }
         fold_block(&mut m, "bottom", &net.bottom)?;
         for (i, u) in net.up.iter().enumerate() {
@@ -116,6 +152,9 @@ impl UnetWeights for Folded {
 pub fn to_onnx(net: &Unet, spec: &ModelSpec) -> Result<Vec<u8>, ExportError> {
     let arch = net.arch();
     let mut folded = Folded::new(net)?;
+    if let Some(e) = &net.encoder {
+        return Ok(efficientnet_graph(net, e, &mut folded, spec));
+    }
     let shape = UnetShape {
         depth: arch.depth,
         base_width: arch.base_width,
@@ -124,6 +163,109 @@ pub fn to_onnx(net: &Unet, spec: &ModelSpec) -> Result<Vec<u8>, ExportError> {
     let mut spec = spec.clone();
     spec.output_channels = arch.classes;
     Ok(unet_graph(&spec, shape, &mut folded))
+}
+
+/// A folded convolution node named `name` (weights from `folded`; stride, groups and symmetric
+/// "same" padding from `conv`).
+fn conv_node(
+    g: &mut GraphBuilder,
+    x: &str,
+    name: &str,
+    conv: &Conv2d,
+    folded: &mut Folded,
+) -> String {
+    let dims = conv.weight.shape().dims::<4>();
+    let (w, b) = folded.take(name);
+    let wn = g.named_constant(&format!("{name}.weight"), &dims, w);
+    let bn = g.named_constant(&format!("{name}.bias"), &[dims[0]], b);
+    let k = dims[2] as i64;
+    let s = conv.stride[0] as i64;
+    g.node(
+        "Conv",
+        &[x, &wn, &bn],
+        vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("pads", &[k / 2; 4]),
+            attr_ints("strides", &[s, s]),
+            attr_int("group", conv.groups as i64),
+        ],
+    )
+}
+
+fn block_node(g: &mut GraphBuilder, x: &str, name: &str, b: &ConvBlock, f: &mut Folded) -> String {
+    let y = conv_node(g, x, &format!("{name}.conv1"), &b.conv1, f);
+    let y = g.node("Relu", &[&y], vec![]);
+    let y = conv_node(g, &y, &format!("{name}.conv2"), &b.conv2, f);
+    g.node("Relu", &[&y], vec![])
+}
+
+/// The graph of a U-Net on the EfficientNet-lite0 encoder (ReLU6 as Clip, the blocks' residual
+/// additions as Add), initializers named by the network's parameter paths.
+fn efficientnet_graph(net: &Unet, e: &EffEncoder, f: &mut Folded, spec: &ModelSpec) -> Vec<u8> {
+    let mut g = GraphBuilder::new();
+    let (w, h, c) = (spec.input_width, spec.input_height, spec.channels);
+    let classes = net.head.weight.shape().dims::<4>()[0];
+    let zero = g.constant("zero", &[], vec![0.0]);
+    let six = g.constant("six", &[], vec![6.0]);
+    let mut skips = Vec::new();
+    if let Some(b) = net.down.first() {
+        skips.push(block_node(&mut g, "input", "down.0", b, f));
+    }
+    let layers = encoder_layers(e);
+    let mut layer = layers.iter();
+    let mut apply = |g: &mut GraphBuilder, x: &str, f: &mut Folded| -> String {
+        let Some((name, conv, _, relu6)) = layer.next() else {
+            return x.to_string();
+        };
+        let y = conv_node(g, x, name, conv, f);
+        if *relu6 {
+            g.node("Clip", &[&y, &zero, &six], vec![])
+        } else {
+            y
+        }
+    };
+    let mut x = apply(&mut g, "input", f);
+    for (i, b) in e.blocks.iter().enumerate() {
+        let mut y = x.clone();
+        if b.expand.is_some() {
+            y = apply(&mut g, &y, f);
+        }
+        y = apply(&mut g, &y, f);
+        y = apply(&mut g, &y, f);
+        x = if b.residual() {
+            g.node("Add", &[&y, &x], vec![])
+        } else {
+            y
+        };
+        if SKIP_BLOCKS.contains(&i) {
+            skips.push(x.clone());
+        }
+    }
+    let deepest = skips.pop().unwrap_or_default();
+    let mut y = block_node(&mut g, &deepest, "bottom", &net.bottom, f);
+    for (i, u) in net.up.iter().enumerate() {
+        let Some(skip) = skips.pop() else { break };
+        let [cin, cout, _, _] = u.up.weight.shape().dims::<4>();
+        let name = format!("up.{i}.up");
+        let (wu, bu) = f.take(&name);
+        y = g.conv_transpose2_named(&y, &name, wu, bu, cin, cout);
+        y = g.concat(&[&y, &skip], 1);
+        y = block_node(&mut g, &y, &format!("up.{i}.block"), &u.block, f);
+    }
+    y = conv_node(&mut g, &y, "head", &net.head, f);
+    y = if classes == 1 {
+        g.node("Sigmoid", &[&y], vec![])
+    } else {
+        g.softmax(&y, 1)
+    };
+    let mut spec = spec.clone();
+    spec.output_channels = classes;
+    let meta = spec.to_metadata();
+    rename_output(g, &y, "output").finish(
+        ("input", &[Some(1), Some(c), Some(h), Some(w)]),
+        ("output", &[Some(1), Some(classes), Some(h), Some(w)]),
+        &meta,
+    )
 }
 
 /// The largest difference between `net` folded for export and the weights of an exported ONNX
@@ -192,11 +334,17 @@ pub fn onnx_arch(
     let head = inits
         .get("head.weight")
         .ok_or_else(|| foreign("it has no layer named head".into()))?;
+    if inits.contains_key("encoder.stem.weight") {
+        return Err(foreign(
+            "its encoder is EfficientNet-lite0, whose batch norms a folded file cannot give back; start from its run folder, or from the unfolded copy (.bpk) beside it".into(),
+        ));
+    }
     Ok(UnetArch {
         depth,
         base_width: first.0[0],
         in_channels: first.0[1],
         classes: head.0[0],
+        encoder: Encoder::Unet,
     })
 }
 
@@ -329,6 +477,7 @@ fn placeholder_block(device: &Device) -> ConvBlock {
             base_width: 1,
             in_channels: 1,
             classes: 1,
+            ..Default::default()
         },
         device,
     );

@@ -9,6 +9,7 @@ pub mod augment;
 pub mod average;
 pub mod bench;
 pub use crate::dataset;
+pub mod effnet;
 pub mod export;
 pub mod loss;
 pub mod nightly;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::augment::AugmentConfig;
 use super::loss::Loss;
-use super::unet::UnetArch;
+use super::unet::{Encoder, UnetArch};
 use crate::config::{choice, range, ConfigError, TrainSection};
 use crate::dataset::LoadReport;
 use crate::model::parse_size;
@@ -77,6 +77,9 @@ pub struct TrainSettings {
     pub swa_epochs: usize,
     #[serde(default)]
     pub swa_lr_fraction: f64,
+    /// ImageNet weights for an EfficientNet encoder (`[train] encoder_weights`).
+    #[serde(default)]
+    pub encoder_weights: Option<PathBuf>,
     pub seed: u64,
     /// Detect the region of interest (true) or use the whole image.
     pub roi_auto: bool,
@@ -168,6 +171,17 @@ impl TrainSettings {
             unreachable!()
         };
         let depth = int("train.depth", t.depth, 1, 6)?;
+        let Some(encoder) = Encoder::parse(&t.encoder) else {
+            choice("train.encoder", &t.encoder, &["unet", "efficientnet-lite0"])?;
+            unreachable!()
+        };
+        if encoder == Encoder::EfficientnetLite0 && depth != 4 {
+            return Err(ConfigError::OutOfRange {
+                key: "train.depth".into(),
+                value: depth.to_string(),
+                allowed: "4 with encoder = \"efficientnet-lite0\" (strides 2 to 16)".into(),
+            });
+        }
         let (input_width, input_height) =
             parse_size(&t.input).ok_or_else(|| ConfigError::OutOfRange {
                 key: "train.input".into(),
@@ -283,7 +297,9 @@ impl TrainSettings {
                 base_width: int("train.width", t.width, 1, 256)?,
                 in_channels: 1,
                 classes,
+                encoder,
             },
+            encoder_weights: path(&t.encoder_weights),
             loss,
             lr: range("train.lr", t.lr, 0.0, 1.0, "0 to 1.0")?,
             lr_final_fraction: prob("train.lr_final_fraction", t.lr_final_fraction)?,

@@ -19,12 +19,13 @@ use thiserror::Error;
 
 use super::augment::{self, AugmentConfig, Augmenter};
 use super::average::{settle_statistics, WeightMean};
+use super::effnet::EffEncoder;
 use super::export;
 use super::loss::dice_iou;
 use super::plot;
 use super::settings::{Backend, BnStats, TrainSettings};
 use super::tfevents;
-use super::unet::{Unet, UnetArch};
+use super::unet::{Encoder, Unet, UnetArch};
 use crate::dataset::{self, LoadReport, Sample};
 use crate::imageio;
 use crate::model::ModelSpec;
@@ -622,8 +623,21 @@ fn initial_network(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(Unet, bool), TrainError> {
-    let net = Unet::new(&settings.arch, device);
+    let mut net = Unet::new(&settings.arch, device);
     let Some(init) = &settings.init else {
+        if let (Some(pth), Some(_)) = (&settings.encoder_weights, &net.encoder) {
+            let bytes = std::fs::read(pth).map_err(io(pth))?;
+            let encoder =
+                EffEncoder::from_pth(&bytes, settings.arch.in_channels, device).map_err(|e| {
+                    TrainError::Invalid(format!("[train] encoder_weights {}: {e}", pth.display()))
+                })?;
+            net.encoder = Some(encoder);
+            progress.log(&format!(
+                "encoder {} initialised from {}",
+                settings.arch.encoder.as_str(),
+                pth.display()
+            ));
+        }
         return Ok((net, false));
     };
     if init.is_dir() {
@@ -1058,7 +1072,7 @@ pub fn train(
     };
     write_run_info(&run, &info)?;
     progress.log(&format!(
-        "run {} in {}: {} training, {} validation images at {}x{}, U-Net depth {} width {}, loss {}, backend {}",
+        "run {} in {}: {} training, {} validation images at {}x{}, U-Net depth {} width {}{}, loss {}, backend {}",
         info.run_id,
         run.display(),
         data.train.len(),
@@ -1067,6 +1081,10 @@ pub fn train(
         settings.input_height,
         settings.arch.depth,
         settings.arch.base_width,
+        match settings.arch.encoder {
+            Encoder::Unet => String::new(),
+            e => format!(" encoder {}", e.as_str()),
+        },
         settings.loss.name(),
         settings.backend.as_str()
     ));

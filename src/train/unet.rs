@@ -13,6 +13,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::effnet::{EffEncoder, SKIP_CHANNELS};
+
 /// Architecture of a U-Net.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnetArch {
@@ -24,6 +26,38 @@ pub struct UnetArch {
     pub in_channels: usize,
     /// Output channels: 1 for a sigmoid head, C >= 2 for softmax over C classes.
     pub classes: usize,
+    /// The encoder below the full-resolution level (`[train] encoder`).
+    #[serde(default)]
+    pub encoder: Encoder,
+}
+
+/// What computes the features at strides 2 to 16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoder {
+    /// The plain U-Net's levels of two 3x3 convolutions and max pooling.
+    #[default]
+    Unet,
+    /// EfficientNet-lite0's stem and blocks 0 to 10 ([`EffEncoder`]); depth 4, the plain U-Net's
+    /// first level kept as the full-resolution skip.
+    EfficientnetLite0,
+}
+
+impl Encoder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoder::Unet => "unet",
+            Encoder::EfficientnetLite0 => "efficientnet-lite0",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unet" => Some(Encoder::Unet),
+            "efficientnet-lite0" => Some(Encoder::EfficientnetLite0),
+            _ => None,
+        }
+    }
 }
 
 impl Default for UnetArch {
@@ -33,6 +67,7 @@ impl Default for UnetArch {
             base_width: 16,
             in_channels: 1,
             classes: 1,
+            encoder: Encoder::Unet,
         }
     }
 }
@@ -47,7 +82,7 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+    pub(crate) fn new(cin: usize, cout: usize, device: &Device) -> Self {
         let conv = |cin, cout| {
             Conv2dConfig::new([cin, cout], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -62,7 +97,7 @@ impl ConvBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = relu(self.bn1.forward(self.conv1.forward(x)));
         relu(self.bn2.forward(self.conv2.forward(x)))
     }
@@ -77,62 +112,68 @@ impl ConvBlock {
         at: &mut usize,
         by_batch: bool,
     ) -> Tensor<4> {
-        let norm = |bn: &BatchNorm, u: Tensor<4>| {
-            if by_batch {
-                batch_normalised(bn, u)
-            } else {
-                bn.forward(u)
-            }
-        };
         let u = self.conv1.forward(x);
-        acc.add(*at, &u);
-        *at += 1;
-        let x = relu(norm(&self.bn1, u));
+        let x = relu(recorded_norm(&self.bn1, u, acc, at, by_batch));
         let u = self.conv2.forward(x);
-        acc.add(*at, &u);
-        *at += 1;
-        relu(norm(&self.bn2, u))
+        relu(recorded_norm(&self.bn2, u, acc, at, by_batch))
     }
 
-    /// Sets each batch norm's running statistics to the measured ones (scale and shift kept):
-    /// the mean, and the variance within a batch as training tracks it.
-    fn restate(&mut self, acc: &Moments, at: &mut usize) {
-        for bn in [&mut self.bn1, &mut self.bn2] {
-            let (mean, var) = acc.mean_within_var(*at);
-            *at += 1;
-            let device = bn.gamma.val().device();
-            let c = mean.len();
-            let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
-            bn.running_mean = RunningState::new(t(mean));
-            bn.running_var = RunningState::new(t(var));
-        }
+    fn bns_mut(&mut self) -> [&mut BatchNorm; 2] {
+        [&mut self.bn1, &mut self.bn2]
     }
+}
 
-    fn calibrate(&mut self, acc: &Moments, at: &mut usize) {
-        for bn in [&mut self.bn1, &mut self.bn2] {
-            let (mean, var) = acc.mean_var(*at);
-            *at += 1;
-            let device = bn.gamma.val().device();
-            let eps = bn.epsilon as f32;
-            let beta: Vec<f32> = bn
-                .beta
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .unwrap_or_default();
-            let c = mean.len();
-            let gamma: Vec<f32> = var.iter().map(|v| (v + eps).sqrt()).collect();
-            let shift: Vec<f32> = (0..c)
-                .map(|i| mean[i] + beta.get(i).copied().unwrap_or(0.0))
-                .collect();
-            let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
-            bn.gamma = Param::from_tensor(t(gamma));
-            bn.beta = Param::from_tensor(t(shift));
-            bn.running_mean = RunningState::new(t(mean));
-            bn.running_var = RunningState::new(t(var));
-        }
+/// `bn` applied to `u` after adding `u`'s statistics to `acc` as layer `at` (then advanced); with
+/// `by_batch`, normalised by the batch's own statistics.
+pub(crate) fn recorded_norm(
+    bn: &BatchNorm,
+    u: Tensor<4>,
+    acc: &mut Moments,
+    at: &mut usize,
+    by_batch: bool,
+) -> Tensor<4> {
+    acc.add(*at, &u);
+    *at += 1;
+    if by_batch {
+        batch_normalised(bn, u)
+    } else {
+        bn.forward(u)
     }
+}
+
+/// Sets the batch norm's running statistics to the measured ones of layer `at` (scale and shift
+/// kept): the mean, and the variance within a batch as training tracks it.
+pub(crate) fn restate(bn: &mut BatchNorm, acc: &Moments, at: usize) {
+    let (mean, var) = acc.mean_within_var(at);
+    let device = bn.gamma.val().device();
+    let c = mean.len();
+    let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+    bn.running_mean = RunningState::new(t(mean));
+    bn.running_var = RunningState::new(t(var));
+}
+
+/// Calibrated unfolding of one batch norm (see [`Unet::with_data_statistics`]).
+pub(crate) fn calibrate(bn: &mut BatchNorm, acc: &Moments, at: usize) {
+    let (mean, var) = acc.mean_var(at);
+    let device = bn.gamma.val().device();
+    let eps = bn.epsilon as f32;
+    let beta: Vec<f32> = bn
+        .beta
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    let c = mean.len();
+    let gamma: Vec<f32> = var.iter().map(|v| (v + eps).sqrt()).collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|i| mean[i] + beta.get(i).copied().unwrap_or(0.0))
+        .collect();
+    let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+    bn.gamma = Param::from_tensor(t(gamma));
+    bn.beta = Param::from_tensor(t(shift));
+    bn.running_mean = RunningState::new(t(mean));
+    bn.running_var = RunningState::new(t(var));
 }
 
 /// Per-channel sums of every batch norm's input, in network order (encoder blocks, bottom,
@@ -154,7 +195,7 @@ struct LayerMoments {
 }
 
 impl Moments {
-    fn add(&mut self, at: usize, u: &Tensor<4>) {
+    pub(crate) fn add(&mut self, at: usize, u: &Tensor<4>) {
         let [n, c, h, w] = u.dims();
         let sum = |t: Tensor<4>| -> Vec<f32> {
             t.sum_dim(0)
@@ -237,35 +278,51 @@ pub struct UpBlock {
 /// The network.
 #[derive(Module, Debug)]
 pub struct Unet {
+    /// The encoder's levels; with an EfficientNet encoder only the full-resolution one.
     pub down: Vec<ConvBlock>,
     pub bottom: ConvBlock,
     /// Deepest first.
     pub up: Vec<UpBlock>,
     pub head: Conv2d,
     pub pool: MaxPool2d,
+    /// `Encoder::EfficientnetLite0`: the features at strides 2 to 16 (absent in the plain U-Net,
+    /// and in files written before it existed).
+    pub encoder: Option<EffEncoder>,
 }
 
 impl Unet {
     /// A freshly initialised network (burn's default initialisers).
     pub fn new(arch: &UnetArch, device: &Device) -> Self {
-        let mut down = Vec::with_capacity(arch.depth);
+        let eff = arch.encoder == Encoder::EfficientnetLite0;
+        let depth = if eff { SKIP_CHANNELS.len() } else { arch.depth };
+        let levels = if eff { 1 } else { depth };
+        let mut down = Vec::with_capacity(levels);
         let mut cin = arch.in_channels;
-        for level in 0..arch.depth {
+        for level in 0..levels {
             let cout = arch.base_width << level;
             down.push(ConvBlock::new(cin, cout, device));
             cin = cout;
         }
-        let bottom_width = arch.base_width << arch.depth;
-        let bottom = ConvBlock::new(cin, bottom_width, device);
-        let mut up = Vec::with_capacity(arch.depth);
+        // Channels of the skip at each level and of the bottom block's input.
+        let skip = |level: usize| {
+            if eff && level > 0 {
+                SKIP_CHANNELS[level - 1]
+            } else {
+                arch.base_width << level
+            }
+        };
+        let bottom_in = if eff { SKIP_CHANNELS[depth - 1] } else { cin };
+        let bottom_width = arch.base_width << depth;
+        let bottom = ConvBlock::new(bottom_in, bottom_width, device);
+        let mut up = Vec::with_capacity(depth);
         let mut cin = bottom_width;
-        for level in (0..arch.depth).rev() {
+        for level in (0..depth).rev() {
             let cout = arch.base_width << level;
             up.push(UpBlock {
                 up: ConvTranspose2dConfig::new([cin, cout], [2, 2])
                     .with_stride([2, 2])
                     .init(device),
-                block: ConvBlock::new(2 * cout, cout, device),
+                block: ConvBlock::new(cout + skip(level), cout, device),
             });
             cin = cout;
         }
@@ -276,20 +333,33 @@ impl Unet {
             up,
             head,
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            encoder: eff.then(|| EffEncoder::new(arch.in_channels, device)),
         }
     }
 
     /// Logits `[N, classes, H, W]` for input `[N, in_channels, H, W]` (H and W multiples of
     /// 2^depth).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut skips = Vec::with_capacity(self.down.len());
+        let mut skips = Vec::with_capacity(self.up.len());
         let mut x = x;
-        for block in &self.down {
-            let y = block.forward(x);
-            x = self.pool.forward(y.clone());
-            skips.push(y);
+        if let Some(enc) = &self.encoder {
+            if let Some(block) = self.down.first() {
+                skips.push(block.forward(x.clone()));
+            }
+            let mut features = enc.forward(x);
+            let deepest = features.pop();
+            skips.extend(features);
+            x = self
+                .bottom
+                .forward(deepest.unwrap_or_else(|| skips[0].clone()));
+        } else {
+            for block in &self.down {
+                let y = block.forward(x);
+                x = self.pool.forward(y.clone());
+                skips.push(y);
+            }
+            x = self.bottom.forward(x);
         }
-        x = self.bottom.forward(x);
         for up in &self.up {
             let skip = match skips.pop() {
                 Some(s) => s,
@@ -321,16 +391,29 @@ impl Unet {
         self.moments(x, acc, true);
     }
 
+    /// Batch norms in network order: the encoder's levels (the full-resolution block, then an
+    /// EfficientNet encoder's in its order), the bottom, the decoder's blocks.
     fn moments(&self, x: Tensor<4>, acc: &mut Moments, by_batch: bool) {
         let mut at = 0;
-        let mut skips = Vec::with_capacity(self.down.len());
+        let mut skips = Vec::with_capacity(self.up.len());
         let mut x = x;
-        for block in &self.down {
-            let y = block.forward_moments(x, acc, &mut at, by_batch);
-            x = self.pool.forward(y.clone());
-            skips.push(y);
+        if let Some(enc) = &self.encoder {
+            if let Some(block) = self.down.first() {
+                skips.push(block.forward_moments(x.clone(), acc, &mut at, by_batch));
+            }
+            let mut features = enc.forward_moments(x, acc, &mut at, by_batch);
+            let deepest = features.pop();
+            skips.extend(features);
+            let Some(deepest) = deepest else { return };
+            x = self.bottom.forward_moments(deepest, acc, &mut at, by_batch);
+        } else {
+            for block in &self.down {
+                let y = block.forward_moments(x, acc, &mut at, by_batch);
+                x = self.pool.forward(y.clone());
+                skips.push(y);
+            }
+            x = self.bottom.forward_moments(x, acc, &mut at, by_batch);
         }
-        x = self.bottom.forward_moments(x, acc, &mut at, by_batch);
         for up in &self.up {
             let Some(skip) = skips.pop() else { break };
             let u = up.up.forward(x);
@@ -340,18 +423,29 @@ impl Unet {
         }
     }
 
+    /// Every batch norm, in the order of [`Unet::accumulate_moments`].
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        let mut out: Vec<&mut BatchNorm> = Vec::new();
+        for b in self.down.iter_mut() {
+            out.extend(b.bns_mut());
+        }
+        if let Some(enc) = self.encoder.as_mut() {
+            out.extend(enc.batch_norms_mut());
+        }
+        out.extend(self.bottom.bns_mut());
+        for u in self.up.iter_mut() {
+            out.extend(u.block.bns_mut());
+        }
+        out
+    }
+
     /// Adaptation of the batch-norm statistics: every batch norm's running mean and variance
     /// become those measured over data (`acc`: the mean, and the variance within its batches),
     /// its learnt scale and shift unchanged, so the network normalises a new scanner's features
     /// as it learnt to normalise its training data's.
     pub fn with_running_statistics(mut self, acc: &Moments) -> Self {
-        let mut at = 0;
-        for b in self.down.iter_mut() {
-            b.restate(acc, &mut at);
-        }
-        self.bottom.restate(acc, &mut at);
-        for u in self.up.iter_mut() {
-            u.block.restate(acc, &mut at);
+        for (at, bn) in self.batch_norms_mut().into_iter().enumerate() {
+            restate(bn, acc, at);
         }
         self
     }
@@ -359,19 +453,15 @@ impl Unet {
     /// The running statistics of every batch norm, in network order: (mean, variance) per
     /// channel.
     pub fn running_statistics(&self) -> Vec<(Vec<f32>, Vec<f32>)> {
-        let blocks = self
-            .down
-            .iter()
-            .chain(std::iter::once(&self.bottom))
-            .chain(self.up.iter().map(|u| &u.block));
         let v = |t: Tensor<1>| {
             t.into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .unwrap_or_default()
         };
-        blocks
-            .flat_map(|b| [&b.bn1, &b.bn2])
+        self.clone()
+            .batch_norms_mut()
+            .into_iter()
             .map(|bn| (v(bn.running_mean.value()), v(bn.running_var.value())))
             .collect()
     }
@@ -383,13 +473,8 @@ impl Unet {
     /// the folded bias. Normalising by a batch of that data then computes nearly the same model,
     /// which a folded file alone cannot.
     pub fn with_data_statistics(mut self, acc: &Moments) -> Self {
-        let mut at = 0;
-        for b in self.down.iter_mut() {
-            b.calibrate(acc, &mut at);
-        }
-        self.bottom.calibrate(acc, &mut at);
-        for u in self.up.iter_mut() {
-            u.block.calibrate(acc, &mut at);
+        for (at, bn) in self.batch_norms_mut().into_iter().enumerate() {
+            calibrate(bn, acc, at);
         }
         self
     }
@@ -397,14 +482,8 @@ impl Unet {
     /// Every batch norm normalises by its running statistics and leaves them unchanged, in
     /// training too (`bn_stats = "frozen"`); scale and shift stay trainable.
     pub fn with_frozen_bn_stats(mut self) -> Self {
-        let blocks = self
-            .down
-            .iter_mut()
-            .chain(std::iter::once(&mut self.bottom))
-            .chain(self.up.iter_mut().map(|u| &mut u.block));
-        for b in blocks {
-            b.bn1.training = Param::from_bool(false);
-            b.bn2.training = Param::from_bool(false);
+        for bn in self.batch_norms_mut() {
+            bn.training = Param::from_bool(false);
         }
         self
     }
@@ -414,10 +493,15 @@ impl Unet {
         let [base, in_channels, _, _] = self.down[0].conv1.weight.shape().dims();
         let [classes, _, _, _] = self.head.weight.shape().dims();
         UnetArch {
-            depth: self.down.len(),
+            depth: self.up.len(),
             base_width: base,
             in_channels,
             classes,
+            encoder: if self.encoder.is_some() {
+                Encoder::EfficientnetLite0
+            } else {
+                Encoder::Unet
+            },
         }
     }
 }
