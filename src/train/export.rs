@@ -334,17 +334,23 @@ pub fn onnx_arch(
     let head = inits
         .get("head.weight")
         .ok_or_else(|| foreign("it has no layer named head".into()))?;
-    if inits.contains_key("encoder.stem.weight") {
-        return Err(foreign(
-            "its encoder is EfficientNet-lite0, whose batch norms a folded file cannot give back; start from its run folder, or from the unfolded copy (.bpk) beside it".into(),
-        ));
-    }
+    let encoder = if inits.contains_key("encoder.stem.weight") {
+        Encoder::EfficientnetLite0
+    } else {
+        Encoder::Unet
+    };
     Ok(UnetArch {
-        depth,
+        depth: if encoder == Encoder::Unet {
+            depth
+        } else {
+            (0..)
+                .take_while(|i| inits.contains_key(&format!("up.{i}.up.weight")))
+                .count()
+        },
         base_width: first.0[0],
         in_channels: first.0[1],
         classes: head.0[0],
-        encoder: Encoder::Unet,
+        encoder,
     })
 }
 
@@ -411,6 +417,12 @@ pub fn load_onnx_weights(
 ) -> Result<Unet, ExportError> {
     let inits = onnx_initializers(origin, bytes)?;
     let arch = onnx_arch(origin, &inits)?;
+    if arch.encoder != Encoder::Unet {
+        return Err(ExportError::Foreign(
+            origin.into(),
+            "its encoder is EfficientNet-lite0, whose batch norms a folded file cannot give back; start from its run folder, or keep the unfolded copy (.bpk) beside it".into(),
+        ));
+    }
     if arch != net.arch() {
         return Err(ExportError::Foreign(
             origin.into(),

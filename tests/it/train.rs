@@ -279,7 +279,13 @@ fn parity(classes: usize, encoder: Encoder) {
         "max abs difference burn vs tract ({classes} classes, {encoder:?}): {worst}"
     );
     if eff {
-        // A folded file cannot give back an EfficientNet's batch norms: refused, with the way.
+        // Its architecture reads back from the file (what finds its unfolded copy's shape)...
+        let inits = pocusd::train::export::onnx_initializers("parity.onnx", &bytes).unwrap();
+        assert_eq!(
+            pocusd::train::export::onnx_arch("parity.onnx", &inits).unwrap(),
+            arch
+        );
+        // ...but a folded file cannot give back its batch norms: refused, with the way.
         let e = pocusd::train::export::load_onnx_weights(
             "parity.onnx",
             &bytes,
