@@ -229,12 +229,12 @@ pub fn cmd_bench_train(cfg: &config::Config, a: &BenchTrainArgs) -> anyhow::Resu
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{:<10} {:>6} {:>10} {:>14} {:>12}",
-            "backend", "batch", "input", "step_ms_median", "images_per_s"
+            "{:<10} {:>6} {:>10} {:>20} {:>14} {:>12}",
+            "backend", "batch", "input", "encoder", "step_ms_median", "images_per_s"
         );
         println!(
-            "{:<10} {:>6} {:>10} {:>14.1} {:>12.2}",
-            r.backend, r.batch, a.input, r.step_ms_median, r.images_per_s
+            "{:<10} {:>6} {:>10} {:>20} {:>14.1} {:>12.2}",
+            r.backend, r.batch, a.input, r.encoder, r.step_ms_median, r.images_per_s
         );
     }
     Ok(())

@@ -22,6 +22,8 @@ pub struct TrainBench {
     pub backend: &'static str,
     pub width: usize,
     pub depth: usize,
+    /// `[train] encoder`.
+    pub encoder: &'static str,
     pub augment: bool,
     pub steps: usize,
 }
@@ -78,6 +80,7 @@ pub fn step_time(s: &TrainSettings, steps: usize, augment: bool) -> TrainBench {
         backend: s.backend.as_str(),
         width: s.arch.base_width,
         depth: s.arch.depth,
+        encoder: s.arch.encoder.as_str(),
         augment,
         steps,
     }

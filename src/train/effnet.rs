@@ -698,32 +698,6 @@ mod pickle {
 mod tests {
     use super::*;
     use crate::train::unet::{Encoder, Unet, UnetArch};
-    use std::time::Instant;
-
-    fn step_ms<M>(net: M, device: &Device, forward: impl Fn(&M, Tensor<4>) -> Tensor<4>) -> f64
-    where
-        M: Module,
-    {
-        let mut net = net;
-        let mut optim: burn::optim::ModuleOptimizer = burn::optim::AdamConfig::new().init();
-        let mut times = Vec::new();
-        for step in 0..5 {
-            let x = Tensor::<4>::random(
-                [8, 1, 128, 128],
-                burn::tensor::Distribution::Default,
-                device,
-            );
-            let t0 = Instant::now();
-            let y = forward(&net, x);
-            let loss = y.powi_scalar(2).mean();
-            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(1e-3, net, grads);
-            if step >= 2 {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.iter().sum::<f64>() / times.len() as f64
-    }
 
     fn fixture() -> Vec<u8> {
         std::fs::read(concat!(
@@ -797,39 +771,6 @@ mod tests {
         let re = net.with_running_statistics(&acc).running_statistics();
         for (a, b) in re.iter().zip(&stats) {
             assert_eq!(a.0.len(), b.0.len());
-        }
-    }
-
-    #[test]
-    #[ignore = "timing, by hand"]
-    fn training_step_time_against_the_plain_unet() {
-        let device =
-            crate::train::trainer::device_for(crate::train::settings::Backend::Flex).autodiff();
-        let arch = UnetArch {
-            depth: 4,
-            base_width: 8,
-            in_channels: 1,
-            classes: 1,
-            encoder: Encoder::Unet,
-        };
-        let plain = step_ms(Unet::new(&arch, &device), &device, |n, x| n.forward(x));
-        let arch = UnetArch {
-            encoder: Encoder::EfficientnetLite0,
-            ..arch
-        };
-        let eff = step_ms(Unet::new(&arch, &device), &device, |n, x| n.forward(x));
-        eprintln!(
-            "step ms, batch 8, 128x128: plain U-Net {plain:.0}, EfficientNet-lite0 U-Net {eff:.0}"
-        );
-        if let Ok(p) = std::env::var("POCUSD_EFFNET_PTH") {
-            let bytes = std::fs::read(p).unwrap();
-            let t = read_pth(&bytes).unwrap();
-            eprintln!("{} tensors; stem {:?}", t.len(), t["_conv_stem.weight"].0);
-            let e = EffEncoder::from_pth(&bytes, 1, &device).unwrap();
-            eprintln!(
-                "loaded; bn0 mean {:?}",
-                e.bn0.running_mean.value().slice([0..3]).into_data()
-            );
         }
     }
 }
