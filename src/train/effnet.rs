@@ -738,7 +738,7 @@ mod tests {
         let v = vec![1.0, 2.0, 3.0, 10.0, 20.0, 30.0];
         let s = stem_for((vec![2, 3, 1, 1], v.clone()), 1, &device).unwrap();
         assert_eq!(s.dims(), [2, 1, 1, 1]);
-        let got: Vec<f32> = s.into_data().convert::<f32>().to_vec().unwrap();
+        let got: Vec<f32> = s.into_data().convert::<f32>().try_to_vec().unwrap();
         assert_eq!(got, vec![6.0, 60.0]);
         assert_eq!(
             stem_for((vec![2, 3, 1, 1], v.clone()), 3, &device)
