@@ -527,43 +527,33 @@ mod pickle {
                         self.bytes(8)?;
                         stack.push(Value::Scalar)
                     }
-                    b'X' => {
-                        let n = self.u32()? as usize;
+                    b'X' | b'T' | b'U' => {
+                        let n = if op == b'U' {
+                            self.u8()? as usize
+                        } else {
+                            self.u32()? as usize
+                        };
                         let s = self.text(n)?;
                         stack.push(Value::Str(s))
                     }
-                    b'U' => {
-                        let n = self.u8()? as usize;
-                        let s = self.text(n)?;
-                        stack.push(Value::Str(s))
-                    }
-                    b'T' => {
-                        let n = self.u32()? as usize;
-                        let s = self.text(n)?;
-                        stack.push(Value::Str(s))
-                    }
-                    b'q' => {
-                        let k = u32::from(self.u8()?);
+                    b'q' | b'r' => {
+                        let k = if op == b'q' {
+                            u32::from(self.u8()?)
+                        } else {
+                            self.u32()?
+                        };
                         let v = stack
                             .last()
                             .cloned()
                             .ok_or_else(|| bad("memo of nothing"))?;
                         memo.insert(k, v);
                     }
-                    b'r' => {
-                        let k = self.u32()?;
-                        let v = stack
-                            .last()
-                            .cloned()
-                            .ok_or_else(|| bad("memo of nothing"))?;
-                        memo.insert(k, v);
-                    }
-                    b'h' => {
-                        let k = u32::from(self.u8()?);
-                        stack.push(memo.get(&k).cloned().ok_or_else(|| bad("unknown memo"))?)
-                    }
-                    b'j' => {
-                        let k = self.u32()?;
+                    b'h' | b'j' => {
+                        let k = if op == b'h' {
+                            u32::from(self.u8()?)
+                        } else {
+                            self.u32()?
+                        };
                         stack.push(memo.get(&k).cloned().ok_or_else(|| bad("unknown memo"))?)
                     }
                     b'b' => {
